@@ -1,0 +1,229 @@
+//! Map names, limits and the layout of every key and value the XDP program and userspace share.
+//!
+//! Rules for everything here: `#[repr(C)]`, `Copy`, explicit `_pad` fields (uninitialised
+//! padding breaks key equality and the verifier), integers instead of `bool`/enums.
+//! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
+
+/// Version of the map layout below. Stored in [`Settings::layout_version`].
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
+/// M = 65537 (a prime, so every backend's skip walks the whole table).
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// VIPs the maps hold unless the config says otherwise (the maps are sized at load time).
+pub const DEFAULT_MAX_VIPS: u32 = 256;
+/// Backends (distinct backend ids) the maps hold unless the config says otherwise.
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Each VIP owns two table rows: the data path reads the active one while userspace writes
+/// the other, then one VIPS update switches them (no packet sees a half-written table).
+pub const TABLE_ROWS_PER_VIP: u32 = 2;
+/// Slots per TABLES element. Array maps round each element to 8 bytes, so a single-u32 value
+/// would double the memory; 16 slots (64 bytes) per element keep the mmap'ed layout dense.
+pub const TABLE_CHUNK: u32 = 16;
+
+/// Map names (BPF object names are at most 15 characters).
+pub mod names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const IFACES: &str = "IFACES";
+    pub const VIPS: &str = "VIPS";
+    pub const TABLES: &str = "TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+}
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "dsr";
+
+/// SETTINGS[0]: deployment-wide values, written by userspace before the program is attached.
+/// A zero `layout_version` means "not configured": the program passes everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub layout_version: u32,
+    pub hash_seed: u32,
+    /// TABLES elements per table row (`ceil(max table size / TABLE_CHUNK)`).
+    pub row_chunks: u32,
+    pub _pad: u32,
+}
+
+/// IFACES value, keyed by ifindex (u32): the MAC of an interface the program is attached to.
+/// XDP cannot read its own interface's MAC, so userspace writes it here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// VIPS key: what a packet is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv6 address or IPv4-mapped (`::ffff:a.b.c.d`), words in network byte order.
+    pub addr: [u32; 4],
+    /// Destination port, network byte order (as read from the packet).
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl VipKey {
+    pub fn new(addr: core::net::IpAddr, port: u16, proto: u8) -> Self {
+        VipKey {
+            addr: crate::hash::addr_words(addr),
+            port: port.to_be(),
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// VIPS value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into VIP_STATS; the VIP's table rows are `id * TABLE_ROWS_PER_VIP + {0, 1}`.
+    pub id: u32,
+    /// Active table row (index of the row, not of the first element).
+    pub table_row: u32,
+    /// Slots in use in the active row; 0 = no usable backend, packets are dropped.
+    pub table_size: u32,
+    pub flags: u32,
+}
+
+/// One TABLES element: `TABLE_CHUNK` consecutive slots of a Maglev table, each a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableChunk {
+    pub slots: [u32; TABLE_CHUNK as usize],
+}
+
+/// BACKENDS value, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `BACKEND_F_*`.
+    pub flags: u32,
+}
+
+/// The backend entry is filled in (it has a MAC); a table slot naming an entry without it drops.
+pub const BACKEND_F_VALID: u32 = 1;
+
+/// VIP_STATS / BACKEND_STATS value (per CPU; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why the program returned what it did. REASON_STATS is indexed by these (per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Sent to a backend (XDP_TX).
+    Forwarded = 0,
+    /// Passed: not addressed to the receiving interface's MAC (flooded, multicast, broadcast).
+    NotOurMac = 1,
+    /// Passed: not IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp = 2,
+    /// Passed: IP, but not TCP/UDP (ICMP, NDP, ...).
+    NotTcpUdp = 3,
+    /// Passed: TCP/UDP whose (address, port, protocol) is no VIP.
+    NotVip = 4,
+    /// Passed: a header is truncated or invalid; the kernel's stack decides.
+    Malformed = 5,
+    /// Passed: IPv6 with an extension header before TCP/UDP.
+    Ipv6ExtHeader = 6,
+    /// Passed: an IPv4 fragment (non-first fragments have no ports to look up).
+    Fragment = 7,
+    /// Passed: the receiving interface has no IFACES entry, or SETTINGS is unset.
+    NotConfigured = 8,
+    /// Dropped: the VIP has no usable backend.
+    NoBackend = 9,
+}
+
+/// Number of [`Reason`]s; REASON_STATS has this many entries.
+pub const REASON_COUNT: u32 = 10;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::NotOurMac,
+        Reason::NotIp,
+        Reason::NotTcpUdp,
+        Reason::NotVip,
+        Reason::Malformed,
+        Reason::Ipv6ExtHeader,
+        Reason::Fragment,
+        Reason::NotConfigured,
+        Reason::NoBackend,
+    ];
+
+    /// Short name for counters and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::NotOurMac => "not_our_mac",
+            Reason::NotIp => "not_ip",
+            Reason::NotTcpUdp => "not_tcp_udp",
+            Reason::NotVip => "not_vip",
+            Reason::Malformed => "malformed",
+            Reason::Ipv6ExtHeader => "ipv6_ext_header",
+            Reason::Fragment => "fragment",
+            Reason::NotConfigured => "not_configured",
+            Reason::NoBackend => "no_backend",
+        }
+    }
+
+    /// The verdict the program returns for this reason.
+    pub const fn verdict(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "tx",
+            Reason::NoBackend => "drop",
+            _ => "pass",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for TableChunk {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Iface>(), 8);
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipInfo>(), 16);
+        assert_eq!(size_of::<TableChunk>(), 4 * TABLE_CHUNK as usize);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The maps. Userspace (dsr-userspace's map writer) writes all of them except the counters,
+//! and sizes them at load time; the sizes here are placeholders.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use dsr_common::{Backend, Counter, Iface, REASON_COUNT, Settings, TableChunk, VipInfo, VipKey};
+
+/// Deployment-wide settings (layout version, hash seed, table row size); one entry.
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// ifindex -> that interface's MAC, for every interface the program is attached to.
+#[map(name = "IFACES")]
+pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(64, 0);
+
+/// (address, port, protocol) -> VIP id, active table row and size. Not preallocated, so an
+/// update never recycles an element a running program may still be reading.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// The Maglev lookup tables: two rows per VIP id, each row `row_chunks` chunks of slots
+/// holding backend ids. Mmapable so userspace writes a whole table at memory speed.
+#[map(name = "TABLES")]
+pub static TABLES: Array<TableChunk> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Backend id -> MAC to send to.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+
+/// Per VIP id: packets and bytes received for the VIP (forwarded or dropped).
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per backend id: packets and bytes forwarded to it.
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per [`dsr_common::Reason`]: packets and bytes that left the program for that reason.
+#[map(name = "REASON_STATS")]
+pub static REASON_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(REASON_COUNT, 0);

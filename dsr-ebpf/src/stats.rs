@@ -1,0 +1,32 @@
+//! Per-CPU counters; userspace sums the CPUs.
+
+use dsr_common::{Counter, Reason};
+
+use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
+
+#[inline(always)]
+fn add(counter: Option<*mut Counter>, len: usize) {
+    if let Some(c) = counter {
+        // SAFETY: a per-CPU element is only touched by this CPU, and this program does not
+        // run nested on one CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, len: usize) {
+    add(REASON_STATS.get_ptr_mut(reason as u32), len);
+}
+
+#[inline(always)]
+pub fn count_vip(id: u32, len: usize) {
+    add(VIP_STATS.get_ptr_mut(id), len);
+}
+
+#[inline(always)]
+pub fn count_backend(id: u32, len: usize) {
+    add(BACKEND_STATS.get_ptr_mut(id), len);
+}

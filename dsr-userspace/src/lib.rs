@@ -1,0 +1,10 @@
+//! dsr userspace: config -> validated model -> Maglev tables -> maps, plus neighbour resolution
+//! and the daemon that ties them together. The `dsr` binary (main.rs) is the CLI over this.
+
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod ebpf;
+pub mod maglev;
+pub mod model;
+pub mod neighbour;
