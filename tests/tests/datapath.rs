@@ -1,0 +1,437 @@
+//! The XDP program, frame by frame: each row is a frame in, the verdict expected, and the frame
+//! expected out, pushed through the loaded program with BPF_PROG_TEST_RUN (Katran's style of
+//! packet test). Needs root (loading BPF), as CI has.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dsr::{
+    datapath::{Datapath, Sizes, vip_key},
+    maglev,
+    model::{MacAddr, Protocol},
+};
+use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, Reason, flow_hash};
+use dsr_lab::{
+    frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
+    testrun::{XDP_DROP, XDP_PASS, XDP_TX, run, verdict_name},
+};
+
+const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
+const OTHER_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x99];
+const LO: u32 = 1;
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const VIP4_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+struct Backend {
+    address: IpAddr,
+    mac: [u8; 6],
+    id: u32,
+}
+
+/// A loaded program with four VIPs (v4/v6 x TCP/UDP) of three backends each, plus a VIP with
+/// no backend.
+struct Fixture {
+    dp: Datapath,
+    backends: Vec<Backend>,
+    /// The table userspace builds for weights 1:2:1 (every VIP but the empty one has it).
+    expected: Vec<u32>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let sizes = Sizes {
+            max_vips: 8,
+            max_backends: 16,
+            table_size: DEFAULT_TABLE_SIZE,
+        };
+        let mut dp = Datapath::load(sizes, DEFAULT_HASH_SEED).expect("load (are you root?)");
+        dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();
+        let backends: Vec<Backend> = (0..3u8)
+            .map(|i| Backend {
+                address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11 + i)),
+                mac: [0x02, 0xbe, 0, 0, 0, 0x11 + i],
+                id: i as u32,
+            })
+            .collect();
+        for b in &backends {
+            dp.set_backend(b.id, Some(MacAddr(b.mac))).unwrap();
+        }
+        let mut f = Fixture {
+            dp,
+            backends,
+            expected: Vec::new(),
+        };
+        f.expected = f.table(&[1, 2, 1]);
+        let vips = [
+            (IpAddr::V4(VIP4), 80, Protocol::Tcp),
+            (IpAddr::V4(VIP4), 53, Protocol::Udp),
+            (IpAddr::V6(VIP6), 80, Protocol::Tcp),
+            (IpAddr::V6(VIP6), 53, Protocol::Udp),
+        ];
+        for (id, (addr, port, proto)) in vips.into_iter().enumerate() {
+            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected).unwrap();
+        }
+        f.dp
+            .set_vip(vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp), 4, &[])
+            .unwrap();
+        f
+    }
+
+    fn table(&self, weights: &[u32]) -> Vec<u32> {
+        let entries: Vec<maglev::Entry> = self
+            .backends
+            .iter()
+            .zip(weights)
+            .map(|(b, &w)| maglev::Entry {
+                address: b.address,
+                id: b.id,
+                weight: w,
+            })
+            .collect();
+        maglev::build(&entries, DEFAULT_TABLE_SIZE)
+    }
+
+    /// The backend userspace predicts for a flow to one of the fixture's VIPs.
+    fn expected_backend(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> &Backend {
+        let key = FlowKey::new(src, sport, dst, dport, proto);
+        let slot = flow_hash(&key, DEFAULT_HASH_SEED) % self.expected.len() as u32;
+        &self.backends[self.expected[slot as usize] as usize]
+    }
+}
+
+fn v4(proto: u8, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT4.into(), 40000, dst.into(), dport, proto)
+}
+
+fn v6(proto: u8, dport: u16) -> Vec<u8> {
+    frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT6.into(), 40000, VIP6.into(), dport, proto)
+}
+
+fn v4_with_options(option_bytes: usize) -> Vec<u8> {
+    // NOPs (type 1) then an end-of-options byte: legal filler of any length.
+    let mut opts = vec![1u8; option_bytes];
+    if let Some(last) = opts.last_mut() {
+        *last = 0;
+    }
+    let seg = frames::tcp(40000, 80, b"opts");
+    frames::ethernet(LB_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT4, VIP4, TCP, &opts, &seg))
+}
+
+enum Expect {
+    /// Forwarded to the backend the flow hashes to: the frame out equals the frame in with
+    /// destination MAC = that backend's, source MAC = ours, and nothing else changed.
+    Tx,
+    /// Passed or dropped untouched, for this reason.
+    Untouched(u32, Reason),
+}
+
+struct Row {
+    what: &'static str,
+    frame: Vec<u8>,
+    expect: Expect,
+}
+
+fn rows() -> Vec<Row> {
+    use Expect::*;
+    let truncate = |mut f: Vec<u8>, len: usize| {
+        f.truncate(len);
+        f
+    };
+    let with_dst_mac = |mut f: Vec<u8>, mac: [u8; 6]| {
+        f[..6].copy_from_slice(&mac);
+        f
+    };
+    let hop_by_hop = {
+        // Hop-by-hop options header (8 bytes: next header TCP, length 0, PadN) then TCP.
+        let mut p = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+        p.extend_from_slice(&frames::tcp(40000, 80, b"x"));
+        frames::ethernet(LB_MAC, CLIENT_MAC, ETH_P_IPV6, &frames::ipv6(CLIENT6, VIP6, 0, &p))
+    };
+    let fragment = |frag: u16| {
+        let seg = frames::udp(40000, 53, &[7u8; 32]);
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV4,
+            &frames::ipv4_frag(CLIENT4, VIP4, UDP, &[], frag, &seg),
+        )
+    };
+    let mut bad_version = v4(TCP, VIP4, 80);
+    bad_version[14] = 0x65; // "version 6" inside an IPv4 ethertype
+    let mut short_ihl = v4(TCP, VIP4, 80);
+    short_ihl[14] = 0x44; // IHL 4 < the minimum 5
+    let mut v6_bad_version = v6(TCP, 80);
+    v6_bad_version[14] = 0x40;
+
+    vec![
+        Row { what: "IPv4 TCP to a VIP", frame: v4(TCP, VIP4, 80), expect: Tx },
+        Row { what: "IPv4 UDP to a VIP", frame: v4(UDP, VIP4, 53), expect: Tx },
+        Row { what: "IPv6 TCP to a VIP", frame: v6(TCP, 80), expect: Tx },
+        Row { what: "IPv6 UDP to a VIP", frame: v6(UDP, 53), expect: Tx },
+        Row { what: "IPv4 with 4 bytes of options (IHL 6)", frame: v4_with_options(4), expect: Tx },
+        Row { what: "IPv4 with 40 bytes of options (IHL 15)", frame: v4_with_options(40), expect: Tx },
+        Row {
+            what: "frame for another MAC (flooded by a switch)",
+            frame: with_dst_mac(v4(TCP, VIP4, 80), OTHER_MAC),
+            expect: Untouched(XDP_PASS, Reason::NotOurMac),
+        },
+        Row {
+            what: "broadcast frame to a VIP",
+            frame: with_dst_mac(v4(UDP, VIP4, 53), [0xff; 6]),
+            expect: Untouched(XDP_PASS, Reason::NotOurMac),
+        },
+        Row {
+            what: "ARP request for the VIP",
+            frame: with_dst_mac(frames::arp_request(CLIENT_MAC, CLIENT4, VIP4), LB_MAC),
+            expect: Untouched(XDP_PASS, Reason::NotIp),
+        },
+        Row {
+            what: "TCP to a non-VIP address",
+            frame: v4(TCP, Ipv4Addr::new(198, 18, 0, 2), 80),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "TCP to a VIP address on a port that is not configured",
+            frame: v4(TCP, VIP4, 81),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "UDP to a port configured for TCP only",
+            frame: v4(UDP, VIP4, 80),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "IPv6 TCP to a port that is not configured",
+            frame: v6(TCP, 443),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "VIP with no usable backend",
+            frame: v4(TCP, VIP4_EMPTY, 80),
+            expect: Untouched(XDP_DROP, Reason::NoBackend),
+        },
+        Row {
+            what: "ICMP echo to a VIP address",
+            frame: frames::ethernet(
+                LB_MAC,
+                CLIENT_MAC,
+                ETH_P_IPV4,
+                &frames::ipv4(CLIENT4, VIP4, ICMP, &[], &[8, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+            expect: Untouched(XDP_PASS, Reason::NotTcpUdp),
+        },
+        Row {
+            what: "IPv6 with a hop-by-hop header before TCP",
+            frame: hop_by_hop,
+            expect: Untouched(XDP_PASS, Reason::Ipv6ExtHeader),
+        },
+        Row {
+            what: "IPv4 first fragment (MF set)",
+            frame: fragment(0x2000),
+            expect: Untouched(XDP_PASS, Reason::Fragment),
+        },
+        Row {
+            what: "IPv4 non-first fragment",
+            frame: fragment(0x0003),
+            expect: Untouched(XDP_PASS, Reason::Fragment),
+        },
+        Row {
+            what: "Ethernet header only",
+            frame: truncate(v4(TCP, VIP4, 80), 14),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv4 header cut at 19 bytes",
+            frame: truncate(v4(TCP, VIP4, 80), 14 + 19),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv4 options cut short (IHL 15, frame ends in the options)",
+            frame: truncate(v4_with_options(40), 14 + 30),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "TCP header cut at 19 bytes",
+            frame: truncate(v4(TCP, VIP4, 80), 14 + 20 + 19),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "TCP with only its ports",
+            frame: truncate(v4(TCP, VIP4, 80), 14 + 20 + 4),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "UDP header cut at 7 bytes",
+            frame: truncate(v4(UDP, VIP4, 53), 14 + 20 + 7),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv6 header cut at 39 bytes",
+            frame: truncate(v6(TCP, 80), 14 + 39),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv6 TCP header cut at 10 bytes",
+            frame: truncate(v6(TCP, 80), 14 + 40 + 10),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv6 UDP header cut at 6 bytes",
+            frame: truncate(v6(UDP, 53), 14 + 40 + 6),
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv4 ethertype with version 6 in the header",
+            frame: bad_version,
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv4 with IHL 4",
+            frame: short_ihl,
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv6 ethertype with version 4 in the header",
+            frame: v6_bad_version,
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+    ]
+}
+
+/// Source/destination of a well-formed TCP/UDP frame built by this file (for predicting the
+/// backend): parsed from the frame itself so rows stay plain data.
+fn flow_of(frame: &[u8]) -> (IpAddr, u16, IpAddr, u16, u8) {
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (src, dst, proto, l4) = if ethertype == ETH_P_IPV4 {
+        let ihl = (frame[14] & 0x0f) as usize * 4;
+        let s: [u8; 4] = frame[26..30].try_into().unwrap();
+        let d: [u8; 4] = frame[30..34].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), frame[23], 14 + ihl)
+    } else {
+        let s: [u8; 16] = frame[22..38].try_into().unwrap();
+        let d: [u8; 16] = frame[38..54].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), frame[20], 54)
+    };
+    let sport = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+    let dport = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
+    (src, sport, dst, dport, proto)
+}
+
+#[test]
+fn frame_table() {
+    let f = Fixture::new();
+    let mut failures = Vec::new();
+    for row in rows() {
+        let before = f.dp.reason_totals().unwrap();
+        let (verdict, out) = run(f.dp.program(), &row.frame, LO);
+        let after = f.dp.reason_totals().unwrap();
+        let (want_verdict, want_frame, want_reason) = match row.expect {
+            Expect::Tx => {
+                let (src, sport, dst, dport, proto) = flow_of(&row.frame);
+                let backend = f.expected_backend(src, sport, dst, dport, proto);
+                let mut want = row.frame.clone();
+                want[..6].copy_from_slice(&backend.mac);
+                want[6..12].copy_from_slice(&LB_MAC);
+                (XDP_TX, want, Reason::Forwarded)
+            }
+            Expect::Untouched(v, reason) => (v, row.frame.clone(), reason),
+        };
+        let counted: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| after[**r as usize].1.packets != before[**r as usize].1.packets)
+            .map(|r| r.name())
+            .collect();
+        if verdict != want_verdict || out != want_frame || counted != [want_reason.name()] {
+            failures.push(format!(
+                "{}: verdict {} (want {}), frame {}, counted {:?} (want [{:?}])",
+                row.what,
+                verdict_name(verdict),
+                verdict_name(want_verdict),
+                if out == want_frame { "as expected" } else { "DIFFERS" },
+                counted,
+                want_reason.name()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "rows failed:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn many_flows_land_where_userspace_predicts() {
+    let f = Fixture::new();
+    let mut per_backend = [0u32; 3];
+    for i in 0..3000u16 {
+        let (client, vip): (IpAddr, IpAddr) = if i % 2 == 0 {
+            (IpAddr::V4(Ipv4Addr::new(198, 18, 7, (i % 251) as u8)), VIP4.into())
+        } else {
+            (IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, i)), VIP6.into())
+        };
+        let sport = 1024 + i.wrapping_mul(7919) % 60000;
+        let frame = frames::flow_frame(LB_MAC, CLIENT_MAC, client, sport, vip, 80, TCP);
+        let (verdict, out) = run(f.dp.program(), &frame, LO);
+        assert_eq!(verdict, XDP_TX, "flow {i}");
+        let want = f.expected_backend(client, sport, vip, 80, TCP);
+        assert_eq!(out[..6], want.mac, "flow {i} ({client}:{sport}) went to the wrong backend");
+        assert_eq!(out[12..], frame[12..], "flow {i}: bytes past the MACs changed");
+        per_backend[want.id as usize] += 1;
+    }
+    // Weights 1:2:1 => 25% / 50% / 25% of 3000 flows, within 15% of each share.
+    for (id, (&n, w)) in per_backend.iter().zip([750.0, 1500.0, 750.0]).enumerate() {
+        assert!((n as f64 / w - 1.0).abs() < 0.15, "backend {id} got {n} of 3000 flows");
+    }
+    // Per-VIP and per-backend counters saw every packet.
+    let vip_packets: u64 = [0, 2].iter().map(|&id| f.dp.vip_totals(id).unwrap().packets).sum();
+    assert_eq!(vip_packets, 3000);
+    let backend_packets: Vec<u64> =
+        (0..3).map(|id| f.dp.backend_totals(id).unwrap().packets).collect();
+    assert_eq!(backend_packets, per_backend.map(u64::from).to_vec());
+}
+
+#[test]
+fn table_switch_takes_effect_and_reads_back() {
+    let mut f = Fixture::new();
+    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let first = f.dp.table(&key).unwrap();
+    assert_eq!(first, f.table(&[1, 2, 1]));
+    // Drain everything to backend 2: every flow must now go there.
+    let only_two = f.table(&[0, 0, 1]);
+    f.dp.set_vip(key, 0, &only_two).unwrap();
+    assert_eq!(f.dp.table(&key).unwrap(), only_two);
+    for sport in 2000..2100 {
+        let frame = frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT4.into(), sport, VIP4.into(), 80, TCP);
+        let (verdict, out) = run(f.dp.program(), &frame, LO);
+        assert_eq!((verdict, &out[..6]), (XDP_TX, &f.backends[2].mac[..]));
+    }
+    // And back again, through the other row.
+    f.dp.set_vip(key, 0, &first).unwrap();
+    assert_eq!(f.dp.table(&key).unwrap(), first);
+    // A backend entry invalidated under a table drops rather than sending to a zero MAC.
+    f.dp.set_backend(0, None).unwrap();
+    f.dp.set_backend(1, None).unwrap();
+    f.dp.set_backend(2, None).unwrap();
+    let (verdict, _) = run(f.dp.program(), &v4(TCP, VIP4, 80), LO);
+    assert_eq!(verdict, XDP_DROP);
+}
+
+#[test]
+fn unconfigured_interface_passes_everything() {
+    let sizes = Sizes {
+        max_vips: 2,
+        max_backends: 2,
+        table_size: 251,
+    };
+    let mut dp = Datapath::load(sizes, DEFAULT_HASH_SEED).unwrap();
+    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap();
+    let table = vec![0u32; 251];
+    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table).unwrap();
+    // No IFACES entry for lo: the program must not guess a MAC; it passes.
+    let frame = v4(TCP, VIP4, 80);
+    let (verdict, out) = run(dp.program(), &frame, LO);
+    assert_eq!((verdict, out), (XDP_PASS, frame));
+    let reasons = dp.reason_totals().unwrap();
+    assert_eq!(reasons[Reason::NotConfigured as usize].1.packets, 1);
+}
