@@ -1,1 +1,666 @@
-//! placeholder
+//! The network-namespace lab: a client, a load balancer and N backends, each in its own
+//! namespace, plugged into one bridge that lives in a "switch" namespace. Backends hold the VIP
+//! on `lo` (arp_ignore=1, arp_announce=2) and run servers that answer with their name; the
+//! load balancer holds the VIP on its interface (as keepalived would) and runs the real `dsr`
+//! binary. Everything is torn down when the [`Lab`] is dropped, also when a test panics.
+//!
+//! Names: every namespace is `<tag>-<pid>-<role>`, so tests running in parallel (cargo runs
+//! them as threads, each test binary as its own process) never share one.
+
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use dsr::{ebpf::REFERENCE_OBJECT, maglev};
+use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
+
+pub const SUBNET_PREFIX: u8 = 24;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const TCP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
+const IFACE: &str = "eth0";
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 11 + i as u8)
+}
+
+pub fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, 0x11 + i as u8]
+}
+
+pub fn backend_name(i: usize) -> String {
+    format!("backend-{}", i + 1)
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// Runs a command, failing with its stderr.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        f()
+    })
+    .join()
+    .expect("thread in namespace panicked")
+}
+
+fn enter_netns(path: &str) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: plain syscall on a valid fd; only this thread changes namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let (key, value) = (key.to_owned(), value.to_owned());
+    in_netns(ns, move || {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        fs::write(&path, &value).with_context(|| format!("writing {path}"))
+    })
+}
+
+/// A server in a backend namespace: TCP and UDP on the VIP, answering with the backend's
+/// name. Stops when the lab drops.
+struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &str, name: String) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{ns}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+
+        let tcp = {
+            let (stop, path, name, ready) = (stop.clone(), path.clone(), name.clone(), ready_tx.clone());
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                let listener = match TcpListener::bind((VIP, TCP_PORT)) {
+                    Ok(l) => l,
+                    Err(e) => return ready.send(Err(anyhow!("bind tcp: {e}"))).unwrap(),
+                };
+                listener.set_nonblocking(true).unwrap();
+                ready.send(Ok(())).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => serve_tcp(conn, &name),
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        let udp = {
+            let (stop, path, ready) = (stop.clone(), path.clone(), ready_tx);
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                // Bound to the VIP so that replies leave with the VIP as source.
+                let sock = match UdpSocket::bind((VIP, UDP_PORT)) {
+                    Ok(s) => s,
+                    Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
+                };
+                sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready.send(Ok(())).unwrap();
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(name.as_bytes(), peer);
+                    }
+                }
+            })
+        };
+        for _ in 0..2 {
+            ready_rx.recv().context("server thread died")??;
+        }
+        Ok(Server {
+            stop,
+            threads: vec![tcp, udp],
+        })
+    }
+}
+
+/// One connection: every line received is answered with the server's name and a newline.
+fn serve_tcp(mut conn: TcpStream, name: &str) {
+    conn.set_nonblocking(false).ok();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                for _ in 0..lines {
+                    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Frames seen on an interface by an AF_PACKET socket, in both directions.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub fn start(ns: &str, iface: &str) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, iface, stop2) = (format!("/run/netns/{ns}"), iface.to_owned(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            let fd = packet_socket(&iface).expect("AF_PACKET socket");
+            ready_tx.send(()).unwrap();
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                // SAFETY: reading into a buffer we own, of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    frames.push(buf[..n as usize].to_vec());
+                }
+            }
+            // SAFETY: closing the socket we opened.
+            unsafe { libc::close(fd) };
+            frames
+        });
+        ready_rx.recv().expect("capture thread died");
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> Vec<Vec<u8>> {
+        // Let frames in flight arrive.
+        std::thread::sleep(Duration::from_millis(100));
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("capture thread panicked")
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn packet_socket(iface: &str) -> Result<i32> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain syscalls; the fd is checked and owned by the caller.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32);
+        if fd < 0 {
+            bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+        }
+        let name = std::ffi::CString::new(iface).unwrap();
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        if rc != 0 {
+            bail!("bind AF_PACKET to {iface}: {}", std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        Ok(fd)
+    }
+}
+
+/// IPv4 source address of an Ethernet frame, if it carries IPv4.
+pub fn ipv4_src(frame: &[u8]) -> Option<Ipv4Addr> {
+    if frame.len() >= 34 && frame[12..14] == [0x08, 0x00] {
+        Some(Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]))
+    } else {
+        None
+    }
+}
+
+pub struct Backend {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub name: String,
+    pub weight: u32,
+}
+
+pub struct Lab {
+    pub tag: String,
+    pub switch_ns: String,
+    pub client_ns: String,
+    pub lb_ns: String,
+    pub backends: Vec<Backend>,
+    pub dir: PathBuf,
+    servers: Vec<Server>,
+    dsr: Option<Child>,
+    /// Keeps the XDP_PASS program on the switch-side peer of the LB's veth attached.
+    _peer_xdp: Option<Ebpf>,
+}
+
+impl Lab {
+    /// Builds the topology with one backend per weight. Panics, after cleaning up, if the
+    /// host lacks what the lab needs.
+    pub fn new(tag: &str, weights: &[u32]) -> Lab {
+        let tag = format!("{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("dsr-lab-{tag}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("lab temp dir");
+        let mut lab = Lab {
+            switch_ns: format!("{tag}-sw"),
+            client_ns: format!("{tag}-client"),
+            lb_ns: format!("{tag}-lb"),
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| Backend {
+                    ns: format!("{tag}-b{}", i + 1),
+                    ip: backend_ip(i),
+                    mac: backend_mac(i),
+                    name: backend_name(i),
+                    weight,
+                })
+                .collect(),
+            tag,
+            dir,
+            servers: Vec::new(),
+            dsr: None,
+            _peer_xdp: None,
+        };
+        if let Err(e) = lab.build() {
+            panic!("building the lab {}: {e:#}", lab.tag);
+        }
+        lab
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.switch_ns.clone(), self.client_ns.clone(), self.lb_ns.clone()];
+        v.extend(self.backends.iter().map(|b| b.ns.clone()));
+        v
+    }
+
+    fn build(&mut self) -> Result<()> {
+        for tool in ["ip", "ethtool", "nsenter"] {
+            if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+                bail!("`{tool}` is missing: `cargo xtask test` installs what the lab needs");
+            }
+        }
+        for ns in self.namespaces() {
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            sh(&["ip", "netns", "add", &ns])?;
+        }
+        let sw = self.switch_ns.clone();
+        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+
+        let client = self.client_ns.clone();
+        self.plug(&client, "port-client", CLIENT_MAC, CLIENT_IP)?;
+        let lb = self.lb_ns.clone();
+        self.plug(&lb, "port-lb", LB_MAC, LB_IP)?;
+        let backends: Vec<(String, [u8; 6], Ipv4Addr, String)> = self
+            .backends
+            .iter()
+            .map(|b| (b.ns.clone(), b.mac, b.ip, b.name.clone()))
+            .collect();
+        for (i, (ns, mac, ip, name)) in backends.into_iter().enumerate() {
+            self.plug(&ns, &format!("port-b{}", i + 1), mac, ip)?;
+            // The VIP on lo, and no ARP answers for it: the LB must get the VIP's traffic.
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for (k, v) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ] {
+                write_sysctl(&ns, k, v)?;
+            }
+            self.servers.push(Server::start(&ns, name)?);
+        }
+        // The LB holds the VIP on its interface, as keepalived's virtual_ipaddress does: the
+        // client's ARP for the VIP is answered by the LB.
+        sh(&["ip", "-n", &lb, "addr", "add", &format!("{VIP}/32"), "dev", IFACE])?;
+        // veth hands XDP_TX frames to its peer only if the peer runs XDP (PLATFORM.md #1).
+        self._peer_xdp = Some(attach_xdp_pass(&sw, "port-lb")?);
+        // veth offloads TX checksums; XDP loses the partial-checksum state (PLATFORM.md #2).
+        sh(&["ip", "netns", "exec", &client, "ethtool", "-K", IFACE, "tx", "off"])?;
+        Ok(())
+    }
+
+    /// Creates a veth from the switch's bridge into `ns` as eth0 with `mac` and `ip`.
+    fn plug(&self, ns: &str, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+        let sw = &self.switch_ns;
+        sh(&["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", IFACE, "netns", ns])?;
+        sh(&["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", IFACE, "address", &mac_str(mac)])?;
+        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/{SUBNET_PREFIX}"), "dev", IFACE])?;
+        sh(&["ip", "-n", ns, "link", "set", IFACE, "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The config `dsr` runs with in this lab: a TCP and a UDP VIP over every backend.
+    pub fn config(&self) -> String {
+        let mut c = format!("interface = \"{IFACE}\"\nmax_vips = 4\nmax_backends = 64\n");
+        for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp")] {
+            c += &format!(
+                "\n[[vip]]\nname = \"{proto}-{port}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n"
+            );
+            for b in &self.backends {
+                c += &format!("  [[vip.backend]]\n  address = \"{}\"\n  weight = {}\n", b.ip, b.weight);
+            }
+        }
+        c
+    }
+
+    /// Starts `dsr run` in the LB namespace (only the network namespace switched, so it sees
+    /// the host's bpffs) and waits until it has attached. `inherit_output` shows its log on
+    /// our stdout/stderr (the demo); otherwise it goes to `dsr.log` in the lab directory.
+    pub fn start_dsr(&mut self, inherit_output: bool) -> Result<()> {
+        let config = self.dir.join("dsr.toml");
+        fs::write(&config, self.config())?;
+        let log = self.dir.join("dsr.log");
+        let bin = dsr_bin();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.lb_ns))
+            .arg(&bin)
+            .args(["run", "--config"])
+            .arg(&config);
+        if !inherit_output {
+            let f = File::create(&log)?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        self.dsr = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if inherit_output {
+                // No log to read: wait until the program shows up on the interface.
+                let out = sh(&["ip", "-n", &self.lb_ns, "link", "show", IFACE])?;
+                if out.contains("xdp") {
+                    return Ok(());
+                }
+            } else if fs::read_to_string(&log).unwrap_or_default().contains("attached to") {
+                return Ok(());
+            }
+            if let Some(status) = self.dsr.as_mut().unwrap().try_wait()? {
+                bail!("dsr exited with {status}:\n{}", self.dsr_log());
+            }
+            if Instant::now() > deadline {
+                bail!("dsr did not attach within 15 s:\n{}", self.dsr_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops dsr with SIGTERM and waits for it; returns its exit status.
+    pub fn stop_dsr(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.dsr.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    pub fn dsr_log(&self) -> String {
+        fs::read_to_string(self.dir.join("dsr.log")).unwrap_or_default()
+    }
+
+    /// One TCP exchange with the VIP from the client, from source port `sport` (0 = any):
+    /// sends `requests` lines on one connection, returns the answers.
+    pub fn tcp_request(&self, sport: u16, requests: usize) -> Result<Vec<String>> {
+        in_netns(&self.client_ns, move || -> Result<Vec<String>> {
+            let stream = connect_from(sport)?;
+            let mut stream = stream;
+            let mut answers = Vec::new();
+            let mut pending = String::new();
+            for _ in 0..requests {
+                stream.write_all(b"who are you?\n")?;
+                let mut buf = [0u8; 256];
+                while !pending.contains('\n') {
+                    let n = stream.read(&mut buf).context("reading the answer")?;
+                    if n == 0 {
+                        bail!("connection closed before the answer");
+                    }
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                let (line, rest) = pending.split_once('\n').unwrap();
+                answers.push(line.to_owned());
+                pending = rest.to_owned();
+            }
+            Ok(answers)
+        })
+    }
+
+    /// One UDP datagram to the VIP from `sport`; returns who answered.
+    pub fn udp_request(&self, sport: u16) -> Result<String> {
+        in_netns(&self.client_ns, move || -> Result<String> {
+            let sock = UdpSocket::bind((CLIENT_IP, sport)).context("bind client socket")?;
+            sock.connect((VIP, UDP_PORT))?;
+            sock.set_read_timeout(Some(IO_TIMEOUT))?;
+            sock.send(b"who are you?")?;
+            let mut buf = [0u8; 256];
+            let n = sock.recv(&mut buf).context("no UDP answer")?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    }
+
+    /// Index of the backend that dsr must pick for a flow from the client's `sport` to the
+    /// VIP's TCP or UDP port, computed as dsr does (same hash, seed and Maglev table).
+    pub fn predict(&self, proto: u8, sport: u16) -> usize {
+        let entries: Vec<maglev::Entry> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| maglev::Entry {
+                address: IpAddr::V4(b.ip),
+                id: i as u32,
+                weight: b.weight,
+            })
+            .collect();
+        let table = maglev::build(&entries, DEFAULT_TABLE_SIZE);
+        let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
+        let key = FlowKey::new(CLIENT_IP.into(), sport, VIP.into(), dport, proto);
+        table[(flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32) as usize] as usize
+    }
+
+    pub fn backend_by_name(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+fn connect_from(sport: u16) -> Result<TcpStream> {
+    // SAFETY: a socket we own, configured and connected with plain syscalls.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let one: i32 = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const i32).cast(),
+            4,
+        );
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let local = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: sport.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(CLIENT_IP.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            (&local as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            bail!("bind {CLIENT_IP}:{sport}: {}", std::io::Error::last_os_error());
+        }
+        stream
+    };
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    // A connect with a timeout needs the std path: re-wrap through a raw connect.
+    let addr = SocketAddr::new(IpAddr::V4(VIP), TCP_PORT);
+    connect_timeout(&stream, addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// connect(2) with a deadline on an already bound socket.
+fn connect_timeout(stream: &TcpStream, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let SocketAddr::V4(v4) = addr else { bail!("IPv4 only") };
+    let fd = stream.as_raw_fd();
+    stream.set_nonblocking(true)?;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connecting our own socket to a valid sockaddr_in.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            bail!("connect {addr}: {err}");
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: polling one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if n <= 0 {
+            bail!("connect {addr}: timed out after {timeout:?}");
+        }
+        if let Some(e) = stream.take_error()? {
+            bail!("connect {addr}: {e}");
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(())
+}
+
+/// Loads `xdp_pass` and attaches it to `iface` in namespace `ns`.
+fn attach_xdp_pass(ns: &str, iface: &str) -> Result<Ebpf> {
+    let iface = iface.to_owned();
+    in_netns(ns, move || -> Result<Ebpf> {
+        let mut ebpf = Ebpf::load(REFERENCE_OBJECT).context("loading the reference programs")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("xdp_pass")
+            .ok_or_else(|| anyhow!("xdp_pass missing"))?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(&iface, XdpMode::Driver)
+            .with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        Ok(ebpf)
+    })
+}
+
+/// The `dsr` binary under test: $DSR_BIN (set by `cargo xtask test`), else the workspace's
+/// target/debug/dsr.
+pub fn dsr_bin() -> PathBuf {
+    std::env::var_os("DSR_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsr")
+    })
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_dsr();
+        self.servers.clear();
+        self._peer_xdp = None;
+        for ns in self.namespaces() {
+            let _ = sh(&["ip", "netns", "del", &ns]);
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

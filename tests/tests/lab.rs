@@ -1,0 +1,116 @@
+//! End to end through the namespace lab: real TCP and UDP clients, the real `dsr` binary on
+//! the load balancer, servers on the backends that answer with their name.
+
+use std::collections::HashMap;
+
+use dsr_lab::lab::{Capture, LB_MAC, Lab, VIP, ipv4_src};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn started(tag: &str, weights: &[u32]) -> Lab {
+    let mut lab = Lab::new(tag, weights);
+    if let Err(e) = lab.start_dsr(false) {
+        panic!("{e:#}");
+    }
+    lab
+}
+
+/// (a) requests are answered, (b) the answers come straight from the backends: every reply
+/// frame the client receives carries a backend's MAC as source, and the load balancer's
+/// interface never sees one.
+#[test]
+fn answered_directly_by_backends() {
+    let mut lab = started("direct", &[1, 1, 1]);
+    let client_cap = Capture::start(&lab.client_ns, "eth0");
+    let lb_cap = Capture::start(&lab.lb_ns, "eth0");
+    let mut answered_by = HashMap::<String, usize>::new();
+    for i in 0..30u16 {
+        let tcp = lab
+            .tcp_request(41000 + i, 1)
+            .unwrap_or_else(|e| panic!("TCP request {i}: {e:#}\n{}", lab.dsr_log()));
+        *answered_by.entry(tcp[0].clone()).or_default() += 1;
+        let udp = lab
+            .udp_request(42000 + i)
+            .unwrap_or_else(|e| panic!("UDP request {i}: {e:#}\n{}", lab.dsr_log()));
+        *answered_by.entry(udp).or_default() += 1;
+    }
+    let client_frames = client_cap.stop();
+    let lb_frames = lb_cap.stop();
+
+    assert_eq!(answered_by.values().sum::<usize>(), 60);
+    assert_eq!(answered_by.len(), 3, "all three backends should answer some of 60 flows: {answered_by:?}");
+
+    let backend_macs: Vec<[u8; 6]> = lab.backends.iter().map(|b| b.mac).collect();
+    let replies: Vec<&Vec<u8>> = client_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).collect();
+    assert!(replies.len() >= 60, "client saw only {} frames from the VIP", replies.len());
+    for f in &replies {
+        let src: [u8; 6] = f[6..12].try_into().unwrap();
+        assert!(backend_macs.contains(&src), "reply from the VIP with source MAC {src:02x?}, not a backend's");
+        assert_ne!(src, LB_MAC, "a reply came through the load balancer");
+    }
+    let through_lb = lb_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).count();
+    assert_eq!(through_lb, 0, "the load balancer's interface carried {through_lb} reply frames");
+
+    // dsr counted what it forwarded.
+    lab.stop_dsr();
+    let log = lab.dsr_log();
+    assert!(log.contains("forwarded="), "dsr did not report forwarded packets:\n{log}");
+}
+
+/// (c) the split across backends follows the weights, and every flow lands exactly on the
+/// backend that the hash and Maglev table predict.
+#[test]
+fn split_follows_weights() {
+    let lab = started("weights", &[1, 2, 3]);
+    const FLOWS: u16 = 1200;
+    let mut counts = [0usize; 3];
+    for i in 0..FLOWS {
+        let sport = 20000 + i;
+        let who = lab
+            .udp_request(sport)
+            .unwrap_or_else(|e| panic!("UDP flow {i}: {e:#}\n{}", lab.dsr_log()));
+        let idx = lab.backends.iter().position(|b| b.name == who).expect("unknown answer");
+        assert_eq!(idx, lab.predict(UDP, sport), "flow from port {sport} answered by {who}");
+        counts[idx] += 1;
+    }
+    // Tolerance: flows are a sample, so each backend's count must be within 4 binomial
+    // standard deviations of its weight's share (200 +- 52, 400 +- 65, 600 +- 69 of 1200).
+    for (i, &n) in counts.iter().enumerate() {
+        let p = (i + 1) as f64 / 6.0;
+        let want = FLOWS as f64 * p;
+        let tolerance = 4.0 * (FLOWS as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (n as f64 - want).abs() <= tolerance,
+            "backend {} got {n} of {FLOWS} flows, expected {want} +- {tolerance:.0}: {counts:?}",
+            i + 1
+        );
+    }
+    for i in 0..60u16 {
+        let sport = 30000 + i;
+        let who = lab.tcp_request(sport, 1).unwrap_or_else(|e| panic!("TCP flow {i}: {e:#}"));
+        let idx = lab.backends.iter().position(|b| b.name == who[0]).unwrap();
+        assert_eq!(idx, lab.predict(TCP, sport), "TCP flow from port {sport}");
+    }
+}
+
+/// (d) one flow always lands on the same backend: the segments of a long TCP connection and
+/// repeated datagrams of one UDP flow.
+#[test]
+fn one_flow_one_backend() {
+    let lab = started("sticky", &[1, 1, 1, 1]);
+    for c in 0..8u16 {
+        let answers = lab
+            .tcp_request(43000 + c, 25)
+            .unwrap_or_else(|e| panic!("connection {c}: {e:#}\n{}", lab.dsr_log()));
+        assert_eq!(answers.len(), 25);
+        assert!(answers.iter().all(|a| *a == answers[0]), "connection {c} answered by {answers:?}");
+    }
+    for f in 0..8u16 {
+        let sport = 44000 + f;
+        let first = lab.udp_request(sport).unwrap();
+        for _ in 0..10 {
+            assert_eq!(lab.udp_request(sport).unwrap(), first, "UDP flow from port {sport} moved");
+        }
+    }
+}
