@@ -28,7 +28,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // netlink-packet-route warns about every kernel attribute newer than itself; not ours to fix.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
+    )
         .format_target(false)
         .init();
     match real_main() {
