@@ -14,7 +14,12 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest.parent().unwrap().to_owned();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for dir in ["dsr-ebpf/src", "dsr-ebpf/Cargo.toml", "dsr-common/src", "dsr-common/Cargo.toml"] {
+    for dir in [
+        "dsr-ebpf/src",
+        "dsr-ebpf/Cargo.toml",
+        "dsr-common/src",
+        "dsr-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=DSR_EBPF_SKIP");
@@ -51,7 +56,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo for dsr-ebpf: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for dsr-ebpf: {e}"));
     if !status.success() {
         panic!(
             "building the XDP program (dsr-ebpf) for bpfel-unknown-none failed. \

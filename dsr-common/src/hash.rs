@@ -174,7 +174,15 @@ mod tests {
             80,
             6,
         );
-        assert_eq!(k.src, [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([198, 18, 0, 1])]);
+        assert_eq!(
+            k.src,
+            [
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+                u32::from_ne_bytes([198, 18, 0, 1])
+            ]
+        );
         assert_eq!(k.ports.to_ne_bytes(), [0x1f, 0x90, 0, 80]);
         let v6 = addr_words("2001:db8::1".parse().unwrap());
         assert_eq!(v6[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);

@@ -11,7 +11,9 @@ mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use dsr_common::{BACKEND_F_VALID, FlowKey, LAYOUT_VERSION, Reason, TABLE_CHUNK, VipKey, flow_hash};
+use dsr_common::{
+    BACKEND_F_VALID, FlowKey, LAYOUT_VERSION, Reason, TABLE_CHUNK, VipKey, flow_hash,
+};
 
 use crate::{
     headers::{ETH_P_IPV4, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, Ports, ptr_at, ptr_at_mut},
@@ -74,7 +76,11 @@ fn forward(ctx: &XdpContext) -> Reason {
         },
         _ => return Reason::NotIp,
     };
-    let min_l4 = if key.proto == IPPROTO_TCP as u32 { TCP_MIN_HDR } else { UDP_HDR };
+    let min_l4 = if key.proto == IPPROTO_TCP as u32 {
+        TCP_MIN_HDR
+    } else {
+        UDP_HDR
+    };
     if ctx.data() + l4_off + min_l4 > ctx.data_end() {
         return Reason::Malformed;
     }

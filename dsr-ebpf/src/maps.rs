@@ -40,5 +40,4 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1
 
 /// Per [`dsr_common::Reason`]: packets and bytes that left the program for that reason.
 #[map(name = "REASON_STATS")]
-pub static REASON_STATS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(REASON_COUNT, 0);
+pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

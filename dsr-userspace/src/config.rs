@@ -105,7 +105,9 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     let err = |span: Option<Range<usize>>, message: String| ConfigError {
         file: path.to_owned(),
-        line: span.filter(|s| s != &(0..0)).map(|s| line_of(text, s.start)),
+        line: span
+            .filter(|s| s != &(0..0))
+            .map(|s| line_of(text, s.start)),
         message,
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
@@ -118,7 +120,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
         return Err(err(
             Some(raw.interface.span()),
-            format!("interface {:?} is not a valid interface name", raw.interface.get_ref()),
+            format!(
+                "interface {:?} is not a valid interface name",
+                raw.interface.get_ref()
+            ),
         ));
     }
     let table_size = *raw.table_size.get_ref();
@@ -133,7 +138,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     }
     let max_vips = *raw.max_vips.get_ref();
     if !(1..=65536).contains(&max_vips) {
-        return Err(err(Some(raw.max_vips.span()), format!("max_vips {max_vips} must be 1..=65536")));
+        return Err(err(
+            Some(raw.max_vips.span()),
+            format!("max_vips {max_vips} must be 1..=65536"),
+        ));
     }
     let max_backends = *raw.max_backends.get_ref();
     if !(1..=1 << 20).contains(&max_backends) {
@@ -145,7 +153,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     if raw.vips.len() > max_vips as usize {
         return Err(err(
             raw.vips.get(max_vips as usize).map(|v| v.span()),
-            format!("{} VIPs configured but max_vips is {max_vips}", raw.vips.len()),
+            format!(
+                "{} VIPs configured but max_vips is {max_vips}",
+                raw.vips.len()
+            ),
         ));
     }
 
@@ -157,7 +168,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         let line = line_of(text, spanned.span().start);
         let port = *v.port.get_ref();
         if port == 0 {
-            return Err(err(Some(v.port.span()), "VIP port must be 1..=65535".into()));
+            return Err(err(
+                Some(v.port.span()),
+                "VIP port must be 1..=65535".into(),
+            ));
         }
         let key = (v.address, port, v.protocol);
         if let Some(first) = seen.insert(key, line) {
@@ -196,9 +210,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             }
             let mac = match &raw_b.mac {
                 None => None,
-                Some(m) => Some(m.get_ref().parse::<MacAddr>().map_err(|e| {
-                    err(Some(m.span()), format!("mac {:?}: {e}", m.get_ref()))
-                })?),
+                Some(m) => Some(
+                    m.get_ref()
+                        .parse::<MacAddr>()
+                        .map_err(|e| err(Some(m.span()), format!("mac {:?}: {e}", m.get_ref())))?,
+                ),
             };
             backends.push(BackendSpec {
                 address: raw_b.address,
@@ -243,14 +259,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| n % d != 0)
+    (2..)
+        .take_while(|d: &u32| d.saturating_mul(*d) <= n)
+        .all(|d| !n.is_multiple_of(d))
 }
 
 #[cfg(test)]
@@ -281,7 +303,10 @@ protocol = "udp"
 "#;
 
     fn parse_err(text: &str) -> ConfigError {
-        parse(text, Path::new("dsr.toml")).err().expect("config should be refused")
+        match parse(text, Path::new("dsr.toml")) {
+            Ok(_) => panic!("config should be refused:\n{text}"),
+            Err(e) => e,
+        }
     }
 
     #[test]
@@ -296,10 +321,7 @@ protocol = "udp"
         assert_eq!(web.name, "web");
         assert_eq!(web.backends[0].weight, 2);
         assert_eq!(web.backends[1].weight, 1);
-        assert_eq!(
-            web.backends[1].mac,
-            Some(MacAddr([2, 0, 0, 0, 0, 0x12]))
-        );
+        assert_eq!(web.backends[1].mac, Some(MacAddr([2, 0, 0, 0, 0, 0x12])));
         assert_eq!(m.vips[1].name, "2001:db8::100:53/udp");
     }
 
@@ -326,13 +348,21 @@ protocol = "udp"
 
     #[test]
     fn refuses_duplicates_and_bad_sizes() {
-        let dup = format!("{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n");
+        let dup =
+            format!("{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n");
         let e = parse_err(&dup);
-        assert!(e.message.contains("configured twice (first at line 4)"), "{e}");
+        assert!(
+            e.message.contains("configured twice (first at line 4)"),
+            "{e}"
+        );
         assert_eq!(e.line, Some(23), "{e}");
 
-        let e = parse_err(&GOOD.replace("mac = \"02:00:00:00:00:12\"", "address = \"198.18.0.11\""));
-        assert!(e.message.contains("appears twice") || e.message.contains("duplicate"), "{e}");
+        let e =
+            parse_err(&GOOD.replace("mac = \"02:00:00:00:00:12\"", "address = \"198.18.0.11\""));
+        assert!(
+            e.message.contains("appears twice") || e.message.contains("duplicate"),
+            "{e}"
+        );
 
         let e = parse_err(&format!("table_size = 65536\n{GOOD}"));
         assert!(e.message.contains("prime"), "{e}");

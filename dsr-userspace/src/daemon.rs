@@ -114,7 +114,10 @@ impl Daemon {
         }
         for i in 0..daemon.vips.len() {
             for b in 0..daemon.vips[i].backends.len() {
-                let (id, mac) = (daemon.vips[i].backends[b].id, daemon.vips[i].backends[b].mac);
+                let (id, mac) = (
+                    daemon.vips[i].backends[b].id,
+                    daemon.vips[i].backends[b].mac,
+                );
                 daemon.datapath.set_backend(id, mac)?;
             }
             daemon.sync_vip(i)?;
@@ -141,7 +144,7 @@ impl Daemon {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {
                     ticks += 1;
-                    if let Err(e) = self.follow_neighbours(ticks % RESOLICIT_EVERY == 0).await {
+                    if let Err(e) = self.follow_neighbours(ticks.is_multiple_of(RESOLICIT_EVERY)).await {
                         log::warn!("neighbour refresh failed: {e:#}");
                     }
                 }
@@ -181,10 +184,14 @@ impl Daemon {
                     continue;
                 }
                 let now = table.get(&backend.spec.address).copied();
-                if now.is_none() && resolve_needed(resolicit) {
-                    if let Err(e) = self.netlink.solicit(self.ifindex, backend.spec.address).await {
-                        log::debug!("{e:#}");
-                    }
+                if now.is_none()
+                    && resolicit
+                    && let Err(e) = self
+                        .netlink
+                        .solicit(self.ifindex, backend.spec.address)
+                        .await
+                {
+                    log::debug!("{e:#}");
                 }
                 if now == backend.mac {
                     continue;
@@ -226,7 +233,10 @@ impl Daemon {
             .collect();
         let table = maglev::build(&entries, self.model.table_size);
         if table.is_empty() {
-            log::warn!("VIP {} has no usable backend: its packets are dropped", vip.spec.name);
+            log::warn!(
+                "VIP {} has no usable backend: its packets are dropped",
+                vip.spec.name
+            );
         }
         self.datapath
             .set_vip(vip.key, vip.id, &table)
@@ -244,8 +254,15 @@ impl Daemon {
                 v.backends.len()
             );
             for b in &v.backends {
-                let mac = b.mac.map_or("unresolved (not used)".to_owned(), |m| m.to_string());
-                log::info!("  -> {} weight {} mac {}", b.spec.address, b.spec.weight, mac);
+                let mac = b
+                    .mac
+                    .map_or("unresolved (not used)".to_owned(), |m| m.to_string());
+                log::info!(
+                    "  -> {} weight {} mac {}",
+                    b.spec.address,
+                    b.spec.weight,
+                    mac
+                );
             }
         }
     }
@@ -253,11 +270,21 @@ impl Daemon {
     fn log_counters(&self) {
         for v in &self.vips {
             if let Ok(t) = self.datapath.vip_totals(v.id) {
-                log::info!("VIP {}: {} packets, {} bytes", v.spec.name, t.packets, t.bytes);
+                log::info!(
+                    "VIP {}: {} packets, {} bytes",
+                    v.spec.name,
+                    t.packets,
+                    t.bytes
+                );
             }
             for b in &v.backends {
                 if let Ok(t) = self.datapath.backend_totals(b.id) {
-                    log::info!("  -> {}: {} packets, {} bytes", b.spec.address, t.packets, t.bytes);
+                    log::info!(
+                        "  -> {}: {} packets, {} bytes",
+                        b.spec.address,
+                        t.packets,
+                        t.bytes
+                    );
                 }
             }
         }
@@ -270,8 +297,4 @@ impl Daemon {
             log::info!("verdicts: {}", line.join(" "));
         }
     }
-}
-
-fn resolve_needed(resolicit: bool) -> bool {
-    resolicit
 }

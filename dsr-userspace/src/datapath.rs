@@ -43,7 +43,9 @@ impl Sizes {
 
     /// Bytes the maps take in the kernel, roughly (tables dominate).
     pub fn table_bytes(&self) -> u64 {
-        self.max_vips as u64 * TABLE_ROWS_PER_VIP as u64 * self.row_chunks() as u64
+        self.max_vips as u64
+            * TABLE_ROWS_PER_VIP as u64
+            * self.row_chunks() as u64
             * std::mem::size_of::<TableChunk>() as u64
     }
 }
@@ -92,7 +94,9 @@ impl Datapath {
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
-        program.load().context("loading the XDP program (verifier)")?;
+        program
+            .load()
+            .context("loading the XDP program (verifier)")?;
 
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -217,7 +221,11 @@ impl Datapath {
             bail!("VIP id {id} is beyond max_vips {}", self.sizes.max_vips);
         }
         if table.len() > self.sizes.table_size as usize {
-            bail!("table of {} slots exceeds table_size {}", table.len(), self.sizes.table_size);
+            bail!(
+                "table of {} slots exceeds table_size {}",
+                table.len(),
+                self.sizes.table_size
+            );
         }
         let first_row = id * TABLE_ROWS_PER_VIP;
         let row = match self.vips.get(&key, 0) {

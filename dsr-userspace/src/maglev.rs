@@ -135,7 +135,10 @@ mod tests {
             let fair = 65537.0 / n as f64;
             for (id, count) in shares(&t) {
                 let ratio = count as f64 / fair;
-                assert!((0.98..=1.02).contains(&ratio), "n={n} backend {id}: {ratio}");
+                assert!(
+                    (0.98..=1.02).contains(&ratio),
+                    "n={n} backend {id}: {ratio}"
+                );
             }
         }
     }

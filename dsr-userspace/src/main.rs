@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use dsr::{config, daemon::Daemon};
 
 #[derive(Parser)]
-#[command(name = "dsr", version, about = "XDP Layer-4 load balancer with Direct Server Return")]
+#[command(
+    name = "dsr",
+    version,
+    about = "XDP Layer-4 load balancer with Direct Server Return"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,8 +36,8 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
     )
-        .format_target(false)
-        .init();
+    .format_target(false)
+    .init();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

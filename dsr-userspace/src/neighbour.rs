@@ -30,7 +30,12 @@ impl Netlink {
 
     /// ifindex and MAC of the interface `name`.
     pub async fn link(&self, name: &str) -> Result<(u32, MacAddr)> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         let msg = match links.try_next().await {
             Ok(Some(msg)) => msg,
             Ok(None) | Err(_) => bail!("interface {name:?} not found"),
@@ -53,7 +58,11 @@ impl Netlink {
     pub async fn neighbours(&self, ifindex: u32) -> Result<HashMap<IpAddr, MacAddr>> {
         let mut out = HashMap::new();
         let mut dump = self.handle.neighbours().get().execute();
-        while let Some(msg) = dump.try_next().await.context("dumping the neighbour table")? {
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .context("dumping the neighbour table")?
+        {
             if msg.header.ifindex != ifindex {
                 continue;
             }
@@ -119,8 +128,11 @@ impl Netlink {
         let mut solicited = false;
         loop {
             let table = self.neighbours(ifindex).await?;
-            let missing: Vec<IpAddr> =
-                addrs.iter().copied().filter(|a| !table.contains_key(a)).collect();
+            let missing: Vec<IpAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| !table.contains_key(a))
+                .collect();
             if missing.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(addrs
                     .iter()

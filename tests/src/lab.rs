@@ -54,7 +54,10 @@ pub fn backend_name(i: usize) -> String {
 }
 
 pub fn mac_str(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Runs a command, failing with its stderr.
@@ -64,7 +67,11 @@ pub fn sh(args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -109,7 +116,8 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
 
         let tcp = {
-            let (stop, path, name, ready) = (stop.clone(), path.clone(), name.clone(), ready_tx.clone());
+            let (stop, path, name, ready) =
+                (stop.clone(), path.clone(), name.clone(), ready_tx.clone());
             std::thread::spawn(move || {
                 enter_netns(&path);
                 let listener = match TcpListener::bind((VIP, TCP_PORT)) {
@@ -135,7 +143,8 @@ impl Server {
                     Ok(s) => s,
                     Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
                 };
-                sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
                 ready.send(Ok(())).unwrap();
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
@@ -223,7 +232,11 @@ impl Capture {
         // Let frames in flight arrive.
         std::thread::sleep(Duration::from_millis(100));
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().expect("capture thread panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("capture thread panicked")
     }
 }
 
@@ -256,7 +269,10 @@ fn packet_socket(iface: &str) -> Result<i32> {
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         );
         if rc != 0 {
-            bail!("bind AF_PACKET to {iface}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind AF_PACKET to {iface}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let tv = libc::timeval {
             tv_sec: 0,
@@ -339,14 +355,23 @@ impl Lab {
     }
 
     fn namespaces(&self) -> Vec<String> {
-        let mut v = vec![self.switch_ns.clone(), self.client_ns.clone(), self.lb_ns.clone()];
+        let mut v = vec![
+            self.switch_ns.clone(),
+            self.client_ns.clone(),
+            self.lb_ns.clone(),
+        ];
         v.extend(self.backends.iter().map(|b| b.ns.clone()));
         v
     }
 
     fn build(&mut self) -> Result<()> {
         for tool in ["ip", "ethtool", "nsenter"] {
-            if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            if Command::new("which")
+                .arg(tool)
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+            {
                 bail!("`{tool}` is missing: `cargo xtask test` installs what the lab needs");
             }
         }
@@ -370,7 +395,16 @@ impl Lab {
         for (i, (ns, mac, ip, name)) in backends.into_iter().enumerate() {
             self.plug(&ns, &format!("port-b{}", i + 1), mac, ip)?;
             // The VIP on lo, and no ARP answers for it: the LB must get the VIP's traffic.
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{VIP}/32"),
+                "dev",
+                "lo",
+            ])?;
             for (k, v) in [
                 ("net.ipv4.conf.all.arp_ignore", "1"),
                 ("net.ipv4.conf.all.arp_announce", "2"),
@@ -383,21 +417,52 @@ impl Lab {
         }
         // The LB holds the VIP on its interface, as keepalived's virtual_ipaddress does: the
         // client's ARP for the VIP is answered by the LB.
-        sh(&["ip", "-n", &lb, "addr", "add", &format!("{VIP}/32"), "dev", IFACE])?;
+        sh(&[
+            "ip",
+            "-n",
+            &lb,
+            "addr",
+            "add",
+            &format!("{VIP}/32"),
+            "dev",
+            IFACE,
+        ])?;
         // veth hands XDP_TX frames to its peer only if the peer runs XDP (PLATFORM.md #1).
         self._peer_xdp = Some(attach_xdp_pass(&sw, "port-lb")?);
         // veth offloads TX checksums; XDP loses the partial-checksum state (PLATFORM.md #2).
-        sh(&["ip", "netns", "exec", &client, "ethtool", "-K", IFACE, "tx", "off"])?;
+        sh(&[
+            "ip", "netns", "exec", &client, "ethtool", "-K", IFACE, "tx", "off",
+        ])?;
         Ok(())
     }
 
     /// Creates a veth from the switch's bridge into `ns` as eth0 with `mac` and `ip`.
     fn plug(&self, ns: &str, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
         let sw = &self.switch_ns;
-        sh(&["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", IFACE, "netns", ns])?;
+        sh(&[
+            "ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", IFACE, "netns", ns,
+        ])?;
         sh(&["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])?;
-        sh(&["ip", "-n", ns, "link", "set", IFACE, "address", &mac_str(mac)])?;
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/{SUBNET_PREFIX}"), "dev", IFACE])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "set",
+            IFACE,
+            "address",
+            &mac_str(mac),
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/{SUBNET_PREFIX}"),
+            "dev",
+            IFACE,
+        ])?;
         sh(&["ip", "-n", ns, "link", "set", IFACE, "up"])?;
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
@@ -411,7 +476,10 @@ impl Lab {
                 "\n[[vip]]\nname = \"{proto}-{port}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n"
             );
             for b in &self.backends {
-                c += &format!("  [[vip.backend]]\n  address = \"{}\"\n  weight = {}\n", b.ip, b.weight);
+                c += &format!(
+                    "  [[vip.backend]]\n  address = \"{}\"\n  weight = {}\n",
+                    b.ip, b.weight
+                );
             }
         }
         c
@@ -434,7 +502,9 @@ impl Lab {
             let f = File::create(&log)?;
             cmd.stdout(f.try_clone()?).stderr(f);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         self.dsr = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -444,7 +514,10 @@ impl Lab {
                 if out.contains("xdp") {
                     return Ok(());
                 }
-            } else if fs::read_to_string(&log).unwrap_or_default().contains("attached to") {
+            } else if fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("attached to")
+            {
                 return Ok(());
             }
             if let Some(status) = self.dsr.as_mut().unwrap().try_wait()? {
@@ -570,7 +643,10 @@ fn connect_from(sport: u16) -> Result<TcpStream> {
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         ) != 0
         {
-            bail!("bind {CLIENT_IP}:{sport}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind {CLIENT_IP}:{sport}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         stream
     };
@@ -585,7 +661,9 @@ fn connect_from(sport: u16) -> Result<TcpStream> {
 
 /// connect(2) with a deadline on an already bound socket.
 fn connect_timeout(stream: &TcpStream, addr: SocketAddr, timeout: Duration) -> Result<()> {
-    let SocketAddr::V4(v4) = addr else { bail!("IPv4 only") };
+    let SocketAddr::V4(v4) = addr else {
+        bail!("IPv4 only")
+    };
     let fd = stream.as_raw_fd();
     stream.set_nonblocking(true)?;
     let sa = libc::sockaddr_in {
@@ -646,9 +724,9 @@ fn attach_xdp_pass(ns: &str, iface: &str) -> Result<Ebpf> {
 /// The `dsr` binary under test: $DSR_BIN (set by `cargo xtask test`), else the workspace's
 /// target/debug/dsr.
 pub fn dsr_bin() -> PathBuf {
-    std::env::var_os("DSR_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsr")
-    })
+    std::env::var_os("DSR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsr"))
 }
 
 impl Drop for Lab {

@@ -73,10 +73,10 @@ impl Fixture {
             (IpAddr::V6(VIP6), 53, Protocol::Udp),
         ];
         for (id, (addr, port, proto)) in vips.into_iter().enumerate() {
-            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected).unwrap();
+            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected)
+                .unwrap();
         }
-        f.dp
-            .set_vip(vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp), 4, &[])
+        f.dp.set_vip(vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp), 4, &[])
             .unwrap();
         f
     }
@@ -96,7 +96,14 @@ impl Fixture {
     }
 
     /// The backend userspace predicts for a flow to one of the fixture's VIPs.
-    fn expected_backend(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> &Backend {
+    fn expected_backend(
+        &self,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        proto: u8,
+    ) -> &Backend {
         let key = FlowKey::new(src, sport, dst, dport, proto);
         let slot = flow_hash(&key, DEFAULT_HASH_SEED) % self.expected.len() as u32;
         &self.backends[self.expected[slot as usize] as usize]
@@ -104,11 +111,27 @@ impl Fixture {
 }
 
 fn v4(proto: u8, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT4.into(), 40000, dst.into(), dport, proto)
+    frames::flow_frame(
+        LB_MAC,
+        CLIENT_MAC,
+        CLIENT4.into(),
+        40000,
+        dst.into(),
+        dport,
+        proto,
+    )
 }
 
 fn v6(proto: u8, dport: u16) -> Vec<u8> {
-    frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT6.into(), 40000, VIP6.into(), dport, proto)
+    frames::flow_frame(
+        LB_MAC,
+        CLIENT_MAC,
+        CLIENT6.into(),
+        40000,
+        VIP6.into(),
+        dport,
+        proto,
+    )
 }
 
 fn v4_with_options(option_bytes: usize) -> Vec<u8> {
@@ -118,7 +141,12 @@ fn v4_with_options(option_bytes: usize) -> Vec<u8> {
         *last = 0;
     }
     let seg = frames::tcp(40000, 80, b"opts");
-    frames::ethernet(LB_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT4, VIP4, TCP, &opts, &seg))
+    frames::ethernet(
+        LB_MAC,
+        CLIENT_MAC,
+        ETH_P_IPV4,
+        &frames::ipv4(CLIENT4, VIP4, TCP, &opts, &seg),
+    )
 }
 
 enum Expect {
@@ -149,7 +177,12 @@ fn rows() -> Vec<Row> {
         // Hop-by-hop options header (8 bytes: next header TCP, length 0, PadN) then TCP.
         let mut p = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
         p.extend_from_slice(&frames::tcp(40000, 80, b"x"));
-        frames::ethernet(LB_MAC, CLIENT_MAC, ETH_P_IPV6, &frames::ipv6(CLIENT6, VIP6, 0, &p))
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV6,
+            &frames::ipv6(CLIENT6, VIP6, 0, &p),
+        )
     };
     let fragment = |frag: u16| {
         let seg = frames::udp(40000, 53, &[7u8; 32]);
@@ -168,12 +201,36 @@ fn rows() -> Vec<Row> {
     v6_bad_version[14] = 0x40;
 
     vec![
-        Row { what: "IPv4 TCP to a VIP", frame: v4(TCP, VIP4, 80), expect: Tx },
-        Row { what: "IPv4 UDP to a VIP", frame: v4(UDP, VIP4, 53), expect: Tx },
-        Row { what: "IPv6 TCP to a VIP", frame: v6(TCP, 80), expect: Tx },
-        Row { what: "IPv6 UDP to a VIP", frame: v6(UDP, 53), expect: Tx },
-        Row { what: "IPv4 with 4 bytes of options (IHL 6)", frame: v4_with_options(4), expect: Tx },
-        Row { what: "IPv4 with 40 bytes of options (IHL 15)", frame: v4_with_options(40), expect: Tx },
+        Row {
+            what: "IPv4 TCP to a VIP",
+            frame: v4(TCP, VIP4, 80),
+            expect: Tx,
+        },
+        Row {
+            what: "IPv4 UDP to a VIP",
+            frame: v4(UDP, VIP4, 53),
+            expect: Tx,
+        },
+        Row {
+            what: "IPv6 TCP to a VIP",
+            frame: v6(TCP, 80),
+            expect: Tx,
+        },
+        Row {
+            what: "IPv6 UDP to a VIP",
+            frame: v6(UDP, 53),
+            expect: Tx,
+        },
+        Row {
+            what: "IPv4 with 4 bytes of options (IHL 6)",
+            frame: v4_with_options(4),
+            expect: Tx,
+        },
+        Row {
+            what: "IPv4 with 40 bytes of options (IHL 15)",
+            frame: v4_with_options(40),
+            expect: Tx,
+        },
         Row {
             what: "frame for another MAC (flooded by a switch)",
             frame: with_dst_mac(v4(TCP, VIP4, 80), OTHER_MAC),
@@ -351,7 +408,11 @@ fn frame_table() {
                 row.what,
                 verdict_name(verdict),
                 verdict_name(want_verdict),
-                if out == want_frame { "as expected" } else { "DIFFERS" },
+                if out == want_frame {
+                    "as expected"
+                } else {
+                    "DIFFERS"
+                },
                 counted,
                 want_reason.name()
             ));
@@ -366,28 +427,49 @@ fn many_flows_land_where_userspace_predicts() {
     let mut per_backend = [0u32; 3];
     for i in 0..3000u16 {
         let (client, vip): (IpAddr, IpAddr) = if i % 2 == 0 {
-            (IpAddr::V4(Ipv4Addr::new(198, 18, 7, (i % 251) as u8)), VIP4.into())
+            (
+                IpAddr::V4(Ipv4Addr::new(198, 18, 7, (i % 251) as u8)),
+                VIP4.into(),
+            )
         } else {
-            (IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, i)), VIP6.into())
+            (
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, i)),
+                VIP6.into(),
+            )
         };
         let sport = 1024 + i.wrapping_mul(7919) % 60000;
         let frame = frames::flow_frame(LB_MAC, CLIENT_MAC, client, sport, vip, 80, TCP);
         let (verdict, out) = run(f.dp.program(), &frame, LO);
         assert_eq!(verdict, XDP_TX, "flow {i}");
         let want = f.expected_backend(client, sport, vip, 80, TCP);
-        assert_eq!(out[..6], want.mac, "flow {i} ({client}:{sport}) went to the wrong backend");
-        assert_eq!(out[12..], frame[12..], "flow {i}: bytes past the MACs changed");
+        assert_eq!(
+            out[..6],
+            want.mac,
+            "flow {i} ({client}:{sport}) went to the wrong backend"
+        );
+        assert_eq!(
+            out[12..],
+            frame[12..],
+            "flow {i}: bytes past the MACs changed"
+        );
         per_backend[want.id as usize] += 1;
     }
     // Weights 1:2:1 => 25% / 50% / 25% of 3000 flows, within 15% of each share.
     for (id, (&n, w)) in per_backend.iter().zip([750.0, 1500.0, 750.0]).enumerate() {
-        assert!((n as f64 / w - 1.0).abs() < 0.15, "backend {id} got {n} of 3000 flows");
+        assert!(
+            (n as f64 / w - 1.0).abs() < 0.15,
+            "backend {id} got {n} of 3000 flows"
+        );
     }
     // Per-VIP and per-backend counters saw every packet.
-    let vip_packets: u64 = [0, 2].iter().map(|&id| f.dp.vip_totals(id).unwrap().packets).sum();
+    let vip_packets: u64 = [0, 2]
+        .iter()
+        .map(|&id| f.dp.vip_totals(id).unwrap().packets)
+        .sum();
     assert_eq!(vip_packets, 3000);
-    let backend_packets: Vec<u64> =
-        (0..3).map(|id| f.dp.backend_totals(id).unwrap().packets).collect();
+    let backend_packets: Vec<u64> = (0..3)
+        .map(|id| f.dp.backend_totals(id).unwrap().packets)
+        .collect();
     assert_eq!(backend_packets, per_backend.map(u64::from).to_vec());
 }
 
@@ -402,7 +484,15 @@ fn table_switch_takes_effect_and_reads_back() {
     f.dp.set_vip(key, 0, &only_two).unwrap();
     assert_eq!(f.dp.table(&key).unwrap(), only_two);
     for sport in 2000..2100 {
-        let frame = frames::flow_frame(LB_MAC, CLIENT_MAC, CLIENT4.into(), sport, VIP4.into(), 80, TCP);
+        let frame = frames::flow_frame(
+            LB_MAC,
+            CLIENT_MAC,
+            CLIENT4.into(),
+            sport,
+            VIP4.into(),
+            80,
+            TCP,
+        );
         let (verdict, out) = run(f.dp.program(), &frame, LO);
         assert_eq!((verdict, &out[..6]), (XDP_TX, &f.backends[2].mac[..]));
     }
@@ -425,9 +515,11 @@ fn unconfigured_interface_passes_everything() {
         table_size: 251,
     };
     let mut dp = Datapath::load(sizes, DEFAULT_HASH_SEED).unwrap();
-    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1]))).unwrap();
+    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])))
+        .unwrap();
     let table = vec![0u32; 251];
-    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table).unwrap();
+    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table)
+        .unwrap();
     // No IFACES entry for lo: the program must not guess a MAC; it passes.
     let frame = v4(TCP, VIP4, 80);
     let (verdict, out) = run(dp.program(), &frame, LO);

@@ -39,23 +39,46 @@ fn answered_directly_by_backends() {
     let lb_frames = lb_cap.stop();
 
     assert_eq!(answered_by.values().sum::<usize>(), 60);
-    assert_eq!(answered_by.len(), 3, "all three backends should answer some of 60 flows: {answered_by:?}");
+    assert_eq!(
+        answered_by.len(),
+        3,
+        "all three backends should answer some of 60 flows: {answered_by:?}"
+    );
 
     let backend_macs: Vec<[u8; 6]> = lab.backends.iter().map(|b| b.mac).collect();
-    let replies: Vec<&Vec<u8>> = client_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).collect();
-    assert!(replies.len() >= 60, "client saw only {} frames from the VIP", replies.len());
+    let replies: Vec<&Vec<u8>> = client_frames
+        .iter()
+        .filter(|f| ipv4_src(f) == Some(VIP))
+        .collect();
+    assert!(
+        replies.len() >= 60,
+        "client saw only {} frames from the VIP",
+        replies.len()
+    );
     for f in &replies {
         let src: [u8; 6] = f[6..12].try_into().unwrap();
-        assert!(backend_macs.contains(&src), "reply from the VIP with source MAC {src:02x?}, not a backend's");
+        assert!(
+            backend_macs.contains(&src),
+            "reply from the VIP with source MAC {src:02x?}, not a backend's"
+        );
         assert_ne!(src, LB_MAC, "a reply came through the load balancer");
     }
-    let through_lb = lb_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).count();
-    assert_eq!(through_lb, 0, "the load balancer's interface carried {through_lb} reply frames");
+    let through_lb = lb_frames
+        .iter()
+        .filter(|f| ipv4_src(f) == Some(VIP))
+        .count();
+    assert_eq!(
+        through_lb, 0,
+        "the load balancer's interface carried {through_lb} reply frames"
+    );
 
     // dsr counted what it forwarded.
     lab.stop_dsr();
     let log = lab.dsr_log();
-    assert!(log.contains("forwarded="), "dsr did not report forwarded packets:\n{log}");
+    assert!(
+        log.contains("forwarded="),
+        "dsr did not report forwarded packets:\n{log}"
+    );
 }
 
 /// (c) the split across backends follows the weights, and every flow lands exactly on the
@@ -70,8 +93,16 @@ fn split_follows_weights() {
         let who = lab
             .udp_request(sport)
             .unwrap_or_else(|e| panic!("UDP flow {i}: {e:#}\n{}", lab.dsr_log()));
-        let idx = lab.backends.iter().position(|b| b.name == who).expect("unknown answer");
-        assert_eq!(idx, lab.predict(UDP, sport), "flow from port {sport} answered by {who}");
+        let idx = lab
+            .backends
+            .iter()
+            .position(|b| b.name == who)
+            .expect("unknown answer");
+        assert_eq!(
+            idx,
+            lab.predict(UDP, sport),
+            "flow from port {sport} answered by {who}"
+        );
         counts[idx] += 1;
     }
     // Tolerance: flows are a sample, so each backend's count must be within 4 binomial
@@ -88,7 +119,9 @@ fn split_follows_weights() {
     }
     for i in 0..60u16 {
         let sport = 30000 + i;
-        let who = lab.tcp_request(sport, 1).unwrap_or_else(|e| panic!("TCP flow {i}: {e:#}"));
+        let who = lab
+            .tcp_request(sport, 1)
+            .unwrap_or_else(|e| panic!("TCP flow {i}: {e:#}"));
         let idx = lab.backends.iter().position(|b| b.name == who[0]).unwrap();
         assert_eq!(idx, lab.predict(TCP, sport), "TCP flow from port {sport}");
     }
@@ -104,13 +137,20 @@ fn one_flow_one_backend() {
             .tcp_request(43000 + c, 25)
             .unwrap_or_else(|e| panic!("connection {c}: {e:#}\n{}", lab.dsr_log()));
         assert_eq!(answers.len(), 25);
-        assert!(answers.iter().all(|a| *a == answers[0]), "connection {c} answered by {answers:?}");
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "connection {c} answered by {answers:?}"
+        );
     }
     for f in 0..8u16 {
         let sport = 44000 + f;
         let first = lab.udp_request(sport).unwrap();
         for _ in 0..10 {
-            assert_eq!(lab.udp_request(sport).unwrap(), first, "UDP flow from port {sport} moved");
+            assert_eq!(
+                lab.udp_request(sport).unwrap(),
+                first,
+                "UDP flow from port {sport} moved"
+            );
         }
     }
 }

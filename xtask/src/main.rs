@@ -123,7 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .args(&args)
             .env("DSR_BIN", &dsr);
             println!("[xtask] running the tests with DSR_BIN={}", dsr.display());
-            x.run_status(&mut test)
+            run_tests_with_summary(&mut test)
         }
         Cmd::Run { config, rest } => {
             let config = match (config, parse_run_rest(&rest)?) {
@@ -446,4 +446,50 @@ fn show(cmd: &Command) -> String {
     parts.push(cmd.get_program().to_string_lossy().into_owned());
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one plain summary line over every test
+/// binary ("tests: N passed, N failed, N ignored"): cargo's own last line belongs to whichever
+/// binary ran last (often a doc-test run with no tests) and says nothing about the whole run.
+fn run_tests_with_summary(cmd: &mut Command) -> Result<ExitCode> {
+    use std::io::{BufRead, BufReader};
+    let shown = show(cmd);
+    println!("[xtask] $ {shown}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 4 passed; 0 failed; 1 ignored; 0 measured; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        // A build error or a crashed test binary: count it so the summary cannot read as green.
+        failed = 1;
+    }
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -31,14 +31,19 @@ fn demo() -> Result<()> {
         "   VIP {VIP} on the LB; backends hold it on lo  +-- {} {} (weight {})",
         lab.backends[2].name, lab.backends[2].ip, lab.backends[2].weight
     );
-    println!("\n== dsr config used on the load balancer:\n{}", lab.config());
+    println!(
+        "\n== dsr config used on the load balancer:\n{}",
+        lab.config()
+    );
     println!("== starting `dsr run` on the load balancer");
     lab.start_dsr(true)?;
 
     let client_cap = Capture::start(&lab.client_ns, "eth0");
     let lb_cap = Capture::start(&lab.lb_ns, "eth0");
     let mut tally = BTreeMap::<String, usize>::new();
-    println!("\n== 12 TCP connections to {VIP}:{TCP_PORT} and 12 UDP datagrams to {VIP}:{UDP_PORT}");
+    println!(
+        "\n== 12 TCP connections to {VIP}:{TCP_PORT} and 12 UDP datagrams to {VIP}:{UDP_PORT}"
+    );
     for i in 0..12u16 {
         for (proto, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
             let sport = 40000 + i * 7;
@@ -53,7 +58,11 @@ fn demo() -> Result<()> {
                 "   {proto} {CLIENT_IP}:{sport} -> {VIP}:{port}  answered by {who} ({}, {}){}",
                 b.ip,
                 mac_str(b.mac),
-                if predicted.name == who { "" } else { "  <- NOT the predicted backend!" }
+                if predicted.name == who {
+                    ""
+                } else {
+                    "  <- NOT the predicted backend!"
+                }
             );
             *tally.entry(who).or_default() += 1;
         }
@@ -79,12 +88,18 @@ fn demo() -> Result<()> {
             100.0 * b.weight as f64 / weight_sum as f64
         );
     }
-    let replies: Vec<_> = client_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).collect();
+    let replies: Vec<_> = client_frames
+        .iter()
+        .filter(|f| ipv4_src(f) == Some(VIP))
+        .collect();
     let from_backends = replies
         .iter()
         .filter(|f| lab.backends.iter().any(|b| f[6..12] == b.mac))
         .count();
-    let via_lb = lb_frames.iter().filter(|f| ipv4_src(f) == Some(VIP)).count();
+    let via_lb = lb_frames
+        .iter()
+        .filter(|f| ipv4_src(f) == Some(VIP))
+        .count();
     println!(
         "\n== reply path: the client received {} frames from the VIP, {from_backends} of them \
          straight from a backend's MAC; the load balancer's interface carried {via_lb} of them",
