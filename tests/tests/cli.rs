@@ -1,0 +1,79 @@
+//! The `dsr` binary facing bad input: errors name the file, the line and the problem, and
+//! nothing is loaded or attached.
+
+use std::process::Command;
+
+use dsr_lab::lab::dsr_bin;
+
+fn dsr(args: &[&str]) -> (i32, String) {
+    let out = Command::new(dsr_bin())
+        .args(args)
+        .output()
+        .expect("run dsr");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn write_config(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("dsr-cli-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+const GOOD: &str = "interface = \"lo\"\n\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n  mac = \"02:00:00:00:00:11\"\n";
+
+#[test]
+fn check_accepts_a_good_config() {
+    let path = write_config("good", GOOD);
+    let (code, text) = dsr(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("1 VIPs, 1 backends"), "{text}");
+}
+
+#[test]
+fn bad_configs_name_file_line_and_problem() {
+    for (name, text, line, words) in [
+        (
+            "badport",
+            GOOD.replace("port = 80", "port = 70000"),
+            5,
+            "70000",
+        ),
+        (
+            "badmac",
+            GOOD.replace("02:00:00:00:00:11", "02:00:00:00:11"),
+            9,
+            "mac",
+        ),
+        ("badproto", GOOD.replace("\"tcp\"", "\"sctp\""), 6, "sctp"),
+        (
+            "unknownkey",
+            GOOD.replace("port = 80", "port = 80\nprt = 81"),
+            6,
+            "prt",
+        ),
+    ] {
+        let path = write_config(name, &text);
+        for cmd in ["check", "run"] {
+            let (code, out) = dsr(&[cmd, "--config", &path]);
+            assert_eq!(code, 1, "{cmd} {name}: {out}");
+            assert!(
+                out.contains(&format!("{path}:{line}:")),
+                "{cmd} {name}: no file:line in {out}"
+            );
+            assert!(out.contains(words), "{cmd} {name}: {out}");
+        }
+    }
+    let (code, out) = dsr(&["check", "--config", "/nonexistent/dsr.toml"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("/nonexistent/dsr.toml: cannot read"), "{out}");
+}
+
+#[test]
+fn run_names_a_missing_interface() {
+    let path = write_config("noiface", &GOOD.replace("\"lo\"", "\"nosuchif0\""));
+    let (code, out) = dsr(&["run", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("interface \"nosuchif0\" not found"), "{out}");
+}
