@@ -72,12 +72,18 @@ fn answered_directly_by_backends() {
         "the load balancer's interface carried {through_lb} reply frames"
     );
 
-    // dsr counted what it forwarded.
-    lab.stop_dsr();
+    // SIGTERM: dsr detaches, exits cleanly and reports what it forwarded.
+    let status = lab.stop_dsr().expect("dsr was running");
     let log = lab.dsr_log();
+    assert!(status.success(), "dsr exited with {status}:\n{log}");
     assert!(
         log.contains("forwarded="),
         "dsr did not report forwarded packets:\n{log}"
+    );
+    let link = dsr_lab::lab::sh(&["ip", "-n", &lab.lb_ns, "link", "show", "eth0"]).unwrap();
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after SIGTERM:\n{link}"
     );
 }
 
