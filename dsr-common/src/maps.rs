@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -14,6 +14,14 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 pub const DEFAULT_MAX_VIPS: u32 = 256;
 /// Backends (distinct backend ids) the maps hold unless the config says otherwise.
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Flows the connection table holds unless the config says otherwise (an LRU: the least
+/// recently used flow is evicted when it is full). About 100 bytes each in the kernel.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// A flow with no packet for this long is forgotten (its next packet is a new flow).
+pub const DEFAULT_FLOW_IDLE_SECS: u64 = 300;
+/// The data path refreshes a flow's `last_seen_ns` at most this often: one shared-memory
+/// write per flow per second instead of one per packet.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 /// Each VIP owns two table rows: the data path reads the active one while userspace writes
 /// the other, then one VIPS update switches them (no packet sees a half-written table).
 pub const TABLE_ROWS_PER_VIP: u32 = 2;
@@ -30,6 +38,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const FLOWS: &str = "FLOWS";
     pub const REASON_STATS: &str = "REASON_STATS";
 }
 
@@ -46,6 +55,8 @@ pub struct Settings {
     /// TABLES elements per table row (`ceil(max table size / TABLE_CHUNK)`).
     pub row_chunks: u32,
     pub _pad: u32,
+    /// Flows idle longer than this are treated as new (CLOCK_MONOTONIC_COARSE nanoseconds).
+    pub flow_idle_ns: u64,
 }
 
 /// IFACES value, keyed by ifindex (u32): the MAC of an interface the program is attached to.
@@ -91,8 +102,13 @@ pub struct VipInfo {
     pub table_row: u32,
     /// Slots in use in the active row; 0 = no usable backend, packets are dropped.
     pub table_size: u32,
+    /// `VIP_F_*`.
     pub flags: u32,
 }
+
+/// The VIP's flows are not tracked: every packet is placed by the Maglev table alone
+/// (cheaper for one-packet flows such as DNS; drained backends then lose their flows).
+pub const VIP_F_NO_CONNTRACK: u32 = 1;
 
 /// One TABLES element: `TABLE_CHUNK` consecutive slots of a Maglev table, each a backend id.
 #[repr(C)]
@@ -113,6 +129,21 @@ pub struct Backend {
 
 /// The backend entry is filled in (it has a MAC); a table slot naming an entry without it drops.
 pub const BACKEND_F_VALID: u32 = 1;
+/// Established flows (FLOWS entries) stay on this backend: set while it is healthy, draining
+/// (weight 0) or inhibited; cleared when it fails or is removed, so its flows move to the
+/// VIP's table's new owner.
+pub const BACKEND_F_KEEP_FLOWS: u32 = 2;
+
+/// FLOWS value, keyed by [`crate::FlowKey`]: the backend a flow was given.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub backend: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) of a recent packet, refreshed at
+    /// most every [`FLOW_REFRESH_NS`].
+    pub last_seen_ns: u64,
+}
 
 /// VIP_STATS / BACKEND_STATS value (per CPU; userspace sums the CPUs).
 #[repr(C)]
@@ -120,6 +151,8 @@ pub const BACKEND_F_VALID: u32 = 1;
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+    /// New flows placed by the Maglev table (VIP and backend counters; 0 in REASON_STATS).
+    pub flows: u64,
 }
 
 /// Why the program returned what it did. REASON_STATS is indexed by these (per CPU).
@@ -202,6 +235,8 @@ mod pod {
     unsafe impl aya::Pod for TableChunk {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for crate::FlowKey {}
 }
 
 #[cfg(test)]
@@ -211,13 +246,15 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<FlowEntry>(), 16);
+        assert_eq!(size_of::<crate::FlowKey>(), 40);
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<VipInfo>(), 16);
         assert_eq!(size_of::<TableChunk>(), 4 * TABLE_CHUNK as usize);
         assert_eq!(size_of::<Backend>(), 12);
-        assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<Counter>(), 24);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 #![no_std]
 #![no_main]
 
+mod flows;
 mod headers;
 mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
-    BACKEND_F_VALID, FlowKey, LAYOUT_VERSION, Reason, TABLE_CHUNK, VipKey, flow_hash,
+    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, FlowKey, LAYOUT_VERSION, Reason, Settings,
+    TABLE_CHUNK, VIP_F_NO_CONNTRACK, VipInfo, VipKey, flow_hash,
 };
 
 use crate::{
@@ -107,23 +109,34 @@ fn forward(ctx: &XdpContext) -> Reason {
     };
     let len = ctx.data_end() - ctx.data();
     stats::count_vip(vip.id, len);
-    if vip.table_size == 0 {
-        return Reason::NoBackend;
-    }
 
-    let slot = flow_hash(&key, settings.hash_seed) % vip.table_size;
-    let chunk_index = vip.table_row * settings.row_chunks + slot / TABLE_CHUNK;
-    let Some(chunk) = TABLES.get(chunk_index) else {
-        return Reason::NoBackend;
+    let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
+    let now = if tracked { flows::now_ns() } else { 0 };
+    let established = if tracked {
+        flows::established(&key, now, settings.flow_idle_ns)
+    } else {
+        None
     };
-    // `% TABLE_CHUNK` (a power of two) also bounds the index for the verifier.
-    let backend_id = chunk.slots[(slot % TABLE_CHUNK) as usize];
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return Reason::NoBackend;
+    // An established flow stays on its backend while that backend keeps flows (healthy,
+    // draining or inhibited), even when the table no longer points there.
+    let kept = established.and_then(|id| {
+        let b = BACKENDS.get(id)?;
+        let keep = BACKEND_F_VALID | BACKEND_F_KEEP_FLOWS;
+        (b.flags & keep == keep).then_some((id, *b))
+    });
+    let (backend_id, backend) = match kept {
+        Some(found) => found,
+        None => {
+            let Some((id, backend)) = from_table(&vip, &key, settings) else {
+                return Reason::NoBackend;
+            };
+            if tracked {
+                flows::remember(&key, id, now);
+                stats::count_new_flow(vip.id, id);
+            }
+            (id, backend)
+        }
     };
-    if backend.flags & BACKEND_F_VALID == 0 {
-        return Reason::NoBackend;
-    }
 
     let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
         return Reason::Malformed;
@@ -137,6 +150,20 @@ fn forward(ctx: &XdpContext) -> Reason {
     }
     stats::count_backend(backend_id, len);
     Reason::Forwarded
+}
+
+/// The backend the VIP's Maglev table gives this flow, if it has one with a MAC.
+#[inline(always)]
+fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32, Backend)> {
+    if vip.table_size == 0 {
+        return None;
+    }
+    let slot = flow_hash(key, settings.hash_seed) % vip.table_size;
+    let chunk = TABLES.get(vip.table_row * settings.row_chunks + slot / TABLE_CHUNK)?;
+    // `% TABLE_CHUNK` (a power of two) also bounds the index for the verifier.
+    let id = chunk.slots[(slot % TABLE_CHUNK) as usize];
+    let backend = BACKENDS.get(id)?;
+    (backend.flags & BACKEND_F_VALID != 0).then_some((id, *backend))
 }
 
 /// IPv4 with any IHL (options are skipped, not refused). Returns the flow key without ports

@@ -4,9 +4,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use dsr_common::{Backend, Counter, Iface, REASON_COUNT, Settings, TableChunk, VipInfo, VipKey};
+use dsr_common::{
+    Backend, Counter, FlowEntry, FlowKey, Iface, REASON_COUNT, Settings, TableChunk, VipInfo,
+    VipKey,
+};
 
 /// Deployment-wide settings (layout version, hash seed, table row size); one entry.
 #[map(name = "SETTINGS")]
@@ -29,6 +32,12 @@ pub static TABLES: Array<TableChunk> = Array::with_max_entries(1, BPF_F_MMAPABLE
 /// Backend id -> MAC to send to.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+
+/// Connection tracking: flow -> backend it was given. One LRU shared by all CPUs: on veth
+/// (and with RSS changes) one flow's packets arrive on different CPUs, and a per-CPU table
+/// would then give them different answers once a backend drains.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
 /// Per VIP id: packets and bytes received for the VIP (forwarded or dropped).
 #[map(name = "VIP_STATS")]

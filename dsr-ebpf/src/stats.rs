@@ -30,3 +30,15 @@ pub fn count_vip(id: u32, len: usize) {
 pub fn count_backend(id: u32, len: usize) {
     add(BACKEND_STATS.get_ptr_mut(id), len);
 }
+
+/// A new flow placed by the Maglev table on backend `backend` of VIP `vip`.
+#[inline(always)]
+pub fn count_new_flow(vip: u32, backend: u32) {
+    // SAFETY: per-CPU elements, see add().
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        unsafe { (*c).flows += 1 };
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
+        unsafe { (*c).flows += 1 };
+    }
+}

@@ -1,5 +1,6 @@
 //! The TOML config: parsed, then validated into a [`Model`]. Every error names the file, the
-//! line and what is wrong, so an operator can fix it without guessing.
+//! line and what is wrong, so an operator can fix it without guessing; nothing is used until
+//! the whole file is valid.
 
 use std::{
     collections::HashMap,
@@ -7,13 +8,20 @@ use std::{
     net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
+use dsr_common::{
+    DEFAULT_FLOW_IDLE_SECS, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_HASH_SEED, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{BackendSpec, MacAddr, Model, Protocol, VipSpec, XdpAttachMode};
+use crate::model::{
+    BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL,
+    DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, XdpAttachMode, parse_duration,
+};
 
 /// Largest table size accepted: 2 rows per VIP of this many slots must fit in memory.
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
@@ -40,17 +48,19 @@ impl fmt::Display for ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    instance: Option<Spanned<String>>,
     interface: Spanned<String>,
     #[serde(default)]
     xdp_mode: XdpAttachMode,
     #[serde(default = "default_seed")]
     hash_seed: u32,
-    #[serde(default = "default_table_size")]
-    table_size: Spanned<u32>,
-    #[serde(default = "default_max_vips")]
-    max_vips: Spanned<u32>,
-    #[serde(default = "default_max_backends")]
-    max_backends: Spanned<u32>,
+    table_size: Option<Spanned<u32>>,
+    max_vips: Option<Spanned<u32>>,
+    max_backends: Option<Spanned<u32>>,
+    flow_table_size: Option<Spanned<u32>>,
+    flow_idle_timeout: Option<Spanned<RawDuration>>,
+    control_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     #[serde(default, rename = "vip")]
     vips: Vec<Spanned<RawVip>>,
 }
@@ -62,6 +72,11 @@ struct RawVip {
     address: IpAddr,
     port: Spanned<u16>,
     protocol: Protocol,
+    #[serde(default = "yes")]
+    conntrack: bool,
+    #[serde(default)]
+    inhibit_on_failure: bool,
+    check: Option<RawCheck>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -70,25 +85,45 @@ struct RawVip {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     address: IpAddr,
-    #[serde(default = "default_weight")]
-    weight: Spanned<u32>,
+    weight: Option<Spanned<u32>>,
     mac: Option<Spanned<String>>,
+    backup: Option<Spanned<bool>>,
+    #[serde(default)]
+    sorry: bool,
+    inhibit_on_failure: Option<bool>,
+    check: Option<RawCheck>,
+}
+
+/// A check section; every field optional so a backend's section overrides only what it names.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    interval: Option<Spanned<RawDuration>>,
+    timeout: Option<Spanned<RawDuration>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    path: Option<Spanned<String>>,
+    expect_status: Option<Spanned<u16>>,
+    host: Option<Spanned<String>>,
+    expect_body: Option<Spanned<String>>,
+}
+
+/// "500ms", "2s", "1m", or a number of seconds.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawDuration {
+    Text(String),
+    Seconds(f64),
 }
 
 fn default_seed() -> u32 {
     DEFAULT_HASH_SEED
 }
-fn default_table_size() -> Spanned<u32> {
-    Spanned::new(0..0, DEFAULT_TABLE_SIZE)
-}
-fn default_max_vips() -> Spanned<u32> {
-    Spanned::new(0..0, DEFAULT_MAX_VIPS)
-}
-fn default_max_backends() -> Spanned<u32> {
-    Spanned::new(0..0, DEFAULT_MAX_BACKENDS)
-}
-fn default_weight() -> Spanned<u32> {
-    Spanned::new(0..0, 1)
+fn yes() -> bool {
+    true
 }
 
 /// Reads and validates a config file.
@@ -101,21 +136,48 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
     parse(&text, path)
 }
 
+/// Builds errors that point into one file's text.
+struct Errors<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Errors<'_> {
+    fn at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            message: message.into(),
+        }
+    }
+}
+
 /// Parses and validates config text; `path` only names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
-    let err = |span: Option<Range<usize>>, message: String| ConfigError {
-        file: path.to_owned(),
-        line: span
-            .filter(|s| s != &(0..0))
-            .map(|s| line_of(text, s.start)),
-        message,
-    };
+    let errors = Errors { text, path };
+    let err = |span: Option<Range<usize>>, m: String| errors.at(span, m);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         // toml's message repeats the source line with a caret; keep only the reason.
-        let reason = e.message().trim().to_owned();
-        err(e.span(), reason)
+        err(e.span(), e.message().trim().to_owned())
     })?;
 
+    let instance = match &raw.instance {
+        None => "default".to_owned(),
+        Some(s) => {
+            let v = s.get_ref();
+            let ok = !v.is_empty()
+                && v.len() <= 32
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(err(
+                    Some(s.span()),
+                    format!("instance {v:?} must be 1-32 letters, digits, '-' or '_'"),
+                ));
+            }
+            v.clone()
+        }
+    };
     let interface = raw.interface.get_ref().trim().to_owned();
     if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
         return Err(err(
@@ -126,28 +188,46 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             ),
         ));
     }
-    let table_size = *raw.table_size.get_ref();
+    let number = |v: &Option<Spanned<u32>>, default: u32| {
+        v.as_ref()
+            .map_or((default, None), |s| (*s.get_ref(), Some(s.span())))
+    };
+    let (table_size, span) = number(&raw.table_size, DEFAULT_TABLE_SIZE);
     if !(7..=MAX_TABLE_SIZE).contains(&table_size) || !is_prime(table_size) {
         return Err(err(
-            Some(raw.table_size.span()),
+            span,
             format!(
                 "table_size {table_size} must be a prime between 7 and {MAX_TABLE_SIZE} \
                  (Maglev needs a prime; 65537 is the usual choice)"
             ),
         ));
     }
-    let max_vips = *raw.max_vips.get_ref();
+    let (max_vips, span) = number(&raw.max_vips, DEFAULT_MAX_VIPS);
     if !(1..=65536).contains(&max_vips) {
-        return Err(err(
-            Some(raw.max_vips.span()),
-            format!("max_vips {max_vips} must be 1..=65536"),
-        ));
+        return Err(err(span, format!("max_vips {max_vips} must be 1..=65536")));
     }
-    let max_backends = *raw.max_backends.get_ref();
+    let (max_backends, span) = number(&raw.max_backends, DEFAULT_MAX_BACKENDS);
     if !(1..=1 << 20).contains(&max_backends) {
         return Err(err(
-            Some(raw.max_backends.span()),
+            span,
             format!("max_backends {max_backends} must be 1..=1048576"),
+        ));
+    }
+    let (flow_table_size, span) = number(&raw.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
+    if !(1024..=1 << 27).contains(&flow_table_size) {
+        return Err(err(
+            span,
+            format!("flow_table_size {flow_table_size} must be 1024..=134217728"),
+        ));
+    }
+    let flow_idle_timeout = match &raw.flow_idle_timeout {
+        None => Duration::from_secs(DEFAULT_FLOW_IDLE_SECS),
+        Some(d) => duration(&errors, d)?,
+    };
+    if flow_idle_timeout < Duration::from_secs(1) {
+        return Err(err(
+            raw.flow_idle_timeout.as_ref().map(|d| d.span()),
+            "flow_idle_timeout must be at least 1s".into(),
         ));
     }
     if raw.vips.len() > max_vips as usize {
@@ -161,7 +241,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     }
 
     let mut vips = Vec::with_capacity(raw.vips.len());
-    let mut seen: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+    let mut seen: HashMap<VipAddr, usize> = HashMap::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
     let mut total_backends = 0usize;
     for spanned in &raw.vips {
         let v = spanned.get_ref();
@@ -173,20 +254,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 "VIP port must be 1..=65535".into(),
             ));
         }
-        let key = (v.address, port, v.protocol);
-        if let Some(first) = seen.insert(key, line) {
+        let addr = VipAddr {
+            address: v.address,
+            port,
+            protocol: v.protocol,
+        };
+        if let Some(first) = seen.insert(addr, line) {
             return Err(err(
                 Some(spanned.span()),
-                format!(
-                    "VIP {}:{port}/{} is configured twice (first at line {first})",
-                    v.address, v.protocol
-                ),
+                format!("VIP {addr} is configured twice (first at line {first})"),
             ));
         }
-        let name = v
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}:{port}/{}", v.address, v.protocol));
+        let name = v.name.clone().unwrap_or_else(|| addr.to_string());
+        if let Some(first) = names.insert(name.clone(), line) {
+            return Err(err(
+                Some(spanned.span()),
+                format!("VIP name {name:?} is used twice (first at line {first})"),
+            ));
+        }
         let mut backends = Vec::with_capacity(v.backends.len());
         let mut seen_backends: HashMap<IpAddr, usize> = HashMap::new();
         for b in &v.backends {
@@ -201,10 +286,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                     ),
                 ));
             }
-            let weight = *raw_b.weight.get_ref();
+            let weight = raw_b.weight.as_ref().map_or(1, |w| *w.get_ref());
             if weight > MAX_WEIGHT {
                 return Err(err(
-                    Some(raw_b.weight.span()),
+                    raw_b.weight.as_ref().map(|w| w.span()),
                     format!("weight {weight} is above the maximum {MAX_WEIGHT}"),
                 ));
             }
@@ -216,10 +301,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                         .map_err(|e| err(Some(m.span()), format!("mac {:?}: {e}", m.get_ref())))?,
                 ),
             };
+            let backup = raw_b.backup.as_ref().is_some_and(|b| *b.get_ref());
+            let role = match (backup, raw_b.sorry) {
+                (false, false) => Role::Primary,
+                (true, false) => Role::Backup,
+                (false, true) => Role::Sorry,
+                (true, true) => {
+                    return Err(err(
+                        raw_b.backup.as_ref().map(|b| b.span()),
+                        "a backend cannot be both backup and sorry".into(),
+                    ));
+                }
+            };
+            // A sorry server is checked only when it has a check of its own (keepalived
+            // does not check its sorry_server; a check written for it is honoured).
+            let check = match role {
+                Role::Sorry => check(&errors, raw_b.check.as_ref(), None)?,
+                _ => check(&errors, raw_b.check.as_ref(), v.check.as_ref())?,
+            };
             backends.push(BackendSpec {
                 address: raw_b.address,
                 weight,
                 mac,
+                role,
+                inhibit_on_failure: raw_b.inhibit_on_failure.unwrap_or(v.inhibit_on_failure),
+                check,
+                drained: false,
             });
         }
         if backends.len() >= table_size as usize {
@@ -234,9 +341,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         total_backends += backends.len();
         vips.push(VipSpec {
             name,
-            address: v.address,
-            port,
-            protocol: v.protocol,
+            addr,
+            conntrack: v.conntrack,
+            check: check(&errors, None, v.check.as_ref())?,
             backends,
         });
     }
@@ -248,13 +355,153 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     }
 
     Ok(Model {
+        control_socket: raw
+            .control_socket
+            .unwrap_or_else(|| PathBuf::from(format!("/run/dsr/{instance}.sock"))),
+        state_dir: raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/dsr/{instance}"))),
+        instance,
         interface,
         xdp_mode: raw.xdp_mode,
         hash_seed: raw.hash_seed,
         table_size,
         max_vips,
         max_backends,
+        flow_table_size,
+        flow_idle_timeout,
         vips,
+    })
+}
+
+fn duration(errors: &Errors, d: &Spanned<RawDuration>) -> Result<Duration, ConfigError> {
+    match d.get_ref() {
+        RawDuration::Text(t) => parse_duration(t).map_err(|e| errors.at(Some(d.span()), e)),
+        RawDuration::Seconds(s) if s.is_finite() && *s >= 0.0 && *s <= 1e9 => {
+            Ok(Duration::from_secs_f64(*s))
+        }
+        RawDuration::Seconds(s) => Err(errors.at(Some(d.span()), format!("{s} is not a duration"))),
+    }
+}
+
+/// Merges a backend's check section over its VIP's and validates the result.
+fn check(
+    errors: &Errors,
+    own: Option<&RawCheck>,
+    vip: Option<&RawCheck>,
+) -> Result<CheckSpec, ConfigError> {
+    let (own, vip) = (
+        own.cloned().unwrap_or_default(),
+        vip.cloned().unwrap_or_default(),
+    );
+    macro_rules! pick {
+        ($field:ident) => {
+            own.$field.or(vip.$field)
+        };
+    }
+    let kind = pick!(kind);
+    let (port, interval, timeout) = (pick!(port), pick!(interval), pick!(timeout));
+    let (rise, fall) = (pick!(rise), pick!(fall));
+    let (path, expect_status, host, expect_body) = (
+        pick!(path),
+        pick!(expect_status),
+        pick!(host),
+        pick!(expect_body),
+    );
+    let kind_name = kind.as_ref().map_or("none", |k| k.get_ref().as_str());
+    let at = |s: &Option<Range<usize>>, m: String| errors.at(s.clone(), m);
+    let kind_span = kind.as_ref().map(|k| k.span());
+    if kind_name != "http" {
+        for (name, span) in [
+            ("path", path.as_ref().map(|v| v.span())),
+            ("expect_status", expect_status.as_ref().map(|v| v.span())),
+            ("host", host.as_ref().map(|v| v.span())),
+            ("expect_body", expect_body.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = span {
+                return Err(at(
+                    &Some(span),
+                    format!(
+                        "check field {name} only applies to type = \"http\" (this check is {kind_name:?})"
+                    ),
+                ));
+            }
+        }
+    }
+    let kind = match kind_name {
+        "none" => CheckKind::None,
+        "tcp" => CheckKind::Tcp,
+        "http" => {
+            let path_v = path
+                .as_ref()
+                .map_or("/".to_owned(), |p| p.get_ref().clone());
+            if !path_v.starts_with('/') || path_v.contains(char::is_whitespace) {
+                return Err(at(
+                    &path.as_ref().map(|p| p.span()),
+                    format!("check path {path_v:?} must start with '/' and contain no spaces"),
+                ));
+            }
+            let status = expect_status.as_ref().map_or(200, |s| *s.get_ref());
+            if !(100..=599).contains(&status) {
+                return Err(at(
+                    &expect_status.as_ref().map(|s| s.span()),
+                    format!("expect_status {status} is not an HTTP status"),
+                ));
+            }
+            CheckKind::Http {
+                path: path_v,
+                expect_status: status,
+                host: host.map(|h| h.into_inner()),
+                expect_body: expect_body.map(|b| b.into_inner()),
+            }
+        }
+        other => {
+            return Err(at(
+                &kind_span,
+                format!("check type {other:?} is not one of \"tcp\", \"http\", \"none\""),
+            ));
+        }
+    };
+    if let Some(p) = &port
+        && *p.get_ref() == 0
+    {
+        return Err(at(&Some(p.span()), "check port must be 1..=65535".into()));
+    }
+    let interval_v = match &interval {
+        Some(d) => duration(errors, d)?,
+        None => DEFAULT_CHECK_INTERVAL,
+    };
+    if interval_v < Duration::from_millis(10) {
+        return Err(at(
+            &interval.as_ref().map(|d| d.span()),
+            "check interval must be at least 10ms".into(),
+        ));
+    }
+    let timeout_v = match &timeout {
+        Some(d) => duration(errors, d)?,
+        None => DEFAULT_CHECK_TIMEOUT.min(interval_v.max(Duration::from_millis(10))),
+    };
+    if timeout_v < Duration::from_millis(1) {
+        return Err(at(
+            &timeout.as_ref().map(|d| d.span()),
+            "check timeout must be at least 1ms".into(),
+        ));
+    }
+    let count = |v: &Option<Spanned<u32>>, default: u32, name: &str| match v {
+        None => Ok(default),
+        Some(n) if (1..=100).contains(n.get_ref()) => Ok(*n.get_ref()),
+        Some(n) => Err(at(
+            &Some(n.span()),
+            format!("{name} {} must be 1..=100", n.get_ref()),
+        )),
+    };
+    Ok(CheckSpec {
+        kind,
+        port: port.map(|p| *p.get_ref()),
+        interval: interval_v,
+        timeout: timeout_v,
+        rise: count(&rise, DEFAULT_RISE, "rise")?,
+        fall: count(&fall, DEFAULT_FALL, "fall")?,
     })
 }
 
@@ -313,16 +560,72 @@ protocol = "udp"
     fn parses_a_full_config_with_defaults() {
         let m = parse(GOOD, Path::new("dsr.toml")).unwrap();
         assert_eq!(m.interface, "eth0");
+        assert_eq!(m.instance, "default");
+        assert_eq!(m.control_socket, PathBuf::from("/run/dsr/default.sock"));
         assert_eq!(m.table_size, DEFAULT_TABLE_SIZE);
         assert_eq!(m.hash_seed, DEFAULT_HASH_SEED);
+        assert_eq!(m.flow_idle_timeout, Duration::from_secs(300));
         assert_eq!(m.xdp_mode, XdpAttachMode::Native);
         assert_eq!(m.vips.len(), 2);
         let web = &m.vips[0];
         assert_eq!(web.name, "web");
+        assert!(web.conntrack);
         assert_eq!(web.backends[0].weight, 2);
         assert_eq!(web.backends[1].weight, 1);
         assert_eq!(web.backends[1].mac, Some(MacAddr([2, 0, 0, 0, 0, 0x12])));
-        assert_eq!(m.vips[1].name, "2001:db8::100:53/udp");
+        assert_eq!(web.backends[0].check, CheckSpec::none());
+        assert_eq!(web.backends[0].role, Role::Primary);
+        assert_eq!(m.vips[1].name, "[2001:db8::100]:53/udp");
+    }
+
+    #[test]
+    fn checks_merge_vip_defaults_and_backend_overrides() {
+        let text = r#"
+interface = "eth0"
+[[vip]]
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+inhibit_on_failure = true
+[vip.check]
+type = "http"
+path = "/healthz"
+interval = "100ms"
+timeout = "50ms"
+fall = 3
+  [[vip.backend]]
+  address = "198.18.0.11"
+  [[vip.backend]]
+  address = "198.18.0.12"
+  backup = true
+  inhibit_on_failure = false
+  [vip.backend.check]
+  port = 8080
+  expect_body = "OK"
+  [[vip.backend]]
+  address = "198.18.0.13"
+  sorry = true
+"#;
+        let m = parse(text, Path::new("x")).unwrap();
+        let b = &m.vips[0].backends;
+        let http = |body: Option<&str>| CheckKind::Http {
+            path: "/healthz".into(),
+            expect_status: 200,
+            host: None,
+            expect_body: body.map(str::to_owned),
+        };
+        assert_eq!(b[0].check.kind, http(None));
+        assert_eq!(b[0].check.interval, Duration::from_millis(100));
+        assert_eq!(b[0].check.timeout, Duration::from_millis(50));
+        assert_eq!((b[0].check.rise, b[0].check.fall), (2, 3));
+        assert!(b[0].inhibit_on_failure);
+        assert_eq!(b[1].role, Role::Backup);
+        assert_eq!(b[1].check.kind, http(Some("OK")));
+        assert_eq!(b[1].check.port, Some(8080));
+        assert!(!b[1].inhibit_on_failure);
+        // A sorry server does not inherit the VIP's check.
+        assert_eq!(b[2].role, Role::Sorry);
+        assert_eq!(b[2].check.kind, CheckKind::None);
     }
 
     #[test]
@@ -344,6 +647,27 @@ protocol = "udp"
 
         let e = parse_err(&GOOD.replace("address = \"198.18.0.11\"", "address = \"198.18.0.300\""));
         assert_eq!(e.line, Some(11), "{e}");
+
+        let bad_check = GOOD.replace(
+            "weight = 2",
+            "weight = 2\n  [vip.backend.check]\n  type = \"icmp\"",
+        );
+        let e = parse_err(&bad_check);
+        assert_eq!(e.line, Some(14), "{e}");
+        assert!(e.message.contains("icmp"), "{e}");
+
+        let tcp_path = GOOD.replace(
+            "weight = 2",
+            "weight = 2\n  [vip.backend.check]\n  type = \"tcp\"\n  path = \"/\"",
+        );
+        let e = parse_err(&tcp_path);
+        assert_eq!(e.line, Some(15), "{e}");
+
+        let e = parse_err(&GOOD.replace(
+            "weight = 2",
+            "weight = 2\n  [vip.backend.check]\n  interval = \"1 jiffy\"",
+        ));
+        assert_eq!(e.line, Some(14), "{e}");
     }
 
     #[test]
@@ -370,6 +694,13 @@ protocol = "udp"
 
         let e = parse_err(&format!("max_vips = 1\n{GOOD}"));
         assert!(e.message.contains("max_vips is 1"), "{e}");
+
+        let e = parse_err(&format!("instance = \"a/b\"\n{GOOD}"));
+        assert_eq!(e.line, Some(1), "{e}");
+
+        let e =
+            parse_err(&GOOD.replace("weight = 2", "weight = 2\n  backup = true\n  sorry = true"));
+        assert!(e.message.contains("both backup and sorry"), "{e}");
     }
 
     #[test]

@@ -1,300 +1,992 @@
-//! `dsr run`: turns a validated model into a running data path and keeps it in step with the
-//! neighbour table until told to stop.
+//! `dsr run`: the daemon. It owns the runtime [`State`], feeds it every event (check results,
+//! neighbour changes, control requests, reloads) and after each one hands the result to the
+//! map writer ([`Daemon::apply`]), which writes only what differs from what the kernel holds.
 //!
-//! Every change ends in [`Daemon::sync_vip`], which rebuilds a VIP's table from the backends
-//! usable now and hands it to the map writer; nothing else decides what the tables hold.
+//! The data path outlives the daemon: maps and link are pinned per instance, SIGTERM leaves
+//! them in place (traffic keeps flowing), and the next start adopts them together with the
+//! saved state (ids, MACs, health, runtime changes), so restarts and upgrades lose nothing.
 
-use std::{future::Future, net::IpAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
 
-use anyhow::{Context, Result};
-use dsr_common::VipKey;
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use crate::{
-    datapath::{Datapath, Sizes, vip_key},
+    changes::{self, Change, Limits},
+    config,
+    control::{
+        self, BackendStatus, Call, ReasonStatus, Request, Response, Status, Traffic, VipStatus,
+    },
+    datapath::{self, Datapath, LoadOptions, Sizes, Totals, vip_key},
+    health::{self, Report},
     maglev,
-    model::{BackendSpec, MacAddr, Model, VipSpec},
-    neighbour::Netlink,
+    model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
+    neighbour::{self, NeighbourEvent, Netlink},
+    state::{Desired, State},
 };
 
 /// How long start-up waits for backends' MACs before going on without the missing ones.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often the neighbour table is re-read (MAC changes, late resolutions).
-const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
-/// How often an unresolved backend is solicited again.
-const RESOLICIT_EVERY: u32 = 5;
+/// Housekeeping period: neighbour poll (backstop for missed events), rates, map re-sync.
+const TICK: Duration = Duration::from_secs(1);
+/// How often an unresolved backend is solicited again, in ticks.
+const RESOLICIT_TICKS: u64 = 5;
+
+/// What is saved in the state directory after every change.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    layout_version: u32,
+    interface: String,
+    /// `None` after `dsr stop`: the maps (and so the ids) are gone.
+    state: Option<State>,
+    journal: Vec<Change>,
+}
+
+fn state_file(model: &Model) -> PathBuf {
+    model.state_dir.join("state.json")
+}
+
+fn read_saved(model: &Model) -> Option<Saved> {
+    let text = std::fs::read_to_string(state_file(model)).ok()?;
+    match serde_json::from_str::<Saved>(&text) {
+        Ok(s) if s.layout_version == dsr_common::LAYOUT_VERSION => Some(s),
+        Ok(_) => {
+            log::warn!(
+                "{}: saved by another layout version; ignored",
+                state_file(model).display()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("{}: unreadable ({e}); ignored", state_file(model).display());
+            None
+        }
+    }
+}
+
+/// Counter samples for rates.
+#[derive(Default)]
+struct Rates {
+    last: HashMap<(bool, u32), (Instant, Totals, [f64; 3])>,
+}
+
+impl Rates {
+    fn sample(&mut self, is_vip: bool, id: u32, now: Totals) {
+        let at = Instant::now();
+        let entry = self.last.entry((is_vip, id)).or_insert((at, now, [0.0; 3]));
+        let dt = at.duration_since(entry.0).as_secs_f64();
+        if dt >= 0.5 {
+            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+            entry.2 = [
+                d(now.packets, entry.1.packets),
+                d(now.bytes, entry.1.bytes) * 8.0,
+                d(now.flows, entry.1.flows),
+            ];
+            entry.0 = at;
+            entry.1 = now;
+        }
+    }
+
+    fn traffic(&self, is_vip: bool, id: u32, totals: Totals) -> Traffic {
+        let r = self.last.get(&(is_vip, id)).map_or([0.0; 3], |e| e.2);
+        Traffic {
+            packets: totals.packets,
+            bytes: totals.bytes,
+            flows: totals.flows,
+            packets_per_sec: r[0],
+            bits_per_sec: r[1],
+            flows_per_sec: r[2],
+        }
+    }
+}
 
 pub struct Daemon {
-    model: Model,
-    netlink: Netlink,
+    config_path: PathBuf,
+    config: Model,
+    journal: Vec<Change>,
+    state: State,
     datapath: Datapath,
+    netlink: Netlink,
     ifindex: u32,
-    vips: Vec<VipState>,
-}
-
-struct VipState {
-    spec: VipSpec,
-    key: VipKey,
-    id: u32,
-    backends: Vec<BackendState>,
-}
-
-struct BackendState {
-    spec: BackendSpec,
-    id: u32,
-    mac: Option<MacAddr>,
-}
-
-impl BackendState {
-    fn usable(&self) -> bool {
-        self.mac.is_some() && self.spec.weight > 0
-    }
+    applied: Desired,
+    checks: HashMap<u64, JoinHandle<()>>,
+    reports: mpsc::Sender<Report>,
+    reports_rx: Option<mpsc::Receiver<Report>>,
+    rates: Rates,
 }
 
 impl Daemon {
-    /// Loads the program, resolves backends, fills the maps and attaches.
-    pub async fn start(model: Model) -> Result<Self> {
+    /// Loads (or adopts) the data path, brings it to the config plus saved runtime changes,
+    /// and attaches.
+    pub async fn start(config_path: &Path, config: Model, clean: bool) -> Result<Self> {
         let netlink = Netlink::new()?;
-        let (ifindex, if_mac) = netlink.link(&model.interface).await?;
+        let (ifindex, if_mac) = netlink.link(&config.interface).await?;
         let sizes = Sizes {
-            max_vips: model.max_vips,
-            max_backends: model.max_backends,
-            table_size: model.table_size,
+            max_vips: config.max_vips,
+            max_backends: config.max_backends,
+            table_size: config.table_size,
+            flow_table_size: config.flow_table_size,
         };
-        let mut datapath = Datapath::load(sizes, model.hash_seed)?;
-        datapath.set_iface(ifindex, if_mac)?;
-        log::info!(
-            "loaded XDP program: {} VIPs max, {} backends max, {}-slot tables ({} MiB), seed {:#010x}",
-            sizes.max_vips,
-            sizes.max_backends,
-            sizes.table_size,
-            sizes.table_bytes() >> 20,
-            model.hash_seed
-        );
-
-        let mut next_backend = 0u32;
-        let mut vips = Vec::new();
-        for (id, spec) in model.vips.iter().enumerate() {
-            let backends = spec
-                .backends
-                .iter()
-                .map(|b| {
-                    let id = next_backend;
-                    next_backend += 1;
-                    BackendState {
-                        spec: b.clone(),
-                        id,
-                        mac: b.mac,
-                    }
-                })
-                .collect();
-            vips.push(VipState {
-                key: vip_key(spec.address, spec.port, spec.protocol),
-                spec: spec.clone(),
-                id: id as u32,
-                backends,
-            });
-        }
-
-        let mut daemon = Daemon {
-            model,
-            netlink,
-            datapath,
-            ifindex,
-            vips,
-        };
-        let dynamic = daemon.dynamic_addresses();
-        let resolved = daemon
-            .netlink
-            .resolve(ifindex, &dynamic, RESOLVE_TIMEOUT)
-            .await?;
-        for b in daemon.vips.iter_mut().flat_map(|v| v.backends.iter_mut()) {
-            if b.spec.mac.is_none() {
-                b.mac = resolved.get(&b.spec.address).copied();
-            }
-        }
-        for i in 0..daemon.vips.len() {
-            for b in 0..daemon.vips[i].backends.len() {
-                let (id, mac) = (
-                    daemon.vips[i].backends[b].id,
-                    daemon.vips[i].backends[b].mac,
+        let pin_dir = datapath::pin_dir(&config.instance);
+        let mut saved = read_saved(&config);
+        if clean {
+            if datapath::remove_pinned(&pin_dir)? {
+                log::info!(
+                    "--clean: removed the pinned data path in {}",
+                    pin_dir.display()
                 );
-                daemon.datapath.set_backend(id, mac)?;
             }
-            daemon.sync_vip(i)?;
+            if let Some(s) = saved.as_mut() {
+                s.state = None;
+            }
         }
-        let iface = daemon.model.interface.clone();
-        daemon
-            .datapath
-            .attach(ifindex, &iface, daemon.model.xdp_mode)?;
-        log::info!(
-            "attached to {iface} (ifindex {ifindex}, {if_mac}, {:?} mode)",
-            daemon.model.xdp_mode
-        );
+        // Adopting maps needs the saved ids: without them a flow entry could name the wrong
+        // backend. Start fresh instead (established flows are re-placed once).
+        if pin_dir.exists() && saved.as_ref().and_then(|s| s.state.as_ref()).is_none() {
+            log::warn!(
+                "a pinned data path exists in {} but no saved state in {}: starting it afresh",
+                pin_dir.display(),
+                state_file(&config).display()
+            );
+            datapath::remove_pinned(&pin_dir)?;
+        }
+        let mut datapath = Datapath::load(&LoadOptions {
+            sizes,
+            hash_seed: config.hash_seed,
+            flow_idle: config.flow_idle_timeout,
+            pin_dir: Some(pin_dir.clone()),
+        })?;
+        datapath.set_iface(ifindex, if_mac)?;
+        let (mut state, journal) = match (datapath.adopted(), saved) {
+            (
+                true,
+                Some(Saved {
+                    state: Some(state),
+                    journal,
+                    interface,
+                    ..
+                }),
+            ) => {
+                log::info!(
+                    "adopted the running data path in {} ({} VIPs, {} runtime changes)",
+                    pin_dir.display(),
+                    state.vips.len(),
+                    journal.len()
+                );
+                if interface != config.interface {
+                    log::info!(
+                        "interface changed from {interface} to {}: moving",
+                        config.interface
+                    );
+                    datapath.unpin_link()?;
+                }
+                (state, journal)
+            }
+            (_, saved) => {
+                log::info!(
+                    "loaded a new data path: {} VIPs max, {} backends max, {}-slot tables ({} MiB), \
+                     {} flows, seed {:#010x}",
+                    sizes.max_vips,
+                    sizes.max_backends,
+                    sizes.table_size,
+                    sizes.table_bytes() >> 20,
+                    sizes.flow_table_size,
+                    config.hash_seed
+                );
+                let state = State::new(
+                    config.max_vips,
+                    config.max_backends,
+                    config.flow_idle_timeout,
+                );
+                (state, saved.map(|s| s.journal).unwrap_or_default())
+            }
+        };
+        let (vips, skipped) = changes::replay(&config.vips, &journal, limits(&config));
+        for s in skipped {
+            log::warn!("{s}");
+        }
+        let reconciled = state.reconcile(&vips, SystemTime::now());
+        for e in &reconciled.errors {
+            log::error!("{e}");
+        }
+        let (reports, reports_rx) = mpsc::channel(1024);
+        let mut daemon = Daemon {
+            config_path: config_path.to_owned(),
+            config,
+            journal,
+            state,
+            datapath,
+            netlink,
+            ifindex,
+            applied: Desired::default(),
+            checks: HashMap::new(),
+            reports,
+            reports_rx: Some(reports_rx),
+            rates: Rates::default(),
+        };
+        daemon.after_reconcile(&reconciled.new_vip_ids, &reconciled.new_backend_ids)?;
+        daemon.resolve(RESOLVE_TIMEOUT).await;
+        daemon.apply()?;
+        let iface = daemon.config.interface.clone();
+        let mode = daemon.config.xdp_mode;
+        daemon.datapath.attach(ifindex, &iface, mode)?;
+        log::info!("attached to {iface} (ifindex {ifindex}, {if_mac}, {mode:?} mode)");
         daemon.log_state();
+        daemon.save();
         Ok(daemon)
     }
 
-    /// Runs until `shutdown` completes, then detaches.
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(NEIGHBOUR_POLL);
-        let mut ticks = 0u32;
-        loop {
+    /// Runs until SIGTERM/SIGINT (data path left in place) or `dsr stop` (data path removed).
+    pub async fn run(mut self) -> Result<()> {
+        let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+        let server = control::serve(&self.config.control_socket, calls_tx).await?;
+        log::info!("control socket {}", self.config.control_socket.display());
+        let mut neighbours = neighbour::subscribe()?;
+        let mut reports = self.reports_rx.take().expect("run once");
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u64;
+        let clean = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tick.tick() => {
-                    ticks += 1;
-                    if let Err(e) = self.follow_neighbours(ticks.is_multiple_of(RESOLICIT_EVERY)).await {
-                        log::warn!("neighbour refresh failed: {e:#}");
+                _ = term.recv() => { log::info!("SIGTERM"); break false; }
+                _ = int.recv() => { log::info!("SIGINT"); break false; }
+                _ = hup.recv() => {
+                    match self.reload() {
+                        Ok(msg) => log::info!("SIGHUP: {msg}"),
+                        Err(e) => log::error!("SIGHUP: reload refused, still running the previous config: {e:#}"),
                     }
                 }
+                Some((request, reply)) = calls.recv() => {
+                    let stop = match &request { Request::Stop { clean } => Some(*clean), _ => None };
+                    let response = self.handle(request).await;
+                    let _ = reply.send(response);
+                    if let Some(clean) = stop { break clean; }
+                }
+                Some(report) = reports.recv() => self.on_check(report).await,
+                Some(event) = neighbours.recv() => self.on_neighbour(event),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.housekeeping(ticks.is_multiple_of(RESOLICIT_TICKS)).await;
+                }
             }
+        };
+        server.abort();
+        let _ = std::fs::remove_file(&self.config.control_socket);
+        for (_, task) in self.checks.drain() {
+            task.abort();
         }
-        self.datapath.detach()?;
-        log::info!("detached from {}", self.model.interface);
         self.log_counters();
+        if clean {
+            self.stop_clean()
+        } else {
+            self.save();
+            log::info!(
+                "exiting; the data path keeps forwarding (pinned in {}). `dsr stop` removes it",
+                datapath::pin_dir(&self.config.instance).display()
+            );
+            Ok(())
+        }
+    }
+
+    fn stop_clean(self) -> Result<()> {
+        let pin_dir = datapath::pin_dir(&self.config.instance);
+        self.datapath.unpin_link()?;
+        let saved = Saved {
+            layout_version: dsr_common::LAYOUT_VERSION,
+            interface: self.config.interface.clone(),
+            state: None,
+            journal: self.journal.clone(),
+        };
+        write_saved(&self.config, &saved);
+        let interface = self.config.interface.clone();
+        drop(self.datapath);
+        datapath::remove_pinned(&pin_dir)?;
+        log::info!(
+            "stopped: detached from {interface} and removed {}",
+            pin_dir.display()
+        );
         Ok(())
     }
 
-    fn dynamic_addresses(&self) -> Vec<IpAddr> {
-        let mut addrs: Vec<IpAddr> = self
+    fn desired_vips(&self) -> (Vec<VipSpec>, Vec<String>) {
+        changes::replay(&self.config.vips, &self.journal, limits(&self.config))
+    }
+
+    /// Starts checks for new backends, stops vanished ones, zeroes reused ids' counters.
+    fn after_reconcile(&mut self, new_vip_ids: &[u32], new_backend_ids: &[u32]) -> Result<()> {
+        for &id in new_vip_ids {
+            self.datapath.reset_vip_stats(id)?;
+        }
+        for &id in new_backend_ids {
+            self.datapath.reset_backend_stats(id)?;
+        }
+        let mut live = std::collections::HashSet::new();
+        for vip in &self.state.vips {
+            for b in &vip.backends {
+                live.insert(b.check_token);
+                if b.spec.check.kind == CheckKind::None || self.checks.contains_key(&b.check_token)
+                {
+                    continue;
+                }
+                let task = tokio::spawn(health::check_loop(
+                    b.check_token,
+                    b.spec.address,
+                    vip.spec.addr.port,
+                    b.spec.check.clone(),
+                    self.reports.clone(),
+                ));
+                self.checks.insert(b.check_token, task);
+            }
+        }
+        self.checks.retain(|token, task| {
+            let keep = live.contains(token);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
+    async fn resolve(&mut self, timeout: Duration) {
+        let missing: Vec<IpAddr> = self
+            .state
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
-            .filter(|b| b.spec.mac.is_none())
+            .filter(|b| b.mac.is_none())
             .map(|b| b.spec.address)
             .collect();
-        addrs.sort();
-        addrs.dedup();
-        addrs
-    }
-
-    /// Re-reads the neighbour table: a backend whose MAC changed is re-pointed, one that got
-    /// (or lost) a MAC enters (or leaves) its VIP's table.
-    async fn follow_neighbours(&mut self, resolicit: bool) -> Result<()> {
-        if self.dynamic_addresses().is_empty() {
-            return Ok(());
+        if missing.is_empty() {
+            return;
         }
-        let table = self.netlink.neighbours(self.ifindex).await?;
-        for v in 0..self.vips.len() {
-            let mut membership_changed = false;
-            for b in 0..self.vips[v].backends.len() {
-                let backend = &self.vips[v].backends[b];
-                if backend.spec.mac.is_some() {
-                    continue;
+        match self.netlink.resolve(self.ifindex, &missing, timeout).await {
+            Ok(found) => {
+                for (addr, mac) in found {
+                    self.state.set_neighbour(addr, mac);
                 }
-                let now = table.get(&backend.spec.address).copied();
-                if now.is_none()
-                    && resolicit
-                    && let Err(e) = self
-                        .netlink
-                        .solicit(self.ifindex, backend.spec.address)
-                        .await
-                {
-                    log::debug!("{e:#}");
-                }
-                if now == backend.mac {
-                    continue;
-                }
-                let was_usable = backend.usable();
-                let (id, addr, old) = (backend.id, backend.spec.address, backend.mac);
-                match (old, now) {
-                    (None, Some(m)) => log::info!("backend {addr} resolved to {m}"),
-                    (Some(o), Some(m)) => log::info!("backend {addr} moved from {o} to {m}"),
-                    (Some(o), None) => log::warn!("backend {addr} ({o}) lost its neighbour entry"),
-                    (None, None) => {}
-                }
-                // A vanished entry keeps the last MAC: an entry that expires is normal, the
-                // backend did not go anywhere (health checks decide about dead backends).
-                let Some(now) = now else { continue };
-                self.vips[v].backends[b].mac = Some(now);
-                self.datapath.set_backend(id, Some(now))?;
-                membership_changed |= !was_usable && self.vips[v].backends[b].usable();
             }
-            if membership_changed {
-                self.sync_vip(v)?;
+            Err(e) => log::warn!("resolving backend MACs: {e:#}"),
+        }
+        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
+            if b.mac.is_none() {
+                log::warn!(
+                    "backend {} has no MAC yet (not used until it resolves)",
+                    b.spec.address
+                );
             }
         }
-        Ok(())
     }
 
-    /// Builds VIP `index`'s table from its usable backends and installs it.
-    fn sync_vip(&mut self, index: usize) -> Result<()> {
-        let vip = &self.vips[index];
-        let entries: Vec<maglev::Entry> = vip
-            .backends
-            .iter()
-            .filter(|b| b.usable())
-            .map(|b| maglev::Entry {
-                address: b.spec.address,
-                id: b.id,
-                weight: b.spec.weight,
-            })
+    /// The map writer: brings the kernel's maps to `state.desired()`, writing only what
+    /// differs. New backend entries are written before tables point at them; tables stop
+    /// pointing at a backend before its entry is cleared.
+    fn apply(&mut self) -> Result<()> {
+        let desired = self.state.desired();
+        let mut result = Ok(());
+        for (&id, &(mac, keep)) in &desired.backends {
+            if self.applied.backends.get(&id) != Some(&(mac, keep)) {
+                match self.datapath.set_backend(id, mac, keep) {
+                    Ok(()) => {
+                        self.applied.backends.insert(id, (mac, keep));
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        for (addr, entry) in &desired.vips {
+            if self.applied.vips.get(addr) == Some(entry) {
+                continue;
+            }
+            let (id, entries, conntrack) = entry;
+            let started = Instant::now();
+            let table = maglev::build(entries, self.config.table_size);
+            let built = started.elapsed();
+            match self.datapath.set_vip(
+                vip_key(addr.address, addr.port, addr.protocol),
+                *id,
+                &table,
+                *conntrack,
+            ) {
+                Ok(()) => {
+                    log::debug!(
+                        "VIP {addr}: table of {} backends built in {:?}, written in {:?}",
+                        entries.len(),
+                        built,
+                        started.elapsed() - built
+                    );
+                    if entries.is_empty() {
+                        log::warn!("VIP {addr} has no usable backend: its packets are dropped");
+                    }
+                    self.applied.vips.insert(*addr, entry.clone());
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        let gone_vips: Vec<VipAddr> = self
+            .applied
+            .vips
+            .keys()
+            .filter(|a| !desired.vips.contains_key(a))
+            .copied()
             .collect();
-        let table = maglev::build(&entries, self.model.table_size);
-        if table.is_empty() {
-            log::warn!(
-                "VIP {} has no usable backend: its packets are dropped",
-                vip.spec.name
-            );
+        for addr in gone_vips {
+            match self
+                .datapath
+                .remove_vip(&vip_key(addr.address, addr.port, addr.protocol))
+            {
+                Ok(()) => {
+                    self.applied.vips.remove(&addr);
+                }
+                Err(e) => result = Err(e),
+            }
         }
-        self.datapath
-            .set_vip(vip.key, vip.id, &table)
-            .with_context(|| format!("installing the table of VIP {}", vip.spec.name))
+        let gone_backends: Vec<u32> = self
+            .applied
+            .backends
+            .keys()
+            .filter(|id| !desired.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone_backends {
+            match self.datapath.set_backend(id, None, false) {
+                Ok(()) => {
+                    self.applied.backends.remove(&id);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        result.context("writing the maps (will retry)")
+    }
+
+    fn apply_logged(&mut self) {
+        if let Err(e) = self.apply() {
+            log::error!("{e:#}");
+        }
+    }
+
+    async fn on_check(&mut self, report: Report) {
+        if let Some((vip, addr, up)) = self.state.record_check(report.token, report.result.clone())
+        {
+            if up {
+                log::info!(
+                    "VIP {vip}: backend {addr} is UP ({})",
+                    report.result.message
+                );
+            } else {
+                log::warn!(
+                    "VIP {vip}: backend {addr} is DOWN ({})",
+                    report.result.message
+                );
+                // The address may have moved to another host: learn its MAC afresh.
+                if self
+                    .state
+                    .backend(&vip, addr)
+                    .is_some_and(|b| b.spec.mac.is_none())
+                    && let Err(e) = self.netlink.reprobe(self.ifindex, addr).await
+                {
+                    log::debug!("re-probing {addr}: {e:#}");
+                }
+            }
+            self.apply_logged();
+            self.save();
+        }
+    }
+
+    fn on_neighbour(&mut self, (ifindex, addr, mac): NeighbourEvent) {
+        if ifindex != self.ifindex {
+            return;
+        }
+        self.set_mac(addr, mac);
+    }
+
+    fn set_mac(&mut self, addr: IpAddr, mac: MacAddr) {
+        let old = self
+            .state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .find(|b| b.spec.address == addr && b.spec.mac.is_none())
+            .map(|b| b.mac);
+        if self.state.set_neighbour(addr, mac) > 0 {
+            match old.flatten() {
+                Some(o) => log::info!("backend {addr} moved from {o} to {mac}"),
+                None => log::info!("backend {addr} resolved to {mac}"),
+            }
+            self.apply_logged();
+            self.save();
+        }
+    }
+
+    async fn housekeeping(&mut self, resolicit: bool) {
+        // The neighbour table, in case an event was missed (netlink multicast can drop).
+        if !self.state.dynamic_addresses().is_empty() {
+            match self.netlink.neighbours(self.ifindex).await {
+                Ok(table) => {
+                    for addr in self.state.dynamic_addresses() {
+                        match table.get(&addr) {
+                            Some(&mac) => self.set_mac(addr, mac),
+                            None if resolicit => {
+                                if let Err(e) = self.netlink.solicit(self.ifindex, addr).await {
+                                    log::debug!("{e:#}");
+                                }
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                Err(e) => log::warn!("reading the neighbour table: {e:#}"),
+            }
+        }
+        for vip in &self.state.vips {
+            if let Ok(t) = self.datapath.vip_totals(vip.id) {
+                self.rates.sample(true, vip.id, t);
+            }
+            for b in &vip.backends {
+                if let Ok(t) = self.datapath.backend_totals(b.id) {
+                    self.rates.sample(false, b.id, t);
+                }
+            }
+        }
+        // Retries anything a failed map write left behind.
+        if self.applied != self.state.desired() {
+            self.apply_logged();
+        }
+    }
+
+    /// Brings the state to config + journal and applies it.
+    fn resync(&mut self) -> Vec<String> {
+        let (vips, mut notes) = self.desired_vips();
+        let r = self.state.reconcile(&vips, SystemTime::now());
+        notes.extend(r.errors.iter().cloned());
+        if let Err(e) = self.after_reconcile(&r.new_vip_ids, &r.new_backend_ids) {
+            notes.push(format!("{e:#}"));
+        }
+        if let Err(e) = self.apply() {
+            notes.push(format!("{e:#}"));
+        }
+        self.save();
+        notes
+    }
+
+    /// Re-reads the config file. On any error nothing changes.
+    fn reload(&mut self) -> Result<String> {
+        let new = config::load(&self.config_path)?;
+        let fixed = [
+            ("instance", self.config.instance != new.instance),
+            ("interface", self.config.interface != new.interface),
+            ("xdp_mode", self.config.xdp_mode != new.xdp_mode),
+            ("table_size", self.config.table_size != new.table_size),
+            ("max_vips", self.config.max_vips != new.max_vips),
+            ("max_backends", self.config.max_backends != new.max_backends),
+            (
+                "flow_table_size",
+                self.config.flow_table_size != new.flow_table_size,
+            ),
+            ("hash_seed", self.config.hash_seed != new.hash_seed),
+            (
+                "flow_idle_timeout",
+                self.config.flow_idle_timeout != new.flow_idle_timeout,
+            ),
+            (
+                "control_socket",
+                self.config.control_socket != new.control_socket,
+            ),
+            ("state_dir", self.config.state_dir != new.state_dir),
+        ];
+        let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
+        if !changed.is_empty() {
+            return Err(anyhow!(
+                "{}: {} cannot change on reload (restart dsr for that); nothing was changed",
+                self.config_path.display(),
+                changed.join(", ")
+            ));
+        }
+        // Only the VIPs (and their backends/checks) can differ now.
+        let before = self.config.vips.clone();
+        self.config = new;
+        let notes = self.resync();
+        let added = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| !before.iter().any(|b| b.addr == v.addr))
+            .count();
+        let removed = before
+            .iter()
+            .filter(|b| !self.config.vips.iter().any(|v| v.addr == b.addr))
+            .count();
+        let changed = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| before.iter().any(|b| b.addr == v.addr && b != *v))
+            .count();
+        let mut msg = format!(
+            "reloaded {}: {added} VIPs added, {removed} removed, {changed} changed",
+            self.config_path.display()
+        );
+        for n in notes {
+            msg += &format!("; {n}");
+        }
+        Ok(msg)
+    }
+
+    async fn handle(&mut self, request: Request) -> Response {
+        let vip = |state: &State, name: &str| {
+            state
+                .find_vip(name)
+                .map(|v| v.spec.addr)
+                .ok_or_else(|| format!("no VIP named or addressed {name:?}"))
+        };
+        let change = match &request {
+            Request::Status => {
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: Some(self.status()),
+                };
+            }
+            Request::Reload => {
+                return match self.reload() {
+                    Ok(m) => Response::ok(m),
+                    Err(e) => Response::error(format!(
+                        "reload refused, still running the previous config: {e:#}"
+                    )),
+                };
+            }
+            Request::Reset => {
+                let n = self.journal.len();
+                self.journal.clear();
+                let notes = self.resync();
+                let mut msg = format!(
+                    "dropped {n} runtime changes: back to {}",
+                    self.config_path.display()
+                );
+                for note in notes {
+                    msg += &format!("; {note}");
+                }
+                return Response::ok(msg);
+            }
+            Request::Stop { .. } => {
+                return Response::ok("stopping: detaching and removing the pinned data path");
+            }
+            Request::VipAdd { vip } => Ok(Change::AddVip { vip: vip.clone() }),
+            Request::VipRemove { vip: name } => {
+                vip(&self.state, name).map(|v| Change::RemoveVip { vip: v })
+            }
+            Request::BackendAdd {
+                vip: name,
+                backend,
+                inherit_check,
+            } => vip(&self.state, name).map(|v| {
+                let mut backend = backend.clone();
+                if *inherit_check && backend.role != crate::model::Role::Sorry {
+                    backend.check = self
+                        .state
+                        .vip(&v)
+                        .map(|x| x.spec.check.clone())
+                        .unwrap_or_else(crate::model::CheckSpec::none);
+                }
+                Change::AddBackend { vip: v, backend }
+            }),
+            Request::BackendRemove { vip: name, address } => {
+                vip(&self.state, name).map(|v| Change::RemoveBackend {
+                    vip: v,
+                    address: *address,
+                })
+            }
+            Request::BackendWeight {
+                vip: name,
+                address,
+                weight,
+            } => vip(&self.state, name).map(|v| Change::SetWeight {
+                vip: v,
+                address: *address,
+                weight: *weight,
+            }),
+            Request::BackendDrain { vip: name, address } => {
+                vip(&self.state, name).map(|v| Change::Drain {
+                    vip: v,
+                    address: *address,
+                })
+            }
+            Request::BackendEnable { vip: name, address } => {
+                vip(&self.state, name).map(|v| Change::Enable {
+                    vip: v,
+                    address: *address,
+                })
+            }
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => return Response::error(e),
+        };
+        // Try it on the current desired state first: a change that does not apply changes
+        // nothing.
+        let (mut vips, _) = self.desired_vips();
+        let message = match change.apply(&mut vips, limits(&self.config)) {
+            Ok(m) => m,
+            Err(e) => return Response::error(e),
+        };
+        self.journal.push(change);
+        let notes = self.resync();
+        if notes.is_empty() {
+            log::info!("control: {message}");
+            Response::ok(message)
+        } else {
+            Response::error(format!("{message}, but: {}", notes.join("; ")))
+        }
+    }
+
+    fn status(&self) -> Status {
+        let config_vips = &self.config.vips;
+        let mut status = Status {
+            instance: self.config.instance.clone(),
+            interface: self.config.interface.clone(),
+            daemon: "running".into(),
+            pid: Some(std::process::id()),
+            config: self.config_path.clone(),
+            runtime_changes: self.journal.len(),
+            vips: Vec::new(),
+            reasons: reason_status(&self.datapath),
+        };
+        for vip in &self.state.vips {
+            let from_config = config_vips.iter().find(|c| c.addr == vip.spec.addr);
+            let (serving, entries) = vip.serving();
+            let vt = self.datapath.vip_totals(vip.id).unwrap_or_default();
+            let mut vs = VipStatus {
+                name: vip.spec.name.clone(),
+                addr: vip.spec.addr,
+                conntrack: vip.spec.conntrack,
+                serving,
+                runtime: from_config.is_none(),
+                traffic: self.rates.traffic(true, vip.id, vt),
+                backends: Vec::new(),
+            };
+            for b in &vip.backends {
+                let config_b = from_config
+                    .and_then(|c| c.backends.iter().find(|x| x.address == b.spec.address));
+                let bt = self.datapath.backend_totals(b.id).unwrap_or_default();
+                vs.backends.push(backend_status(
+                    b,
+                    config_b.is_none_or(|c| c != &b.spec),
+                    entries.iter().any(|e| e.id == b.id),
+                    self.rates.traffic(false, b.id, bt),
+                ));
+            }
+            status.vips.push(vs);
+        }
+        status
+    }
+
+    fn save(&self) {
+        let saved = Saved {
+            layout_version: dsr_common::LAYOUT_VERSION,
+            interface: self.config.interface.clone(),
+            state: Some(self.state.clone()),
+            journal: self.journal.clone(),
+        };
+        write_saved(&self.config, &saved);
     }
 
     fn log_state(&self) {
-        for v in &self.vips {
+        for v in &self.state.vips {
+            let (serving, _) = v.serving();
             log::info!(
-                "VIP {} = {}:{}/{} ({} backends)",
+                "VIP {} = {} ({} backends, new flows to: {})",
                 v.spec.name,
-                v.spec.address,
-                v.spec.port,
-                v.spec.protocol,
-                v.backends.len()
+                v.spec.addr,
+                v.backends.len(),
+                serving.map_or("nobody (dropping)".to_owned(), |r| r.plural().to_owned())
             );
             for b in &v.backends {
-                let mac = b
-                    .mac
-                    .map_or("unresolved (not used)".to_owned(), |m| m.to_string());
+                let mac = b.mac.map_or("unresolved".to_owned(), |m| m.to_string());
                 log::info!(
-                    "  -> {} weight {} mac {}",
+                    "  -> {} {} weight {} mac {} check {}",
                     b.spec.address,
+                    b.spec.role,
                     b.spec.weight,
-                    mac
+                    mac,
+                    check_name(&b.spec.check.kind)
                 );
             }
         }
     }
 
     fn log_counters(&self) {
-        for v in &self.vips {
+        for v in &self.state.vips {
             if let Ok(t) = self.datapath.vip_totals(v.id) {
                 log::info!(
-                    "VIP {}: {} packets, {} bytes",
+                    "VIP {}: {} packets, {} bytes, {} flows",
                     v.spec.name,
                     t.packets,
-                    t.bytes
+                    t.bytes,
+                    t.flows
                 );
             }
             for b in &v.backends {
                 if let Ok(t) = self.datapath.backend_totals(b.id) {
                     log::info!(
-                        "  -> {}: {} packets, {} bytes",
+                        "  -> {}: {} packets, {} bytes, {} flows",
                         b.spec.address,
                         t.packets,
-                        t.bytes
+                        t.bytes,
+                        t.flows
                     );
                 }
             }
         }
-        if let Ok(reasons) = self.datapath.reason_totals() {
-            let line: Vec<String> = reasons
-                .iter()
-                .filter(|(_, t)| t.packets > 0)
-                .map(|(r, t)| format!("{}={}", r.name(), t.packets))
-                .collect();
-            log::info!("verdicts: {}", line.join(" "));
-        }
+        let line: Vec<String> = reason_status(&self.datapath)
+            .iter()
+            .filter(|r| r.packets > 0)
+            .map(|r| format!("{}={}", r.reason, r.packets))
+            .collect();
+        log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+fn write_saved(config: &Model, saved: &Saved) {
+    let path = state_file(config);
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::error!("saving state to {}: {e:#}", path.display());
+    }
+}
+
+fn limits(config: &Model) -> Limits {
+    Limits {
+        max_vips: config.max_vips,
+        max_backends: config.max_backends,
+        table_size: config.table_size,
+    }
+}
+
+pub fn check_name(kind: &CheckKind) -> String {
+    match kind {
+        CheckKind::None => "none".into(),
+        CheckKind::Tcp => "tcp".into(),
+        CheckKind::Http { path, .. } => format!("http {path}"),
+    }
+}
+
+fn backend_status(
+    b: &crate::state::Backend,
+    runtime: bool,
+    in_table: bool,
+    traffic: Traffic,
+) -> BackendStatus {
+    BackendStatus {
+        address: b.spec.address,
+        role: b.spec.role,
+        mac: b.mac,
+        health: match (b.health.up, b.health.unchecked) {
+            (true, true) if b.spec.check.kind == CheckKind::None => "up".into(),
+            (true, true) => "up (unchecked)".into(),
+            (true, false) => "up".into(),
+            (false, _) => "down".into(),
+        },
+        since_unix_ms: b
+            .health
+            .since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        check: check_name(&b.spec.check.kind),
+        last_check: b.health.last.clone(),
+        weight: b.spec.weight,
+        effective_weight: b.effective_weight(),
+        drained: b.spec.drained,
+        inhibit_on_failure: b.spec.inhibit_on_failure,
+        in_table,
+        keeps_flows: b.keeps_flows(),
+        runtime,
+        traffic,
+    }
+}
+
+fn reason_status(datapath: &Datapath) -> Vec<ReasonStatus> {
+    datapath
+        .reason_totals()
+        .map(|all| {
+            all.iter()
+                .map(|(r, t)| ReasonStatus {
+                    reason: r.name().into(),
+                    verdict: r.verdict().into(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `dsr status` while the daemon is down: the saved state and the pinned maps' counters.
+pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
+    let saved = read_saved(model);
+    let state = saved.as_ref().and_then(|s| s.state.clone());
+    let pin_dir = datapath::pin_dir(&model.instance);
+    let counters = datapath::PinnedCounters::open(&pin_dir).ok();
+    let mut status = Status {
+        instance: model.instance.clone(),
+        interface: saved
+            .as_ref()
+            .map_or(model.interface.clone(), |s| s.interface.clone()),
+        daemon: if counters.is_some() {
+            "down (data path still pinned and forwarding)".into()
+        } else {
+            "down (no data path)".into()
+        },
+        pid: None,
+        config: config_path.to_owned(),
+        runtime_changes: saved.as_ref().map_or(0, |s| s.journal.len()),
+        vips: Vec::new(),
+        reasons: counters.as_ref().map(|c| c.reasons()).unwrap_or_default(),
+    };
+    let (Some(state), Some(counters)) = (state, counters) else {
+        return Ok(status);
+    };
+    for vip in &state.vips {
+        let (serving, entries) = vip.serving();
+        let vt = counters.vip(vip.id);
+        let mut vs = VipStatus {
+            name: vip.spec.name.clone(),
+            addr: vip.spec.addr,
+            conntrack: vip.spec.conntrack,
+            serving,
+            runtime: !model.vips.iter().any(|c| c.addr == vip.spec.addr),
+            traffic: Rates::default().traffic(true, vip.id, vt),
+            backends: Vec::new(),
+        };
+        for b in &vip.backends {
+            let bt = counters.backend(b.id);
+            vs.backends.push(backend_status(
+                b,
+                false,
+                entries.iter().any(|e| e.id == b.id),
+                Rates::default().traffic(false, b.id, bt),
+            ));
+        }
+        status.vips.push(vs);
+    }
+    Ok(status)
 }

@@ -8,18 +8,25 @@
 use std::{
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
     ptr::NonNull,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use dsr_common::{
-    BACKEND_F_VALID, Backend, Counter, Iface, LAYOUT_VERSION, PROGRAM_NAME, REASON_COUNT, Reason,
-    Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk, VipInfo, VipKey, names,
+    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Counter, FlowEntry, FlowKey, Iface,
+    LAYOUT_VERSION, PROGRAM_NAME, REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP,
+    TableChunk, VIP_F_NO_CONNTRACK, VipInfo, VipKey, names,
 };
 
 use crate::{
@@ -34,6 +41,8 @@ pub struct Sizes {
     pub max_backends: u32,
     /// Largest table (slots) a VIP may have.
     pub table_size: u32,
+    /// Flows the connection table (an LRU) holds.
+    pub flow_table_size: u32,
 }
 
 impl Sizes {
@@ -53,6 +62,9 @@ impl Sizes {
 pub struct Datapath {
     ebpf: Ebpf,
     sizes: Sizes,
+    pin_dir: Option<PathBuf>,
+    /// The maps were already pinned: they hold the previous run's state.
+    adopted: bool,
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
     ifaces: HashMap<MapData, u32, Iface>,
@@ -60,6 +72,7 @@ pub struct Datapath {
     vip_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
     reason_stats: PerCpuArray<MapData, Counter>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
     links: Vec<XdpLinkId>,
 }
 
@@ -68,26 +81,153 @@ pub struct Datapath {
 pub struct Totals {
     pub packets: u64,
     pub bytes: u64,
+    /// New flows placed by the Maglev table.
+    pub flows: u64,
+}
+
+/// Every map with the size it must have.
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 8]> {
+    let table_elems = sizes
+        .max_vips
+        .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
+        .ok_or_else(|| anyhow!("max_vips x table_size is too large"))?;
+    Ok([
+        (names::SETTINGS, 1),
+        (names::VIPS, sizes.max_vips),
+        (names::VIP_STATS, sizes.max_vips),
+        (names::TABLES, table_elems),
+        (names::BACKENDS, sizes.max_backends),
+        (names::BACKEND_STATS, sizes.max_backends),
+        (names::FLOWS, sizes.flow_table_size),
+        (names::REASON_STATS, REASON_COUNT),
+    ])
+}
+
+/// Where an instance's maps and link are pinned: bpffs is one for all network namespaces, so
+/// every instance has its own directory.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    PathBuf::from(BPFFS).join("dsr").join(instance)
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+const LINK_PIN: &str = "link";
+
+/// Checks that the maps pinned in `dir` (if any) are the ones this binary would create: same
+/// layout version and sizes. Returns whether there is a pinned data path to adopt.
+pub fn check_pinned(dir: &Path, sizes: &Sizes) -> Result<bool> {
+    if !dir.join(names::SETTINGS).exists() {
+        return Ok(false);
+    }
+    let settings: Array<MapData, Settings> = Map::Array(
+        MapData::from_pin(dir.join(names::SETTINGS)).with_context(|| {
+            format!("opening pinned map {}", dir.join(names::SETTINGS).display())
+        })?,
+    )
+    .try_into()
+    .map_err(|e| {
+        anyhow!(
+            "pinned SETTINGS in {}: {e} (written by another version?)",
+            dir.display()
+        )
+    })?;
+    let version = settings.get(&0, 0)?.layout_version;
+    let remedy = "`dsr stop` removes the pinned data path (traffic stops until dsr starts again)";
+    if version != LAYOUT_VERSION {
+        bail!(
+            "the data path pinned in {} has map layout {version}, this dsr uses {LAYOUT_VERSION}; {remedy}",
+            dir.display()
+        );
+    }
+    for (name, want) in map_sizes(sizes)? {
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let have = data.info()?.max_entries();
+        if have != want {
+            bail!(
+                "pinned map {} holds {have} entries but the config asks for {want} \
+                 (max_vips / max_backends / table_size / flow_table_size changed); {remedy}, \
+                 or keep the old sizes",
+                path.display()
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// Removes an instance's pinned data path: unpinning the link detaches the program once no
+/// process holds it, unpinning the maps frees them.
+pub fn remove_pinned(dir: &Path) -> Result<bool> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(true)
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine has none).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", BPFFS])
+        .status()
+        .context("running mount -t bpf")?;
+    if !status.success() {
+        bail!("bpffs is not mounted at {BPFFS} and mounting it failed");
+    }
+    log::info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// How to load the data path.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub sizes: Sizes,
+    pub hash_seed: u32,
+    pub flow_idle: Duration,
+    /// Pin maps and link here and adopt what is already pinned; `None` = nothing outlives
+    /// this process (tests).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Datapath {
-    /// Loads the program with maps of the given sizes and writes SETTINGS. Nothing is
-    /// attached yet: fill the maps first, then [`Datapath::attach`].
-    pub fn load(sizes: Sizes, hash_seed: u32) -> Result<Self> {
+    /// Loads the program (adopting the maps pinned in `pin_dir`, if any) and writes SETTINGS.
+    /// Nothing is attached yet: fill the maps first, then [`Datapath::attach`].
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
         if DSR_OBJECT.is_empty() {
             bail!("this dsr binary was built with DSR_EBPF_SKIP and carries no XDP program");
         }
+        let sizes = opts.sizes;
         let row_chunks = sizes.row_chunks();
-        let table_elems = sizes
-            .max_vips
-            .checked_mul(TABLE_ROWS_PER_VIP * row_chunks)
-            .ok_or_else(|| anyhow!("max_vips x table_size is too large"))?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::VIPS, sizes.max_vips)
-            .map_max_entries(names::VIP_STATS, sizes.max_vips)
-            .map_max_entries(names::TABLES, table_elems)
-            .map_max_entries(names::BACKENDS, sizes.max_backends)
-            .map_max_entries(names::BACKEND_STATS, sizes.max_backends)
+        let map_sizes = map_sizes(&sizes)?;
+        let table_elems = map_sizes[3].1;
+        let adopted = match &opts.pin_dir {
+            Some(dir) => {
+                ensure_bpffs()?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating pin directory {}", dir.display()))?;
+                check_pinned(dir, &sizes)?
+            }
+            None => false,
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, size) in map_sizes {
+            loader.map_max_entries(name, size);
+            if let Some(dir) = &opts.pin_dir {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(DSR_OBJECT)
             .context("loading the dsr eBPF object (maps)")?;
         let program: &mut Xdp = ebpf
@@ -112,21 +252,25 @@ impl Datapath {
         let vip_stats = take(names::VIP_STATS)?.try_into()?;
         let backend_stats = take(names::BACKEND_STATS)?.try_into()?;
         let reason_stats = take(names::REASON_STATS)?.try_into()?;
+        let flows = take(names::FLOWS)?.try_into()?;
         let tables = TableMmap::new(tables, table_elems)?;
 
         settings.set(
             0,
             Settings {
                 layout_version: LAYOUT_VERSION,
-                hash_seed,
+                hash_seed: opts.hash_seed,
                 row_chunks,
                 _pad: 0,
+                flow_idle_ns: opts.flow_idle.as_nanos().min(u64::MAX as u128) as u64,
             },
             0,
         )?;
         Ok(Datapath {
             ebpf,
             sizes,
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
             vips,
             backends,
             ifaces,
@@ -134,12 +278,18 @@ impl Datapath {
             vip_stats,
             backend_stats,
             reason_stats,
+            flows,
             links: Vec::new(),
         })
     }
 
     pub fn sizes(&self) -> Sizes {
         self.sizes
+    }
+
+    /// Whether `load` found and adopted a pinned data path.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The loaded program (for BPF_PROG_TEST_RUN).
@@ -158,7 +308,49 @@ impl Datapath {
     }
 
     /// Attaches to `ifindex` (whose MAC must already be in IFACES via [`Datapath::set_iface`]).
+    /// With a pin directory: if a link is pinned there, the new program replaces the old one
+    /// in it atomically (no packet sees no program); otherwise the new link is pinned, so the
+    /// data path outlives this process.
     pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpAttachMode) -> Result<()> {
+        if let Some(link_path) = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN)) {
+            if link_path.exists() {
+                let pinned = PinnedLink::from_pin(&link_path)
+                    .with_context(|| format!("opening pinned link {}", link_path.display()))?;
+                let link = XdpLink::try_from(FdLink::from(pinned))
+                    .context("the pinned link is not an XDP link")?;
+                let id = self
+                    .program_mut()
+                    .attach_to_link(link)
+                    .context("replacing the program in the pinned XDP link")?;
+                // Closing our fd on drop leaves the pinned link in place.
+                self.links.push(id);
+                return Ok(());
+            }
+            self.attach_new(ifindex, ifname, mode)?;
+            let id = self.links.pop().expect("just attached");
+            let link = self.program_mut().take_link(id)?;
+            let fd_link = FdLink::try_from(link).context(
+                "the kernel attached XDP without a bpf_link (netlink fallback); it cannot be pinned",
+            )?;
+            fd_link
+                .pin(&link_path)
+                .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?;
+            return Ok(());
+        }
+        self.attach_new(ifindex, ifname, mode)
+    }
+
+    /// Unpins the link (if pinned) so the program detaches when this process lets go of it.
+    pub fn unpin_link(&self) -> Result<()> {
+        if let Some(path) = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN))
+            && path.exists()
+        {
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn attach_new(&mut self, ifindex: u32, ifname: &str, mode: XdpAttachMode) -> Result<()> {
         let xdp_mode = match mode {
             XdpAttachMode::Native => XdpMode::Driver,
             XdpAttachMode::Skb => XdpMode::Skb,
@@ -198,13 +390,28 @@ impl Datapath {
         Ok(())
     }
 
-    /// Sets (or, with `None`, invalidates) the MAC a backend id sends to.
-    pub fn set_backend(&mut self, id: u32, mac: Option<MacAddr>) -> Result<()> {
+    /// Zeroes a VIP id's counters (a reused id must not inherit its predecessor's).
+    pub fn reset_vip_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); nr_cpus()?])?;
+        self.vip_stats.set(id, zeros, 0)?;
+        Ok(())
+    }
+
+    /// Zeroes a backend id's counters.
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); nr_cpus()?])?;
+        self.backend_stats.set(id, zeros, 0)?;
+        Ok(())
+    }
+
+    /// Sets what the data path knows of a backend id: the MAC it sends to (`None` = not
+    /// usable at all) and whether its established flows stay on it.
+    pub fn set_backend(&mut self, id: u32, mac: Option<MacAddr>, keep_flows: bool) -> Result<()> {
         let entry = match mac {
             Some(mac) => Backend {
                 mac: mac.0,
                 _pad: [0; 2],
-                flags: BACKEND_F_VALID,
+                flags: BACKEND_F_VALID | if keep_flows { BACKEND_F_KEEP_FLOWS } else { 0 },
             },
             None => Backend::default(),
         };
@@ -215,8 +422,8 @@ impl Datapath {
     }
 
     /// Installs `table` (backend ids; empty = no usable backend, packets dropped) for a VIP,
-    /// switching atomically from the table it had.
-    pub fn set_vip(&mut self, key: VipKey, id: u32, table: &[u32]) -> Result<()> {
+    /// switching atomically from the table it had. `conntrack` = remember each flow's backend.
+    pub fn set_vip(&mut self, key: VipKey, id: u32, table: &[u32], conntrack: bool) -> Result<()> {
         if id >= self.sizes.max_vips {
             bail!("VIP id {id} is beyond max_vips {}", self.sizes.max_vips);
         }
@@ -245,7 +452,7 @@ impl Datapath {
             id,
             table_row: row,
             table_size: table.len() as u32,
-            flags: 0,
+            flags: if conntrack { 0 } else { VIP_F_NO_CONNTRACK },
         };
         self.vips
             .insert(key, info, 0)
@@ -265,6 +472,11 @@ impl Datapath {
         Ok(row[..info.table_size as usize].to_vec())
     }
 
+    /// The connection-table entry of a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key, 0).ok()
+    }
+
     pub fn reason_totals(&self) -> Result<[(Reason, Totals); REASON_COUNT as usize]> {
         let mut out = Reason::ALL.map(|r| (r, Totals::default()));
         for (reason, totals) in out.iter_mut() {
@@ -282,11 +494,16 @@ impl Datapath {
     }
 }
 
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting possible CPUs: {e}"))
+}
+
 fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Result<Totals> {
     let values = map.get(&index, 0)?;
     Ok(values.iter().fold(Totals::default(), |t, c| Totals {
         packets: t.packets + c.packets,
         bytes: t.bytes + c.bytes,
+        flows: t.flows + c.flows,
     }))
 }
 
@@ -351,5 +568,51 @@ impl Drop for TableMmap {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * 4) };
+    }
+}
+
+/// Read-only view of a pinned data path's counters (for `dsr status` while the daemon is down).
+pub struct PinnedCounters {
+    vip_stats: PerCpuArray<MapData, Counter>,
+    backend_stats: PerCpuArray<MapData, Counter>,
+    reason_stats: PerCpuArray<MapData, Counter>,
+}
+
+impl PinnedCounters {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<PerCpuArray<MapData, Counter>> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::PerCpuArray(data).try_into()?)
+        };
+        Ok(PinnedCounters {
+            vip_stats: open(names::VIP_STATS)?,
+            backend_stats: open(names::BACKEND_STATS)?,
+            reason_stats: open(names::REASON_STATS)?,
+        })
+    }
+
+    pub fn vip(&self, id: u32) -> Totals {
+        sum(&self.vip_stats, id).unwrap_or_default()
+    }
+
+    pub fn backend(&self, id: u32) -> Totals {
+        sum(&self.backend_stats, id).unwrap_or_default()
+    }
+
+    pub fn reasons(&self) -> Vec<crate::control::ReasonStatus> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let t = sum(&self.reason_stats, *r as u32).unwrap_or_default();
+                crate::control::ReasonStatus {
+                    reason: r.name().into(),
+                    verdict: r.verdict().into(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                }
+            })
+            .collect()
     }
 }

@@ -1,10 +1,15 @@
 //! dsr userspace: config -> validated model -> Maglev tables -> maps, plus neighbour resolution
 //! and the daemon that ties them together. The `dsr` binary (main.rs) is the CLI over this.
 
+pub mod changes;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod ebpf;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod neighbour;
+pub mod state;

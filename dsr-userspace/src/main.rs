@@ -1,10 +1,20 @@
-//! The `dsr` command line.
+//! The `dsr` command line: the daemon (`run`) and the operator's commands, which talk to the
+//! daemon over its control socket.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use dsr::{config, daemon::Daemon};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dsr::{
+    cli, config,
+    control::{self, Request, Response},
+    daemon::{self, Daemon},
+    datapath,
+    model::{
+        BackendSpec, CheckKind, CheckSpec, DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Role,
+        VipAddr, VipSpec, parse_duration,
+    },
+};
 
 #[derive(Parser)]
 #[command(
@@ -17,18 +27,182 @@ struct Cli {
     command: Command,
 }
 
+/// Which running instance a command talks to.
+#[derive(Args, Clone)]
+struct Target {
+    /// The daemon's config file (gives instance, socket and state paths).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Instance name, when no config is given (default "default").
+    #[arg(long, global = true)]
+    instance: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, fill its maps from the config and forward until SIGINT/SIGTERM.
+    /// Load (or adopt) the data path, fill it from the config and run health checks until
+    /// SIGTERM/SIGINT. The data path keeps forwarding after the daemon exits; `dsr stop`
+    /// removes it. SIGHUP reloads the config.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Remove any pinned data path of this instance first (start from empty maps).
+        #[arg(long)]
+        clean: bool,
     },
     /// Validate a config file and print what it describes; changes nothing.
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// VIPs and backends: health, weights, roles, rates and counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters: per-reason verdicts (forwarded, passed, dropped and why), per VIP, per backend.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a VIP's backends at run time (kept across restarts and reloads; `dsr reset`
+    /// reverts to the config).
+    Backend {
+        #[command(subcommand)]
+        action: BackendCmd,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add or remove VIPs at run time.
+    Vip {
+        #[command(subcommand)]
+        action: VipCmd,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Re-read the config file (as SIGHUP does); on any error the running config stays.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop all runtime changes: back to the config file.
+    Reset {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the daemon and remove the data path (traffic to the VIPs stops being forwarded).
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Add a backend to a VIP.
+    Add {
+        /// VIP name or ADDRESS:PORT/PROTOCOL.
+        vip: String,
+        address: IpAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Static MAC (default: resolved from the neighbour table).
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        #[arg(long, conflicts_with = "sorry")]
+        backup: bool,
+        #[arg(long)]
+        sorry: bool,
+        #[arg(long)]
+        inhibit_on_failure: bool,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// Remove a backend; its flows move to the other backends.
+    Remove { vip: String, address: IpAddr },
+    /// Set a backend's weight (0 = drain).
+    Weight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    /// No new flows to the backend; established flows stay until they end or idle out.
+    Drain { vip: String, address: IpAddr },
+    /// Undo `drain`.
+    Enable { vip: String, address: IpAddr },
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    /// Add a VIP (without backends; add them with `dsr backend add`).
+    Add {
+        /// ADDRESS:PORT/PROTOCOL, e.g. 192.0.2.10:80/tcp or [2001:db8::10]:53/udp
+        vip: VipAddr,
+        #[arg(long)]
+        name: Option<String>,
+        /// Do not track flows (cheaper for one-packet flows; drain then has no effect).
+        #[arg(long)]
+        no_conntrack: bool,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// Remove a VIP and its backends.
+    Remove { vip: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckType {
+    None,
+    Tcp,
+    Http,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Health check (default for a backend: the VIP's check).
+    #[arg(long = "check")]
+    kind: Option<CheckType>,
+    #[arg(long)]
+    check_port: Option<u16>,
+    #[arg(long, default_value = "/")]
+    check_path: String,
+    #[arg(long, default_value_t = 200)]
+    check_status: u16,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    check_interval: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    check_timeout: Duration,
+    #[arg(long, default_value_t = DEFAULT_RISE)]
+    rise: u32,
+    #[arg(long, default_value_t = DEFAULT_FALL)]
+    fall: u32,
+}
+
+impl CheckArgs {
+    fn spec(&self) -> Option<CheckSpec> {
+        let kind = match self.kind? {
+            CheckType::None => CheckKind::None,
+            CheckType::Tcp => CheckKind::Tcp,
+            CheckType::Http => CheckKind::Http {
+                path: self.check_path.clone(),
+                expect_status: self.check_status,
+                host: None,
+                expect_body: None,
+            },
+        };
+        Some(CheckSpec {
+            kind,
+            port: self.check_port,
+            interval: self.check_interval,
+            timeout: self.check_timeout,
+            rise: self.rise.clamp(1, 100),
+            fall: self.fall.clamp(1, 100),
+        })
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,7 +213,8 @@ fn main() -> std::process::ExitCode {
     .format_target(false)
     .init();
     match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("dsr: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -47,40 +222,189 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
+/// The paths a command needs, from `--config` or `--instance`.
+fn resolve(target: &Target) -> Result<(PathBuf, Model)> {
+    if let Some(path) = &target.config {
+        return Ok((path.clone(), config::load(path)?));
+    }
+    let instance = target.instance.clone().unwrap_or_else(|| "default".into());
+    // The same defaults a config file without these settings gets.
+    let text = format!("instance = {instance:?}\ninterface = \"-\"\n");
+    let model = config::parse(&text, std::path::Path::new("(defaults)"))
+        .with_context(|| format!("instance name {instance:?}"))?;
+    Ok((PathBuf::from("(unknown: --config not given)"), model))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Sends a request to the daemon and prints its answer; returns whether it succeeded.
+fn send(target: &Target, request: Request) -> Result<bool> {
+    let (_, model) = resolve(target)?;
+    let response: Response = runtime()?
+        .block_on(control::call(&model.control_socket, &request))
+        .with_context(|| {
+            format!(
+                "is the dsr daemon of instance {:?} running? (socket {})",
+                model.instance,
+                model.control_socket.display()
+            )
+        })?;
+    if response.ok {
+        println!("{}", response.message);
+    } else {
+        eprintln!("dsr: {}", response.message);
+    }
+    Ok(response.ok)
+}
+
+/// `status` / `stats`: from the daemon, or from the pinned maps when it is down.
+fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
+    let (path, model) = resolve(target)?;
+    let rt = runtime()?;
+    let status = if rt.block_on(control::daemon_running(&model.control_socket)) {
+        let r = rt.block_on(control::call(&model.control_socket, &Request::Status))?;
+        r.status.context("the daemon sent no status")?
+    } else {
+        daemon::offline_status(&path, &model)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else if stats {
+        print!("{}", cli::render_stats(&status));
+    } else {
+        print!("{}", cli::render_status(&status));
+    }
+    Ok(true)
+}
+
+fn real_main() -> Result<bool> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
             let model = config::load(&config)?;
             println!(
-                "{}: ok: interface {}, {} VIPs, {} backends",
+                "{}: ok: instance {}, interface {}, {} VIPs, {} backends",
                 config.display(),
+                model.instance,
                 model.interface,
                 model.vips.len(),
                 model.vips.iter().map(|v| v.backends.len()).sum::<usize>()
             );
-            Ok(())
+            Ok(true)
         }
-        Command::Run { config } => {
+        Command::Run { config, clean } => {
             let model = config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let daemon = Daemon::start(model).await?;
-                daemon.run_until(shutdown_signal()).await
-            })
+            runtime()?.block_on(async {
+                let daemon = Daemon::start(&config, model, clean).await?;
+                daemon.run().await
+            })?;
+            Ok(true)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: stopping"),
-        _ = int.recv() => log::info!("SIGINT: stopping"),
+        Command::Status { target, json } => show(&target, json, false),
+        Command::Stats { target, json } => show(&target, json, true),
+        Command::Backend { action, target } => {
+            let request = match action {
+                BackendCmd::Add {
+                    vip,
+                    address,
+                    weight,
+                    mac,
+                    backup,
+                    sorry,
+                    inhibit_on_failure,
+                    check,
+                } => {
+                    let role = if backup {
+                        Role::Backup
+                    } else if sorry {
+                        Role::Sorry
+                    } else {
+                        Role::Primary
+                    };
+                    let spec = check.spec();
+                    Request::BackendAdd {
+                        vip,
+                        inherit_check: spec.is_none(),
+                        backend: BackendSpec {
+                            address,
+                            weight,
+                            mac,
+                            role,
+                            inhibit_on_failure,
+                            check: spec.unwrap_or_else(CheckSpec::none),
+                            drained: false,
+                        },
+                    }
+                }
+                BackendCmd::Remove { vip, address } => Request::BackendRemove { vip, address },
+                BackendCmd::Weight {
+                    vip,
+                    address,
+                    weight,
+                } => Request::BackendWeight {
+                    vip,
+                    address,
+                    weight,
+                },
+                BackendCmd::Drain { vip, address } => Request::BackendDrain { vip, address },
+                BackendCmd::Enable { vip, address } => Request::BackendEnable { vip, address },
+            };
+            send(&target, request)
+        }
+        Command::Vip { action, target } => {
+            let request = match action {
+                VipCmd::Add {
+                    vip,
+                    name,
+                    no_conntrack,
+                    check,
+                } => Request::VipAdd {
+                    vip: VipSpec {
+                        name: name.unwrap_or_else(|| vip.to_string()),
+                        addr: vip,
+                        conntrack: !no_conntrack,
+                        check: check.spec().unwrap_or_else(CheckSpec::none),
+                        backends: Vec::new(),
+                    },
+                },
+                VipCmd::Remove { vip } => Request::VipRemove { vip },
+            };
+            send(&target, request)
+        }
+        Command::Reload { target } => send(&target, Request::Reload),
+        Command::Reset { target } => send(&target, Request::Reset),
+        Command::Stop { target } => {
+            let (_, model) = resolve(&target)?;
+            let rt = runtime()?;
+            if rt.block_on(control::daemon_running(&model.control_socket)) {
+                let ok = send(&target, Request::Stop { clean: true })?;
+                // Wait for the daemon to let go of the socket (it removes the data path first).
+                for _ in 0..100 {
+                    if !rt.block_on(control::daemon_running(&model.control_socket)) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return Ok(ok);
+            }
+            let dir = datapath::pin_dir(&model.instance);
+            if datapath::remove_pinned(&dir)? {
+                println!(
+                    "daemon not running; removed the pinned data path {}",
+                    dir.display()
+                );
+            } else {
+                println!(
+                    "nothing to stop: no daemon and no pinned data path for instance {:?}",
+                    model.instance
+                );
+            }
+            Ok(true)
+        }
     }
 }

@@ -1,11 +1,11 @@
-//! The validated model of what the operator asked for: VIPs and their backends. Produced by
-//! `config`, consumed by the daemon (and later by reload, the CLI and health checks).
+//! The validated model of what the operator asked for: VIPs, their backends and health checks.
+//! Produced by `config` (and by CLI changes), consumed by the daemon's state.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -26,6 +26,55 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("protocol {s:?} is not tcp or udp")),
+        }
+    }
+}
+
+/// What identifies a VIP: address, port and protocol ("198.51.100.1:80/tcp",
+/// "[2001:db8::1]:53/udp").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VipAddr {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for VipAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+impl FromStr for VipAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (sock, proto) = s.rsplit_once('/').ok_or_else(|| {
+            format!("{s:?}: expected ADDRESS:PORT/PROTOCOL, e.g. 192.0.2.1:80/tcp")
+        })?;
+        let sock: std::net::SocketAddr = sock
+            .parse()
+            .map_err(|_| format!("{sock:?} is not ADDRESS:PORT"))?;
+        if sock.port() == 0 {
+            return Err("VIP port must be 1..=65535".into());
+        }
+        Ok(VipAddr {
+            address: sock.ip(),
+            port: sock.port(),
+            protocol: proto.parse()?,
         })
     }
 }
@@ -71,7 +120,7 @@ impl FromStr for MacAddr {
         let mut mac = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
             if p.len() != 2 {
-                return Err(format!("byte {:?} is not two hex digits", p));
+                return Err(format!("byte {p:?} is not two hex digits"));
             }
             mac[i] = u8::from_str_radix(p, 16).map_err(|_| format!("byte {p:?} is not hex"))?;
         }
@@ -85,31 +134,210 @@ impl FromStr for MacAddr {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which backends of a VIP get new flows: primaries while any is usable with weight > 0,
+/// else backups, else sorry servers.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Primary,
+    Backup,
+    Sorry,
+}
+
+impl Role {
+    pub fn plural(self) -> &'static str {
+        match self {
+            Role::Primary => "primaries",
+            Role::Backup => "backups",
+            Role::Sorry => "sorry servers",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Sorry => "sorry",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// Always up.
+    None,
+    /// A TCP connect that completes within the timeout.
+    Tcp,
+    /// An HTTP/1.1 GET answered within the timeout with `expect_status` (and, if set, a body
+    /// containing `expect_body`).
+    Http {
+        path: String,
+        expect_status: u16,
+        host: Option<String>,
+        expect_body: Option<String>,
+    },
+}
+
+/// A backend's health check, with the VIP's defaults already merged in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub kind: CheckKind,
+    /// Port on the backend's own address; `None` = the VIP's port.
+    pub port: Option<u16>,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 2;
+
+impl CheckSpec {
+    /// No check: the backend is always up.
+    pub fn none() -> Self {
+        CheckSpec {
+            kind: CheckKind::None,
+            port: None,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSpec {
     pub address: IpAddr,
-    /// Relative share of new flows; 0 = takes no new flows.
+    /// Relative share of new flows; 0 = drain (no new flows, established ones stay).
     pub weight: u32,
     /// Static MAC; `None` = resolved from the kernel's neighbour table.
     pub mac: Option<MacAddr>,
+    pub role: Role,
+    /// On a failed check, keep the backend with weight 0 (its flows stay) instead of removing
+    /// it, as keepalived's `inhibit_on_failure`.
+    pub inhibit_on_failure: bool,
+    pub check: CheckSpec,
+    /// Drained by the operator (`dsr backend drain`): no new flows, established ones stay.
+    #[serde(default)]
+    pub drained: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipSpec {
     pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
+    pub addr: VipAddr,
+    /// Track flows (needed for drain); off = every packet placed by the table alone.
+    pub conntrack: bool,
+    /// The VIP's default check (its `[vip.check]`), for backends added at run time.
+    #[serde(default = "CheckSpec::none")]
+    pub check: CheckSpec,
     pub backends: Vec<BackendSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
+    /// Names this load balancer's pinned maps, control socket and state directory.
+    pub instance: String,
     pub interface: String,
     pub xdp_mode: XdpAttachMode,
     pub hash_seed: u32,
     pub table_size: u32,
     pub max_vips: u32,
     pub max_backends: u32,
+    pub flow_table_size: u32,
+    pub flow_idle_timeout: Duration,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
     pub vips: Vec<VipSpec>,
+}
+
+/// Parses "250ms", "2s", "1.5s", "5m" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if !(0.0..=1e9).contains(&secs) || !secs.is_finite() {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn vip_addresses() {
+        let v: VipAddr = "192.0.2.1:80/tcp".parse().unwrap();
+        assert_eq!(v.to_string(), "192.0.2.1:80/tcp");
+        let v6: VipAddr = "[2001:db8::1]:53/udp".parse().unwrap();
+        assert_eq!(v6.to_string(), "[2001:db8::1]:53/udp");
+        assert!("192.0.2.1:80".parse::<VipAddr>().is_err());
+        assert!("192.0.2.1:0/tcp".parse::<VipAddr>().is_err());
+        assert!("192.0.2.1:80/sctp".parse::<VipAddr>().is_err());
+    }
 }

@@ -4,14 +4,26 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::{
     Handle,
+    packet_core::NetlinkPayload,
     packet_route::{
+        RouteNetlinkMessage,
         link::LinkAttribute,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
     },
+    sys::{AsyncSocket, SocketAddr},
 };
+use tokio::sync::mpsc;
+
+/// Legacy multicast group bitmask for neighbour-table changes (RTMGRP_NEIGH, linux/rtnetlink.h).
+const RTMGRP_NEIGH: u32 = 0x4;
+
+/// A neighbour entry that appeared or changed: (ifindex, address, MAC).
+pub type NeighbourEvent = (u32, IpAddr, MacAddr);
 
 use crate::model::MacAddr;
 
@@ -66,35 +78,7 @@ impl Netlink {
             if msg.header.ifindex != ifindex {
                 continue;
             }
-            let usable = matches!(
-                msg.header.state,
-                NeighbourState::Reachable
-                    | NeighbourState::Stale
-                    | NeighbourState::Delay
-                    | NeighbourState::Probe
-                    | NeighbourState::Permanent
-                    | NeighbourState::Noarp
-            );
-            if !usable {
-                continue;
-            }
-            let mut addr = None;
-            let mut mac = None;
-            for attr in &msg.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                        addr = Some(IpAddr::V4(*a))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                        addr = Some(IpAddr::V6(*a))
-                    }
-                    NeighbourAttribute::LinkLocalAddress(l) if l.len() == 6 => {
-                        mac = Some(MacAddr(l.as_slice().try_into().unwrap()))
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(addr), Some(mac)) = (addr, mac) {
+            if let Some((_, addr, mac)) = usable_entry(&msg) {
                 out.insert(addr, mac);
             }
         }
@@ -114,6 +98,26 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("asking the kernel to resolve {addr}"))
+    }
+
+    /// Makes the kernel forget `addr` and resolve it afresh (a broadcast ARP request or
+    /// multicast solicitation): after a failed check the address may have moved to another
+    /// host, which a unicast re-probe of the old MAC would never learn.
+    pub async fn reprobe(&self, ifindex: u32, addr: IpAddr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = match addr {
+            IpAddr::V4(_) => rtnetlink::packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => rtnetlink::packet_route::AddressFamily::Inet6,
+        };
+        msg.header.ifindex = ifindex;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match addr {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        // A missing entry is fine: there is nothing to forget.
+        let _ = self.handle.neighbours().del(msg).execute().await;
+        self.solicit(ifindex, addr).await
     }
 
     /// MACs of `addrs` on `ifindex`, soliciting the ones the table lacks and waiting up to
@@ -150,4 +154,62 @@ impl Netlink {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// (ifindex, address, MAC) of an entry that can be used (resolved, not failed).
+fn usable_entry(msg: &NeighbourMessage) -> Option<NeighbourEvent> {
+    let usable = matches!(
+        msg.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    );
+    if !usable {
+        return None;
+    }
+    let mut addr = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::LinkLocalAddress(l) if l.len() == 6 => {
+                mac = Some(MacAddr(l.as_slice().try_into().expect("6 bytes")))
+            }
+            _ => {}
+        }
+    }
+    Some((msg.header.ifindex, addr?, mac?))
+}
+
+/// Subscribes to the kernel's neighbour-table changes (new or updated entries, e.g. after a
+/// gratuitous ARP when an address moves to another host). Events arrive on the receiver.
+pub fn subscribe() -> Result<mpsc::UnboundedReceiver<NeighbourEvent>> {
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().context("opening rtnetlink for neighbour events")?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, RTMGRP_NEIGH))
+        .context("joining the neighbour multicast group")?;
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(msg)) =
+                message.payload
+                && let Some(event) = usable_entry(&msg)
+                && tx.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }

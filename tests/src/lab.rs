@@ -102,76 +102,134 @@ fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
-/// A server in a backend namespace: TCP and UDP on the VIP, answering with the backend's
-/// name. Stops when the lab drops.
-struct Server {
+/// Port of the backends' health endpoint (HTTP, on their own address), which tests can turn
+/// off independently of the service.
+pub const HEALTH_PORT: u16 = 8080;
+
+/// Background threads in one namespace that stop together.
+struct Threads {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Server {
-    fn start(ns: &str, name: String) -> Result<Server> {
+impl Threads {
+    /// Starts one thread per listener in namespace `ns`; each gets the stop flag and reports
+    /// readiness (or a bind error) before this returns.
+    fn start(
+        ns: &str,
+        bodies: Vec<Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send>>,
+    ) -> Result<Threads> {
         let stop = Arc::new(AtomicBool::new(false));
-        let path = format!("/run/netns/{ns}");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-
-        let tcp = {
-            let (stop, path, name, ready) =
-                (stop.clone(), path.clone(), name.clone(), ready_tx.clone());
-            std::thread::spawn(move || {
-                enter_netns(&path);
-                let listener = match TcpListener::bind((VIP, TCP_PORT)) {
-                    Ok(l) => l,
-                    Err(e) => return ready.send(Err(anyhow!("bind tcp: {e}"))).unwrap(),
-                };
-                listener.set_nonblocking(true).unwrap();
-                ready.send(Ok(())).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => serve_tcp(conn, &name),
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
+        let n = bodies.len();
+        let threads = bodies
+            .into_iter()
+            .map(|body| {
+                let (stop, path, ready) =
+                    (stop.clone(), format!("/run/netns/{ns}"), ready_tx.clone());
+                std::thread::spawn(move || {
+                    enter_netns(&path);
+                    body(stop, ready)
+                })
             })
-        };
-        let udp = {
-            let (stop, path, ready) = (stop.clone(), path.clone(), ready_tx);
-            std::thread::spawn(move || {
-                enter_netns(&path);
-                // Bound to the VIP so that replies leave with the VIP as source.
-                let sock = match UdpSocket::bind((VIP, UDP_PORT)) {
-                    Ok(s) => s,
-                    Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
-                };
-                sock.set_read_timeout(Some(Duration::from_millis(50)))
-                    .unwrap();
-                ready.send(Ok(())).unwrap();
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                        let _ = sock.send_to(name.as_bytes(), peer);
-                    }
-                }
-            })
-        };
-        for _ in 0..2 {
+            .collect();
+        let me = Threads { stop, threads };
+        for _ in 0..n {
             ready_rx.recv().context("server thread died")??;
         }
-        Ok(Server {
-            stop,
-            threads: vec![tcp, udp],
-        })
+        Ok(me)
     }
 }
 
-/// One connection: every line received is answered with the server's name and a newline.
-fn serve_tcp(mut conn: TcpStream, name: &str) {
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepts on `addr` until stopped, serving each connection on its own thread.
+fn tcp_listener(
+    addr: SocketAddr,
+    serve: fn(TcpStream, &str, &AtomicBool),
+    name: String,
+) -> Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send> {
+    Box::new(move |stop, ready| {
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => return ready.send(Err(anyhow!("bind tcp {addr}: {e}"))).unwrap(),
+        };
+        listener.set_nonblocking(true).unwrap();
+        ready.send(Ok(())).unwrap();
+        let mut conns = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let (stop, name) = (stop.clone(), name.clone());
+                    conns.push(std::thread::spawn(move || serve(conn, &name, &stop)));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    })
+}
+
+/// A backend's service: TCP port 80 (any local address, so the VIP and the backend's own)
+/// and UDP port 53 on the VIP, answering with the backend's name. Stopping it resets open
+/// connections, as a killed server process does.
+fn start_service(ns: &str, name: &str) -> Result<Threads> {
+    let udp_name = name.to_owned();
+    let udp: Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send> =
+        Box::new(move |stop, ready| {
+            // Bound to the VIP so that replies leave with the VIP as source.
+            let sock = match UdpSocket::bind((VIP, UDP_PORT)) {
+                Ok(s) => s,
+                Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
+            };
+            sock.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            ready.send(Ok(())).unwrap();
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(udp_name.as_bytes(), peer);
+                }
+            }
+        });
+    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), TCP_PORT);
+    Threads::start(ns, vec![tcp_listener(any, serve_tcp, name.to_owned()), udp])
+}
+
+/// A backend's health endpoint: HTTP on its own address, port HEALTH_PORT.
+fn start_health(ns: &str, ip: Ipv4Addr, name: &str) -> Result<Threads> {
+    let addr = SocketAddr::new(IpAddr::V4(ip), HEALTH_PORT);
+    Threads::start(ns, vec![tcp_listener(addr, serve_tcp, name.to_owned())])
+}
+
+/// One connection: an HTTP request gets `200 <name>`; otherwise every line received is
+/// answered with the server's name and a newline.
+fn serve_tcp(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
     conn.set_nonblocking(false).ok();
-    conn.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    conn.set_read_timeout(Some(Duration::from_millis(20))).ok();
     let mut buf = [0u8; 1024];
-    loop {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Ok(n) if buf.starts_with(b"GET ") => {
+                let _ = n;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+                return;
+            }
             Ok(n) => {
                 let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
                 for _ in 0..lines {
@@ -180,16 +238,28 @@ fn serve_tcp(mut conn: TcpStream, name: &str) {
                     }
                 }
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
         }
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    // Stopped: reset the connection (SO_LINGER 0), as the kernel does for a killed process.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setting a socket option on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
     }
 }
 
@@ -313,8 +383,11 @@ pub struct Lab {
     pub lb_ns: String,
     pub backends: Vec<Backend>,
     pub dir: PathBuf,
-    servers: Vec<Server>,
+    services: Vec<Option<Threads>>,
+    health: Vec<Option<Threads>>,
     dsr: Option<Child>,
+    /// The config dsr runs with (written to `dir/dsr.toml`).
+    config_text: Option<String>,
     /// Keeps the XDP_PASS program on the switch-side peer of the LB's veth attached.
     _peer_xdp: Option<Ebpf>,
 }
@@ -344,8 +417,10 @@ impl Lab {
                 .collect(),
             tag,
             dir,
-            servers: Vec::new(),
+            services: Vec::new(),
+            health: Vec::new(),
             dsr: None,
+            config_text: None,
             _peer_xdp: None,
         };
         if let Err(e) = lab.build() {
@@ -413,7 +488,8 @@ impl Lab {
             ] {
                 write_sysctl(&ns, k, v)?;
             }
-            self.servers.push(Server::start(&ns, name)?);
+            self.services.push(Some(start_service(&ns, &name)?));
+            self.health.push(Some(start_health(&ns, ip, &name)?));
         }
         // The LB holds the VIP on its interface, as keepalived's virtual_ipaddress does: the
         // client's ARP for the VIP is answered by the LB.
@@ -468,9 +544,29 @@ impl Lab {
         Ok(())
     }
 
-    /// The config `dsr` runs with in this lab: a TCP and a UDP VIP over every backend.
+    /// The top of every lab config: this lab's instance (own pin directory, socket and state
+    /// directory), its interface, small maps.
+    pub fn header(&self) -> String {
+        format!(
+            "instance = \"{}\"\ninterface = \"{IFACE}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\
+             max_vips = 8\nmax_backends = 64\nflow_table_size = 65536\n",
+            self.tag,
+            self.socket().display(),
+            self.dir.join("state").display()
+        )
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("dsr.sock")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("dsr.toml")
+    }
+
+    /// The default config: a TCP and a UDP VIP over every backend, no health checks.
     pub fn config(&self) -> String {
-        let mut c = format!("interface = \"{IFACE}\"\nmax_vips = 4\nmax_backends = 64\n");
+        let mut c = self.header();
         for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp")] {
             c += &format!(
                 "\n[[vip]]\nname = \"{proto}-{port}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n"
@@ -485,21 +581,37 @@ impl Lab {
         c
     }
 
-    /// Starts `dsr run` in the LB namespace (only the network namespace switched, so it sees
-    /// the host's bpffs) and waits until it has attached. `inherit_output` shows its log on
-    /// our stdout/stderr (the demo); otherwise it goes to `dsr.log` in the lab directory.
+    /// Starts `dsr run` with the default config (see [`Lab::start_dsr_with`]).
     pub fn start_dsr(&mut self, inherit_output: bool) -> Result<()> {
-        let config = self.dir.join("dsr.toml");
-        fs::write(&config, self.config())?;
+        let config = self.config();
+        self.start_dsr_with(&config, inherit_output)
+    }
+
+    /// Writes `config` and starts `dsr run` in the LB namespace (only the network namespace
+    /// switched, so it sees the host's bpffs), waiting until it has attached.
+    /// `inherit_output` shows its log on our stdout/stderr (the demo); otherwise it is
+    /// appended to `dsr.log` in the lab directory.
+    pub fn start_dsr_with(&mut self, config: &str, inherit_output: bool) -> Result<()> {
+        fs::write(self.config_path(), config)?;
+        self.config_text = Some(config.to_owned());
+        self.restart_dsr(inherit_output)
+    }
+
+    /// Starts `dsr run` again with the config last written (after a stop or a kill).
+    pub fn restart_dsr(&mut self, inherit_output: bool) -> Result<()> {
         let log = self.dir.join("dsr.log");
+        let seen = fs::read_to_string(&log).map(|l| l.len()).unwrap_or(0);
         let bin = dsr_bin();
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.lb_ns))
             .arg(&bin)
             .args(["run", "--config"])
-            .arg(&config);
+            .arg(self.config_path());
         if !inherit_output {
-            let f = File::create(&log)?;
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?;
             cmd.stdout(f.try_clone()?).stderr(f);
         }
         let child = cmd
@@ -508,33 +620,42 @@ impl Lab {
         self.dsr = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if inherit_output {
-                // No log to read: wait until the program shows up on the interface.
-                let out = sh(&["ip", "-n", &self.lb_ns, "link", "show", IFACE])?;
-                if out.contains("xdp") {
-                    return Ok(());
-                }
-            } else if fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("attached to")
-            {
+            let ready = if inherit_output {
+                // No log to read: wait for the control socket.
+                std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+            } else {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                text.get(seen..)
+                    .is_some_and(|t| t.contains("control socket"))
+            };
+            if ready {
                 return Ok(());
             }
             if let Some(status) = self.dsr.as_mut().unwrap().try_wait()? {
                 bail!("dsr exited with {status}:\n{}", self.dsr_log());
             }
             if Instant::now() > deadline {
-                bail!("dsr did not attach within 15 s:\n{}", self.dsr_log());
+                bail!("dsr did not start within 15 s:\n{}", self.dsr_log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Stops dsr with SIGTERM and waits for it; returns its exit status.
+    /// Stops dsr with SIGTERM and waits for it; returns its exit status. The data path stays.
     pub fn stop_dsr(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal_dsr(libc::SIGTERM)
+    }
+
+    /// Kills dsr with SIGKILL (a crash): nothing of it runs on, the pinned data path stays.
+    pub fn kill_dsr(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal_dsr(libc::SIGKILL)
+    }
+
+    fn signal_dsr(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         let mut child = self.dsr.take()?;
+        // `nsenter` execs dsr, so the child is dsr itself.
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -544,6 +665,84 @@ impl Lab {
         }
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    /// Runs the `dsr` CLI against this lab's daemon (`--config` added); returns
+    /// (success, stdout + stderr).
+    pub fn dsr(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(dsr_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("running dsr");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// `dsr status --json`, parsed.
+    pub fn status(&self) -> dsr::control::Status {
+        let (ok, out) = self.dsr(&["status", "--json"]);
+        assert!(ok, "dsr status failed: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+    }
+
+    /// Health of backend `i` in VIP `vip` as dsr reports it ("up", "down", ...).
+    pub fn health_of(&self, vip: &str, i: usize) -> String {
+        let st = self.status();
+        let v = st
+            .vips
+            .iter()
+            .find(|v| v.name == vip)
+            .unwrap_or_else(|| panic!("no VIP {vip}"));
+        let ip = IpAddr::V4(self.backends[i].ip);
+        v.backends
+            .iter()
+            .find(|b| b.address == ip)
+            .map(|b| b.health.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds, up to `deadline`; returns how long it took.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if cond() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {deadline:?} waiting for {what}\n{}",
+            self.dsr_log()
+        );
+    }
+
+    /// Stops backend `i`'s service (TCP and UDP): connections are reset, new ones refused.
+    pub fn stop_service(&mut self, i: usize) {
+        self.services[i] = None;
+    }
+
+    pub fn start_service(&mut self, i: usize) {
+        let (ns, name) = (self.backends[i].ns.clone(), self.backends[i].name.clone());
+        self.services[i] = Some(start_service(&ns, &name).expect("restart service"));
+    }
+
+    /// Turns backend `i`'s health endpoint (HTTP on its own address, port HEALTH_PORT) off
+    /// or on, leaving its service alone.
+    pub fn set_health(&mut self, i: usize, on: bool) {
+        if on {
+            let b = &self.backends[i];
+            self.health[i] = Some(start_health(&b.ns, b.ip, &b.name).expect("restart health"));
+        } else {
+            self.health[i] = None;
+        }
     }
 
     pub fn dsr_log(&self) -> String {
@@ -732,7 +931,10 @@ pub fn dsr_bin() -> PathBuf {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_dsr();
-        self.servers.clear();
+        // SIGTERM leaves the data path pinned; remove this lab's instance for good.
+        let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&self.tag));
+        self.services.clear();
+        self.health.clear();
         self._peer_xdp = None;
         for ns in self.namespaces() {
             let _ = sh(&["ip", "netns", "del", &ns]);

@@ -2,10 +2,13 @@
 //! expected out, pushed through the loaded program with BPF_PROG_TEST_RUN (Katran's style of
 //! packet test). Needs root (loading BPF), as CI has.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use dsr::{
-    datapath::{Datapath, Sizes, vip_key},
+    datapath::{Datapath, LoadOptions, Sizes, vip_key},
     maglev,
     model::{MacAddr, Protocol},
 };
@@ -26,6 +29,20 @@ const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
+fn options(max_vips: u32, max_backends: u32, table_size: u32, flow_idle: Duration) -> LoadOptions {
+    LoadOptions {
+        sizes: Sizes {
+            max_vips,
+            max_backends,
+            table_size,
+            flow_table_size: 4096,
+        },
+        hash_seed: DEFAULT_HASH_SEED,
+        flow_idle,
+        pin_dir: None,
+    }
+}
+
 struct Backend {
     address: IpAddr,
     mac: [u8; 6],
@@ -43,12 +60,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let sizes = Sizes {
-            max_vips: 8,
-            max_backends: 16,
-            table_size: DEFAULT_TABLE_SIZE,
-        };
-        let mut dp = Datapath::load(sizes, DEFAULT_HASH_SEED).expect("load (are you root?)");
+        Self::with_idle(Duration::from_secs(300))
+    }
+
+    fn with_idle(flow_idle: Duration) -> Self {
+        let mut dp = Datapath::load(&options(8, 16, DEFAULT_TABLE_SIZE, flow_idle))
+            .expect("load (are you root?)");
         dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();
         let backends: Vec<Backend> = (0..3u8)
             .map(|i| Backend {
@@ -58,7 +75,7 @@ impl Fixture {
             })
             .collect();
         for b in &backends {
-            dp.set_backend(b.id, Some(MacAddr(b.mac))).unwrap();
+            dp.set_backend(b.id, Some(MacAddr(b.mac)), true).unwrap();
         }
         let mut f = Fixture {
             dp,
@@ -73,11 +90,16 @@ impl Fixture {
             (IpAddr::V6(VIP6), 53, Protocol::Udp),
         ];
         for (id, (addr, port, proto)) in vips.into_iter().enumerate() {
-            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected)
+            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected, true)
                 .unwrap();
         }
-        f.dp.set_vip(vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp), 4, &[])
-            .unwrap();
+        f.dp.set_vip(
+            vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp),
+            4,
+            &[],
+            true,
+        )
+        .unwrap();
         f
     }
 
@@ -481,7 +503,7 @@ fn table_switch_takes_effect_and_reads_back() {
     assert_eq!(first, f.table(&[1, 2, 1]));
     // Drain everything to backend 2: every flow must now go there.
     let only_two = f.table(&[0, 0, 1]);
-    f.dp.set_vip(key, 0, &only_two).unwrap();
+    f.dp.set_vip(key, 0, &only_two, true).unwrap();
     assert_eq!(f.dp.table(&key).unwrap(), only_two);
     for sport in 2000..2100 {
         let frame = frames::flow_frame(
@@ -497,28 +519,23 @@ fn table_switch_takes_effect_and_reads_back() {
         assert_eq!((verdict, &out[..6]), (XDP_TX, &f.backends[2].mac[..]));
     }
     // And back again, through the other row.
-    f.dp.set_vip(key, 0, &first).unwrap();
+    f.dp.set_vip(key, 0, &first, true).unwrap();
     assert_eq!(f.dp.table(&key).unwrap(), first);
     // A backend entry invalidated under a table drops rather than sending to a zero MAC.
-    f.dp.set_backend(0, None).unwrap();
-    f.dp.set_backend(1, None).unwrap();
-    f.dp.set_backend(2, None).unwrap();
+    f.dp.set_backend(0, None, false).unwrap();
+    f.dp.set_backend(1, None, false).unwrap();
+    f.dp.set_backend(2, None, false).unwrap();
     let (verdict, _) = run(f.dp.program(), &v4(TCP, VIP4, 80), LO);
     assert_eq!(verdict, XDP_DROP);
 }
 
 #[test]
 fn unconfigured_interface_passes_everything() {
-    let sizes = Sizes {
-        max_vips: 2,
-        max_backends: 2,
-        table_size: 251,
-    };
-    let mut dp = Datapath::load(sizes, DEFAULT_HASH_SEED).unwrap();
-    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])))
+    let mut dp = Datapath::load(&options(2, 2, 251, Duration::from_secs(300))).unwrap();
+    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])), true)
         .unwrap();
     let table = vec![0u32; 251];
-    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table)
+    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table, true)
         .unwrap();
     // No IFACES entry for lo: the program must not guess a MAC; it passes.
     let frame = v4(TCP, VIP4, 80);
@@ -526,4 +543,132 @@ fn unconfigured_interface_passes_everything() {
     assert_eq!((verdict, out), (XDP_PASS, frame));
     let reasons = dp.reason_totals().unwrap();
     assert_eq!(reasons[Reason::NotConfigured as usize].1.packets, 1);
+}
+
+/// A frame of a TCP flow from the client's `sport` to the IPv4 VIP's port 80.
+fn flow(sport: u16) -> Vec<u8> {
+    frames::flow_frame(
+        LB_MAC,
+        CLIENT_MAC,
+        CLIENT4.into(),
+        sport,
+        VIP4.into(),
+        80,
+        TCP,
+    )
+}
+
+/// Source ports of flows that the 1:2:1 table puts on `backend`.
+fn flows_on(f: &Fixture, backend: usize, n: usize) -> Vec<u16> {
+    (10000..)
+        .filter(|&p| {
+            f.expected_backend(CLIENT4.into(), p, VIP4.into(), 80, TCP)
+                .id as usize
+                == backend
+        })
+        .take(n)
+        .collect()
+}
+
+fn backend_of(f: &Fixture, frame: &[u8]) -> Option<usize> {
+    let (verdict, out) = run(f.dp.program(), frame, LO);
+    assert_eq!(verdict, XDP_TX, "flow not forwarded");
+    f.backends.iter().position(|b| out[..6] == b.mac)
+}
+
+#[test]
+fn established_flows_stay_while_their_backend_keeps_them() {
+    let mut f = Fixture::new();
+    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let on_one = flows_on(&f, 1, 20);
+    for &p in &on_one {
+        assert_eq!(backend_of(&f, &flow(p)), Some(1));
+    }
+    // Backend 1 drains: out of the table, still keeping flows.
+    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), true).unwrap();
+    for &p in &on_one {
+        assert_eq!(
+            backend_of(&f, &flow(p)),
+            Some(1),
+            "established flow {p} left a draining backend"
+        );
+    }
+    for p in 30000..30200 {
+        assert_ne!(
+            backend_of(&f, &flow(p)),
+            Some(1),
+            "new flow {p} sent to a draining backend"
+        );
+    }
+    // Backend 1 fails: it no longer keeps flows; they go where the table says now, and the
+    // flow entry follows.
+    f.dp.set_backend(1, Some(MacAddr(f.backends[1].mac)), false)
+        .unwrap();
+    let now_table = f.table(&[1, 0, 1]);
+    for &p in &on_one {
+        let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let want = now_table[(flow_hash(&k, DEFAULT_HASH_SEED) % now_table.len() as u32) as usize];
+        assert_eq!(
+            backend_of(&f, &flow(p)),
+            Some(want as usize),
+            "flow {p} of a failed backend"
+        );
+        assert_eq!(f.dp.flow(&k).map(|e| e.backend), Some(want));
+    }
+}
+
+#[test]
+fn idle_flows_are_forgotten() {
+    let mut f = Fixture::with_idle(Duration::from_millis(200));
+    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let on_one = flows_on(&f, 1, 5);
+    for &p in &on_one {
+        backend_of(&f, &flow(p));
+    }
+    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), true).unwrap();
+    for &p in &on_one {
+        assert_eq!(backend_of(&f, &flow(p)), Some(1));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for &p in &on_one {
+        assert_ne!(
+            backend_of(&f, &flow(p)),
+            Some(1),
+            "flow {p} outlived its idle timeout"
+        );
+    }
+}
+
+#[test]
+fn untracked_vip_follows_the_table_alone() {
+    let mut f = Fixture::new();
+    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    f.dp.set_vip(key, 0, &f.expected.clone(), false).unwrap();
+    let on_one = flows_on(&f, 1, 10);
+    for &p in &on_one {
+        assert_eq!(backend_of(&f, &flow(p)), Some(1));
+        let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        assert_eq!(f.dp.flow(&k), None, "untracked VIP created a flow entry");
+    }
+    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), false).unwrap();
+    for &p in &on_one {
+        assert_ne!(backend_of(&f, &flow(p)), Some(1));
+    }
+    assert_eq!(f.dp.vip_totals(0).unwrap().flows, 0);
+}
+
+#[test]
+fn new_flows_are_counted_once() {
+    let f = Fixture::new();
+    for _ in 0..3 {
+        for p in 50000..50010 {
+            backend_of(&f, &flow(p));
+        }
+    }
+    let vip = f.dp.vip_totals(0).unwrap();
+    assert_eq!((vip.packets, vip.flows), (30, 10));
+    let per_backend: u64 = (0..3)
+        .map(|id| f.dp.backend_totals(id).unwrap().flows)
+        .sum();
+    assert_eq!(per_backend, 10);
 }

@@ -72,7 +72,8 @@ fn answered_directly_by_backends() {
         "the load balancer's interface carried {through_lb} reply frames"
     );
 
-    // SIGTERM: dsr detaches, exits cleanly and reports what it forwarded.
+    // SIGTERM: dsr exits cleanly, reports what it forwarded, and leaves the data path
+    // forwarding; `dsr stop` then removes it.
     let status = lab.stop_dsr().expect("dsr was running");
     let log = lab.dsr_log();
     assert!(status.success(), "dsr exited with {status}:\n{log}");
@@ -80,11 +81,27 @@ fn answered_directly_by_backends() {
         log.contains("forwarded="),
         "dsr did not report forwarded packets:\n{log}"
     );
-    let link = dsr_lab::lab::sh(&["ip", "-n", &lab.lb_ns, "link", "show", "eth0"]).unwrap();
+    assert!(xdp_attached(&lab), "SIGTERM removed the data path");
     assert!(
-        !link.contains("xdp"),
-        "XDP still attached after SIGTERM:\n{link}"
+        lab.udp_request(42999).is_ok(),
+        "no forwarding while the daemon is down"
     );
+    let (ok, out) = lab.dsr(&["stop"]);
+    assert!(ok, "{out}");
+    assert!(
+        !xdp_attached(&lab),
+        "XDP still attached after `dsr stop`: {out}"
+    );
+    assert!(
+        lab.udp_request(42998).is_err(),
+        "still forwarded after `dsr stop`"
+    );
+}
+
+fn xdp_attached(lab: &Lab) -> bool {
+    dsr_lab::lab::sh(&["ip", "-n", &lab.lb_ns, "link", "show", "eth0"])
+        .unwrap()
+        .contains("xdp")
 }
 
 /// (c) the split across backends follows the weights, and every flow lands exactly on the

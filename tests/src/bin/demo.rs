@@ -105,11 +105,23 @@ fn demo() -> Result<()> {
          straight from a backend's MAC; the load balancer's interface carried {via_lb} of them",
         replies.len()
     );
-    println!("\n== stopping dsr (SIGTERM): it detaches and prints its counters");
+    println!("\n== `dsr status` (what an operator sees; `--json` for scripts)");
+    let (_, status) = lab.dsr(&["status"]);
+    print!("{status}");
+    println!("\n== `dsr stats` (why each packet was forwarded, passed or dropped)");
+    let (_, stats) = lab.dsr(&["stats"]);
+    print!("{stats}");
+    println!("\n== `dsr stop`: the daemon detaches the data path, prints its counters and exits");
+    let (stopped, out) = lab.dsr(&["stop"]);
+    print!("{out}");
     let status = lab.stop_dsr();
     println!("\n== removing the lab");
     drop(lab);
-    if from_backends != replies.len() || via_lb != 0 || status.is_none_or(|s| !s.success()) {
+    if from_backends != replies.len()
+        || via_lb != 0
+        || !stopped
+        || status.is_none_or(|s| !s.success())
+    {
         bail!("the demo did not show direct server return working");
     }
     println!("== done: every request answered directly by a backend");

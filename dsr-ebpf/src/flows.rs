@@ -1,0 +1,46 @@
+//! Connection tracking: the backend each flow was given, so that it keeps it while the Maglev
+//! table changes (a backend drains, another is added).
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use dsr_common::{FLOW_REFRESH_NS, FlowEntry, FlowKey};
+
+use crate::maps::FLOWS;
+
+/// Coarse monotonic clock (jiffies resolution is plenty for idle timeouts, and it is the
+/// cheapest clock a BPF program can read).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The backend an established flow was given, unless it has been idle longer than `idle_ns`.
+#[inline(always)]
+pub fn established(key: &FlowKey, now: u64, idle_ns: u64) -> Option<u32> {
+    let entry = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: LRU values are plain data. Two CPUs may refresh the same entry at once; both
+    // write a current time, so the race is harmless.
+    unsafe {
+        let last = (*entry).last_seen_ns;
+        let idle = now.saturating_sub(last);
+        if idle > idle_ns {
+            return None;
+        }
+        if idle > FLOW_REFRESH_NS {
+            (*entry).last_seen_ns = now;
+        }
+        Some((*entry).backend)
+    }
+}
+
+/// Records the backend a new flow was given. A full table evicts its least recently used
+/// flow; a failed insert only means the next packet is placed by the table again.
+#[inline(always)]
+pub fn remember(key: &FlowKey, backend: u32, now: u64) {
+    let entry = FlowEntry {
+        backend,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = FLOWS.insert(key, &entry, 0);
+}

@@ -1,0 +1,309 @@
+//! Runtime changes: what operators do with the CLI (add/remove VIPs and backends, weights,
+//! drain, enable), kept as a journal replayed over the config. The desired state is always
+//! `config + journal`, so a reload keeps runtime changes, `dsr reset` (an empty journal)
+//! returns to the config, and `status` can say what differs from the config.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BackendSpec, VipAddr, VipSpec};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    AddVip {
+        vip: VipSpec,
+    },
+    RemoveVip {
+        vip: VipAddr,
+    },
+    AddBackend {
+        vip: VipAddr,
+        backend: BackendSpec,
+    },
+    RemoveBackend {
+        vip: VipAddr,
+        address: IpAddr,
+    },
+    SetWeight {
+        vip: VipAddr,
+        address: IpAddr,
+        weight: u32,
+    },
+    Drain {
+        vip: VipAddr,
+        address: IpAddr,
+    },
+    Enable {
+        vip: VipAddr,
+        address: IpAddr,
+    },
+}
+
+/// Limits a change must respect (the map sizes fixed at load).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub table_size: u32,
+}
+
+impl Change {
+    /// Applies the change to `vips`, or says why it cannot apply (and leaves `vips` as is).
+    pub fn apply(&self, vips: &mut Vec<VipSpec>, limits: Limits) -> Result<String, String> {
+        let find = |vips: &[VipSpec], addr: &VipAddr| {
+            vips.iter()
+                .position(|v| v.addr == *addr)
+                .ok_or_else(|| format!("no VIP {addr}"))
+        };
+        let backend_at = |vip: &VipSpec, address: &IpAddr| {
+            vip.backends
+                .iter()
+                .position(|b| b.address == *address)
+                .ok_or_else(|| format!("VIP {} has no backend {address}", vip.name))
+        };
+        match self {
+            Change::AddVip { vip } => {
+                if vips.iter().any(|v| v.addr == vip.addr) {
+                    return Err(format!("VIP {} exists already", vip.addr));
+                }
+                if vips.iter().any(|v| v.name == vip.name) {
+                    return Err(format!("a VIP is already named {:?}", vip.name));
+                }
+                if vips.len() >= limits.max_vips as usize {
+                    return Err(format!("max_vips ({}) reached", limits.max_vips));
+                }
+                check_backend_count(vips, vip.backends.len(), limits)?;
+                vips.push(vip.clone());
+                Ok(format!("added VIP {} ({})", vip.name, vip.addr))
+            }
+            Change::RemoveVip { vip } => {
+                let i = find(vips, vip)?;
+                let removed = vips.remove(i);
+                Ok(format!(
+                    "removed VIP {} ({}) and its {} backends",
+                    removed.name,
+                    removed.addr,
+                    removed.backends.len()
+                ))
+            }
+            Change::AddBackend { vip, backend } => {
+                let i = find(vips, vip)?;
+                if vips[i]
+                    .backends
+                    .iter()
+                    .any(|b| b.address == backend.address)
+                {
+                    return Err(format!(
+                        "VIP {} already has backend {}",
+                        vips[i].name, backend.address
+                    ));
+                }
+                check_backend_count(vips, 1, limits)?;
+                if vips[i].backends.len() + 1 >= limits.table_size as usize {
+                    return Err(format!(
+                        "table_size {} is too small for more backends",
+                        limits.table_size
+                    ));
+                }
+                vips[i].backends.push(backend.clone());
+                Ok(format!(
+                    "added backend {} to VIP {} (weight {}, {})",
+                    backend.address, vips[i].name, backend.weight, backend.role
+                ))
+            }
+            Change::RemoveBackend { vip, address } => {
+                let i = find(vips, vip)?;
+                let b = backend_at(&vips[i], address)?;
+                vips[i].backends.remove(b);
+                Ok(format!(
+                    "removed backend {address} from VIP {}",
+                    vips[i].name
+                ))
+            }
+            Change::SetWeight {
+                vip,
+                address,
+                weight,
+            } => {
+                if *weight > crate::config::MAX_WEIGHT {
+                    return Err(format!(
+                        "weight {weight} is above {}",
+                        crate::config::MAX_WEIGHT
+                    ));
+                }
+                let i = find(vips, vip)?;
+                let b = backend_at(&vips[i], address)?;
+                let old = std::mem::replace(&mut vips[i].backends[b].weight, *weight);
+                Ok(format!(
+                    "backend {address} of VIP {}: weight {old} -> {weight}",
+                    vips[i].name
+                ))
+            }
+            Change::Drain { vip, address } | Change::Enable { vip, address } => {
+                let drain = matches!(self, Change::Drain { .. });
+                let i = find(vips, vip)?;
+                let b = backend_at(&vips[i], address)?;
+                vips[i].backends[b].drained = drain;
+                Ok(format!(
+                    "backend {address} of VIP {}: {}",
+                    vips[i].name,
+                    if drain {
+                        "draining (no new flows; established flows stay)"
+                    } else {
+                        "enabled"
+                    }
+                ))
+            }
+        }
+    }
+}
+
+fn check_backend_count(vips: &[VipSpec], adding: usize, limits: Limits) -> Result<(), String> {
+    let total: usize = vips.iter().map(|v| v.backends.len()).sum();
+    if total + adding > limits.max_backends as usize {
+        return Err(format!("max_backends ({}) reached", limits.max_backends));
+    }
+    Ok(())
+}
+
+/// Replays `journal` over the config's VIPs. Changes that no longer apply (their VIP or
+/// backend left the config) are skipped and reported, not fatal.
+pub fn replay(
+    config: &[VipSpec],
+    journal: &[Change],
+    limits: Limits,
+) -> (Vec<VipSpec>, Vec<String>) {
+    let mut vips = config.to_vec();
+    let mut skipped = Vec::new();
+    for change in journal {
+        if let Err(e) = change.apply(&mut vips, limits) {
+            skipped.push(format!("runtime change {change:?} no longer applies: {e}"));
+        }
+    }
+    (vips, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CheckSpec, Protocol, Role};
+
+    fn backend(last: u8) -> BackendSpec {
+        BackendSpec {
+            address: IpAddr::from([198, 18, 0, last]),
+            weight: 1,
+            mac: None,
+            role: Role::Primary,
+            inhibit_on_failure: false,
+            check: CheckSpec::none(),
+            drained: false,
+        }
+    }
+
+    fn vip(port: u16) -> VipSpec {
+        VipSpec {
+            name: format!("v{port}"),
+            addr: VipAddr {
+                address: IpAddr::from([198, 18, 0, 100]),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            conntrack: true,
+            check: CheckSpec::none(),
+            backends: vec![backend(11), backend(12)],
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_vips: 2,
+        max_backends: 5,
+        table_size: 65537,
+    };
+
+    #[test]
+    fn changes_apply_or_leave_everything_untouched() {
+        let config = vec![vip(80)];
+        let mut vips = config.clone();
+        let v80 = vips[0].addr;
+        Change::SetWeight {
+            vip: v80,
+            address: backend(11).address,
+            weight: 5,
+        }
+        .apply(&mut vips, LIMITS)
+        .unwrap();
+        assert_eq!(vips[0].backends[0].weight, 5);
+        Change::Drain {
+            vip: v80,
+            address: backend(12).address,
+        }
+        .apply(&mut vips, LIMITS)
+        .unwrap();
+        assert!(vips[0].backends[1].drained);
+
+        let before = vips.clone();
+        for bad in [
+            Change::RemoveBackend {
+                vip: v80,
+                address: backend(99).address,
+            },
+            Change::AddBackend {
+                vip: v80,
+                backend: backend(11),
+            },
+            Change::RemoveVip { vip: vip(81).addr },
+            Change::AddVip { vip: vip(80) },
+            Change::SetWeight {
+                vip: v80,
+                address: backend(11).address,
+                weight: 2_000_000,
+            },
+        ] {
+            assert!(bad.apply(&mut vips, LIMITS).is_err(), "{bad:?} should fail");
+            assert_eq!(vips, before, "{bad:?} changed state although it failed");
+        }
+        // Limits: a second VIP fits (2 backends, total 4 of 5), a third backend then does
+        // (5 of 5), a sixth does not.
+        Change::AddVip { vip: vip(81) }
+            .apply(&mut vips, LIMITS)
+            .unwrap();
+        Change::AddBackend {
+            vip: v80,
+            backend: backend(13),
+        }
+        .apply(&mut vips, LIMITS)
+        .unwrap();
+        let e = Change::AddBackend {
+            vip: v80,
+            backend: backend(14),
+        }
+        .apply(&mut vips, LIMITS);
+        assert!(e.unwrap_err().contains("max_backends"));
+    }
+
+    #[test]
+    fn replay_skips_what_no_longer_applies() {
+        let journal = vec![
+            Change::SetWeight {
+                vip: vip(80).addr,
+                address: backend(11).address,
+                weight: 3,
+            },
+            Change::Drain {
+                vip: vip(80).addr,
+                address: backend(12).address,
+            },
+        ];
+        let (vips, skipped) = replay(&[vip(80)], &journal, LIMITS);
+        assert_eq!(vips[0].backends[0].weight, 3);
+        assert!(skipped.is_empty());
+        // The new config no longer has backend .12: the drain is skipped, the weight kept.
+        let mut config = vip(80);
+        config.backends.truncate(1);
+        let (vips, skipped) = replay(&[config], &journal, LIMITS);
+        assert_eq!(vips[0].backends[0].weight, 3);
+        assert_eq!(skipped.len(), 1);
+    }
+}

@@ -1,0 +1,232 @@
+//! What the `dsr` CLI prints: the status and stats views, as aligned text tables.
+
+use std::{
+    fmt::Write,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::control::{Status, Traffic};
+
+/// Left-aligned text columns.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, indent: &str) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in &self.rows {
+            let mut line = indent.to_owned();
+            for (c, cell) in r.iter().enumerate() {
+                let pad = widths[c] - cell.chars().count();
+                line += cell;
+                if c + 1 < r.len() {
+                    line += &" ".repeat(pad + 2);
+                }
+            }
+            out += line.trim_end();
+            out.push('\n');
+        }
+        out
+    }
+}
+
+pub fn si(v: f64, unit: &str) -> String {
+    let (scaled, prefix) = if v >= 1e9 {
+        (v / 1e9, "G")
+    } else if v >= 1e6 {
+        (v / 1e6, "M")
+    } else if v >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    if prefix.is_empty() {
+        format!("{scaled:.0}{unit}")
+    } else {
+        format!("{scaled:.1}{prefix}{unit}")
+    }
+}
+
+fn ago(unix_ms: u64) -> String {
+    let then = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let secs = SystemTime::now()
+        .duration_since(then)
+        .unwrap_or_default()
+        .as_secs();
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn rates(t: &Traffic) -> String {
+    format!(
+        "{} {} {}",
+        si(t.packets_per_sec, "pps"),
+        si(t.bits_per_sec, "bit/s"),
+        si(t.flows_per_sec, " flows/s")
+    )
+}
+
+fn totals(t: &Traffic) -> String {
+    format!(
+        "{} pkts {} {} flows",
+        t.packets,
+        si(t.bytes as f64, "B"),
+        t.flows
+    )
+}
+
+/// `dsr status`: VIPs and backends, like `ipvsadm -Ln` with health, roles and rates.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dsr instance {} on {}: daemon {}{}; config {}; {} runtime change{}",
+        s.instance,
+        s.interface,
+        s.daemon,
+        s.pid.map_or(String::new(), |p| format!(" (pid {p})")),
+        s.config.display(),
+        s.runtime_changes,
+        if s.runtime_changes == 1 { "" } else { "s" }
+    );
+    for v in &s.vips {
+        let serving = v
+            .serving
+            .map_or("NO USABLE BACKEND: dropping".to_owned(), |r| {
+                format!("new flows -> {}", r.plural())
+            });
+        let _ = writeln!(
+            out,
+            "\nVIP {}{} {}  {}  conntrack {}  now {}  total {}",
+            v.name,
+            if v.runtime { " *" } else { "" },
+            v.addr,
+            serving,
+            if v.conntrack { "on" } else { "off" },
+            rates(&v.traffic),
+            totals(&v.traffic)
+        );
+        let mut t = Table::new(&[
+            "BACKEND",
+            "ROLE",
+            "HEALTH",
+            "SINCE",
+            "CHECK",
+            "LAST CHECK",
+            "WEIGHT",
+            "NEW FLOWS",
+            "KEEPS FLOWS",
+            "MAC",
+            "NOW",
+            "TOTAL",
+        ]);
+        for b in &v.backends {
+            let last = b.last_check.as_ref().map_or("-".to_owned(), |r| {
+                format!(
+                    "{} {:.1}ms {}",
+                    if r.ok { "ok" } else { "FAIL" },
+                    r.latency_us as f64 / 1000.0,
+                    r.message
+                )
+            });
+            t.row(vec![
+                format!("{}{}", b.address, if b.runtime { " *" } else { "" }),
+                b.role.to_string(),
+                b.health.clone(),
+                ago(b.since_unix_ms),
+                b.check.clone(),
+                last,
+                format!(
+                    "{}/{}{}",
+                    b.weight,
+                    b.effective_weight,
+                    if b.drained { " drain" } else { "" }
+                ),
+                if b.in_table { "yes" } else { "no" }.into(),
+                if b.keeps_flows { "yes" } else { "no" }.into(),
+                b.mac.map_or("unresolved".into(), |m| m.to_string()),
+                rates(&b.traffic),
+                totals(&b.traffic),
+            ]);
+        }
+        out += &t.render("  ");
+    }
+    if s.vips
+        .iter()
+        .any(|v| v.runtime || v.backends.iter().any(|b| b.runtime))
+    {
+        out +=
+            "\n* = added or changed at run time (differs from the config; `dsr reset` reverts)\n";
+    }
+    out += "\nWEIGHT is configured/effective. ";
+    out += "NEW FLOWS: in the VIP's table now. KEEPS FLOWS: its established flows stay on it.\n";
+    out
+}
+
+/// `dsr stats`: per-reason verdict counters and per VIP/backend totals.
+pub fn render_stats(s: &Status) -> String {
+    let mut out = String::new();
+    let mut t = Table::new(&["REASON", "VERDICT", "PACKETS", "BYTES"]);
+    for r in &s.reasons {
+        t.row(vec![
+            r.reason.clone(),
+            r.verdict.clone(),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+        ]);
+    }
+    out += &t.render("");
+    out.push('\n');
+    let mut t = Table::new(&[
+        "VIP / BACKEND",
+        "PACKETS",
+        "BYTES",
+        "NEW FLOWS",
+        "PPS",
+        "BIT/S",
+    ]);
+    for v in &s.vips {
+        let row = |name: String, tr: &Traffic| {
+            vec![
+                name,
+                tr.packets.to_string(),
+                tr.bytes.to_string(),
+                tr.flows.to_string(),
+                format!("{:.0}", tr.packets_per_sec),
+                format!("{:.0}", tr.bits_per_sec),
+            ]
+        };
+        t.row(row(format!("{} ({})", v.name, v.addr), &v.traffic));
+        for b in &v.backends {
+            t.row(row(format!("  -> {}", b.address), &b.traffic));
+        }
+    }
+    out += &t.render("");
+    out
+}

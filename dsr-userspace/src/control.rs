@@ -1,0 +1,252 @@
+//! The control socket: a Unix stream socket (mode 0600, root only) carrying one JSON request
+//! and one JSON response per line. The daemon serves it; the `dsr` CLI is its client.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    health::CheckResult,
+    model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
+};
+
+/// Largest request accepted, in bytes (a VIP with many backends fits easily).
+pub const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// `inherit_check`: use the VIP's default check (a sorry server gets none).
+    BackendAdd {
+        vip: String,
+        backend: BackendSpec,
+        inherit_check: bool,
+    },
+    BackendRemove {
+        vip: String,
+        address: IpAddr,
+    },
+    BackendWeight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    BackendDrain {
+        vip: String,
+        address: IpAddr,
+    },
+    BackendEnable {
+        vip: String,
+        address: IpAddr,
+    },
+    VipAdd {
+        vip: VipSpec,
+    },
+    VipRemove {
+        vip: String,
+    },
+    /// Re-read the config file (as SIGHUP does).
+    Reload,
+    /// Drop every runtime change: back to the config.
+    Reset,
+    /// Stop the daemon; with `clean`, also remove the pinned data path.
+    Stop {
+        clean: bool,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: message.into(),
+            status: None,
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            message: message.into(),
+            status: None,
+        }
+    }
+}
+
+/// Everything `dsr status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub interface: String,
+    /// "running" (answered by the daemon) or "down" (read from the pinned maps).
+    pub daemon: String,
+    pub pid: Option<u32>,
+    pub config: PathBuf,
+    pub runtime_changes: usize,
+    pub vips: Vec<VipStatus>,
+    /// Per-reason verdict counters: (name, verdict, packets, bytes).
+    pub reasons: Vec<ReasonStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReasonStatus {
+    pub reason: String,
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows placed by the Maglev table.
+    pub flows: u64,
+    pub packets_per_sec: f64,
+    pub bits_per_sec: f64,
+    pub flows_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub addr: VipAddr,
+    pub conntrack: bool,
+    /// Which role gets new flows; `None` = no usable backend (packets dropped).
+    pub serving: Option<Role>,
+    /// Not in the config file (added at run time) or changed at run time.
+    pub runtime: bool,
+    pub traffic: Traffic,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub role: Role,
+    pub mac: Option<MacAddr>,
+    /// "up", "down", or "up (unchecked)" before the first result.
+    pub health: String,
+    pub since_unix_ms: u64,
+    pub check: String,
+    pub last_check: Option<CheckResult>,
+    pub weight: u32,
+    pub effective_weight: u32,
+    pub drained: bool,
+    pub inhibit_on_failure: bool,
+    /// Gets new flows now.
+    pub in_table: bool,
+    /// Established flows stay on it.
+    pub keeps_flows: bool,
+    pub runtime: bool,
+    pub traffic: Traffic,
+}
+
+/// A request from a client with the channel for its answer.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Serves the socket at `path` until the daemon goes away: each request is parsed, handed to
+/// the daemon loop, and answered. Malformed or unauthorised requests are answered with an
+/// error here and never reach the daemon.
+pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another dsr daemon answers on {} (same instance name?)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let _ = handle(stream, calls).await;
+            });
+        }
+    }))
+}
+
+async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+    let authorised = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+    let mut line = String::new();
+    let n = reader.read_line(&mut line).await;
+    let response = match n {
+        _ if !authorised => Response::error("unauthorised: the control socket is for root only"),
+        Err(e) => Response::error(format!("malformed request: {e}")),
+        Ok(n) if n > MAX_REQUEST => {
+            Response::error(format!("request larger than {MAX_REQUEST} bytes"))
+        }
+        Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Response::error(format!("malformed request: {e}")),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if calls.send((request, tx)).await.is_err() {
+                    Response::error("the daemon is shutting down")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("the daemon dropped the request"))
+                }
+            }
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Sends one request to the daemon at `path` and returns its answer.
+pub async fn call(path: &Path, request: &Request) -> Result<Response> {
+    let stream = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(read).read_line(&mut answer),
+    )
+    .await
+    .context("no answer from the daemon within 30 s")??;
+    serde_json::from_str(answer.trim()).context("malformed answer from the daemon")
+}
+
+/// Whether a daemon answers on `path`.
+pub async fn daemon_running(path: &Path) -> bool {
+    UnixStream::connect(path).await.is_ok()
+}

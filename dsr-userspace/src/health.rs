@@ -1,0 +1,321 @@
+//! Health checks: the checkers (TCP connect, HTTP GET, none), the rise/fall state of one
+//! backend, and the task that runs one backend's check forever.
+//!
+//! Thresholds: a backend goes down after `fall` consecutive failures and comes back after
+//! `rise` consecutive successes. Before its first result a backend counts as up (keepalived's
+//! default: no traffic gap when the daemon starts), and the first result decides directly.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpStream, sync::mpsc};
+
+use crate::model::{CheckKind, CheckSpec};
+
+/// The outcome of one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    #[serde(with = "unix_ms")]
+    pub at: SystemTime,
+    pub latency_us: u64,
+    /// "connected", "HTTP 200", "connection refused", "timed out after 1s", ...
+    pub message: String,
+}
+
+/// Health of one backend under rise/fall thresholds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub up: bool,
+    /// No result yet: `up` is assumed.
+    pub unchecked: bool,
+    #[serde(with = "unix_ms")]
+    pub since: SystemTime,
+    pub ok_streak: u32,
+    pub fail_streak: u32,
+    pub last: Option<CheckResult>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            up: true,
+            unchecked: true,
+            since: SystemTime::now(),
+            ok_streak: 0,
+            fail_streak: 0,
+            last: None,
+        }
+    }
+}
+
+impl Health {
+    /// Takes a result; returns the new state if it changed.
+    pub fn record(&mut self, result: CheckResult, rise: u32, fall: u32) -> Option<bool> {
+        let was = self.up;
+        if result.ok {
+            self.ok_streak += 1;
+            self.fail_streak = 0;
+        } else {
+            self.fail_streak += 1;
+            self.ok_streak = 0;
+        }
+        if self.unchecked {
+            self.up = result.ok;
+        } else if self.up && self.fail_streak >= fall {
+            self.up = false;
+        } else if !self.up && self.ok_streak >= rise {
+            self.up = true;
+        }
+        self.unchecked = false;
+        self.last = Some(result);
+        (self.up != was).then(|| {
+            self.since = SystemTime::now();
+            self.up
+        })
+    }
+}
+
+/// Runs one check against `address` (never the VIP) with the spec's timeout.
+pub async fn check_once(address: IpAddr, default_port: u16, spec: &CheckSpec) -> CheckResult {
+    let started = Instant::now();
+    let target = SocketAddr::new(address, spec.port.unwrap_or(default_port));
+    let outcome = tokio::time::timeout(spec.timeout, run(target, &spec.kind)).await;
+    let (ok, message) = match outcome {
+        Ok(Ok(msg)) => (true, msg),
+        Ok(Err(msg)) => (false, msg),
+        Err(_) => (false, format!("timed out after {:?}", spec.timeout)),
+    };
+    CheckResult {
+        ok,
+        at: SystemTime::now(),
+        latency_us: started.elapsed().as_micros() as u64,
+        message,
+    }
+}
+
+async fn run(target: SocketAddr, kind: &CheckKind) -> Result<String, String> {
+    match kind {
+        CheckKind::None => Ok("no check".into()),
+        CheckKind::Tcp => TcpStream::connect(target)
+            .await
+            .map(|_| "connected".to_owned())
+            .map_err(|e| format!("connect {target}: {e}")),
+        CheckKind::Http {
+            path,
+            expect_status,
+            host,
+            expect_body,
+        } => {
+            http_get(
+                target,
+                path,
+                *expect_status,
+                host.as_deref(),
+                expect_body.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
+async fn http_get(
+    target: SocketAddr,
+    path: &str,
+    expect_status: u16,
+    host: Option<&str>,
+    expect_body: Option<&str>,
+) -> Result<String, String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let host = host.map_or_else(|| target.to_string(), str::to_owned);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "dsr-health-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("HTTP request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP GET {path}: {e}"))?;
+    let status = response.status().as_u16();
+    let result = if status != expect_status {
+        Err(format!("HTTP {status}, expected {expect_status}"))
+    } else if let Some(needle) = expect_body {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("HTTP body: {e}"))?
+            .to_bytes();
+        if String::from_utf8_lossy(&body).contains(needle) {
+            Ok(format!("HTTP {status}, body has {needle:?}"))
+        } else {
+            Err(format!("HTTP {status}, body lacks {needle:?}"))
+        }
+    } else {
+        Ok(format!("HTTP {status}"))
+    };
+    conn.abort();
+    result
+}
+
+/// What a check task reports: which check (`token`, chosen by the daemon) and its result.
+#[derive(Debug)]
+pub struct Report {
+    pub token: u64,
+    pub result: CheckResult,
+}
+
+/// Checks one backend every `interval` (plus up to 10% random jitter, so that a thousand
+/// checks configured alike do not fire together) until the receiver goes away or the task
+/// is aborted. The first check runs right away (after jitter), so state is known quickly.
+pub async fn check_loop(
+    token: u64,
+    address: IpAddr,
+    default_port: u16,
+    spec: CheckSpec,
+    reports: mpsc::Sender<Report>,
+) {
+    let jitter = |interval: Duration| {
+        let max = (interval.as_micros() as u64 / 10).max(1);
+        Duration::from_micros(fastrand::u64(0..max))
+    };
+    tokio::time::sleep(jitter(spec.interval)).await;
+    loop {
+        let started = Instant::now();
+        let result = check_once(address, default_port, &spec).await;
+        if reports.send(Report { token, result }).await.is_err() {
+            return;
+        }
+        let next = spec.interval + jitter(spec.interval);
+        tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+    }
+}
+
+mod unix_ms {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ok: bool) -> CheckResult {
+        CheckResult {
+            ok,
+            at: SystemTime::now(),
+            latency_us: 1,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn first_result_decides_then_rise_and_fall_apply() {
+        let mut h = Health::default();
+        assert!(h.up && h.unchecked);
+        assert_eq!(
+            h.record(result(false), 2, 3),
+            Some(false),
+            "first failure takes it down"
+        );
+        assert_eq!(h.record(result(true), 2, 3), None);
+        assert_eq!(h.record(result(true), 2, 3), Some(true), "rise = 2");
+        assert_eq!(h.record(result(false), 2, 3), None);
+        assert_eq!(h.record(result(false), 2, 3), None);
+        assert_eq!(
+            h.record(result(true), 2, 3),
+            None,
+            "a success resets the failure streak"
+        );
+        assert_eq!(h.record(result(false), 2, 3), None);
+        assert_eq!(h.record(result(false), 2, 3), None);
+        assert_eq!(h.record(result(false), 2, 3), Some(false), "fall = 3");
+    }
+
+    fn spec(kind: CheckKind, port: u16) -> CheckSpec {
+        CheckSpec {
+            kind,
+            port: Some(port),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_checks_against_local_servers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let reply = if req.starts_with("GET /ok ") {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy"
+                    } else if req.starts_with("GET /hang ") {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        ""
+                    } else {
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+                    };
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let http = |path: &str, body: Option<&str>| CheckKind::Http {
+            path: path.into(),
+            expect_status: 200,
+            host: None,
+            expect_body: body.map(str::to_owned),
+        };
+        assert!(check_once(lo, 1, &spec(CheckKind::Tcp, port)).await.ok);
+        assert!(check_once(lo, 1, &spec(http("/ok", None), port)).await.ok);
+        assert!(
+            check_once(lo, 1, &spec(http("/ok", Some("health")), port))
+                .await
+                .ok
+        );
+        let r = check_once(lo, 1, &spec(http("/ok", Some("sick")), port)).await;
+        assert!(!r.ok && r.message.contains("lacks"), "{r:?}");
+        let r = check_once(lo, 1, &spec(http("/down", None), port)).await;
+        assert!(!r.ok && r.message.contains("503"), "{r:?}");
+        let r = check_once(lo, 1, &spec(http("/hang", None), port)).await;
+        assert!(!r.ok && r.message.contains("timed out"), "{r:?}");
+        assert!(
+            r.latency_us < 1_000_000,
+            "a hanging check is bounded by its timeout"
+        );
+        // Nothing listens on port 1 here.
+        let r = check_once(lo, 1, &spec(CheckKind::Tcp, 1)).await;
+        assert!(!r.ok, "{r:?}");
+        assert!(check_once(lo, 1, &spec(CheckKind::None, 1)).await.ok);
+    }
+}

@@ -1,0 +1,561 @@
+//! The daemon's runtime state: every VIP and backend with the ids the data path knows them by,
+//! their MACs and health, and the decisions derived from them. Pure: no I/O here; the daemon
+//! feeds events in and hands [`State::desired`] to the map writer.
+//!
+//! Decisions, per VIP:
+//! - a backend *takes new flows* if it has a MAC, is up, is not drained and has weight > 0;
+//! - new flows go to the primaries that take them; if none does, to the backups; if none
+//!   does, to the sorry servers; if none does, the VIP drops its packets;
+//! - a backend *keeps its established flows* if it has a MAC and is up, or is down with
+//!   `inhibit_on_failure` (keepalived's weight-0-on-failure). Drained backends keep theirs.
+
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    health::Health,
+    maglev,
+    model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Backend {
+    pub spec: BackendSpec,
+    /// Data-path id: index of BACKENDS/BACKEND_STATS, the value in table slots and flows.
+    pub id: u32,
+    /// MAC in use: the static one, or the neighbour table's.
+    pub mac: Option<MacAddr>,
+    pub health: Health,
+    /// Identifies this backend's running check; a new token restarts the check.
+    pub check_token: u64,
+}
+
+impl Backend {
+    pub fn takes_new_flows(&self) -> bool {
+        self.mac.is_some() && self.health.up && !self.spec.drained && self.spec.weight > 0
+    }
+
+    pub fn keeps_flows(&self) -> bool {
+        self.mac.is_some() && (self.health.up || self.spec.inhibit_on_failure)
+    }
+
+    /// The weight new flows see now (0 when drained, down or without MAC).
+    pub fn effective_weight(&self) -> u32 {
+        if self.takes_new_flows() {
+            self.spec.weight
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Vip {
+    /// The VIP's spec; its `backends` list is kept empty here (see `backends`).
+    pub spec: VipSpec,
+    /// Data-path id: index of VIP_STATS and of the VIP's two table rows.
+    pub id: u32,
+    pub backends: Vec<Backend>,
+}
+
+impl Vip {
+    /// Which role serves new flows now, and the table entries for it.
+    pub fn serving(&self) -> (Option<Role>, Vec<maglev::Entry>) {
+        for role in [Role::Primary, Role::Backup, Role::Sorry] {
+            let entries: Vec<maglev::Entry> = self
+                .backends
+                .iter()
+                .filter(|b| b.spec.role == role && b.takes_new_flows())
+                .map(|b| maglev::Entry {
+                    address: b.spec.address,
+                    id: b.id,
+                    weight: b.spec.weight,
+                })
+                .collect();
+            if !entries.is_empty() {
+                return (Some(role), entries);
+            }
+        }
+        (None, Vec::new())
+    }
+
+    pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.spec.address == address)
+    }
+}
+
+/// Hands out data-path ids. A freed backend id waits out the flow idle timeout before reuse:
+/// flow entries may still name it, and they must not land on a newcomer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ids {
+    next: u32,
+    max: u32,
+    /// Freed ids with the time they were freed, oldest first.
+    free: VecDeque<(u32, SystemTime)>,
+    quarantine: Duration,
+}
+
+impl Ids {
+    pub fn new(max: u32, quarantine: Duration) -> Self {
+        Ids {
+            next: 0,
+            max,
+            free: VecDeque::new(),
+            quarantine,
+        }
+    }
+
+    pub fn alloc(&mut self, now: SystemTime) -> Option<u32> {
+        if let Some(&(id, freed)) = self.free.front()
+            && freed + self.quarantine <= now
+        {
+            self.free.pop_front();
+            return Some(id);
+        }
+        if self.next < self.max {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
+    }
+
+    pub fn release(&mut self, id: u32, now: SystemTime) {
+        self.free.push_back((id, now));
+    }
+}
+
+/// What the data path should hold: every backend entry and every VIP table input.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Desired {
+    /// Backend id -> (MAC, keeps flows).
+    pub backends: std::collections::BTreeMap<u32, (Option<MacAddr>, bool)>,
+    /// VIP -> (VIP id, table entries sorted by id, conntrack).
+    pub vips: std::collections::BTreeMap<VipAddr, (u32, Vec<maglev::Entry>, bool)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub vips: Vec<Vip>,
+    backend_ids: Ids,
+    vip_ids: Ids,
+    next_token: u64,
+}
+
+/// Result of [`State::reconcile`]: what the daemon must do besides writing maps.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Backends new to the state (or whose check changed): (VIP, address) to check/resolve.
+    pub added: Vec<(VipAddr, IpAddr)>,
+    /// Check tokens that no longer exist (their tasks must stop).
+    pub stopped_tokens: Vec<u64>,
+    /// Human-readable problems (e.g. out of ids); the affected items are left out.
+    pub errors: Vec<String>,
+    /// Ids given out now (their counters must start from zero).
+    pub new_vip_ids: Vec<u32>,
+    pub new_backend_ids: Vec<u32>,
+}
+
+impl State {
+    pub fn new(max_vips: u32, max_backends: u32, flow_idle: Duration) -> Self {
+        State {
+            vips: Vec::new(),
+            // A little beyond the idle timeout: the data path's clock is coarse.
+            backend_ids: Ids::new(max_backends, flow_idle + Duration::from_secs(2)),
+            vip_ids: Ids::new(max_vips, Duration::ZERO),
+            next_token: 1,
+        }
+    }
+
+    pub fn vip(&self, addr: &VipAddr) -> Option<&Vip> {
+        self.vips.iter().find(|v| v.spec.addr == *addr)
+    }
+
+    /// Finds a VIP by name or by "address:port/protocol".
+    pub fn find_vip(&self, name_or_addr: &str) -> Option<&Vip> {
+        self.vips
+            .iter()
+            .find(|v| v.spec.name == name_or_addr)
+            .or_else(|| {
+                let addr: VipAddr = name_or_addr.parse().ok()?;
+                self.vip(&addr)
+            })
+    }
+
+    fn backend_mut(&mut self, vip: &VipAddr, address: IpAddr) -> Option<&mut Backend> {
+        self.vips
+            .iter_mut()
+            .find(|v| v.spec.addr == *vip)?
+            .backends
+            .iter_mut()
+            .find(|b| b.spec.address == address)
+    }
+
+    /// Brings the state to `desired`: unchanged VIPs and backends keep their ids, health,
+    /// MACs and so their flows and counters; new ones get ids; vanished ones free theirs.
+    pub fn reconcile(&mut self, desired: &[VipSpec], now: SystemTime) -> Reconciled {
+        let mut out = Reconciled::default();
+        let mut old_vips = std::mem::take(&mut self.vips);
+        for spec in desired {
+            let mut vip = match old_vips.iter().position(|v| v.spec.addr == spec.addr) {
+                Some(i) => old_vips.remove(i),
+                None => match self.vip_ids.alloc(now) {
+                    Some(id) => {
+                        out.new_vip_ids.push(id);
+                        Vip {
+                            spec: spec.clone(),
+                            id,
+                            backends: Vec::new(),
+                        }
+                    }
+                    None => {
+                        out.errors
+                            .push(format!("VIP {}: out of VIP ids (max_vips)", spec.addr));
+                        continue;
+                    }
+                },
+            };
+            vip.spec = VipSpec {
+                backends: Vec::new(),
+                ..spec.clone()
+            };
+            let mut old_backends = std::mem::take(&mut vip.backends);
+            for bspec in &spec.backends {
+                let kept = old_backends
+                    .iter()
+                    .position(|b| b.spec.address == bspec.address)
+                    .map(|i| old_backends.remove(i));
+                let backend = match kept {
+                    Some(mut b) => {
+                        if b.spec.check != bspec.check {
+                            // A new check starts from a clean slate.
+                            out.stopped_tokens.push(b.check_token);
+                            b.check_token = self.token();
+                            b.health = Health::default();
+                            out.added.push((spec.addr, bspec.address));
+                        }
+                        if bspec.mac.is_some() {
+                            b.mac = bspec.mac;
+                        } else if b.spec.mac.is_some() {
+                            // Static MAC removed: resolve from now on.
+                            b.mac = None;
+                            out.added.push((spec.addr, bspec.address));
+                        }
+                        b.spec = bspec.clone();
+                        b
+                    }
+                    None => match self.backend_ids.alloc(now) {
+                        Some(id) => {
+                            out.added.push((spec.addr, bspec.address));
+                            out.new_backend_ids.push(id);
+                            Backend {
+                                spec: bspec.clone(),
+                                id,
+                                mac: bspec.mac,
+                                health: Health::default(),
+                                check_token: self.token(),
+                            }
+                        }
+                        None => {
+                            out.errors.push(format!(
+                                "backend {} of VIP {}: out of backend ids (max_backends; \
+                                 removed backends' ids are reusable after the flow idle timeout)",
+                                bspec.address, spec.addr
+                            ));
+                            continue;
+                        }
+                    },
+                };
+                vip.backends.push(backend);
+            }
+            for gone in old_backends {
+                out.stopped_tokens.push(gone.check_token);
+                self.backend_ids.release(gone.id, now);
+            }
+            self.vips.push(vip);
+        }
+        for gone in old_vips {
+            for b in gone.backends {
+                out.stopped_tokens.push(b.check_token);
+                self.backend_ids.release(b.id, now);
+            }
+            self.vip_ids.release(gone.id, now);
+        }
+        out
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Records a check result for the backend running check `token`. Returns
+    /// (VIP, address, new up state) when its state changed.
+    pub fn record_check(
+        &mut self,
+        token: u64,
+        result: crate::health::CheckResult,
+    ) -> Option<(VipAddr, IpAddr, bool)> {
+        for vip in &mut self.vips {
+            for b in &mut vip.backends {
+                if b.check_token == token {
+                    let (rise, fall) = (b.spec.check.rise, b.spec.check.fall);
+                    return b
+                        .health
+                        .record(result, rise, fall)
+                        .map(|up| (vip.spec.addr, b.spec.address, up));
+                }
+            }
+        }
+        None
+    }
+
+    /// Sets the MAC of every backend with `address` that has no static MAC. Returns how many
+    /// changed.
+    pub fn set_neighbour(&mut self, address: IpAddr, mac: MacAddr) -> usize {
+        let mut changed = 0;
+        for b in self.vips.iter_mut().flat_map(|v| v.backends.iter_mut()) {
+            if b.spec.address == address && b.spec.mac.is_none() && b.mac != Some(mac) {
+                b.mac = Some(mac);
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// Addresses whose MAC comes from the neighbour table.
+    pub fn dynamic_addresses(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| b.spec.mac.is_none())
+            .map(|b| b.spec.address)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// What the data path should hold now.
+    pub fn desired(&self) -> Desired {
+        let mut d = Desired::default();
+        for vip in &self.vips {
+            for b in &vip.backends {
+                d.backends.insert(b.id, (b.mac, b.keeps_flows()));
+            }
+            let (_, mut entries) = vip.serving();
+            entries.sort_by_key(|e| e.id);
+            d.vips
+                .insert(vip.spec.addr, (vip.id, entries, vip.spec.conntrack));
+        }
+        d
+    }
+
+    /// For tests and status: the backend (VIP, address) if present.
+    pub fn backend(&self, vip: &VipAddr, address: IpAddr) -> Option<&Backend> {
+        self.vip(vip)?.backend(address)
+    }
+
+    /// Mutable access for the daemon (e.g. to force health in tests).
+    pub fn backend_entry(&mut self, vip: &VipAddr, address: IpAddr) -> Option<&mut Backend> {
+        self.backend_mut(vip, address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        health::CheckResult,
+        model::{CheckKind, CheckSpec, Protocol},
+    };
+
+    fn bspec(last: u8, role: Role) -> BackendSpec {
+        BackendSpec {
+            address: IpAddr::from([198, 18, 0, last]),
+            weight: 1,
+            mac: Some(MacAddr([2, 0, 0, 0, 0, last])),
+            role,
+            inhibit_on_failure: false,
+            check: CheckSpec {
+                kind: CheckKind::Tcp,
+                ..CheckSpec::none()
+            },
+            drained: false,
+        }
+    }
+
+    fn vspec(backends: Vec<BackendSpec>) -> VipSpec {
+        VipSpec {
+            name: "web".into(),
+            addr: VipAddr {
+                address: IpAddr::from([198, 18, 0, 100]),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            conntrack: true,
+            check: CheckSpec::none(),
+            backends,
+        }
+    }
+
+    fn fail(state: &mut State, last: u8) {
+        let addr = vspec(vec![]).addr;
+        let token = state
+            .backend(&addr, IpAddr::from([198, 18, 0, last]))
+            .unwrap()
+            .check_token;
+        let r = CheckResult {
+            ok: false,
+            at: SystemTime::now(),
+            latency_us: 0,
+            message: "refused".into(),
+        };
+        state.record_check(token, r);
+    }
+
+    fn serving(state: &State) -> (Option<Role>, Vec<u8>) {
+        let (role, entries) = state.vips[0].serving();
+        let mut lasts: Vec<u8> = entries
+            .iter()
+            .map(|e| match e.address {
+                IpAddr::V4(a) => a.octets()[3],
+                _ => 0,
+            })
+            .collect();
+        lasts.sort();
+        (role, lasts)
+    }
+
+    #[test]
+    fn primaries_then_backups_then_sorry_then_drop() {
+        let now = SystemTime::now();
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let mut sorry = bspec(30, Role::Sorry);
+        sorry.check = CheckSpec::none();
+        s.reconcile(
+            &[vspec(vec![
+                bspec(11, Role::Primary),
+                bspec(12, Role::Primary),
+                bspec(21, Role::Backup),
+                sorry,
+            ])],
+            now,
+        );
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![11, 12]));
+        fail(&mut s, 11);
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
+        fail(&mut s, 12);
+        assert_eq!(serving(&s), (Some(Role::Backup), vec![21]));
+        fail(&mut s, 21);
+        assert_eq!(
+            serving(&s),
+            (Some(Role::Sorry), vec![30]),
+            "an unchecked sorry server is up"
+        );
+        // A failed backend no longer keeps flows; the data path must let them move.
+        let b11 = s
+            .backend(&vspec(vec![]).addr, IpAddr::from([198, 18, 0, 11]))
+            .unwrap();
+        assert!(!b11.keeps_flows());
+    }
+
+    #[test]
+    fn drained_and_inhibited_primaries_do_not_count_but_keep_flows() {
+        let now = SystemTime::now();
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let mut drained = bspec(11, Role::Primary);
+        drained.drained = true;
+        let mut inhibited = bspec(12, Role::Primary);
+        inhibited.inhibit_on_failure = true;
+        s.reconcile(
+            &[vspec(vec![drained, inhibited, bspec(21, Role::Backup)])],
+            now,
+        );
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
+        fail(&mut s, 12);
+        assert_eq!(
+            serving(&s),
+            (Some(Role::Backup), vec![21]),
+            "drained + inhibited primaries leave backups in charge"
+        );
+        let addr = vspec(vec![]).addr;
+        assert!(
+            s.backend(&addr, IpAddr::from([198, 18, 0, 11]))
+                .unwrap()
+                .keeps_flows()
+        );
+        assert!(
+            s.backend(&addr, IpAddr::from([198, 18, 0, 12]))
+                .unwrap()
+                .keeps_flows()
+        );
+        let d = s.desired();
+        let (_, entries, _) = &d.vips[&addr];
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn reconcile_keeps_ids_and_quarantines_freed_ones() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = State::new(4, 3, Duration::from_secs(300));
+        s.reconcile(
+            &[vspec(vec![
+                bspec(11, Role::Primary),
+                bspec(12, Role::Primary),
+            ])],
+            t0,
+        );
+        let id12 = s
+            .backend(&vspec(vec![]).addr, IpAddr::from([198, 18, 0, 12]))
+            .unwrap()
+            .id;
+        // Remove .11, add .13: .12 keeps its id; .13 gets a fresh id, not .11's.
+        s.reconcile(
+            &[vspec(vec![
+                bspec(12, Role::Primary),
+                bspec(13, Role::Primary),
+            ])],
+            t0,
+        );
+        let addr = vspec(vec![]).addr;
+        assert_eq!(
+            s.backend(&addr, IpAddr::from([198, 18, 0, 12])).unwrap().id,
+            id12
+        );
+        assert_eq!(
+            s.backend(&addr, IpAddr::from([198, 18, 0, 13])).unwrap().id,
+            2
+        );
+        // All 3 ids are used or quarantined: a fourth backend must wait.
+        let r = s.reconcile(
+            &[vspec(vec![
+                bspec(12, Role::Primary),
+                bspec(13, Role::Primary),
+                bspec(14, Role::Primary),
+            ])],
+            t0,
+        );
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        // After the idle timeout, .11's id (0) is reusable.
+        let later = t0 + Duration::from_secs(400);
+        let r = s.reconcile(
+            &[vspec(vec![
+                bspec(12, Role::Primary),
+                bspec(13, Role::Primary),
+                bspec(14, Role::Primary),
+            ])],
+            later,
+        );
+        assert!(r.errors.is_empty());
+        assert_eq!(
+            s.backend(&addr, IpAddr::from([198, 18, 0, 14])).unwrap().id,
+            0
+        );
+    }
+}
