@@ -319,6 +319,22 @@ impl Drop for Capture {
     }
 }
 
+/// Sends one raw Ethernet frame out of `iface` in namespace `ns`.
+pub fn send_frame(ns: &str, iface: &str, frame: Vec<u8>) -> Result<()> {
+    let iface = iface.to_owned();
+    in_netns(ns, move || -> Result<()> {
+        let fd = packet_socket(&iface)?;
+        // SAFETY: sending a buffer we own on a bound packet socket, then closing it.
+        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
+        let err = std::io::Error::last_os_error();
+        unsafe { libc::close(fd) };
+        if n != frame.len() as isize {
+            bail!("sending a frame on {iface}: {err}");
+        }
+        Ok(())
+    })
+}
+
 fn packet_socket(iface: &str) -> Result<i32> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain syscalls; the fd is checked and owned by the caller.
@@ -385,6 +401,9 @@ pub struct Lab {
     pub dir: PathBuf,
     services: Vec<Option<Threads>>,
     health: Vec<Option<Threads>>,
+    /// Services of hosts a backend address moved to, and their namespaces.
+    moved: Vec<Threads>,
+    extra_ns: Vec<String>,
     dsr: Option<Child>,
     /// The config dsr runs with (written to `dir/dsr.toml`).
     config_text: Option<String>,
@@ -419,6 +438,8 @@ impl Lab {
             dir,
             services: Vec::new(),
             health: Vec::new(),
+            moved: Vec::new(),
+            extra_ns: Vec::new(),
             dsr: None,
             config_text: None,
             _peer_xdp: None,
@@ -436,6 +457,7 @@ impl Lab {
             self.lb_ns.clone(),
         ];
         v.extend(self.backends.iter().map(|b| b.ns.clone()));
+        v.extend(self.extra_ns.iter().cloned());
         v
     }
 
@@ -734,6 +756,56 @@ impl Lab {
         self.services[i] = Some(start_service(&ns, &name).expect("restart service"));
     }
 
+    /// Moves backend `i`'s address to a new host (a new namespace with another MAC, serving
+    /// as `name`), the old host going silent, and has the new host announce it with a
+    /// gratuitous ARP. Returns the new host's MAC.
+    pub fn move_backend_address(&mut self, i: usize, name: &str) -> dsr::model::MacAddr {
+        let ip = self.backends[i].ip;
+        let old_ns = self.backends[i].ns.clone();
+        let ns = format!("{}-moved{}", self.tag, i + 1);
+        let mac = [0x02, 0, 0, 0, 0, 0x90 + i as u8];
+        let result = (|| -> Result<()> {
+            self.stop_service(i);
+            sh(&[
+                "ip",
+                "-n",
+                &old_ns,
+                "addr",
+                "del",
+                &format!("{ip}/{SUBNET_PREFIX}"),
+                "dev",
+                IFACE,
+            ])?;
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            sh(&["ip", "netns", "add", &ns])?;
+            self.extra_ns.push(ns.clone());
+            self.plug(&ns, &format!("port-m{}", i + 1), mac, ip)?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{VIP}/32"),
+                "dev",
+                "lo",
+            ])?;
+            for (k, v) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+            ] {
+                write_sysctl(&ns, k, v)?;
+            }
+            self.moved.push(start_service(&ns, name)?);
+            let garp = crate::frames::arp_request(mac, ip, ip);
+            send_frame(&ns, IFACE, garp)
+        })();
+        if let Err(e) = result {
+            panic!("moving {ip}: {e:#}");
+        }
+        dsr::model::MacAddr(mac)
+    }
+
     /// Turns backend `i`'s health endpoint (HTTP on its own address, port HEALTH_PORT) off
     /// or on, leaving its service alone.
     pub fn set_health(&mut self, i: usize, on: bool) {
@@ -775,30 +847,54 @@ impl Lab {
         })
     }
 
-    /// One UDP datagram to the VIP from `sport`; returns who answered.
-    pub fn udp_request(&self, sport: u16) -> Result<String> {
-        in_netns(&self.client_ns, move || -> Result<String> {
-            let sock = UdpSocket::bind((CLIENT_IP, sport)).context("bind client socket")?;
-            sock.connect((VIP, UDP_PORT))?;
-            sock.set_read_timeout(Some(IO_TIMEOUT))?;
-            sock.send(b"who are you?")?;
-            let mut buf = [0u8; 256];
-            let n = sock.recv(&mut buf).context("no UDP answer")?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    /// Opens a TCP connection to the VIP from `sport` and keeps it for more requests.
+    pub fn tcp_connect(&self, sport: u16) -> Result<Conn> {
+        let stream = in_netns(&self.client_ns, move || connect_from(sport))?;
+        Ok(Conn {
+            stream,
+            pending: String::new(),
         })
     }
 
-    /// Index of the backend that dsr must pick for a flow from the client's `sport` to the
-    /// VIP's TCP or UDP port, computed as dsr does (same hash, seed and Maglev table).
+    /// Index of the backend whose name is `answer`.
+    pub fn index_of(&self, answer: &str) -> usize {
+        self.backends
+            .iter()
+            .position(|b| b.name == answer)
+            .unwrap_or_else(|| panic!("{answer:?} is no backend's name"))
+    }
+
+    /// One UDP request per source port, from one thread in the client namespace; each
+    /// result is who answered (or the error).
+    pub fn udp_requests(&self, sports: Vec<u16>) -> Vec<Result<String>> {
+        in_netns(&self.client_ns, move || {
+            sports.into_iter().map(udp_once).collect()
+        })
+    }
+
+    /// One UDP datagram to the VIP from `sport`; returns who answered.
+    pub fn udp_request(&self, sport: u16) -> Result<String> {
+        in_netns(&self.client_ns, move || udp_once(sport))
+    }
+
+    /// Index of the backend that dsr must pick for a new flow from the client's `sport` to
+    /// the VIP's TCP or UDP port, computed as dsr does (same hash, seed and Maglev table).
     pub fn predict(&self, proto: u8, sport: u16) -> usize {
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        self.predict_weights(proto, sport, &weights)
+    }
+
+    /// Like [`Lab::predict`], for a table built from these weights (0 = not in the table).
+    pub fn predict_weights(&self, proto: u8, sport: u16, weights: &[u32]) -> usize {
         let entries: Vec<maglev::Entry> = self
             .backends
             .iter()
+            .zip(weights)
             .enumerate()
-            .map(|(i, b)| maglev::Entry {
+            .map(|(i, (b, &weight))| maglev::Entry {
                 address: IpAddr::V4(b.ip),
                 id: i as u32,
-                weight: b.weight,
+                weight,
             })
             .collect();
         let table = maglev::build(&entries, DEFAULT_TABLE_SIZE);
@@ -810,6 +906,42 @@ impl Lab {
     pub fn backend_by_name(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
     }
+}
+
+/// A TCP connection to the VIP held open across requests.
+pub struct Conn {
+    stream: TcpStream,
+    pending: String,
+}
+
+impl Conn {
+    /// Sends one request line; returns who answered.
+    pub fn ask(&mut self) -> Result<String> {
+        self.stream.write_all(b"who are you?\n")?;
+        let mut buf = [0u8; 256];
+        while !self.pending.contains('\n') {
+            let n = self.stream.read(&mut buf).context("reading the answer")?;
+            if n == 0 {
+                bail!("connection closed before the answer");
+            }
+            self.pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let (line, rest) = self.pending.split_once('\n').unwrap();
+        let line = line.to_owned();
+        self.pending = rest.to_owned();
+        Ok(line)
+    }
+}
+
+/// One UDP datagram to the VIP from `sport` (in the calling thread's namespace).
+fn udp_once(sport: u16) -> Result<String> {
+    let sock = UdpSocket::bind((CLIENT_IP, sport)).context("bind client socket")?;
+    sock.connect((VIP, UDP_PORT))?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    sock.send(b"who are you?")?;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).context("no UDP answer")?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 fn connect_from(sport: u16) -> Result<TcpStream> {
@@ -935,6 +1067,7 @@ impl Drop for Lab {
         let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&self.tag));
         self.services.clear();
         self.health.clear();
+        self.moved.clear();
         self._peer_xdp = None;
         for ns in self.namespaces() {
             let _ = sh(&["ip", "netns", "del", &ns]);

@@ -1,0 +1,302 @@
+//! What a backend state change does to real traffic: failure, inhibit_on_failure, drain,
+//! backups, sorry servers, losing the last backend, and a backend whose address moves to
+//! another host. Each test runs the real `dsr` with real clients in the namespace lab.
+
+use std::time::{Duration, Instant};
+
+use dsr_lab::lab::{HEALTH_PORT, Lab, UDP_PORT, VIP};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// A lab config with one UDP VIP ("udp") and one TCP VIP ("tcp") over the lab's backends.
+/// `check` is the VIPs' [vip.check] body; `extra[i]` is added to backend i's section.
+fn config(lab: &Lab, check: &str, extra: &[&str]) -> String {
+    let mut c = lab.header();
+    for (name, port, proto) in [("udp", UDP_PORT, "udp"), ("tcp", 80, "tcp")] {
+        c += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n"
+        );
+        if !check.is_empty() {
+            c += &format!("[vip.check]\n{check}\n");
+        }
+        for (i, b) in lab.backends.iter().enumerate() {
+            c += &format!(
+                "  [[vip.backend]]\n  address = \"{}\"\n  weight = {}\n{}\n",
+                b.ip,
+                b.weight,
+                extra.get(i).unwrap_or(&"")
+            );
+        }
+    }
+    c
+}
+
+/// A check on the backends' health endpoint (tests turn it off to fail a backend while its
+/// service still answers, so that where traffic goes stays observable).
+fn health_check(fall: u32) -> String {
+    format!(
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = {fall}"
+    )
+}
+
+fn started(tag: &str, weights: &[u32], check: &str, extra: &[&str]) -> Lab {
+    let mut lab = Lab::new(tag, weights);
+    let cfg = config(&lab, check, extra);
+    lab.start_dsr_with(&cfg, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lab
+}
+
+fn answers(lab: &Lab, sports: impl IntoIterator<Item = u16>) -> Vec<(u16, Option<usize>)> {
+    let sports: Vec<u16> = sports.into_iter().collect();
+    let results = lab.udp_requests(sports.clone());
+    sports
+        .into_iter()
+        .zip(results)
+        .map(|(p, r)| (p, r.ok().map(|who| lab.index_of(&who))))
+        .collect()
+}
+
+fn wait_health(lab: &Lab, vip: &str, i: usize, want: &str) -> Duration {
+    lab.wait_for(
+        &format!("{vip} backend {} to be {want}", i + 1),
+        Duration::from_secs(5),
+        || lab.health_of(vip, i) == want,
+    )
+}
+
+/// A backend whose server dies leaves the table: only its flows move, to the backend the
+/// new table gives them; the others keep theirs. When it returns, flows do not move back.
+#[test]
+fn failed_backend_only_its_flows_move() {
+    // A TCP check on the service port itself: killing the server fails it.
+    let check =
+        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2";
+    let mut lab = started("fail", &[1, 1, 1], check, &[]);
+    for i in 0..3 {
+        wait_health(&lab, "udp", i, "up");
+    }
+    let before = answers(&lab, 21000..21150);
+    assert!(
+        before.iter().all(|(_, who)| who.is_some()),
+        "all flows answered: {before:?}"
+    );
+    assert!(before.iter().any(|(_, who)| *who == Some(1)));
+
+    lab.stop_service(1);
+    let took = wait_health(&lab, "udp", 1, "down");
+    eprintln!("backend-2 marked down {took:?} after its server stopped (interval 100ms, fall 2)");
+
+    let after = answers(&lab, 21000..21150);
+    for ((port, was), (_, now)) in before.iter().zip(&after) {
+        if *was == Some(1) {
+            let owner = lab.predict_weights(UDP, *port, &[1, 0, 1]);
+            assert_eq!(
+                *now,
+                Some(owner),
+                "flow {port} of the failed backend went elsewhere than its new owner"
+            );
+        } else {
+            assert_eq!(
+                now, was,
+                "flow {port} moved although its backend is healthy"
+            );
+        }
+    }
+
+    lab.start_service(1);
+    wait_health(&lab, "udp", 1, "up");
+    let back = answers(&lab, 21000..21150);
+    assert_eq!(back, after, "flows moved again when the backend came back");
+    // New flows reach it again.
+    let fresh = answers(&lab, 22000..22100);
+    assert!(
+        fresh.iter().any(|(_, who)| *who == Some(1)),
+        "no new flow reached the recovered backend"
+    );
+}
+
+/// inhibit_on_failure: a failed backend stays with weight 0: its established flows stay,
+/// no new flow reaches it.
+#[test]
+fn inhibit_on_failure_keeps_established_flows() {
+    let mut lab = started(
+        "inhibit",
+        &[1, 1, 1],
+        &health_check(1),
+        &["", "  inhibit_on_failure = true", ""],
+    );
+    for i in 0..3 {
+        wait_health(&lab, "udp", i, "up");
+    }
+    let before = answers(&lab, 23000..23100);
+    let on_two: Vec<u16> = before
+        .iter()
+        .filter(|(_, w)| *w == Some(1))
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!on_two.is_empty());
+
+    lab.set_health(1, false);
+    wait_health(&lab, "udp", 1, "down");
+    for (p, who) in answers(&lab, on_two.clone()) {
+        assert_eq!(
+            who,
+            Some(1),
+            "established flow {p} left an inhibited backend"
+        );
+    }
+    for (p, who) in answers(&lab, 24000..24200) {
+        assert!(
+            who.is_some() && who != Some(1),
+            "new flow {p} went to an inhibited backend ({who:?})"
+        );
+    }
+    let st = lab.status();
+    let b = &st.vips.iter().find(|v| v.name == "udp").unwrap().backends[1];
+    assert_eq!(
+        (b.effective_weight, b.in_table, b.keeps_flows),
+        (0, false, true),
+        "{b:?}"
+    );
+}
+
+/// Drain (weight 0 / `dsr backend drain`): open TCP connections on the backend keep working,
+/// no new connection goes there; `enable` lets new flows in again.
+#[test]
+fn drain_keeps_open_connections() {
+    let lab = started("drain", &[1, 1, 1], "", &[]);
+    let mut held = Vec::new();
+    for sport in 25000..25100u16 {
+        if lab.predict(TCP, sport) == 1 {
+            let mut c = lab.tcp_connect(sport).unwrap();
+            assert_eq!(c.ask().unwrap(), "backend-2");
+            held.push(c);
+            if held.len() == 4 {
+                break;
+            }
+        }
+    }
+    let (ok, out) = lab.dsr(&["backend", "drain", "tcp", "198.18.0.12"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("draining"), "{out}");
+    for c in held.iter_mut() {
+        for _ in 0..5 {
+            assert_eq!(
+                c.ask().unwrap(),
+                "backend-2",
+                "a drained backend lost an open connection"
+            );
+        }
+    }
+    for sport in 26000..26060u16 {
+        let who = lab.tcp_request(sport, 1).unwrap().remove(0);
+        assert_ne!(
+            who, "backend-2",
+            "new connection from {sport} sent to a draining backend"
+        );
+    }
+    let st = lab.status();
+    let b = &st.vips.iter().find(|v| v.name == "tcp").unwrap().backends[1];
+    assert!(
+        b.drained && b.keeps_flows && !b.in_table && b.runtime,
+        "{b:?}"
+    );
+
+    let (ok, out) = lab.dsr(&["backend", "enable", "tcp", "198.18.0.12"]);
+    assert!(ok, "{out}");
+    let back = (27000..27060u16)
+        .filter(|&p| lab.predict(TCP, p) == 1)
+        .take(3);
+    for sport in back {
+        assert_eq!(lab.tcp_request(sport, 1).unwrap()[0], "backend-2");
+    }
+}
+
+/// Primaries, then backups, then the sorry server, then drop; and back.
+#[test]
+fn backups_sorry_and_drop() {
+    let extra = [
+        "",
+        "  backup = true",
+        // A sorry server is checked only with a check of its own.
+        &format!("  sorry = true\n  [vip.backend.check]\n{}", health_check(1)),
+    ];
+    let mut lab = started("roles", &[1, 1, 1], &health_check(1), &extra);
+    for i in 0..3 {
+        wait_health(&lab, "udp", i, "up");
+    }
+    let all = |lab: &Lab, from: u16| answers(lab, from..from + 40);
+    assert!(
+        all(&lab, 30000).iter().all(|(_, w)| *w == Some(0)),
+        "primaries serve first"
+    );
+
+    lab.set_health(0, false);
+    wait_health(&lab, "udp", 0, "down");
+    assert!(
+        all(&lab, 30100).iter().all(|(_, w)| *w == Some(1)),
+        "backup serves when no primary is up"
+    );
+
+    lab.set_health(1, false);
+    wait_health(&lab, "udp", 1, "down");
+    assert!(
+        all(&lab, 30200).iter().all(|(_, w)| *w == Some(2)),
+        "sorry server serves when no primary or backup is up"
+    );
+
+    lab.set_health(2, false);
+    wait_health(&lab, "udp", 2, "down");
+    let dropped_before = no_backend_drops(&lab);
+    assert!(
+        all(&lab, 30300).iter().all(|(_, w)| w.is_none()),
+        "a VIP without usable backend must drop, not answer"
+    );
+    assert!(
+        no_backend_drops(&lab) >= dropped_before + 40,
+        "drops were not counted"
+    );
+    assert_eq!(lab.status().vips[0].serving, None);
+
+    lab.set_health(1, true);
+    wait_health(&lab, "udp", 1, "up");
+    assert!(
+        all(&lab, 30400).iter().all(|(_, w)| *w == Some(1)),
+        "traffic resumes on the backup"
+    );
+    lab.set_health(0, true);
+    wait_health(&lab, "udp", 0, "up");
+    assert!(
+        all(&lab, 30500).iter().all(|(_, w)| *w == Some(0)),
+        "new flows go back to the primary"
+    );
+}
+
+fn no_backend_drops(lab: &Lab) -> u64 {
+    lab.status()
+        .reasons
+        .iter()
+        .find(|r| r.reason == "no_backend")
+        .map_or(0, |r| r.packets)
+}
+
+/// A backend's address moves to another host, which announces it with a gratuitous ARP (as
+/// cloud secondary-IP failover does): dsr follows the new MAC within a second.
+#[test]
+fn mac_follows_a_moved_address() {
+    let mut lab = started("moved", &[1], "", &[]);
+    assert_eq!(lab.udp_request(31000).unwrap(), "backend-1");
+    // ARP updates inside the locktime (1 s) of the last one are ignored by the kernel.
+    std::thread::sleep(Duration::from_millis(1100));
+    let new_mac = lab.move_backend_address(0, "backend-moved");
+    let moved_at = Instant::now();
+    let took = lab.wait_for("answers from the new host", Duration::from_secs(1), || {
+        lab.udp_request(31001 + moved_at.elapsed().as_millis() as u16 % 1000)
+            .is_ok_and(|w| w == "backend-moved")
+    });
+    eprintln!("data path followed the move to {new_mac} {took:?} after the gratuitous ARP");
+    let st = lab.status();
+    assert_eq!(st.vips[0].backends[0].mac.map(|m| m.0), Some(new_mac.0));
+}
