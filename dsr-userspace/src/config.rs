@@ -157,8 +157,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     let errors = Errors { text, path };
     let err = |span: Option<Range<usize>>, m: String| errors.at(span, m);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        // toml's message repeats the source line with a caret; keep only the reason.
-        err(e.span(), e.message().trim().to_owned())
+        // toml's message repeats the source line with a caret; keep the reason and the line.
+        let line = e
+            .span()
+            .and_then(|s| text.lines().nth(line_of(text, s.start) - 1))
+            .map(|l| format!(" (in `{}`)", l.trim()))
+            .unwrap_or_default();
+        err(e.span(), format!("{}{line}", e.message().trim()))
     })?;
 
     let instance = match &raw.instance {
@@ -716,4 +721,35 @@ fall = 3
         assert!(is_prime(65537) && is_prime(7) && is_prime(251));
         assert!(!is_prime(65536) && !is_prime(1) && !is_prime(9));
     }
+}
+
+/// Where a config's daemon listens, read leniently: a command that talks to a running daemon
+/// (`dsr reload` above all) must work while the file on disk is being fixed.
+pub fn control_socket_of(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let top_level = |key: &str| -> Option<String> {
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                return None;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if k.trim() == key {
+                let v = v.split('#').next()?.trim();
+                return v.strip_prefix('"')?.strip_suffix('"').map(str::to_owned);
+            }
+        }
+        None
+    };
+    let instance = top_level("instance").unwrap_or_else(|| "default".into());
+    let socket = top_level("control_socket")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/run/dsr/{instance}.sock")));
+    Ok((instance, socket))
 }

@@ -208,7 +208,7 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
         Ok(n) if n > MAX_REQUEST => {
             Response::error(format!("request larger than {MAX_REQUEST} bytes"))
         }
-        Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+        Ok(_) => match parse_request(line.trim()) {
             Err(e) => Response::error(format!("malformed request: {e}")),
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
@@ -225,6 +225,24 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     out.push(b'\n');
     write.write_all(&out).await?;
     Ok(())
+}
+
+/// Parses a request strictly: besides serde's checks, a field the request type does not have
+/// is an error (serde ignores extra fields of unit variants in tagged enums).
+pub fn parse_request(text: &str) -> Result<Request, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let request: Request = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let known = serde_json::to_value(&request).map_err(|e| e.to_string())?;
+    if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
+        let unknown: Vec<&String> = given.keys().filter(|k| !known.contains_key(*k)).collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown field(s) {unknown:?} for command {:?}",
+                given["cmd"]
+            ));
+        }
+    }
+    Ok(request)
 }
 
 /// Sends one request to the daemon at `path` and returns its answer.

@@ -263,7 +263,7 @@ impl Daemon {
                 _ = term.recv() => { log::info!("SIGTERM"); break false; }
                 _ = int.recv() => { log::info!("SIGINT"); break false; }
                 _ = hup.recv() => {
-                    match self.reload() {
+                    match self.reload().await {
                         Ok(msg) => log::info!("SIGHUP: {msg}"),
                         Err(e) => log::error!("SIGHUP: reload refused, still running the previous config: {e:#}"),
                     }
@@ -568,12 +568,24 @@ impl Daemon {
     }
 
     /// Brings the state to config + journal and applies it.
-    fn resync(&mut self) -> Vec<String> {
+    async fn resync(&mut self) -> Vec<String> {
         let (vips, mut notes) = self.desired_vips();
         let r = self.state.reconcile(&vips, SystemTime::now());
         notes.extend(r.errors.iter().cloned());
         if let Err(e) = self.after_reconcile(&r.new_vip_ids, &r.new_backend_ids) {
             notes.push(format!("{e:#}"));
+        }
+        // Backends without a MAC are solicited now; the answer arrives as a neighbour event
+        // and brings them into the table.
+        for (vip, addr) in &r.added {
+            if self
+                .state
+                .backend(vip, *addr)
+                .is_some_and(|b| b.mac.is_none())
+                && let Err(e) = self.netlink.solicit(self.ifindex, *addr).await
+            {
+                log::debug!("{e:#}");
+            }
         }
         if let Err(e) = self.apply() {
             notes.push(format!("{e:#}"));
@@ -583,7 +595,7 @@ impl Daemon {
     }
 
     /// Re-reads the config file. On any error nothing changes.
-    fn reload(&mut self) -> Result<String> {
+    async fn reload(&mut self) -> Result<String> {
         let new = config::load(&self.config_path)?;
         let fixed = [
             ("instance", self.config.instance != new.instance),
@@ -618,7 +630,7 @@ impl Daemon {
         // Only the VIPs (and their backends/checks) can differ now.
         let before = self.config.vips.clone();
         self.config = new;
-        let notes = self.resync();
+        let notes = self.resync().await;
         let added = self
             .config
             .vips
@@ -661,7 +673,7 @@ impl Daemon {
                 };
             }
             Request::Reload => {
-                return match self.reload() {
+                return match self.reload().await {
                     Ok(m) => Response::ok(m),
                     Err(e) => Response::error(format!(
                         "reload refused, still running the previous config: {e:#}"
@@ -671,7 +683,7 @@ impl Daemon {
             Request::Reset => {
                 let n = self.journal.len();
                 self.journal.clear();
-                let notes = self.resync();
+                let notes = self.resync().await;
                 let mut msg = format!(
                     "dropped {n} runtime changes: back to {}",
                     self.config_path.display()
@@ -743,7 +755,7 @@ impl Daemon {
             Err(e) => return Response::error(e),
         };
         self.journal.push(change);
-        let notes = self.resync();
+        let notes = self.resync().await;
         if notes.is_empty() {
             log::info!("control: {message}");
             Response::ok(message)

@@ -7,3 +7,7 @@ pub static DSR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// `xdp_macswap` (the benchmarks' baseline).
 pub static REFERENCE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dsr-reference.o"));
+
+/// Benchmark traffic: `bench_gen` (live-frame generator) and `bench_sink` (counts and drops).
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dsr-bench-gen.o"));

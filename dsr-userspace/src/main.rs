@@ -242,16 +242,27 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The daemon's instance name and control socket. From a config file this is read
+/// leniently, so that commands for a running daemon work while the file is being edited.
+fn socket(target: &Target) -> Result<(String, PathBuf)> {
+    match &target.config {
+        Some(path) => Ok(config::control_socket_of(path)?),
+        None => {
+            let (_, model) = resolve(target)?;
+            Ok((model.instance, model.control_socket))
+        }
+    }
+}
+
 /// Sends a request to the daemon and prints its answer; returns whether it succeeded.
 fn send(target: &Target, request: Request) -> Result<bool> {
-    let (_, model) = resolve(target)?;
+    let (instance, socket) = socket(target)?;
     let response: Response = runtime()?
-        .block_on(control::call(&model.control_socket, &request))
+        .block_on(control::call(&socket, &request))
         .with_context(|| {
             format!(
-                "is the dsr daemon of instance {:?} running? (socket {})",
-                model.instance,
-                model.control_socket.display()
+                "is the dsr daemon of instance {instance:?} running? (socket {})",
+                socket.display()
             )
         })?;
     if response.ok {
@@ -264,12 +275,13 @@ fn send(target: &Target, request: Request) -> Result<bool> {
 
 /// `status` / `stats`: from the daemon, or from the pinned maps when it is down.
 fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
-    let (path, model) = resolve(target)?;
+    let (_, socket) = socket(target)?;
     let rt = runtime()?;
-    let status = if rt.block_on(control::daemon_running(&model.control_socket)) {
-        let r = rt.block_on(control::call(&model.control_socket, &Request::Status))?;
+    let status = if rt.block_on(control::daemon_running(&socket)) {
+        let r = rt.block_on(control::call(&socket, &Request::Status))?;
         r.status.context("the daemon sent no status")?
     } else {
+        let (path, model) = resolve(target)?;
         daemon::offline_status(&path, &model)?
     };
     if json {
@@ -379,20 +391,20 @@ fn real_main() -> Result<bool> {
         Command::Reload { target } => send(&target, Request::Reload),
         Command::Reset { target } => send(&target, Request::Reset),
         Command::Stop { target } => {
-            let (_, model) = resolve(&target)?;
+            let (instance, socket) = socket(&target)?;
             let rt = runtime()?;
-            if rt.block_on(control::daemon_running(&model.control_socket)) {
+            if rt.block_on(control::daemon_running(&socket)) {
                 let ok = send(&target, Request::Stop { clean: true })?;
                 // Wait for the daemon to let go of the socket (it removes the data path first).
                 for _ in 0..100 {
-                    if !rt.block_on(control::daemon_running(&model.control_socket)) {
+                    if !rt.block_on(control::daemon_running(&socket)) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 return Ok(ok);
             }
-            let dir = datapath::pin_dir(&model.instance);
+            let dir = datapath::pin_dir(&instance);
             if datapath::remove_pinned(&dir)? {
                 println!(
                     "daemon not running; removed the pinned data path {}",
@@ -400,8 +412,7 @@ fn real_main() -> Result<bool> {
                 );
             } else {
                 println!(
-                    "nothing to stop: no daemon and no pinned data path for instance {:?}",
-                    model.instance
+                    "nothing to stop: no daemon and no pinned data path for instance {instance:?}"
                 );
             }
             Ok(true)

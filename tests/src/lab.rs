@@ -87,6 +87,11 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("thread in namespace panicked")
 }
 
+/// Moves the calling thread into the network namespace at `path` (`/run/netns/NAME`).
+pub fn in_netns_path(path: &str) {
+    enter_netns(path)
+}
+
 fn enter_netns(path: &str) {
     let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     // SAFETY: plain syscall on a valid fd; only this thread changes namespace.

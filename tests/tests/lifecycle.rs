@@ -1,0 +1,351 @@
+//! The daemon's life cycle with traffic flowing: crash (`kill -9`) and restart, SIGTERM and
+//! restart, config reload (SIGHUP and `dsr reload`, good and bad), runtime changes through
+//! the CLI surviving restarts and reloads, `dsr reset`, and the control socket refusing
+//! malformed input.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use dsr_lab::lab::{Lab, UDP_PORT, VIP};
+
+/// Sends UDP requests from a rotating set of source ports until stopped (at most 60 s),
+/// counting answered and unanswered ones.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(lab: &Lab) -> Traffic {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let ns = format!("/run/netns/{}", lab.client_ns);
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            dsr_lab::lab::in_netns_path(&ns);
+            let started = std::time::Instant::now();
+            let mut i = 0u16;
+            while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let sport = 50000 + i % 200;
+                i = i.wrapping_add(1);
+                let r = (|| -> std::io::Result<()> {
+                    let sock = std::net::UdpSocket::bind((dsr_lab::lab::CLIENT_IP, sport))?;
+                    sock.connect((VIP, UDP_PORT))?;
+                    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    sock.send(b"who are you?")?;
+                    let mut buf = [0u8; 64];
+                    sock.recv(&mut buf)?;
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => f.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Traffic {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// kill -9 and SIGTERM, each followed by a restart, under continuous traffic: not one request
+/// fails, an open TCP connection survives, and the counters carry on.
+#[test]
+fn restarts_lose_nothing() {
+    let mut lab = Lab::new("restart", &[1, 1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut conn = lab.tcp_connect(45000).unwrap();
+    let owner = conn.ask().unwrap();
+    let traffic = Traffic::start(&lab);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let status = lab.kill_dsr().unwrap();
+    assert!(
+        !status.success(),
+        "kill -9 should not look like a clean exit"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        conn.ask().unwrap(),
+        owner,
+        "open connection broken while dsr is dead"
+    );
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lab.dsr_log().contains("adopted the running data path"),
+        "{}",
+        lab.dsr_log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let status = lab.stop_dsr().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(conn.ask().unwrap(), owner);
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (ok, failed) = traffic.finish();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across the restarts\n{}",
+        ok + failed,
+        lab.dsr_log()
+    );
+    assert!(ok > 200, "only {ok} requests sent");
+    assert_eq!(
+        conn.ask().unwrap(),
+        owner,
+        "open connection moved across restarts"
+    );
+    // Counters were adopted, not reset: the VIP saw at least every answered request.
+    let st = lab.status();
+    let udp = st.vips.iter().find(|v| v.addr.port == UDP_PORT).unwrap();
+    assert!(
+        udp.traffic.packets >= ok,
+        "VIP counted {} packets for {ok} answered requests",
+        udp.traffic.packets
+    );
+}
+
+/// Runtime changes survive a restart and a reload; `dsr reset` returns to the config.
+#[test]
+fn runtime_changes_survive_restart_and_reload_until_reset() {
+    let mut lab = Lab::new("runtime", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let (ok, out) = lab.dsr(&["backend", "weight", "udp-53", "198.18.0.12", "3"]);
+    assert!(ok && out.contains("weight 1 -> 3"), "{out}");
+    let (ok, out) = lab.dsr(&["vip", "add", "198.18.0.100:5353/udp", "--name", "extra"]);
+    assert!(ok, "{out}");
+    let (ok, out) = lab.dsr(&["backend", "add", "extra", "198.18.0.11"]);
+    assert!(ok, "{out}");
+
+    let check = |lab: &Lab, when: &str| {
+        let st = lab.status();
+        assert_eq!(st.runtime_changes, 3, "{when}");
+        let udp = st.vips.iter().find(|v| v.name == "udp-53").unwrap();
+        assert_eq!(udp.backends[1].weight, 3, "{when}");
+        assert!(
+            udp.backends[1].runtime,
+            "{when}: not marked as differing from the config"
+        );
+        let extra = st
+            .vips
+            .iter()
+            .find(|v| v.name == "extra")
+            .expect("runtime VIP gone");
+        assert!(extra.runtime && extra.backends.len() == 1, "{when}");
+    };
+    check(&lab, "after the changes");
+    lab.stop_dsr();
+    lab.restart_dsr(false).unwrap();
+    check(&lab, "after a restart");
+    let (ok, out) = lab.dsr(&["reload"]);
+    assert!(ok, "{out}");
+    check(&lab, "after a reload");
+    let rendered = lab.dsr(&["status"]).1;
+    assert!(
+        rendered.contains("extra *"),
+        "status does not mark runtime VIPs:\n{rendered}"
+    );
+
+    let (ok, out) = lab.dsr(&["reset"]);
+    assert!(ok && out.contains("dropped 3 runtime changes"), "{out}");
+    let st = lab.status();
+    assert_eq!(st.runtime_changes, 0);
+    assert!(st.vips.iter().all(|v| v.name != "extra"));
+    assert!(
+        st.vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .all(|b| b.weight == 1 && !b.runtime)
+    );
+}
+
+/// A reload applies only the difference; a bad config is refused with file and line and
+/// changes nothing (SIGHUP and `dsr reload` alike).
+#[test]
+fn reload_applies_differences_and_refuses_bad_configs() {
+    let mut lab = Lab::new("reload", &[1, 1, 1]);
+    let two_backends = {
+        let mut c = lab.header();
+        c += &format!(
+            "\n[[vip]]\nname = \"udp\"\naddress = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\n"
+        );
+        for b in &lab.backends[..2] {
+            c += &format!("  [[vip.backend]]\n  address = \"{}\"\n", b.ip);
+        }
+        c
+    };
+    lab.start_dsr_with(&two_backends, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut conn_flows = Vec::new();
+    for p in 46000..46050u16 {
+        conn_flows.push((p, lab.udp_request(p).unwrap()));
+    }
+    let packets_before = lab.status().vips[0].traffic.packets;
+    assert!(packets_before >= 50);
+
+    // A broken config: refused, with file and line; everything keeps running.
+    let config = lab.config_path();
+    std::fs::write(&config, format!("{two_backends}  weight = \"heavy\"\n")).unwrap();
+    let (ok, out) = lab.dsr(&["reload"]);
+    assert!(!ok, "a bad config was accepted: {out}");
+    assert!(
+        out.contains(&format!("{}:18:", config.display())) && out.contains("weight"),
+        "{out}"
+    );
+    assert!(out.contains("still running the previous config"), "{out}");
+    // SIGHUP with the same broken file: logged, nothing changes.
+    let pid = lab.status().pid.unwrap();
+    // SAFETY: signalling the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    lab.wait_for(
+        "the SIGHUP error in the log",
+        Duration::from_secs(3),
+        || lab.dsr_log().contains("SIGHUP: reload refused"),
+    );
+    assert_eq!(lab.status().vips[0].backends.len(), 2);
+    for (p, who) in &conn_flows[..10] {
+        assert_eq!(&lab.udp_request(*p).unwrap(), who);
+    }
+
+    // A good config adding the third backend: only that changes; flows and counters stay.
+    let mut three = two_backends.clone();
+    three += &format!(
+        "  [[vip.backend]]\n  address = \"{}\"\n",
+        lab.backends[2].ip
+    );
+    std::fs::write(&config, &three).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    lab.wait_for("the reload", Duration::from_secs(3), || {
+        lab.status().vips[0].backends.len() == 3
+    });
+    for (p, who) in &conn_flows {
+        assert_eq!(
+            &lab.udp_request(*p).unwrap(),
+            who,
+            "established flow {p} moved on reload"
+        );
+    }
+    let st = lab.status();
+    assert!(
+        st.vips[0].traffic.packets >= packets_before + 60,
+        "counters reset by the reload"
+    );
+    assert!(lab.dsr_log().contains("1 changed"), "{}", lab.dsr_log());
+    let fresh: Vec<String> = (47000..47100u16)
+        .map(|p| lab.udp_request(p).unwrap())
+        .collect();
+    assert!(
+        fresh.iter().any(|w| w == "backend-3"),
+        "the new backend gets no new flows"
+    );
+
+    // Settings that cannot change live are refused, naming them.
+    std::fs::write(&config, three.replace("max_vips = 8", "max_vips = 9")).unwrap();
+    let (ok, out) = lab.dsr(&["reload"]);
+    assert!(!ok && out.contains("max_vips"), "{out}");
+}
+
+/// The control socket and CLI refuse bad input and change nothing; `status` works while
+/// the daemon is down.
+#[test]
+fn bad_requests_change_nothing() {
+    let mut lab = Lab::new("badreq", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let before = serde_json::to_string(&lab.status().vips).unwrap();
+    let strip = |s: &str| s.replace(|c: char| c.is_ascii_digit(), "");
+
+    for (args, words) in [
+        (
+            vec!["backend", "remove", "udp-53", "198.18.0.99"],
+            "has no backend 198.18.0.99",
+        ),
+        (
+            vec!["backend", "drain", "nope", "198.18.0.11"],
+            "no VIP named",
+        ),
+        (
+            vec!["backend", "add", "udp-53", "198.18.0.11"],
+            "already has backend",
+        ),
+        (
+            vec!["backend", "weight", "udp-53", "198.18.0.11", "5000000"],
+            "above",
+        ),
+        (vec!["vip", "add", "198.18.0.100:53/udp"], "exists already"),
+        (vec!["vip", "remove", "198.18.0.100:9/tcp"], "no VIP named"),
+    ] {
+        let (ok, out) = lab.dsr(&args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(out.contains(words), "{args:?}: {out}");
+    }
+    // Raw garbage on the socket.
+    for garbage in [
+        "hello\n",
+        "{\"cmd\":\"backend_remove\"}\n",
+        "{\"cmd\":\"status\",\"x\":1}\n",
+        "\n",
+    ] {
+        let mut s = UnixStream::connect(lab.socket()).unwrap();
+        s.write_all(garbage.as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["ok"], false, "{garbage:?} -> {answer}");
+        assert!(
+            v["message"].as_str().unwrap().contains("malformed"),
+            "{answer}"
+        );
+    }
+    let after = serde_json::to_string(&lab.status().vips).unwrap();
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "a refused request changed the state"
+    );
+    // The socket is root's alone.
+    let mode = std::fs::metadata(lab.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Daemon down: status reads the pinned maps and says so.
+    lab.kill_dsr();
+    let (ok, out) = lab.dsr(&["status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("daemon down (data path still pinned and forwarding)"),
+        "{out}"
+    );
+    assert!(out.contains("udp-53"), "{out}");
+}
