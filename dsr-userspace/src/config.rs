@@ -61,6 +61,8 @@ struct RawConfig {
     flow_idle_timeout: Option<Spanned<RawDuration>>,
     control_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    /// Prometheus endpoint, e.g. "127.0.0.1:9464"; off when absent.
+    metrics: Option<std::net::SocketAddr>,
     #[serde(default, rename = "vip")]
     vips: Vec<Spanned<RawVip>>,
 }
@@ -366,6 +368,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         state_dir: raw
             .state_dir
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/dsr/{instance}"))),
+        metrics: raw.metrics,
         instance,
         interface,
         xdp_mode: raw.xdp_mode,
@@ -525,6 +528,37 @@ fn is_prime(n: u32) -> bool {
     (2..)
         .take_while(|d: &u32| d.saturating_mul(*d) <= n)
         .all(|d| !n.is_multiple_of(d))
+}
+
+/// Where a config's daemon listens, read leniently: a command that talks to a running daemon
+/// (`dsr reload` above all) must work while the file on disk is being fixed.
+pub fn control_socket_of(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let top_level = |key: &str| -> Option<String> {
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                return None;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if k.trim() == key {
+                let v = v.split('#').next()?.trim();
+                return v.strip_prefix('"')?.strip_suffix('"').map(str::to_owned);
+            }
+        }
+        None
+    };
+    let instance = top_level("instance").unwrap_or_else(|| "default".into());
+    let socket = top_level("control_socket")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/run/dsr/{instance}.sock")));
+    Ok((instance, socket))
 }
 
 #[cfg(test)]
@@ -721,35 +755,4 @@ fall = 3
         assert!(is_prime(65537) && is_prime(7) && is_prime(251));
         assert!(!is_prime(65536) && !is_prime(1) && !is_prime(9));
     }
-}
-
-/// Where a config's daemon listens, read leniently: a command that talks to a running daemon
-/// (`dsr reload` above all) must work while the file on disk is being fixed.
-pub fn control_socket_of(path: &Path) -> Result<(String, PathBuf), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_owned(),
-        line: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    let top_level = |key: &str| -> Option<String> {
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('[') {
-                return None;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            if k.trim() == key {
-                let v = v.split('#').next()?.trim();
-                return v.strip_prefix('"')?.strip_suffix('"').map(str::to_owned);
-            }
-        }
-        None
-    };
-    let instance = top_level("instance").unwrap_or_else(|| "default".into());
-    let socket = top_level("control_socket")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("/run/dsr/{instance}.sock")));
-    Ok((instance, socket))
 }

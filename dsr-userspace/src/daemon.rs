@@ -249,6 +249,14 @@ impl Daemon {
     /// Runs until SIGTERM/SIGINT (data path left in place) or `dsr stop` (data path removed).
     pub async fn run(mut self) -> Result<()> {
         let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+        let metrics = match self.config.metrics {
+            Some(addr) => {
+                let task = crate::metrics::serve(addr, calls_tx.clone()).await?;
+                log::info!("metrics on http://{addr}/metrics");
+                Some(task)
+            }
+            None => None,
+        };
         let server = control::serve(&self.config.control_socket, calls_tx).await?;
         log::info!("control socket {}", self.config.control_socket.display());
         let mut neighbours = neighbour::subscribe()?;
@@ -283,6 +291,9 @@ impl Daemon {
             }
         };
         server.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         let _ = std::fs::remove_file(&self.config.control_socket);
         for (_, task) in self.checks.drain() {
             task.abort();
@@ -302,7 +313,6 @@ impl Daemon {
 
     fn stop_clean(self) -> Result<()> {
         let pin_dir = datapath::pin_dir(&self.config.instance);
-        self.datapath.unpin_link()?;
         let saved = Saved {
             layout_version: dsr_common::LAYOUT_VERSION,
             interface: self.config.interface.clone(),
@@ -618,6 +628,7 @@ impl Daemon {
                 self.config.control_socket != new.control_socket,
             ),
             ("state_dir", self.config.state_dir != new.state_dir),
+            ("metrics", self.config.metrics != new.metrics),
         ];
         let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
         if !changed.is_empty() {

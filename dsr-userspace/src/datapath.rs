@@ -155,11 +155,16 @@ pub fn check_pinned(dir: &Path, sizes: &Sizes) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes an instance's pinned data path: unpinning the link detaches the program once no
-/// process holds it, unpinning the maps frees them.
+/// Removes an instance's pinned data path: the link is detached first (synchronously: a
+/// link merely unpinned is released by the kernel a moment later), then every pin removed,
+/// which frees the maps once no process holds them.
 pub fn remove_pinned(dir: &Path) -> Result<bool> {
     if !dir.exists() {
         return Ok(false);
+    }
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        detach_link(&link)?;
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -167,6 +172,39 @@ pub fn remove_pinned(dir: &Path) -> Result<bool> {
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(true)
+}
+
+/// BPF_LINK_DETACH on a pinned link: the program leaves the interface now. aya 0.14 has no
+/// wrapper (its FdLink "detach" only closes the fd) and does not expose a link's fd, so this
+/// is two raw bpf(2) calls: BPF_OBJ_GET on the pin, then BPF_LINK_DETACH.
+fn detach_link(pin: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    // union bpf_attr, obj variant: { __u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: the bpf syscall with a valid, zero-padded attr of the size we pass.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 64usize) };
+    if fd < 0 {
+        bail!(
+            "opening pinned link {}: {}",
+            pin.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    // link_detach variant: { __u32 link_fd; }
+    let mut attr = [0u64; 8];
+    attr[0] = fd as u64;
+    // SAFETY: as above; then closing the fd we got.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 64usize) };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd as i32) };
+    if rc != 0 {
+        bail!("detaching the link {}: {err}", pin.display());
+    }
+    Ok(())
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine has none).

@@ -10,6 +10,8 @@ pub mod datapath;
 pub mod ebpf;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod neighbour;
+pub mod realserver;
 pub mod state;

@@ -14,6 +14,7 @@ use dsr::{
         BackendSpec, CheckKind, CheckSpec, DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Role,
         VipAddr, VipSpec, parse_duration,
     },
+    realserver,
 };
 
 #[derive(Parser)]
@@ -98,6 +99,39 @@ enum Command {
     Stop {
         #[command(flatten)]
         target: Target,
+    },
+    /// Prepare a backend (real server) for DSR: VIP on lo, ARP and rp_filter sysctls.
+    Realserver {
+        #[command(subcommand)]
+        action: RealserverCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RealserverCmd {
+    /// Add the VIP to the device and set the sysctls DSR needs; records what it changed.
+    Setup {
+        #[arg(long)]
+        vip: IpAddr,
+        #[arg(long, default_value = "lo")]
+        dev: String,
+        /// Where the record of changes is kept (default /var/lib/dsr/realserver-VIP.json).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Undo exactly what `setup` did.
+    Teardown {
+        #[arg(long)]
+        vip: IpAddr,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Report what this host lacks to serve the VIP as a DSR backend (exit 1 if anything).
+    Check {
+        #[arg(long)]
+        vip: IpAddr,
+        #[arg(long, default_value = "lo")]
+        dev: String,
     },
 }
 
@@ -387,6 +421,32 @@ fn real_main() -> Result<bool> {
                 VipCmd::Remove { vip } => Request::VipRemove { vip },
             };
             send(&target, request)
+        }
+        Command::Realserver { action } => {
+            let rt = runtime()?;
+            match action {
+                RealserverCmd::Setup { vip, dev, state } => {
+                    let state = state.unwrap_or_else(|| realserver::default_record_path(vip));
+                    for line in rt.block_on(realserver::setup(vip, &dev, &state))? {
+                        println!("{line}");
+                    }
+                    Ok(true)
+                }
+                RealserverCmd::Teardown { vip, state } => {
+                    let state = state.unwrap_or_else(|| realserver::default_record_path(vip));
+                    for line in rt.block_on(realserver::teardown(&state))? {
+                        println!("{line}");
+                    }
+                    Ok(true)
+                }
+                RealserverCmd::Check { vip, dev } => {
+                    let items = rt.block_on(realserver::check(vip, &dev))?;
+                    for (what, ok, detail) in &items {
+                        println!("{:7} {what}: {detail}", if *ok { "ok" } else { "MISSING" });
+                    }
+                    Ok(items.iter().all(|(_, ok, _)| *ok))
+                }
+            }
         }
         Command::Reload { target } => send(&target, Request::Reload),
         Command::Reset { target } => send(&target, Request::Reset),

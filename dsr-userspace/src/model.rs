@@ -275,6 +275,8 @@ pub struct Model {
     pub flow_idle_timeout: Duration,
     pub control_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Where the Prometheus endpoint listens; `None` = off.
+    pub metrics: Option<std::net::SocketAddr>,
     pub vips: Vec<VipSpec>,
 }
 

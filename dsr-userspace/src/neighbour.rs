@@ -40,6 +40,10 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// ifindex and MAC of the interface `name`.
     pub async fn link(&self, name: &str) -> Result<(u32, MacAddr)> {
         let mut links = self

@@ -111,6 +111,10 @@ fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
 /// off independently of the service.
 pub const HEALTH_PORT: u16 = 8080;
 
+/// What runs on a server thread: given the stop flag, it reports readiness (or a bind
+/// error) and serves until stopped.
+type ThreadBody = Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send>;
+
 /// Background threads in one namespace that stop together.
 struct Threads {
     stop: Arc<AtomicBool>,
@@ -120,10 +124,7 @@ struct Threads {
 impl Threads {
     /// Starts one thread per listener in namespace `ns`; each gets the stop flag and reports
     /// readiness (or a bind error) before this returns.
-    fn start(
-        ns: &str,
-        bodies: Vec<Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send>>,
-    ) -> Result<Threads> {
+    fn start(ns: &str, bodies: Vec<ThreadBody>) -> Result<Threads> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let n = bodies.len();
@@ -160,7 +161,7 @@ fn tcp_listener(
     addr: SocketAddr,
     serve: fn(TcpStream, &str, &AtomicBool),
     name: String,
-) -> Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send> {
+) -> ThreadBody {
     Box::new(move |stop, ready| {
         let listener = match TcpListener::bind(addr) {
             Ok(l) => l,
@@ -189,23 +190,22 @@ fn tcp_listener(
 /// connections, as a killed server process does.
 fn start_service(ns: &str, name: &str) -> Result<Threads> {
     let udp_name = name.to_owned();
-    let udp: Box<dyn FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<Result<()>>) + Send> =
-        Box::new(move |stop, ready| {
-            // Bound to the VIP so that replies leave with the VIP as source.
-            let sock = match UdpSocket::bind((VIP, UDP_PORT)) {
-                Ok(s) => s,
-                Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
-            };
-            sock.set_read_timeout(Some(Duration::from_millis(20)))
-                .unwrap();
-            ready.send(Ok(())).unwrap();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(udp_name.as_bytes(), peer);
-                }
+    let udp: ThreadBody = Box::new(move |stop, ready| {
+        // Bound to the VIP so that replies leave with the VIP as source.
+        let sock = match UdpSocket::bind((VIP, UDP_PORT)) {
+            Ok(s) => s,
+            Err(e) => return ready.send(Err(anyhow!("bind udp: {e}"))).unwrap(),
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        ready.send(Ok(())).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(udp_name.as_bytes(), peer);
             }
-        });
+        }
+    });
     let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), TCP_PORT);
     Threads::start(ns, vec![tcp_listener(any, serve_tcp, name.to_owned()), udp])
 }
@@ -497,24 +497,22 @@ impl Lab {
         for (i, (ns, mac, ip, name)) in backends.into_iter().enumerate() {
             self.plug(&ns, &format!("port-b{}", i + 1), mac, ip)?;
             // The VIP on lo, and no ARP answers for it: the LB must get the VIP's traffic.
+            // Done by `dsr realserver setup`, so every lab test also proves that it works.
+            let record = self.dir.join(format!("realserver-b{}.json", i + 1));
+            let bin = dsr_bin();
             sh(&[
                 "ip",
-                "-n",
+                "netns",
+                "exec",
                 &ns,
-                "addr",
-                "add",
-                &format!("{VIP}/32"),
-                "dev",
-                "lo",
+                &bin.to_string_lossy(),
+                "realserver",
+                "setup",
+                "--vip",
+                &VIP.to_string(),
+                "--state",
+                &record.to_string_lossy(),
             ])?;
-            for (k, v) in [
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.eth0.rp_filter", "0"),
-            ] {
-                write_sysctl(&ns, k, v)?;
-            }
             self.services.push(Some(start_service(&ns, &name)?));
             self.health.push(Some(start_health(&ns, ip, &name)?));
         }

@@ -1,0 +1,261 @@
+//! Operator tools around the daemon: `dsr realserver` on a backend, and the Prometheus
+//! endpoint.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use dsr_lab::lab::{Lab, VIP, dsr_bin, in_netns, sh};
+
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    let bin = dsr_bin();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(&bin)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn sysctls(ns: &str) -> Vec<String> {
+    ["arp_ignore", "arp_announce", "rp_filter"]
+        .iter()
+        .map(|k| {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "cat",
+                &format!("/proc/sys/net/ipv4/conf/all/{k}"),
+            ])
+            .unwrap()
+            .trim()
+            .to_owned()
+        })
+        .collect()
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// setup adds exactly what is missing, check reports it, teardown restores exactly what was
+/// there (including a VIP the operator had added by hand, which stays).
+#[test]
+fn realserver_setup_check_teardown() {
+    let ns = Netns(format!("rs-{}", std::process::id()));
+    let _ = sh(&["ip", "netns", "del", &ns.0]);
+    sh(&["ip", "netns", "add", &ns.0]).unwrap();
+    sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]).unwrap();
+    // Start from a strict rp_filter, as many distributions ship.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter",
+    ])
+    .unwrap();
+    let before = sysctls(&ns.0);
+    let record = std::env::temp_dir().join(format!("dsr-rs-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let vip = "198.18.9.9";
+
+    let (ok, out) = in_ns(&ns.0, &["realserver", "check", "--vip", vip]);
+    assert!(!ok, "check passed on a bare host: {out}");
+    assert!(
+        out.contains("MISSING") && out.contains("198.18.9.9 on lo"),
+        "{out}"
+    );
+
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "setup",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("added 198.18.9.9/32 to lo"), "{out}");
+    assert_eq!(sysctls(&ns.0), ["1", "2", "2"]);
+    let addrs = sh(&["ip", "-n", &ns.0, "addr", "show", "dev", "lo"]).unwrap();
+    assert!(addrs.contains("198.18.9.9/32"), "{addrs}");
+    let (ok, out) = in_ns(&ns.0, &["realserver", "check", "--vip", vip]);
+    assert!(ok && !out.contains("MISSING"), "{out}");
+    // Running it again changes nothing.
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "setup",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(ok && out.contains("nothing to do"), "{out}");
+
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "teardown",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        sysctls(&ns.0),
+        before,
+        "teardown did not restore the sysctls"
+    );
+    let addrs = sh(&["ip", "-n", &ns.0, "addr", "show", "dev", "lo"]).unwrap();
+    assert!(!addrs.contains("198.18.9.9"), "{addrs}");
+
+    // A VIP the operator put there stays after teardown.
+    sh(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        "198.18.9.9/32",
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "setup",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(ok && !out.contains("added"), "{out}");
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "teardown",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let addrs = sh(&["ip", "-n", &ns.0, "addr", "show", "dev", "lo"]).unwrap();
+    assert!(
+        addrs.contains("198.18.9.9/32"),
+        "teardown removed an address it had not added: {addrs}"
+    );
+    let (ok, out) = in_ns(
+        &ns.0,
+        &[
+            "realserver",
+            "teardown",
+            "--vip",
+            vip,
+            "--state",
+            &record.to_string_lossy(),
+        ],
+    );
+    assert!(!ok && out.contains("nothing to undo"), "{out}");
+}
+
+fn get(lab: &Lab, path: &str) -> String {
+    let path = path.to_owned();
+    in_netns(&lab.lb_ns, move || {
+        let mut s = TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}
+
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+#[test]
+fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
+    let mut lab = Lab::new("metrics", &[1, 1]);
+    let config = lab.config().replace(
+        "flow_table_size",
+        "metrics = \"127.0.0.1:9464\"\nflow_table_size",
+    );
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for p in 48000..48040u16 {
+        lab.udp_request(p).unwrap();
+    }
+    let text = get(&lab, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("# TYPE dsr_vip_packets_total counter"),
+        "{text}"
+    );
+    let vip = format!("dsr_vip_packets_total{{vip=\"udp-53\",address=\"{VIP}:53/udp\"}}");
+    assert!(sample(&text, &vip) >= 40.0);
+    assert_eq!(sample(&text, "dsr_vip_flows_total{vip=\"udp-53\""), 40.0);
+    let per_backend: f64 = ["198.18.0.11", "198.18.0.12"]
+        .iter()
+        .map(|b| {
+            sample(
+                &text,
+                &format!("dsr_backend_packets_total{{vip=\"udp-53\",backend=\"{b}\""),
+            )
+        })
+        .sum();
+    assert!(per_backend >= 40.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "dsr_backend_up{vip=\"udp-53\",backend=\"198.18.0.11\"}"
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "dsr_verdict_packets_total{reason=\"forwarded\",verdict=\"tx\"}"
+        ) >= 40.0
+    );
+    assert!(get(&lab, "/").starts_with("HTTP/1.1 404"));
+}
