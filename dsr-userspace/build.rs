@@ -8,7 +8,7 @@
 
 use std::{env, fs, path::PathBuf, process::Command};
 
-const OBJECTS: [&str; 2] = ["dsr-ebpf", "dsr-reference"];
+const OBJECTS: [&str; 3] = ["dsr-ebpf", "dsr-reference", "dsr-bench-gen"];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

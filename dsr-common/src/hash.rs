@@ -53,6 +53,34 @@ impl FlowKey {
         }
     }
 
+    /// The key with the fields a VIP does not hash on zeroed (`fields`: `HASH_*` bits).
+    /// Connection tracking uses the masked key too, so a VIP hashing on the source address
+    /// keeps one entry per client.
+    #[inline(always)]
+    pub fn masked(&self, fields: u32) -> FlowKey {
+        let keep = |bit: u32| if fields & bit != 0 { u32::MAX } else { 0 };
+        let (src, dst) = (keep(crate::HASH_SRC_ADDR), keep(crate::HASH_DST_ADDR));
+        FlowKey {
+            src: [
+                self.src[0] & src,
+                self.src[1] & src,
+                self.src[2] & src,
+                self.src[3] & src,
+            ],
+            dst: [
+                self.dst[0] & dst,
+                self.dst[1] & dst,
+                self.dst[2] & dst,
+                self.dst[3] & dst,
+            ],
+            // Source port in the low half, destination port in the high half.
+            ports: self.ports
+                & (keep(crate::HASH_SRC_PORT) & 0x0000_ffff
+                    | keep(crate::HASH_DST_PORT) & 0xffff_0000),
+            proto: self.proto & keep(crate::HASH_PROTO),
+        }
+    }
+
     #[inline(always)]
     pub fn words(&self) -> [u32; 10] {
         [
@@ -187,6 +215,28 @@ mod tests {
         let v6 = addr_words("2001:db8::1".parse().unwrap());
         assert_eq!(v6[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
         assert_eq!(v6[3].to_ne_bytes(), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn masking_keeps_only_the_chosen_fields() {
+        let k = FlowKey::new(
+            "10.0.0.1".parse().unwrap(),
+            1111,
+            "10.0.0.100".parse().unwrap(),
+            80,
+            6,
+        );
+        assert_eq!(k.masked(crate::HASH_ALL), k);
+        let src_only = k.masked(crate::HASH_SRC_ADDR);
+        assert_eq!(src_only.src, k.src);
+        assert_eq!(
+            (src_only.dst, src_only.ports, src_only.proto),
+            ([0; 4], 0, 0)
+        );
+        let no_ports = k.masked(crate::HASH_ALL & !crate::HASH_PORTS);
+        assert_eq!(no_ports.ports, 0);
+        let dport = k.masked(crate::HASH_DST_PORT);
+        assert_eq!(dport.ports, (80u16.to_be() as u32) << 16);
     }
 
     #[test]

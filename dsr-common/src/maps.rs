@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -39,6 +39,8 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOWS: &str = "FLOWS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const TX_PORTS: &str = "TX_PORTS";
     pub const REASON_STATS: &str = "REASON_STATS";
 }
 
@@ -68,29 +70,71 @@ pub struct Iface {
     pub _pad: [u8; 2],
 }
 
+/// Most TX_PORTS entries (interfaces other than the receiving one that backends sit behind).
+pub const MAX_TX_PORTS: u32 = 64;
+
 /// VIPS key: what a packet is addressed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     /// IPv6 address or IPv4-mapped (`::ffff:a.b.c.d`), words in network byte order.
     pub addr: [u32; 4],
-    /// Destination port, network byte order (as read from the packet).
+    /// Destination port, network byte order (as read from the packet); 0 = all ports.
     pub port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
     pub proto: u8,
     pub _pad: u8,
+    /// 802.1Q VLAN id the VIP is restricted to (the frame's outer tag); 0 = any.
+    pub vlan: u16,
+    pub _pad2: u16,
 }
 
 impl VipKey {
-    pub fn new(addr: core::net::IpAddr, port: u16, proto: u8) -> Self {
+    pub fn new(addr: core::net::IpAddr, port: u16, proto: u8, vlan: u16) -> Self {
         VipKey {
             addr: crate::hash::addr_words(addr),
             port: port.to_be(),
             proto,
             _pad: 0,
+            vlan,
+            _pad2: 0,
         }
     }
 }
+
+/// VIP_ADDRS key: a VIP address and protocol. One lookup here tells the data path whether a
+/// packet's destination is a VIP address at all, and which VIPS keys to try for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr: [u32; 4],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl VipAddrKey {
+    pub fn new(addr: core::net::IpAddr, proto: u8) -> Self {
+        VipAddrKey {
+            addr: crate::hash::addr_words(addr),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// VIP_ADDRS value: `ADDR_F_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddrInfo {
+    pub flags: u32,
+}
+
+/// VIPS has keys with a port for this address.
+pub const ADDR_F_PORTS: u32 = 1;
+/// VIPS has a port-0 key for this address (an all-ports VIP, or a fragment alias).
+pub const ADDR_F_PORT0: u32 = 2;
+/// VIPS has keys restricted to a VLAN for this address.
+pub const ADDR_F_VLAN: u32 = 4;
 
 /// VIPS value.
 #[repr(C)]
@@ -104,11 +148,29 @@ pub struct VipInfo {
     pub table_size: u32,
     /// `VIP_F_*`.
     pub flags: u32,
+    /// Which fields of the flow select the backend: `HASH_*` bits.
+    pub hash_fields: u32,
 }
 
 /// The VIP's flows are not tracked: every packet is placed by the Maglev table alone
 /// (cheaper for one-packet flows such as DNS; drained backends then lose their flows).
 pub const VIP_F_NO_CONNTRACK: u32 = 1;
+/// The VIP accepts IPv4/IPv6 fragments. Its hash then never includes ports (a non-first
+/// fragment has none), so all fragments of a datagram reach one backend.
+pub const VIP_F_FRAGMENTS: u32 = 2;
+/// This port-0 entry only exists to catch non-first fragments of a port VIP that accepts
+/// fragments; other packets do not match it.
+pub const VIP_F_FRAGMENT_ALIAS: u32 = 4;
+
+pub const HASH_SRC_ADDR: u32 = 1;
+pub const HASH_DST_ADDR: u32 = 2;
+pub const HASH_SRC_PORT: u32 = 4;
+pub const HASH_DST_PORT: u32 = 8;
+pub const HASH_PROTO: u32 = 16;
+/// The 5-tuple: the default.
+pub const HASH_ALL: u32 = 31;
+/// Port fields: what a VIP accepting fragments never hashes.
+pub const HASH_PORTS: u32 = HASH_SRC_PORT | HASH_DST_PORT;
 
 /// One TABLES element: `TABLE_CHUNK` consecutive slots of a Maglev table, each a backend id.
 #[repr(C)]
@@ -125,6 +187,12 @@ pub struct Backend {
     pub _pad: [u8; 2],
     /// `BACKEND_F_*`.
     pub flags: u32,
+    /// 0 = send back out of the receiving interface (XDP_TX); n = redirect through TX_PORTS
+    /// entry n (a backend behind another interface).
+    pub tx_port: u32,
+    /// Source MAC for redirected frames: the egress interface's own.
+    pub src_mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
 
 /// The backend entry is filled in (it has a MAC); a table slot naming an entry without it drops.
@@ -173,16 +241,23 @@ pub enum Reason {
     Malformed = 5,
     /// Passed: IPv6 with an extension header before TCP/UDP.
     Ipv6ExtHeader = 6,
-    /// Passed: an IPv4 fragment (non-first fragments have no ports to look up).
+    /// Passed: a fragment for an address with no VIP that accepts fragments.
     Fragment = 7,
     /// Passed: the receiving interface has no IFACES entry, or SETTINGS is unset.
     NotConfigured = 8,
     /// Dropped: the VIP has no usable backend.
     NoBackend = 9,
+    /// Forwarded: a fragment for a VIP that accepts fragments.
+    FragmentForwarded = 10,
+    /// Forwarded: an ICMP "fragmentation needed" / ICMPv6 "packet too big" about a VIP's
+    /// flow, sent to that flow's backend so path-MTU discovery works.
+    IcmpForwarded = 11,
+    /// Passed: more than two VLAN tags.
+    TooManyVlanTags = 12,
 }
 
 /// Number of [`Reason`]s; REASON_STATS has this many entries.
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 13;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -196,6 +271,9 @@ impl Reason {
         Reason::Fragment,
         Reason::NotConfigured,
         Reason::NoBackend,
+        Reason::FragmentForwarded,
+        Reason::IcmpForwarded,
+        Reason::TooManyVlanTags,
     ];
 
     /// Short name for counters and metrics.
@@ -211,16 +289,27 @@ impl Reason {
             Reason::Fragment => "fragment",
             Reason::NotConfigured => "not_configured",
             Reason::NoBackend => "no_backend",
+            Reason::FragmentForwarded => "forwarded_fragment",
+            Reason::IcmpForwarded => "forwarded_icmp",
+            Reason::TooManyVlanTags => "too_many_vlan_tags",
         }
     }
 
-    /// The verdict the program returns for this reason.
+    /// The verdict the program returns for this reason ("forward": XDP_TX, or XDP_REDIRECT
+    /// for a backend behind another interface).
     pub const fn verdict(self) -> &'static str {
         match self {
-            Reason::Forwarded => "tx",
+            Reason::Forwarded | Reason::FragmentForwarded | Reason::IcmpForwarded => "forward",
             Reason::NoBackend => "drop",
             _ => "pass",
         }
+    }
+
+    pub const fn forwards(self) -> bool {
+        matches!(
+            self,
+            Reason::Forwarded | Reason::FragmentForwarded | Reason::IcmpForwarded
+        )
     }
 }
 
@@ -231,6 +320,8 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for VipAddrInfo {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for TableChunk {}
     unsafe impl aya::Pod for Backend {}
@@ -250,10 +341,11 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 16);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
         assert_eq!(size_of::<Iface>(), 8);
-        assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipInfo>(), 16);
+        assert_eq!(size_of::<VipKey>(), 24);
+        assert_eq!(size_of::<VipAddrKey>(), 20);
+        assert_eq!(size_of::<VipInfo>(), 20);
         assert_eq!(size_of::<TableChunk>(), 4 * TABLE_CHUNK as usize);
-        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<Counter>(), 24);
     }
 

@@ -1,5 +1,6 @@
-//! dsr's XDP program: forwards frames for a VIP to a backend chosen by its Maglev table, by
-//! rewriting the MAC addresses (Direct Server Return); passes everything else untouched.
+//! dsr's XDP program: forwards frames for a VIP to a backend chosen by its flow table or its
+//! Maglev table, by rewriting the MAC addresses (Direct Server Return); passes everything
+//! else untouched.
 //!
 //! No policy lives here: userspace decides which backends are usable and writes the tables;
 //! this program applies what the maps say. Every exit is a [`Reason`], counted per CPU.
@@ -9,107 +10,82 @@
 mod flows;
 mod headers;
 mod maps;
+mod parse;
 mod stats;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
     BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, FlowKey, LAYOUT_VERSION, Reason, Settings,
-    TABLE_CHUNK, VIP_F_NO_CONNTRACK, VipInfo, VipKey, flow_hash,
+    TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo, flow_hash,
 };
 
 use crate::{
-    headers::{ETH_P_IPV4, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, Ports, ptr_at, ptr_at_mut},
-    maps::{BACKENDS, IFACES, SETTINGS, TABLES, VIPS},
+    headers::{EthHdr, ptr_at_mut, read_at},
+    maps::{BACKENDS, IFACES, SETTINGS, TABLES, TX_PORTS},
+    parse::Kind,
 };
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const TCP_MIN_HDR: usize = 20;
-const UDP_HDR: usize = 8;
-/// `::ffff:0:0/96` third word, as read from the packet: v4 flows are keyed as IPv4-mapped IPv6.
-const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 #[xdp]
 pub fn dsr(ctx: XdpContext) -> u32 {
-    let reason = forward(&ctx);
+    let (reason, action) = forward(&ctx);
     stats::count_reason(reason, ctx.data_end() - ctx.data());
-    match reason {
-        Reason::Forwarded => xdp_action::XDP_TX,
-        Reason::NoBackend => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
-    }
+    action
 }
 
-/// The whole decision. Returns why the frame is forwarded, passed or dropped; the frame is
-/// only modified on the `Forwarded` path.
+/// A reason that is not forwarding, with its verdict.
 #[inline(always)]
-fn forward(ctx: &XdpContext) -> Reason {
+fn stop(reason: Reason) -> (Reason, u32) {
+    let action = match reason {
+        Reason::NoBackend => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    };
+    (reason, action)
+}
+
+/// The whole decision: why the frame is forwarded, passed or dropped, and the XDP action.
+/// The frame is only modified on the forwarding path.
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> (Reason, u32) {
     let Some(settings) = SETTINGS.get(0) else {
-        return Reason::NotConfigured;
+        return stop(Reason::NotConfigured);
     };
     if settings.layout_version != LAYOUT_VERSION {
-        return Reason::NotConfigured;
+        return stop(Reason::NotConfigured);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: IFACES values are plain data, copied out at once.
     let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
-        return Reason::NotConfigured;
+        return stop(Reason::NotConfigured);
     };
-
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Reason::Malformed;
+    let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
+        return stop(Reason::Malformed);
     };
-    // SAFETY: ptr_at checked that the header lies inside the frame.
-    let eth = unsafe { &*eth };
     // On a shared segment a switch floods frames for unknown MACs to every port: forwarding
     // one meant for another host (a peer load balancer) would deliver it twice.
     if eth.dst != iface.mac {
-        return Reason::NotOurMac;
+        return stop(Reason::NotOurMac);
     }
-
-    let (key, l4_off) = match u16::from_be_bytes(eth.ethertype) {
-        ETH_P_IPV4 => match parse_ipv4(ctx) {
-            Ok(v) => v,
-            Err(r) => return r,
-        },
-        ETH_P_IPV6 => match parse_ipv6(ctx) {
-            Ok(v) => v,
-            Err(r) => return r,
-        },
-        _ => return Reason::NotIp,
+    let packet = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(reason) => return stop(reason),
     };
-    let min_l4 = if key.proto == IPPROTO_TCP as u32 {
-        TCP_MIN_HDR
-    } else {
-        UDP_HDR
+    let fragment = matches!(packet.kind, Kind::Fragment { .. });
+    let Some(vip) = vip::find(&packet.key, packet.vlan, packet.kind) else {
+        return stop(match packet.kind {
+            Kind::Plain => Reason::NotVip,
+            Kind::Fragment { .. } => Reason::Fragment,
+            Kind::TooBig => Reason::NotTcpUdp,
+        });
     };
-    if ctx.data() + l4_off + min_l4 > ctx.data_end() {
-        return Reason::Malformed;
+    if fragment && vip.flags & VIP_F_FRAGMENTS == 0 {
+        return stop(Reason::Fragment);
     }
-    let Some(ports) = ptr_at::<Ports>(ctx, l4_off) else {
-        return Reason::Malformed;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    let ports = unsafe { *ports };
-    let key = FlowKey {
-        ports: ports.src as u32 | (ports.dst as u32) << 16,
-        ..key
-    };
-
-    let vip_key = VipKey {
-        addr: key.dst,
-        port: ports.dst,
-        proto: key.proto as u8,
-        _pad: 0,
-    };
-    // SAFETY: VIPS is BPF_F_NO_PREALLOC (elements are RCU-freed, never recycled under us),
-    // and the value is copied out at once.
-    let Some(vip) = (unsafe { VIPS.get(&vip_key) }).copied() else {
-        return Reason::NotVip;
-    };
     let len = ctx.data_end() - ctx.data();
     stats::count_vip(vip.id, len);
 
+    // The fields this VIP hashes on (a VIP accepting fragments never hashes ports).
+    let key = packet.key.masked(vip.hash_fields);
     let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let now = if tracked { flows::now_ns() } else { 0 };
     let established = if tracked {
@@ -128,9 +104,10 @@ fn forward(ctx: &XdpContext) -> Reason {
         Some(found) => found,
         None => {
             let Some((id, backend)) = from_table(&vip, &key, settings) else {
-                return Reason::NoBackend;
+                return stop(Reason::NoBackend);
             };
-            if tracked {
+            // An ICMP error is not a flow of its own: it only follows one.
+            if tracked && packet.kind != Kind::TooBig {
                 flows::remember(&key, id, now);
                 stats::count_new_flow(vip.id, id);
             }
@@ -138,18 +115,31 @@ fn forward(ctx: &XdpContext) -> Reason {
         }
     };
 
+    let redirect = backend.tx_port != 0;
     let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
-        return Reason::Malformed;
+        return stop(Reason::Malformed);
     };
-    // SAFETY: bounds checked by ptr_at_mut. The source must be our own MAC: a frame that
-    // keeps the client's would teach the switch that the client lives on our port, and the
-    // backend's replies would then come here instead of going direct.
+    // SAFETY: bounds checked by ptr_at_mut. The source must be the sending interface's own
+    // MAC: a frame that keeps the client's would teach the switch that the client lives on
+    // our port, and the backend's replies would then come here instead of going direct.
     unsafe {
         (*eth).dst = backend.mac;
-        (*eth).src = iface.mac;
+        (*eth).src = if redirect { backend.src_mac } else { iface.mac };
     }
     stats::count_backend(backend_id, len);
-    Reason::Forwarded
+    let reason = match packet.kind {
+        Kind::Plain => Reason::Forwarded,
+        Kind::Fragment { .. } => Reason::FragmentForwarded,
+        Kind::TooBig => Reason::IcmpForwarded,
+    };
+    let action = if redirect {
+        TX_PORTS
+            .redirect(backend.tx_port, 0)
+            .unwrap_or(xdp_action::XDP_DROP)
+    } else {
+        xdp_action::XDP_TX
+    };
+    (reason, action)
 }
 
 /// The backend the VIP's Maglev table gives this flow, if it has one with a MAC.
@@ -164,64 +154,6 @@ fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32,
     let id = chunk.slots[(slot % TABLE_CHUNK) as usize];
     let backend = BACKENDS.get(id)?;
     (backend.flags & BACKEND_F_VALID != 0).then_some((id, *backend))
-}
-
-/// IPv4 with any IHL (options are skipped, not refused). Returns the flow key without ports
-/// and the offset of the L4 header.
-#[inline(always)]
-fn parse_ipv4(ctx: &XdpContext) -> Result<(FlowKey, usize), Reason> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::Malformed)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    if ip.ver_ihl >> 4 != 4 {
-        return Err(Reason::Malformed);
-    }
-    let ihl = (ip.ver_ihl & 0x0f) as usize;
-    if ihl < 5 {
-        return Err(Reason::Malformed);
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Err(Reason::NotTcpUdp);
-    }
-    // More-fragments flag or a fragment offset: only the first fragment carries ports.
-    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
-        return Err(Reason::Fragment);
-    }
-    let key = FlowKey {
-        src: [0, 0, V4_MAPPED, ip.saddr],
-        dst: [0, 0, V4_MAPPED, ip.daddr],
-        ports: 0,
-        proto: ip.proto as u32,
-    };
-    Ok((key, EthHdr::LEN + ihl * 4))
-}
-
-/// IPv6 fixed header followed directly by TCP or UDP. Extension headers are passed: walking
-/// them costs a bounded loop on every packet and real VIP traffic rarely carries them.
-#[inline(always)]
-fn parse_ipv6(ctx: &XdpContext) -> Result<(FlowKey, usize), Reason> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(Reason::Malformed)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    if ip.version() != 6 {
-        return Err(Reason::Malformed);
-    }
-    match ip.nexthdr {
-        IPPROTO_TCP | IPPROTO_UDP => {}
-        // hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6,
-        // experimental (RFC 8200 section 4, RFC 7045).
-        0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 | 253 | 254 => {
-            return Err(Reason::Ipv6ExtHeader);
-        }
-        _ => return Err(Reason::NotTcpUdp),
-    }
-    let key = FlowKey {
-        src: ip.saddr,
-        dst: ip.daddr,
-        ports: 0,
-        proto: ip.nexthdr as u32,
-    };
-    Ok((key, EthHdr::LEN + Ipv6Hdr::LEN))
 }
 
 #[cfg(not(test))]

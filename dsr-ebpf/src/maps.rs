@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use dsr_common::{
-    Backend, Counter, FlowEntry, FlowKey, Iface, REASON_COUNT, Settings, TableChunk, VipInfo,
-    VipKey,
+    Backend, Counter, FlowEntry, FlowKey, Iface, MAX_TX_PORTS, REASON_COUNT, Settings, TableChunk,
+    VipAddrInfo, VipAddrKey, VipInfo, VipKey,
 };
 
 /// Deployment-wide settings (layout version, hash seed, table row size); one entry.
@@ -23,6 +23,17 @@ pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(64, 0);
 /// update never recycles an element a running program may still be reading.
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// (address, protocol) -> which kinds of VIPS keys exist for it: one lookup settles
+/// "not a VIP" for all other traffic.
+#[map(name = "VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrInfo> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Interfaces other than the receiving one that backends sit behind (index = a backend's
+/// `tx_port`; 0 is unused). Frames for those backends leave with XDP_REDIRECT.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_TX_PORTS, 0);
 
 /// The Maglev lookup tables: two rows per VIP id, each row `row_chunks` chunks of slots
 /// holding backend ids. Mmapable so userspace writes a whole table at memory speed.

@@ -199,6 +199,7 @@ mod tests {
             inhibit_on_failure: false,
             check: CheckSpec::none(),
             drained: false,
+            interface: None,
         }
     }
 
@@ -209,8 +210,11 @@ mod tests {
                 address: IpAddr::from([198, 18, 0, 100]),
                 port,
                 protocol: Protocol::Tcp,
+                vlan: 0,
             },
             conntrack: true,
+            fragments: false,
+            hash_fields: dsr_common::HASH_ALL,
             check: CheckSpec::none(),
             backends: vec![backend(11), backend(12)],
         }

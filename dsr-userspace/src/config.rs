@@ -72,8 +72,15 @@ struct RawConfig {
 struct RawVip {
     name: Option<String>,
     address: IpAddr,
-    port: Spanned<u16>,
+    /// Required unless `all_ports = true`.
+    port: Option<Spanned<u16>>,
+    #[serde(default)]
+    all_ports: bool,
     protocol: Protocol,
+    vlan: Option<Spanned<u16>>,
+    #[serde(default)]
+    fragments: bool,
+    hash: Option<Spanned<RawHash>>,
     #[serde(default = "yes")]
     conntrack: bool,
     #[serde(default)]
@@ -93,7 +100,16 @@ struct RawBackend {
     #[serde(default)]
     sorry: bool,
     inhibit_on_failure: Option<bool>,
+    interface: Option<Spanned<String>>,
     check: Option<RawCheck>,
+}
+
+/// `hash = "5-tuple" | "source" | "addresses" | ["src_addr", "dst_port", ...]`
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawHash {
+    Preset(String),
+    Fields(Vec<String>),
 }
 
 /// A check section; every field optional so a backend's section overrides only what it names.
@@ -186,7 +202,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         }
     };
     let interface = raw.interface.get_ref().trim().to_owned();
-    if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
+    if !valid_ifname(&interface) {
         return Err(err(
             Some(raw.interface.span()),
             format!(
@@ -250,22 +266,79 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     let mut vips = Vec::with_capacity(raw.vips.len());
     let mut seen: HashMap<VipAddr, usize> = HashMap::new();
     let mut names: HashMap<String, usize> = HashMap::new();
+    // (address, protocol, VLAN) -> (line, takes fragments) of all-ports and fragment VIPs.
+    let mut fragment_owners: HashMap<(IpAddr, Protocol, u16), (usize, bool)> = HashMap::new();
     let mut total_backends = 0usize;
     for spanned in &raw.vips {
         let v = spanned.get_ref();
         let line = line_of(text, spanned.span().start);
-        let port = *v.port.get_ref();
-        if port == 0 {
+        let port = match (&v.port, v.all_ports) {
+            (Some(p), false) if *p.get_ref() != 0 => *p.get_ref(),
+            (Some(p), false) => {
+                return Err(err(Some(p.span()), "VIP port must be 1..=65535".into()));
+            }
+            (None, true) => 0,
+            (Some(p), true) => {
+                return Err(err(
+                    Some(p.span()),
+                    "a VIP with all_ports = true has no port".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(err(
+                    Some(spanned.span()),
+                    "VIP needs a port (or all_ports = true)".into(),
+                ));
+            }
+        };
+        let vlan = match &v.vlan {
+            None => 0,
+            Some(n) if (1..=4094).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(err(
+                    Some(n.span()),
+                    format!("vlan {} is not 1..=4094", n.get_ref()),
+                ));
+            }
+        };
+        let fragments = v.fragments;
+        let hash_fields = match &v.hash {
+            None if fragments => dsr_common::HASH_ALL & !dsr_common::HASH_PORTS,
+            None => dsr_common::HASH_ALL,
+            Some(h) => hash_fields(h.get_ref()).map_err(|e| err(Some(h.span()), e))?,
+        };
+        if fragments && hash_fields & dsr_common::HASH_PORTS != 0 {
             return Err(err(
-                Some(v.port.span()),
-                "VIP port must be 1..=65535".into(),
+                v.hash.as_ref().map(|h| h.span()),
+                "a VIP that accepts fragments cannot hash on ports (non-first fragments carry \
+                 none): use e.g. hash = \"addresses\" or \"source\""
+                    .into(),
             ));
         }
         let addr = VipAddr {
             address: v.address,
             port,
             protocol: v.protocol,
+            vlan,
         };
+        // Fragments of one address/protocol/VLAN can only go to one VIP: a non-first
+        // fragment has no port to choose by. An all-ports VIP takes them.
+        if fragments || port == 0 {
+            let owner = (v.address, v.protocol, vlan);
+            if let Some(&(first, takes)) = fragment_owners.get(&owner)
+                && (fragments || takes)
+            {
+                return Err(err(
+                    Some(spanned.span()),
+                    format!(
+                        "VIP {addr}: only one VIP per address, protocol and VLAN may take its \
+                         fragments, and an all-ports VIP takes them (see line {first})"
+                    ),
+                ));
+            }
+            let entry = fragment_owners.entry(owner).or_insert((line, false));
+            entry.1 |= fragments;
+        }
         if let Some(first) = seen.insert(addr, line) {
             return Err(err(
                 Some(spanned.span()),
@@ -326,6 +399,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 Role::Sorry => check(&errors, raw_b.check.as_ref(), None)?,
                 _ => check(&errors, raw_b.check.as_ref(), v.check.as_ref())?,
             };
+            if port == 0 && check.kind != CheckKind::None && check.port.is_none() {
+                return Err(err(
+                    Some(b.span()),
+                    format!(
+                        "backend {}: an all-ports VIP has no port to check; set the check's port",
+                        raw_b.address
+                    ),
+                ));
+            }
             backends.push(BackendSpec {
                 address: raw_b.address,
                 weight,
@@ -334,6 +416,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 inhibit_on_failure: raw_b.inhibit_on_failure.unwrap_or(v.inhibit_on_failure),
                 check,
                 drained: false,
+                interface: match &raw_b.interface {
+                    None => None,
+                    Some(i) if valid_ifname(i.get_ref()) => Some(i.get_ref().clone()),
+                    Some(i) => {
+                        return Err(err(
+                            Some(i.span()),
+                            format!("interface {:?} is not a valid interface name", i.get_ref()),
+                        ));
+                    }
+                },
             });
         }
         if backends.len() >= table_size as usize {
@@ -350,6 +442,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             name,
             addr,
             conntrack: v.conntrack,
+            fragments,
+            hash_fields,
             check: check(&errors, None, v.check.as_ref())?,
             backends,
         });
@@ -511,6 +605,49 @@ fn check(
         rise: count(&rise, DEFAULT_RISE, "rise")?,
         fall: count(&fall, DEFAULT_FALL, "fall")?,
     })
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' '])
+}
+
+/// The `HASH_*` bits of a `hash` setting.
+fn hash_fields(h: &RawHash) -> Result<u32, String> {
+    use crate::model::HASH_FIELD_NAMES;
+    let names: Vec<&str> = HASH_FIELD_NAMES.iter().map(|(n, _)| *n).collect();
+    let fields = match h {
+        RawHash::Preset(p) => match p.as_str() {
+            "5-tuple" => dsr_common::HASH_ALL,
+            "source" => dsr_common::HASH_SRC_ADDR,
+            "addresses" => {
+                dsr_common::HASH_SRC_ADDR | dsr_common::HASH_DST_ADDR | dsr_common::HASH_PROTO
+            }
+            other => {
+                return Err(format!(
+                    "hash {other:?} is not \"5-tuple\", \"source\", \"addresses\" or a list of {names:?}"
+                ));
+            }
+        },
+        RawHash::Fields(list) => {
+            let mut bits = 0;
+            for f in list {
+                bits |= HASH_FIELD_NAMES
+                    .iter()
+                    .find(|(n, _)| n == f)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| format!("hash field {f:?} is not one of {names:?}"))?;
+            }
+            bits
+        }
+    };
+    if fields & (dsr_common::HASH_SRC_ADDR | dsr_common::HASH_SRC_PORT) == 0 {
+        return Err(
+            "the hash must include the source address or port, or every client \
+                    lands on one backend"
+                .into(),
+        );
+    }
+    Ok(fields)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -7,7 +7,7 @@
 //! saved state (ids, MACs, health, runtime changes), so restarts and upgrades lose nothing.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -27,7 +27,7 @@ use crate::{
     control::{
         self, BackendStatus, Call, ReasonStatus, Request, Response, Status, Traffic, VipStatus,
     },
-    datapath::{self, Datapath, LoadOptions, Sizes, Totals, vip_key},
+    datapath::{self, Datapath, Egress, LoadOptions, Sizes, Totals, VipAddrKeyOrd},
     health::{self, Report},
     maglev,
     model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
@@ -118,7 +118,10 @@ pub struct Daemon {
     datapath: Datapath,
     netlink: Netlink,
     ifindex: u32,
+    /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
+    ports: HashMap<u32, (u32, MacAddr)>,
     applied: Desired,
+    applied_addrs: BTreeMap<VipAddrKeyOrd, u32>,
     checks: HashMap<u64, JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     reports_rx: Option<mpsc::Receiver<Report>>,
@@ -228,13 +231,17 @@ impl Daemon {
             datapath,
             netlink,
             ifindex,
+            ports: HashMap::new(),
             applied: Desired::default(),
+            applied_addrs: BTreeMap::new(),
             checks: HashMap::new(),
             reports,
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
         };
         daemon.after_reconcile(&reconciled.new_vip_ids, &reconciled.new_backend_ids)?;
+        daemon.restore_ports()?;
+        daemon.place_backends().await;
         daemon.resolve(RESOLVE_TIMEOUT).await;
         daemon.apply()?;
         let iface = daemon.config.interface.clone();
@@ -370,26 +377,103 @@ impl Daemon {
         Ok(())
     }
 
-    /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
-    async fn resolve(&mut self, timeout: Duration) {
-        let missing: Vec<IpAddr> = self
+    /// TX_PORTS entries of an adopted state (backends keep their egress across restarts).
+    fn restore_ports(&mut self) -> Result<()> {
+        let ports: Vec<(u32, (u32, MacAddr))> = self
             .state
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
-            .filter(|b| b.mac.is_none())
-            .map(|b| b.spec.address)
+            .filter_map(|b| b.egress.map(|e| (b.ifindex, e)))
             .collect();
-        if missing.is_empty() {
-            return;
+        for (ifindex, (port, mac)) in ports {
+            self.datapath.set_tx_port(port, ifindex)?;
+            self.ports.insert(ifindex, (port, mac));
         }
-        match self.netlink.resolve(self.ifindex, &missing, timeout).await {
-            Ok(found) => {
-                for (addr, mac) in found {
-                    self.state.set_neighbour(addr, mac);
+        Ok(())
+    }
+
+    /// Decides for every backend not yet placed which interface reaches it: the configured
+    /// one, else the routing table's, else the receiving interface. Backends behind another
+    /// interface get a TX_PORTS entry (frames leave by XDP_REDIRECT with that interface's
+    /// MAC as source).
+    async fn place_backends(&mut self) {
+        let mut unplaced: Vec<(VipAddr, IpAddr, Option<String>)> = Vec::new();
+        for v in &self.state.vips {
+            for b in &v.backends {
+                if b.ifindex == 0 {
+                    unplaced.push((v.spec.addr, b.spec.address, b.spec.interface.clone()));
                 }
             }
-            Err(e) => log::warn!("resolving backend MACs: {e:#}"),
+        }
+        for (vip, addr, iface) in unplaced {
+            let ifindex = match &iface {
+                Some(name) => match self.netlink.link(name).await {
+                    Ok((i, _)) => i,
+                    Err(e) => {
+                        log::error!("backend {addr}: {e:#}; using {}", self.config.interface);
+                        self.ifindex
+                    }
+                },
+                None => match self.netlink.route_ifindex(addr).await {
+                    Ok(Some(i)) => i,
+                    _ => self.ifindex,
+                },
+            };
+            let egress = if ifindex == self.ifindex {
+                None
+            } else {
+                match self.tx_port(ifindex).await {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        log::error!("backend {addr} behind interface {ifindex}: {e:#}");
+                        continue;
+                    }
+                }
+            };
+            if let Some(b) = self.state.backend_entry(&vip, addr) {
+                b.ifindex = ifindex;
+                b.egress = egress;
+                if let Some((port, _)) = egress {
+                    log::info!(
+                        "backend {addr} is reached through interface {ifindex} (TX port {port})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The TX_PORTS entry for interface `ifindex`, created on first use.
+    async fn tx_port(&mut self, ifindex: u32) -> Result<(u32, MacAddr)> {
+        if let Some(&p) = self.ports.get(&ifindex) {
+            return Ok(p);
+        }
+        let (_, mac) = self.netlink.link_by_index(ifindex).await?;
+        let port = (1..dsr_common::MAX_TX_PORTS)
+            .find(|p| !self.ports.values().any(|(q, _)| q == p))
+            .ok_or_else(|| anyhow!("all {} TX ports are in use", dsr_common::MAX_TX_PORTS - 1))?;
+        self.datapath.set_tx_port(port, ifindex)?;
+        self.ports.insert(ifindex, (port, mac));
+        Ok((port, mac))
+    }
+
+    /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
+    async fn resolve(&mut self, timeout: Duration) {
+        let mut by_iface: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
+            if b.mac.is_none() && b.ifindex != 0 {
+                by_iface.entry(b.ifindex).or_default().push(b.spec.address);
+            }
+        }
+        for (ifindex, missing) in by_iface {
+            match self.netlink.resolve(ifindex, &missing, timeout).await {
+                Ok(found) => {
+                    for (addr, mac) in found {
+                        self.state.set_neighbour(ifindex, addr, mac);
+                    }
+                }
+                Err(e) => log::warn!("resolving backend MACs: {e:#}"),
+            }
         }
         for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
             if b.mac.is_none() {
@@ -407,11 +491,12 @@ impl Daemon {
     fn apply(&mut self) -> Result<()> {
         let desired = self.state.desired();
         let mut result = Ok(());
-        for (&id, &(mac, keep)) in &desired.backends {
-            if self.applied.backends.get(&id) != Some(&(mac, keep)) {
-                match self.datapath.set_backend(id, mac, keep) {
+        for (&id, &(mac, keep, egress)) in &desired.backends {
+            if self.applied.backends.get(&id) != Some(&(mac, keep, egress)) {
+                let egress = egress.map(|(port, src_mac)| Egress { port, src_mac });
+                match self.datapath.set_backend(id, mac, keep, egress) {
                     Ok(()) => {
-                        self.applied.backends.insert(id, (mac, keep));
+                        self.applied.backends.insert(id, desired.backends[&id]);
                     }
                     Err(e) => result = Err(e),
                 }
@@ -421,16 +506,11 @@ impl Daemon {
             if self.applied.vips.get(addr) == Some(entry) {
                 continue;
             }
-            let (id, entries, conntrack) = entry;
+            let (id, entries, opts) = entry;
             let started = Instant::now();
             let table = maglev::build(entries, self.config.table_size);
             let built = started.elapsed();
-            match self.datapath.set_vip(
-                vip_key(addr.address, addr.port, addr.protocol),
-                *id,
-                &table,
-                *conntrack,
-            ) {
+            match self.datapath.set_vip(addr, *id, &table, *opts) {
                 Ok(()) => {
                     log::debug!(
                         "VIP {addr}: table of {} backends built in {:?}, written in {:?}",
@@ -446,6 +526,20 @@ impl Daemon {
                 Err(e) => result = Err(e),
             }
         }
+        // VIP_ADDRS after VIPS for new keys, so that the data path never tries a key before
+        // it exists; entries that are no longer needed are removed after their VIPs.
+        let addrs =
+            datapath::vip_addr_flags(desired.vips.iter().map(|(a, (_, _, o))| (a, o.fragments)));
+        for (key, &flags) in &addrs {
+            if self.applied_addrs.get(key) != Some(&flags) {
+                match self.datapath.set_vip_addr(key.key(), flags) {
+                    Ok(()) => {
+                        self.applied_addrs.insert(*key, flags);
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
         let gone_vips: Vec<VipAddr> = self
             .applied
             .vips
@@ -454,12 +548,23 @@ impl Daemon {
             .copied()
             .collect();
         for addr in gone_vips {
-            match self
-                .datapath
-                .remove_vip(&vip_key(addr.address, addr.port, addr.protocol))
-            {
+            match self.datapath.remove_vip(&addr) {
                 Ok(()) => {
                     self.applied.vips.remove(&addr);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        let gone_addrs: Vec<VipAddrKeyOrd> = self
+            .applied_addrs
+            .keys()
+            .filter(|k| !addrs.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone_addrs {
+            match self.datapath.set_vip_addr(key.key(), 0) {
+                Ok(()) => {
+                    self.applied_addrs.remove(&key);
                 }
                 Err(e) => result = Err(e),
             }
@@ -472,7 +577,7 @@ impl Daemon {
             .copied()
             .collect();
         for id in gone_backends {
-            match self.datapath.set_backend(id, None, false) {
+            match self.datapath.set_backend(id, None, false, None) {
                 Ok(()) => {
                     self.applied.backends.remove(&id);
                 }
@@ -502,11 +607,13 @@ impl Daemon {
                     report.result.message
                 );
                 // The address may have moved to another host: learn its MAC afresh.
-                if self
+                let ifindex = self
                     .state
                     .backend(&vip, addr)
-                    .is_some_and(|b| b.spec.mac.is_none())
-                    && let Err(e) = self.netlink.reprobe(self.ifindex, addr).await
+                    .filter(|b| b.spec.mac.is_none())
+                    .map(|b| b.ifindex);
+                if let Some(ifindex) = ifindex
+                    && let Err(e) = self.netlink.reprobe(ifindex, addr).await
                 {
                     log::debug!("re-probing {addr}: {e:#}");
                 }
@@ -517,21 +624,18 @@ impl Daemon {
     }
 
     fn on_neighbour(&mut self, (ifindex, addr, mac): NeighbourEvent) {
-        if ifindex != self.ifindex {
-            return;
-        }
-        self.set_mac(addr, mac);
+        self.set_mac(ifindex, addr, mac);
     }
 
-    fn set_mac(&mut self, addr: IpAddr, mac: MacAddr) {
+    fn set_mac(&mut self, ifindex: u32, addr: IpAddr, mac: MacAddr) {
         let old = self
             .state
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
-            .find(|b| b.spec.address == addr && b.spec.mac.is_none())
+            .find(|b| b.spec.address == addr && b.ifindex == ifindex && b.spec.mac.is_none())
             .map(|b| b.mac);
-        if self.state.set_neighbour(addr, mac) > 0 {
+        if self.state.set_neighbour(ifindex, addr, mac) > 0 {
             match old.flatten() {
                 Some(o) => log::info!("backend {addr} moved from {o} to {mac}"),
                 None => log::info!("backend {addr} resolved to {mac}"),
@@ -542,15 +646,18 @@ impl Daemon {
     }
 
     async fn housekeeping(&mut self, resolicit: bool) {
-        // The neighbour table, in case an event was missed (netlink multicast can drop).
-        if !self.state.dynamic_addresses().is_empty() {
-            match self.netlink.neighbours(self.ifindex).await {
+        // The neighbour tables, in case an event was missed (netlink multicast can drop).
+        let dynamic = self.state.dynamic_addresses();
+        let mut ifaces: Vec<u32> = dynamic.iter().map(|(i, _)| *i).collect();
+        ifaces.dedup();
+        for ifindex in ifaces {
+            match self.netlink.neighbours(ifindex).await {
                 Ok(table) => {
-                    for addr in self.state.dynamic_addresses() {
+                    for &(i, addr) in dynamic.iter().filter(|(i, _)| *i == ifindex) {
                         match table.get(&addr) {
-                            Some(&mac) => self.set_mac(addr, mac),
+                            Some(&mac) => self.set_mac(i, addr, mac),
                             None if resolicit => {
-                                if let Err(e) = self.netlink.solicit(self.ifindex, addr).await {
+                                if let Err(e) = self.netlink.solicit(i, addr).await {
                                     log::debug!("{e:#}");
                                 }
                             }
@@ -585,14 +692,17 @@ impl Daemon {
         if let Err(e) = self.after_reconcile(&r.new_vip_ids, &r.new_backend_ids) {
             notes.push(format!("{e:#}"));
         }
+        self.place_backends().await;
         // Backends without a MAC are solicited now; the answer arrives as a neighbour event
         // and brings them into the table.
         for (vip, addr) in &r.added {
-            if self
+            let unresolved = self
                 .state
                 .backend(vip, *addr)
-                .is_some_and(|b| b.mac.is_none())
-                && let Err(e) = self.netlink.solicit(self.ifindex, *addr).await
+                .filter(|b| b.mac.is_none())
+                .map(|b| b.ifindex);
+            if let Some(ifindex) = unresolved
+                && let Err(e) = self.netlink.solicit(ifindex, *addr).await
             {
                 log::debug!("{e:#}");
             }

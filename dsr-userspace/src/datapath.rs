@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,14 +24,15 @@ use aya::{
     },
 };
 use dsr_common::{
-    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Counter, FlowEntry, FlowKey, Iface,
-    LAYOUT_VERSION, PROGRAM_NAME, REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP,
-    TableChunk, VIP_F_NO_CONNTRACK, VipInfo, VipKey, names,
+    ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend,
+    Counter, FlowEntry, FlowKey, Iface, LAYOUT_VERSION, MAX_TX_PORTS, PROGRAM_NAME, REASON_COUNT,
+    Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk, VIP_F_FRAGMENT_ALIAS,
+    VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names,
 };
 
 use crate::{
     ebpf::DSR_OBJECT,
-    model::{MacAddr, Protocol, XdpAttachMode},
+    model::{MacAddr, Protocol, VipAddr, XdpAttachMode},
 };
 
 /// How big the maps are; fixed when the program is loaded.
@@ -72,6 +73,8 @@ pub struct Datapath {
     vip_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
     reason_stats: PerCpuArray<MapData, Counter>,
+    vip_addrs: HashMap<MapData, VipAddrKey, VipAddrInfo>,
+    tx_ports: DevMap<MapData>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     links: Vec<XdpLinkId>,
 }
@@ -86,14 +89,17 @@ pub struct Totals {
 }
 
 /// Every map with the size it must have.
-fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 8]> {
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 10]> {
     let table_elems = sizes
         .max_vips
         .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
         .ok_or_else(|| anyhow!("max_vips x table_size is too large"))?;
     Ok([
         (names::SETTINGS, 1),
-        (names::VIPS, sizes.max_vips),
+        // Each VIP may also have a fragment alias.
+        (names::VIPS, sizes.max_vips * 2),
+        (names::VIP_ADDRS, sizes.max_vips),
+        (names::TX_PORTS, MAX_TX_PORTS),
         (names::VIP_STATS, sizes.max_vips),
         (names::TABLES, table_elems),
         (names::BACKENDS, sizes.max_backends),
@@ -248,7 +254,11 @@ impl Datapath {
         let sizes = opts.sizes;
         let row_chunks = sizes.row_chunks();
         let map_sizes = map_sizes(&sizes)?;
-        let table_elems = map_sizes[3].1;
+        let table_elems = map_sizes
+            .iter()
+            .find(|(n, _)| *n == names::TABLES)
+            .expect("TABLES is sized")
+            .1;
         let adopted = match &opts.pin_dir {
             Some(dir) => {
                 ensure_bpffs()?;
@@ -291,6 +301,8 @@ impl Datapath {
         let backend_stats = take(names::BACKEND_STATS)?.try_into()?;
         let reason_stats = take(names::REASON_STATS)?.try_into()?;
         let flows = take(names::FLOWS)?.try_into()?;
+        let vip_addrs = take(names::VIP_ADDRS)?.try_into()?;
+        let tx_ports = take(names::TX_PORTS)?.try_into()?;
         let tables = TableMmap::new(tables, table_elems)?;
 
         settings.set(
@@ -317,6 +329,8 @@ impl Datapath {
             backend_stats,
             reason_stats,
             flows,
+            vip_addrs,
+            tx_ports,
             links: Vec::new(),
         })
     }
@@ -443,13 +457,23 @@ impl Datapath {
     }
 
     /// Sets what the data path knows of a backend id: the MAC it sends to (`None` = not
-    /// usable at all) and whether its established flows stay on it.
-    pub fn set_backend(&mut self, id: u32, mac: Option<MacAddr>, keep_flows: bool) -> Result<()> {
+    /// usable at all), whether its established flows stay on it, and, for a backend behind
+    /// another interface, the TX_PORTS entry and source MAC to leave with.
+    pub fn set_backend(
+        &mut self,
+        id: u32,
+        mac: Option<MacAddr>,
+        keep_flows: bool,
+        egress: Option<Egress>,
+    ) -> Result<()> {
         let entry = match mac {
             Some(mac) => Backend {
                 mac: mac.0,
                 _pad: [0; 2],
                 flags: BACKEND_F_VALID | if keep_flows { BACKEND_F_KEEP_FLOWS } else { 0 },
+                tx_port: egress.map_or(0, |e| e.port),
+                src_mac: egress.map_or([0; 6], |e| e.src_mac.0),
+                _pad2: [0; 2],
             },
             None => Backend::default(),
         };
@@ -459,9 +483,27 @@ impl Datapath {
         Ok(())
     }
 
+    /// Points TX_PORTS entry `port` (1..MAX_TX_PORTS) at interface `ifindex`.
+    pub fn set_tx_port(&mut self, port: u32, ifindex: u32) -> Result<()> {
+        if port == 0 || port >= MAX_TX_PORTS {
+            bail!("TX port {port} is not 1..{MAX_TX_PORTS}");
+        }
+        self.tx_ports
+            .set(port, ifindex, None, 0)
+            .with_context(|| format!("writing TX port {port} (ifindex {ifindex})"))?;
+        Ok(())
+    }
+
     /// Installs `table` (backend ids; empty = no usable backend, packets dropped) for a VIP,
-    /// switching atomically from the table it had. `conntrack` = remember each flow's backend.
-    pub fn set_vip(&mut self, key: VipKey, id: u32, table: &[u32], conntrack: bool) -> Result<()> {
+    /// switching atomically from the table it had. A VIP with a port that accepts fragments
+    /// also gets a port-0 alias, which catches its non-first fragments.
+    pub fn set_vip(
+        &mut self,
+        addr: &VipAddr,
+        id: u32,
+        table: &[u32],
+        opts: VipOptions,
+    ) -> Result<()> {
         if id >= self.sizes.max_vips {
             bail!("VIP id {id} is beyond max_vips {}", self.sizes.max_vips);
         }
@@ -472,6 +514,7 @@ impl Datapath {
                 self.sizes.table_size
             );
         }
+        let key = vip_key(addr);
         let first_row = id * TABLE_ROWS_PER_VIP;
         let row = match self.vips.get(&key, 0) {
             Ok(old) if old.id == id && old.table_size > 0 => {
@@ -486,26 +529,63 @@ impl Datapath {
                 .expect("bounded above")
                 .copy_from_slice(table);
         }
+        let mut flags = 0;
+        if !opts.conntrack {
+            flags |= VIP_F_NO_CONNTRACK;
+        }
+        if opts.fragments {
+            flags |= VIP_F_FRAGMENTS;
+        }
         let info = VipInfo {
             id,
             table_row: row,
             table_size: table.len() as u32,
-            flags: if conntrack { 0 } else { VIP_F_NO_CONNTRACK },
+            flags,
+            hash_fields: opts.hash_fields,
         };
         self.vips
             .insert(key, info, 0)
-            .with_context(|| format!("writing VIP {id}"))?;
+            .with_context(|| format!("writing VIP {addr}"))?;
+        let alias = fragment_alias(addr);
+        if opts.fragments && addr.port != 0 {
+            let alias_info = VipInfo {
+                flags: flags | VIP_F_FRAGMENT_ALIAS,
+                ..info
+            };
+            self.vips
+                .insert(alias, alias_info, 0)
+                .with_context(|| format!("writing the fragment entry of VIP {addr}"))?;
+        } else if addr.port != 0 && self.vips.get(&alias, 0).is_ok_and(|i| i.id == id) {
+            // It stopped accepting fragments.
+            self.vips.remove(&alias)?;
+        }
         Ok(())
     }
 
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips.remove(key)?;
+    pub fn remove_vip(&mut self, addr: &VipAddr) -> Result<()> {
+        let key = vip_key(addr);
+        let id = self.vips.get(&key, 0).map(|i| i.id).ok();
+        self.vips.remove(&key)?;
+        let alias = fragment_alias(addr);
+        if addr.port != 0 && id.is_some() && self.vips.get(&alias, 0).ok().map(|i| i.id) == id {
+            self.vips.remove(&alias)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the `ADDR_F_*` flags of a VIP address (0 = remove the entry).
+    pub fn set_vip_addr(&mut self, key: VipAddrKey, flags: u32) -> Result<()> {
+        if flags == 0 {
+            self.vip_addrs.remove(&key)?;
+        } else {
+            self.vip_addrs.insert(key, VipAddrInfo { flags }, 0)?;
+        }
         Ok(())
     }
 
     /// The active table of a VIP, as the data path reads it.
-    pub fn table(&self, key: &VipKey) -> Result<Vec<u32>> {
-        let info = self.vips.get(key, 0)?;
+    pub fn table(&self, addr: &VipAddr) -> Result<Vec<u32>> {
+        let info = self.vips.get(&vip_key(addr), 0)?;
         let row = self.tables.row(info.table_row, self.sizes.row_chunks());
         Ok(row[..info.table_size as usize].to_vec())
     }
@@ -546,8 +626,71 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Result<Totals> {
 }
 
 /// The VIPS key of a VIP.
-pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
-    VipKey::new(address, port, protocol.number())
+pub fn vip_key(addr: &VipAddr) -> VipKey {
+    VipKey::new(addr.address, addr.port, addr.protocol.number(), addr.vlan)
+}
+
+/// The port-0 VIPS key that catches a VIP's non-first fragments.
+fn fragment_alias(addr: &VipAddr) -> VipKey {
+    VipKey::new(addr.address, 0, addr.protocol.number(), addr.vlan)
+}
+
+/// The VIP_ADDRS flags a set of VIPs needs: per (address, protocol), which kinds of VIPS
+/// keys exist.
+pub fn vip_addr_flags<'a>(
+    vips: impl IntoIterator<Item = (&'a VipAddr, bool)>,
+) -> std::collections::BTreeMap<VipAddrKeyOrd, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for (addr, fragments) in vips {
+        let flags = out
+            .entry(VipAddrKeyOrd(addr.address, addr.protocol))
+            .or_insert(0);
+        if addr.port == 0 || fragments {
+            *flags |= ADDR_F_PORT0;
+        }
+        if addr.port != 0 {
+            *flags |= ADDR_F_PORTS;
+        }
+        if addr.vlan != 0 {
+            *flags |= ADDR_F_VLAN;
+        }
+    }
+    out
+}
+
+/// A VIP_ADDRS key in a form that sorts (for diffing what is written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipAddrKeyOrd(pub IpAddr, pub Protocol);
+
+impl VipAddrKeyOrd {
+    pub fn key(&self) -> VipAddrKey {
+        VipAddrKey::new(self.0, self.1.number())
+    }
+}
+
+/// How a VIP's packets are treated (VipInfo flags and hash fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipOptions {
+    pub conntrack: bool,
+    pub fragments: bool,
+    pub hash_fields: u32,
+}
+
+impl Default for VipOptions {
+    fn default() -> Self {
+        VipOptions {
+            conntrack: true,
+            fragments: false,
+            hash_fields: dsr_common::HASH_ALL,
+        }
+    }
+}
+
+/// Where a redirected backend's frames leave: TX_PORTS entry and that interface's MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub port: u32,
+    pub src_mac: MacAddr,
 }
 
 /// TABLES mapped into our memory (the map is BPF_F_MMAPABLE): a whole 65537-slot table is a

@@ -153,6 +153,9 @@ enum BackendCmd {
         sorry: bool,
         #[arg(long)]
         inhibit_on_failure: bool,
+        /// Interface the backend is reached through (default: from the routing table).
+        #[arg(long)]
+        interface: Option<String>,
         #[command(flatten)]
         check: CheckArgs,
     },
@@ -174,8 +177,15 @@ enum BackendCmd {
 enum VipCmd {
     /// Add a VIP (without backends; add them with `dsr backend add`).
     Add {
-        /// ADDRESS:PORT/PROTOCOL, e.g. 192.0.2.10:80/tcp or [2001:db8::10]:53/udp
+        /// ADDRESS:PORT/PROTOCOL[@vlanN], e.g. 192.0.2.10:80/tcp, [2001:db8::10]:53/udp,
+        /// 192.0.2.10:*/udp (all ports)
         vip: VipAddr,
+        /// Accept IP fragments (the hash then excludes ports).
+        #[arg(long)]
+        fragments: bool,
+        /// Hash on the source address only (source affinity).
+        #[arg(long)]
+        source_affinity: bool,
         #[arg(long)]
         name: Option<String>,
         /// Do not track flows (cheaper for one-packet flows; drain then has no effect).
@@ -358,6 +368,7 @@ fn real_main() -> Result<bool> {
                 BackendCmd::Add {
                     vip,
                     address,
+                    interface,
                     weight,
                     mac,
                     backup,
@@ -384,6 +395,7 @@ fn real_main() -> Result<bool> {
                             inhibit_on_failure,
                             check: spec.unwrap_or_else(CheckSpec::none),
                             drained: false,
+                            interface,
                         },
                     }
                 }
@@ -406,6 +418,8 @@ fn real_main() -> Result<bool> {
             let request = match action {
                 VipCmd::Add {
                     vip,
+                    fragments,
+                    source_affinity,
                     name,
                     no_conntrack,
                     check,
@@ -414,6 +428,14 @@ fn real_main() -> Result<bool> {
                         name: name.unwrap_or_else(|| vip.to_string()),
                         addr: vip,
                         conntrack: !no_conntrack,
+                        fragments,
+                        hash_fields: if source_affinity {
+                            dsr_common::HASH_SRC_ADDR
+                        } else if fragments {
+                            dsr_common::HASH_ALL & !dsr_common::HASH_PORTS
+                        } else {
+                            dsr_common::HASH_ALL
+                        },
                         check: check.spec().unwrap_or_else(CheckSpec::none),
                         backends: Vec::new(),
                     },

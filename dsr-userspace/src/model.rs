@@ -41,40 +41,74 @@ impl FromStr for Protocol {
     }
 }
 
-/// What identifies a VIP: address, port and protocol ("198.51.100.1:80/tcp",
-/// "[2001:db8::1]:53/udp").
+/// What identifies a VIP: address, port (0 = all ports), protocol and VLAN (0 = any):
+/// "198.51.100.1:80/tcp", "[2001:db8::1]:53/udp", "198.51.100.1:*/udp",
+/// "198.51.100.1:80/tcp@vlan100".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct VipAddr {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    #[serde(default)]
+    pub vlan: u16,
 }
 
 impl fmt::Display for VipAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = if self.port == 0 {
+            "*".to_owned()
+        } else {
+            self.port.to_string()
+        };
         match self.address {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+            IpAddr::V4(a) => write!(f, "{a}:{port}/{}", self.protocol)?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{port}/{}", self.protocol)?,
         }
+        if self.vlan != 0 {
+            write!(f, "@vlan{}", self.vlan)?;
+        }
+        Ok(())
     }
 }
 
 impl FromStr for VipAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (sock, proto) = s.rsplit_once('/').ok_or_else(|| {
-            format!("{s:?}: expected ADDRESS:PORT/PROTOCOL, e.g. 192.0.2.1:80/tcp")
-        })?;
-        let sock: std::net::SocketAddr = sock
+        let usage =
+            || format!("{s:?}: expected ADDRESS:PORT/PROTOCOL[@vlanN], e.g. 192.0.2.1:80/tcp");
+        let (rest, vlan) = match s.split_once("@vlan") {
+            Some((rest, v)) => {
+                let vlan: u16 = v.parse().map_err(|_| usage())?;
+                if !(1..=4094).contains(&vlan) {
+                    return Err(format!("VLAN {vlan} is not 1..=4094"));
+                }
+                (rest, vlan)
+            }
+            None => (s, 0),
+        };
+        let (sock, proto) = rest.rsplit_once('/').ok_or_else(usage)?;
+        let (host, port) = sock.rsplit_once(':').ok_or_else(usage)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let address: IpAddr = host
             .parse()
-            .map_err(|_| format!("{sock:?} is not ADDRESS:PORT"))?;
-        if sock.port() == 0 {
-            return Err("VIP port must be 1..=65535".into());
-        }
+            .map_err(|_| format!("{host:?} is not an IP address"))?;
+        let port: u16 = match port {
+            "*" => 0,
+            p => match p.parse() {
+                Ok(0) | Err(_) => {
+                    return Err(format!("port {p:?} must be 1..=65535 or * (all ports)"));
+                }
+                Ok(p) => p,
+            },
+        };
         Ok(VipAddr {
-            address: sock.ip(),
-            port: sock.port(),
+            address,
+            port,
             protocol: proto.parse()?,
+            vlan,
         })
     }
 }
@@ -232,6 +266,33 @@ impl CheckSpec {
     }
 }
 
+fn hash_all() -> u32 {
+    dsr_common::HASH_ALL
+}
+
+/// Names of the hash fields, in `HASH_*` bit order.
+pub const HASH_FIELD_NAMES: [(&str, u32); 5] = [
+    ("src_addr", dsr_common::HASH_SRC_ADDR),
+    ("dst_addr", dsr_common::HASH_DST_ADDR),
+    ("src_port", dsr_common::HASH_SRC_PORT),
+    ("dst_port", dsr_common::HASH_DST_PORT),
+    ("proto", dsr_common::HASH_PROTO),
+];
+
+/// "5-tuple", "source", or the list of fields joined by '+'.
+pub fn hash_fields_name(fields: u32) -> String {
+    match fields {
+        dsr_common::HASH_ALL => "5-tuple".into(),
+        dsr_common::HASH_SRC_ADDR => "source".into(),
+        _ => HASH_FIELD_NAMES
+            .iter()
+            .filter(|(_, bit)| fields & bit != 0)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join("+"),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSpec {
     pub address: IpAddr,
@@ -247,6 +308,10 @@ pub struct BackendSpec {
     /// Drained by the operator (`dsr backend drain`): no new flows, established ones stay.
     #[serde(default)]
     pub drained: bool,
+    /// Interface the backend is reached through when it is not the one traffic arrives on
+    /// (frames then leave with XDP_REDIRECT); `None` = found from the routing table.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +320,13 @@ pub struct VipSpec {
     pub addr: VipAddr,
     /// Track flows (needed for drain); off = every packet placed by the table alone.
     pub conntrack: bool,
+    /// Accept IP fragments (all fragments of a datagram then reach one backend; the hash
+    /// cannot include ports).
+    #[serde(default)]
+    pub fragments: bool,
+    /// Which flow fields select the backend (`dsr_common::HASH_*` bits).
+    #[serde(default = "hash_all")]
+    pub hash_fields: u32,
     /// The VIP's default check (its `[vip.check]`), for backends added at run time.
     #[serde(default = "CheckSpec::none")]
     pub check: CheckSpec,
@@ -341,5 +413,9 @@ mod tests {
         assert!("192.0.2.1:80".parse::<VipAddr>().is_err());
         assert!("192.0.2.1:0/tcp".parse::<VipAddr>().is_err());
         assert!("192.0.2.1:80/sctp".parse::<VipAddr>().is_err());
+        let all: VipAddr = "192.0.2.1:*/udp@vlan7".parse().unwrap();
+        assert_eq!((all.port, all.vlan), (0, 7));
+        assert_eq!(all.to_string(), "192.0.2.1:*/udp@vlan7");
+        assert!("192.0.2.1:80/tcp@vlan5000".parse::<VipAddr>().is_err());
     }
 }

@@ -44,6 +44,99 @@ impl Netlink {
         &self.handle
     }
 
+    /// The interface the main routing table sends `addr` out of (longest prefix match).
+    pub async fn route_ifindex(&self, addr: IpAddr) -> Result<Option<u32>> {
+        use rtnetlink::packet_route::{
+            AddressFamily,
+            route::{RouteAddress, RouteAttribute, RouteMessage},
+        };
+        let mut query = RouteMessage::default();
+        query.header.address_family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let mut routes = self.handle.route().get(query).execute();
+        let mut best: Option<(u8, u32)> = None;
+        while let Some(route) = routes.try_next().await.context("dumping routes")? {
+            let table = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(route.header.table as u32);
+            if table != 254 {
+                continue;
+            }
+            let len = route.header.destination_prefix_length;
+            let mut oif = None;
+            let mut dst: Option<IpAddr> = None;
+            for a in &route.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                        dst = Some(IpAddr::V4(*d))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                        dst = Some(IpAddr::V6(*d))
+                    }
+                    _ => {}
+                }
+            }
+            let matches = match (dst, addr) {
+                (None, _) => len == 0,
+                (Some(IpAddr::V4(d)), IpAddr::V4(a)) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - len as u32)
+                    };
+                    u32::from(d) & mask == u32::from(a) & mask
+                }
+                (Some(IpAddr::V6(d)), IpAddr::V6(a)) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - len as u32)
+                    };
+                    u128::from(d) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            };
+            if let (true, Some(oif)) = (matches, oif)
+                && best.is_none_or(|(l, _)| len > l)
+            {
+                best = Some((len, oif));
+            }
+        }
+        Ok(best.map(|(_, oif)| oif))
+    }
+
+    /// Name and MAC of the interface with index `ifindex`.
+    pub async fn link_by_index(&self, ifindex: u32) -> Result<(String, MacAddr)> {
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let msg = match links.try_next().await {
+            Ok(Some(msg)) => msg,
+            _ => bail!("no interface with index {ifindex}"),
+        };
+        let mut name = String::new();
+        let mut mac = None;
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = n.clone(),
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    mac = Some(MacAddr(b.as_slice().try_into().expect("6 bytes")))
+                }
+                _ => {}
+            }
+        }
+        Ok((
+            name,
+            mac.ok_or_else(|| anyhow!("interface {ifindex} has no Ethernet address"))?,
+        ))
+    }
+
     /// ifindex and MAC of the interface `name`.
     pub async fn link(&self, name: &str) -> Result<(u32, MacAddr)> {
         let mut links = self

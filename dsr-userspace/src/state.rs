@@ -18,6 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    datapath::VipOptions,
     health::Health,
     maglev,
     model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
@@ -33,6 +34,12 @@ pub struct Backend {
     pub health: Health,
     /// Identifies this backend's running check; a new token restarts the check.
     pub check_token: u64,
+    /// Where it is reached: the interface (ifindex; 0 = not yet known) and, when that is
+    /// not the receiving interface, how frames leave for it.
+    #[serde(default)]
+    pub ifindex: u32,
+    #[serde(default)]
+    pub egress: Option<(u32, MacAddr)>,
 }
 
 impl Backend {
@@ -132,10 +139,10 @@ impl Ids {
 /// What the data path should hold: every backend entry and every VIP table input.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Desired {
-    /// Backend id -> (MAC, keeps flows).
-    pub backends: std::collections::BTreeMap<u32, (Option<MacAddr>, bool)>,
-    /// VIP -> (VIP id, table entries sorted by id, conntrack).
-    pub vips: std::collections::BTreeMap<VipAddr, (u32, Vec<maglev::Entry>, bool)>,
+    /// Backend id -> (MAC, keeps flows, egress (TX port, source MAC) if redirected).
+    pub backends: std::collections::BTreeMap<u32, (Option<MacAddr>, bool, Option<(u32, MacAddr)>)>,
+    /// VIP -> (VIP id, table entries sorted by id, options).
+    pub vips: std::collections::BTreeMap<VipAddr, (u32, Vec<maglev::Entry>, VipOptions)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -238,6 +245,13 @@ impl State {
                             b.health = Health::default();
                             out.added.push((spec.addr, bspec.address));
                         }
+                        if b.spec.interface != bspec.interface {
+                            // Reached another way now: placed and resolved afresh.
+                            b.ifindex = 0;
+                            b.egress = None;
+                            b.mac = bspec.mac;
+                            out.added.push((spec.addr, bspec.address));
+                        }
                         if bspec.mac.is_some() {
                             b.mac = bspec.mac;
                         } else if b.spec.mac.is_some() {
@@ -258,6 +272,8 @@ impl State {
                                 mac: bspec.mac,
                                 health: Health::default(),
                                 check_token: self.token(),
+                                ifindex: 0,
+                                egress: None,
                             }
                         }
                         None => {
@@ -316,10 +332,14 @@ impl State {
 
     /// Sets the MAC of every backend with `address` that has no static MAC. Returns how many
     /// changed.
-    pub fn set_neighbour(&mut self, address: IpAddr, mac: MacAddr) -> usize {
+    pub fn set_neighbour(&mut self, ifindex: u32, address: IpAddr, mac: MacAddr) -> usize {
         let mut changed = 0;
         for b in self.vips.iter_mut().flat_map(|v| v.backends.iter_mut()) {
-            if b.spec.address == address && b.spec.mac.is_none() && b.mac != Some(mac) {
+            if b.spec.address == address
+                && b.ifindex == ifindex
+                && b.spec.mac.is_none()
+                && b.mac != Some(mac)
+            {
                 b.mac = Some(mac);
                 changed += 1;
             }
@@ -328,13 +348,13 @@ impl State {
     }
 
     /// Addresses whose MAC comes from the neighbour table.
-    pub fn dynamic_addresses(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
+    pub fn dynamic_addresses(&self) -> Vec<(u32, IpAddr)> {
+        let mut v: Vec<(u32, IpAddr)> = self
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
-            .filter(|b| b.spec.mac.is_none())
-            .map(|b| b.spec.address)
+            .filter(|b| b.spec.mac.is_none() && b.ifindex != 0)
+            .map(|b| (b.ifindex, b.spec.address))
             .collect();
         v.sort();
         v.dedup();
@@ -346,12 +366,16 @@ impl State {
         let mut d = Desired::default();
         for vip in &self.vips {
             for b in &vip.backends {
-                d.backends.insert(b.id, (b.mac, b.keeps_flows()));
+                d.backends.insert(b.id, (b.mac, b.keeps_flows(), b.egress));
             }
             let (_, mut entries) = vip.serving();
             entries.sort_by_key(|e| e.id);
-            d.vips
-                .insert(vip.spec.addr, (vip.id, entries, vip.spec.conntrack));
+            let opts = VipOptions {
+                conntrack: vip.spec.conntrack,
+                fragments: vip.spec.fragments,
+                hash_fields: vip.spec.hash_fields,
+            };
+            d.vips.insert(vip.spec.addr, (vip.id, entries, opts));
         }
         d
     }
@@ -387,6 +411,7 @@ mod tests {
                 ..CheckSpec::none()
             },
             drained: false,
+            interface: None,
         }
     }
 
@@ -397,8 +422,11 @@ mod tests {
                 address: IpAddr::from([198, 18, 0, 100]),
                 port: 80,
                 protocol: Protocol::Tcp,
+                vlan: 0,
             },
             conntrack: true,
+            fragments: false,
+            hash_fields: dsr_common::HASH_ALL,
             check: CheckSpec::none(),
             backends,
         }

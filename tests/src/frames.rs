@@ -153,3 +153,42 @@ pub fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// Inserts an 802.1Q (or, with `tpid` 0x88a8, 802.1ad) tag after the MAC addresses.
+pub fn tagged(frame: &[u8], tpid: u16, vlan: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&vlan.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// An IPv6 fragment header (next header `nexthdr`, offset in 8-byte units, more-fragments
+/// flag) followed by `payload`.
+pub fn ipv6_fragment(nexthdr: u8, offset: u16, more: bool, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![nexthdr, 0];
+    h.extend_from_slice(&(offset << 3 | more as u16).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// ICMP "fragmentation needed" (type 3 code 4) quoting `quoted` (an IPv4 packet, of which
+/// the header and 8 bytes are kept), with next-hop MTU `mtu`.
+pub fn icmp4_frag_needed(mtu: u16, quoted: &[u8]) -> Vec<u8> {
+    let ihl = (quoted[0] & 0x0f) as usize * 4;
+    let mut m = vec![3, 4, 0, 0, 0, 0];
+    m.extend_from_slice(&mtu.to_be_bytes());
+    m.extend_from_slice(&quoted[..(ihl + 8).min(quoted.len())]);
+    let sum = checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// ICMPv6 "packet too big" (type 2) quoting `quoted` (an IPv6 packet), with MTU `mtu`.
+pub fn icmp6_packet_too_big(mtu: u32, quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![2, 0, 0, 0];
+    m.extend_from_slice(&mtu.to_be_bytes());
+    m.extend_from_slice(&quoted[..quoted.len().min(1232)]);
+    m
+}

@@ -8,11 +8,14 @@ use std::{
 };
 
 use dsr::{
-    datapath::{Datapath, LoadOptions, Sizes, vip_key},
+    datapath::{self, Datapath, Egress, LoadOptions, Sizes, VipOptions},
     maglev,
-    model::{MacAddr, Protocol},
+    model::{MacAddr, Protocol, VipAddr},
 };
-use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, Reason, flow_hash};
+use dsr_common::{
+    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason,
+    flow_hash,
+};
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
     testrun::{XDP_DROP, XDP_PASS, XDP_TX, run, verdict_name},
@@ -49,13 +52,29 @@ struct Backend {
     id: u32,
 }
 
-/// A loaded program with four VIPs (v4/v6 x TCP/UDP) of three backends each, plus a VIP with
-/// no backend.
+/// A loaded program with three backends and these VIPs, all with weights 1:2:1:
+/// 0 VIP4:80/tcp, 1 VIP4:53/udp (accepts fragments), 2 [VIP6]:80/tcp, 3 [VIP6]:53/udp
+/// (accepts fragments), 4 VIP4_EMPTY:80/tcp (no backend), 5 VIP4_ALL:*/tcp (all ports),
+/// 6 VIP4_VLAN:80/tcp@vlan100, 7 VIP4_AFFINITY:80/tcp (hashes on the source address).
 struct Fixture {
     dp: Datapath,
     backends: Vec<Backend>,
     /// The table userspace builds for weights 1:2:1 (every VIP but the empty one has it).
     expected: Vec<u32>,
+    vips: Vec<(VipAddr, VipOptions)>,
+}
+
+const VIP4_ALL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
+const VIP4_VLAN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 103);
+const VIP4_AFFINITY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 104);
+
+fn vip(address: impl Into<IpAddr>, port: u16, protocol: Protocol, vlan: u16) -> VipAddr {
+    VipAddr {
+        address: address.into(),
+        port,
+        protocol,
+        vlan,
+    }
 }
 
 impl Fixture {
@@ -75,32 +94,53 @@ impl Fixture {
             })
             .collect();
         for b in &backends {
-            dp.set_backend(b.id, Some(MacAddr(b.mac)), true).unwrap();
+            dp.set_backend(b.id, Some(MacAddr(b.mac)), true, None)
+                .unwrap();
         }
         let mut f = Fixture {
             dp,
             backends,
             expected: Vec::new(),
+            vips: Vec::new(),
         };
         f.expected = f.table(&[1, 2, 1]);
-        let vips = [
-            (IpAddr::V4(VIP4), 80, Protocol::Tcp),
-            (IpAddr::V4(VIP4), 53, Protocol::Udp),
-            (IpAddr::V6(VIP6), 80, Protocol::Tcp),
-            (IpAddr::V6(VIP6), 53, Protocol::Udp),
-        ];
-        for (id, (addr, port, proto)) in vips.into_iter().enumerate() {
-            f.dp.set_vip(vip_key(addr, port, proto), id as u32, &f.expected, true)
-                .unwrap();
-        }
-        f.dp.set_vip(
-            vip_key(IpAddr::V4(VIP4_EMPTY), 80, Protocol::Tcp),
-            4,
-            &[],
-            true,
-        )
-        .unwrap();
+        let plain = VipOptions::default();
+        let fragments = VipOptions {
+            fragments: true,
+            hash_fields: HASH_ALL & !HASH_PORTS,
+            ..plain
+        };
+        let affinity = VipOptions {
+            hash_fields: HASH_SRC_ADDR,
+            ..plain
+        };
+        let table = f.expected.clone();
+        f.install(vip(VIP4, 80, Protocol::Tcp, 0), 0, &table, plain);
+        f.install(vip(VIP4, 53, Protocol::Udp, 0), 1, &table, fragments);
+        f.install(vip(VIP6, 80, Protocol::Tcp, 0), 2, &table, plain);
+        f.install(vip(VIP6, 53, Protocol::Udp, 0), 3, &table, fragments);
+        f.install(vip(VIP4_EMPTY, 80, Protocol::Tcp, 0), 4, &[], plain);
+        f.install(vip(VIP4_ALL, 0, Protocol::Tcp, 0), 5, &table, plain);
+        f.install(vip(VIP4_VLAN, 80, Protocol::Tcp, 100), 6, &table, plain);
+        f.install(
+            vip(VIP4_AFFINITY, 80, Protocol::Tcp, 0),
+            7,
+            &table,
+            affinity,
+        );
         f
+    }
+
+    /// Installs (or replaces) a VIP the way the daemon's map writer does: VIPS, then the
+    /// VIP_ADDRS flags of every address.
+    fn install(&mut self, addr: VipAddr, id: u32, table: &[u32], opts: VipOptions) {
+        self.dp.set_vip(&addr, id, table, opts).unwrap();
+        self.vips.retain(|(a, _)| *a != addr);
+        self.vips.push((addr, opts));
+        let flags = datapath::vip_addr_flags(self.vips.iter().map(|(a, o)| (a, o.fragments)));
+        for (key, flags) in flags {
+            self.dp.set_vip_addr(key.key(), flags).unwrap();
+        }
     }
 
     fn table(&self, weights: &[u32]) -> Vec<u32> {
@@ -126,7 +166,13 @@ impl Fixture {
         dport: u16,
         proto: u8,
     ) -> &Backend {
-        let key = FlowKey::new(src, sport, dst, dport, proto);
+        let fields = self
+            .vips
+            .iter()
+            .filter(|(a, _)| a.address == dst && a.protocol.number() == proto)
+            .find(|(a, _)| a.port == dport || a.port == 0)
+            .map_or(HASH_ALL, |(_, o)| o.hash_fields);
+        let key = FlowKey::new(src, sport, dst, dport, proto).masked(fields);
         let slot = flow_hash(&key, DEFAULT_HASH_SEED) % self.expected.len() as u32;
         &self.backends[self.expected[slot as usize] as usize]
     }
@@ -156,6 +202,38 @@ fn v6(proto: u8, dport: u16) -> Vec<u8> {
     )
 }
 
+/// An ICMP fragmentation-needed from a router to `vip`, quoting a packet the backend sent
+/// from `vip:vport` to `client:cport` (a 1500-byte TCP segment, quoted in part).
+fn icmp4_too_big(vip: Ipv4Addr, vport: u16, client: Ipv4Addr, cport: u16) -> Vec<u8> {
+    let quoted = frames::ipv4(
+        vip,
+        client,
+        TCP,
+        &[],
+        &frames::tcp(vport, cport, &[0u8; 1460]),
+    );
+    let icmp = frames::icmp4_frag_needed(1400, &quoted);
+    let router = Ipv4Addr::new(198, 18, 0, 254);
+    frames::ethernet(
+        LB_MAC,
+        CLIENT_MAC,
+        ETH_P_IPV4,
+        &frames::ipv4(router, vip, ICMP, &[], &icmp),
+    )
+}
+
+fn icmp6_too_big(cport: u16) -> Vec<u8> {
+    let quoted = frames::ipv6(VIP6, CLIENT6, TCP, &frames::tcp(80, cport, &[0u8; 1200]));
+    let icmp = frames::icmp6_packet_too_big(1280, &quoted);
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+    frames::ethernet(
+        LB_MAC,
+        CLIENT_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(router, VIP6, 58, &icmp),
+    )
+}
+
 fn v4_with_options(option_bytes: usize) -> Vec<u8> {
     // NOPs (type 1) then an end-of-options byte: legal filler of any length.
     let mut opts = vec![1u8; option_bytes];
@@ -175,6 +253,10 @@ enum Expect {
     /// Forwarded to the backend the flow hashes to: the frame out equals the frame in with
     /// destination MAC = that backend's, source MAC = ours, and nothing else changed.
     Tx,
+    /// Forwarded, for this reason, to the backend that owns this flow (src, sport, dst,
+    /// dport, proto): for frames whose flow is not simply their own 5-tuple (fragments,
+    /// ICMP errors, tagged frames).
+    TxFor(Reason, (IpAddr, u16, IpAddr, u16, u8)),
     /// Passed or dropped untouched, for this reason.
     Untouched(u32, Reason),
 }
@@ -213,6 +295,29 @@ fn rows() -> Vec<Row> {
             CLIENT_MAC,
             ETH_P_IPV4,
             &frames::ipv4_frag(CLIENT4, VIP4, UDP, &[], frag, &seg),
+        )
+    };
+    let udp53 = (CLIENT4.into(), 40000, VIP4.into(), 53, UDP);
+    let udp53_v6 = (CLIENT6.into(), 40000, VIP6.into(), 53, UDP);
+    let tcp80 = (CLIENT4.into(), 40000, VIP4.into(), 80, TCP);
+    let tcp_fragment = {
+        let seg = frames::tcp(40000, 80, &[7u8; 32]);
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV4,
+            &frames::ipv4_frag(CLIENT4, VIP4, TCP, &[], 0x2000, &seg),
+        )
+    };
+    let v6_fragment = |offset: u16, more: bool| {
+        let seg = frames::udp(40000, 53, &[9u8; 48]);
+        let payload = if offset == 0 { seg } else { vec![9u8; 48] };
+        let frag = frames::ipv6_fragment(UDP, offset, more, 0x1234, &payload);
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV6,
+            &frames::ipv6(CLIENT6, VIP6, 44, &frag),
         )
     };
     let mut bad_version = v4(TCP, VIP4, 80);
@@ -311,12 +416,100 @@ fn rows() -> Vec<Row> {
         Row {
             what: "IPv4 first fragment (MF set)",
             frame: fragment(0x2000),
-            expect: Untouched(XDP_PASS, Reason::Fragment),
+            expect: TxFor(Reason::FragmentForwarded, udp53),
         },
         Row {
             what: "IPv4 non-first fragment",
             frame: fragment(0x0003),
+            expect: TxFor(Reason::FragmentForwarded, udp53),
+        },
+        Row {
+            what: "IPv4 fragment for a VIP that does not accept fragments",
+            frame: tcp_fragment.clone(),
             expect: Untouched(XDP_PASS, Reason::Fragment),
+        },
+        Row {
+            what: "IPv6 first fragment (fragment header, then UDP)",
+            frame: v6_fragment(0, true),
+            expect: TxFor(Reason::FragmentForwarded, udp53_v6),
+        },
+        Row {
+            what: "IPv6 non-first fragment",
+            frame: v6_fragment(185, false),
+            expect: TxFor(Reason::FragmentForwarded, udp53_v6),
+        },
+        Row {
+            what: "802.1Q-tagged TCP to a VIP (tag kept)",
+            frame: frames::tagged(&v4(TCP, VIP4, 80), 0x8100, 42),
+            expect: TxFor(Reason::Forwarded, tcp80),
+        },
+        Row {
+            what: "QinQ (802.1ad + 802.1Q) TCP to a VIP (both tags kept)",
+            frame: frames::tagged(&frames::tagged(&v4(TCP, VIP4, 80), 0x8100, 42), 0x88a8, 7),
+            expect: TxFor(Reason::Forwarded, tcp80),
+        },
+        Row {
+            what: "three VLAN tags",
+            frame: frames::tagged(
+                &frames::tagged(&frames::tagged(&v4(TCP, VIP4, 80), 0x8100, 3), 0x8100, 2),
+                0x88a8,
+                1,
+            ),
+            expect: Untouched(XDP_PASS, Reason::TooManyVlanTags),
+        },
+        Row {
+            what: "VLAN 100 frame to a VIP restricted to VLAN 100",
+            frame: frames::tagged(&v4(TCP, VIP4_VLAN, 80), 0x8100, 100),
+            expect: TxFor(
+                Reason::Forwarded,
+                (CLIENT4.into(), 40000, VIP4_VLAN.into(), 80, TCP),
+            ),
+        },
+        Row {
+            what: "VLAN 200 frame to a VIP restricted to VLAN 100",
+            frame: frames::tagged(&v4(TCP, VIP4_VLAN, 80), 0x8100, 200),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "untagged frame to a VIP restricted to VLAN 100",
+            frame: v4(TCP, VIP4_VLAN, 80),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "TCP to any port of an all-ports VIP",
+            frame: v4(TCP, VIP4_ALL, 5555),
+            expect: Tx,
+        },
+        Row {
+            what: "UDP to an all-ports TCP VIP",
+            frame: v4(UDP, VIP4_ALL, 5555),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "ICMP fragmentation-needed about a VIP flow, sent to the VIP",
+            frame: icmp4_too_big(VIP4, 80, CLIENT4, 40123),
+            expect: TxFor(
+                Reason::IcmpForwarded,
+                (CLIENT4.into(), 40123, VIP4.into(), 80, TCP),
+            ),
+        },
+        Row {
+            what: "ICMPv6 packet-too-big about a VIP flow, sent to the VIP",
+            frame: icmp6_too_big(40123),
+            expect: TxFor(
+                Reason::IcmpForwarded,
+                (CLIENT6.into(), 40123, VIP6.into(), 80, TCP),
+            ),
+        },
+        Row {
+            what: "ICMP fragmentation-needed about a port that is no VIP",
+            frame: icmp4_too_big(VIP4, 81, CLIENT4, 40123),
+            expect: Untouched(XDP_PASS, Reason::NotTcpUdp),
+        },
+        Row {
+            what: "ICMP fragmentation-needed quoting a packet not from the VIP",
+            frame: icmp4_too_big(Ipv4Addr::new(198, 18, 0, 7), 80, CLIENT4, 40123),
+            expect: Untouched(XDP_PASS, Reason::NotTcpUdp),
         },
         Row {
             what: "Ethernet header only",
@@ -417,6 +610,13 @@ fn frame_table() {
                 want[6..12].copy_from_slice(&LB_MAC);
                 (XDP_TX, want, Reason::Forwarded)
             }
+            Expect::TxFor(reason, (src, sport, dst, dport, proto)) => {
+                let backend = f.expected_backend(src, sport, dst, dport, proto);
+                let mut want = row.frame.clone();
+                want[..6].copy_from_slice(&backend.mac);
+                want[6..12].copy_from_slice(&LB_MAC);
+                (XDP_TX, want, reason)
+            }
             Expect::Untouched(v, reason) => (v, row.frame.clone(), reason),
         };
         let counted: Vec<&str> = Reason::ALL
@@ -498,12 +698,12 @@ fn many_flows_land_where_userspace_predicts() {
 #[test]
 fn table_switch_takes_effect_and_reads_back() {
     let mut f = Fixture::new();
-    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
     let first = f.dp.table(&key).unwrap();
     assert_eq!(first, f.table(&[1, 2, 1]));
     // Drain everything to backend 2: every flow must now go there.
     let only_two = f.table(&[0, 0, 1]);
-    f.dp.set_vip(key, 0, &only_two, true).unwrap();
+    f.install(key, 0, &only_two, VipOptions::default());
     assert_eq!(f.dp.table(&key).unwrap(), only_two);
     for sport in 2000..2100 {
         let frame = frames::flow_frame(
@@ -519,12 +719,12 @@ fn table_switch_takes_effect_and_reads_back() {
         assert_eq!((verdict, &out[..6]), (XDP_TX, &f.backends[2].mac[..]));
     }
     // And back again, through the other row.
-    f.dp.set_vip(key, 0, &first, true).unwrap();
+    f.install(key, 0, &first, VipOptions::default());
     assert_eq!(f.dp.table(&key).unwrap(), first);
     // A backend entry invalidated under a table drops rather than sending to a zero MAC.
-    f.dp.set_backend(0, None, false).unwrap();
-    f.dp.set_backend(1, None, false).unwrap();
-    f.dp.set_backend(2, None, false).unwrap();
+    f.dp.set_backend(0, None, false, None).unwrap();
+    f.dp.set_backend(1, None, false, None).unwrap();
+    f.dp.set_backend(2, None, false, None).unwrap();
     let (verdict, _) = run(f.dp.program(), &v4(TCP, VIP4, 80), LO);
     assert_eq!(verdict, XDP_DROP);
 }
@@ -532,11 +732,16 @@ fn table_switch_takes_effect_and_reads_back() {
 #[test]
 fn unconfigured_interface_passes_everything() {
     let mut dp = Datapath::load(&options(2, 2, 251, Duration::from_secs(300))).unwrap();
-    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])), true)
+    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])), true, None)
         .unwrap();
     let table = vec![0u32; 251];
-    dp.set_vip(vip_key(VIP4.into(), 80, Protocol::Tcp), 0, &table, true)
-        .unwrap();
+    dp.set_vip(
+        &vip(VIP4, 80, Protocol::Tcp, 0),
+        0,
+        &table,
+        VipOptions::default(),
+    )
+    .unwrap();
     // No IFACES entry for lo: the program must not guess a MAC; it passes.
     let frame = v4(TCP, VIP4, 80);
     let (verdict, out) = run(dp.program(), &frame, LO);
@@ -579,13 +784,13 @@ fn backend_of(f: &Fixture, frame: &[u8]) -> Option<usize> {
 #[test]
 fn established_flows_stay_while_their_backend_keeps_them() {
     let mut f = Fixture::new();
-    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
     let on_one = flows_on(&f, 1, 20);
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
     }
     // Backend 1 drains: out of the table, still keeping flows.
-    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), true).unwrap();
+    f.install(key, 0, &f.table(&[1, 0, 1]), VipOptions::default());
     for &p in &on_one {
         assert_eq!(
             backend_of(&f, &flow(p)),
@@ -602,7 +807,7 @@ fn established_flows_stay_while_their_backend_keeps_them() {
     }
     // Backend 1 fails: it no longer keeps flows; they go where the table says now, and the
     // flow entry follows.
-    f.dp.set_backend(1, Some(MacAddr(f.backends[1].mac)), false)
+    f.dp.set_backend(1, Some(MacAddr(f.backends[1].mac)), false, None)
         .unwrap();
     let now_table = f.table(&[1, 0, 1]);
     for &p in &on_one {
@@ -620,12 +825,12 @@ fn established_flows_stay_while_their_backend_keeps_them() {
 #[test]
 fn idle_flows_are_forgotten() {
     let mut f = Fixture::with_idle(Duration::from_millis(200));
-    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
     let on_one = flows_on(&f, 1, 5);
     for &p in &on_one {
         backend_of(&f, &flow(p));
     }
-    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), true).unwrap();
+    f.install(key, 0, &f.table(&[1, 0, 1]), VipOptions::default());
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
     }
@@ -642,15 +847,31 @@ fn idle_flows_are_forgotten() {
 #[test]
 fn untracked_vip_follows_the_table_alone() {
     let mut f = Fixture::new();
-    let key = vip_key(VIP4.into(), 80, Protocol::Tcp);
-    f.dp.set_vip(key, 0, &f.expected.clone(), false).unwrap();
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
+    f.install(
+        key,
+        0,
+        &f.expected.clone(),
+        VipOptions {
+            conntrack: false,
+            ..VipOptions::default()
+        },
+    );
     let on_one = flows_on(&f, 1, 10);
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
         let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
         assert_eq!(f.dp.flow(&k), None, "untracked VIP created a flow entry");
     }
-    f.dp.set_vip(key, 0, &f.table(&[1, 0, 1]), false).unwrap();
+    f.install(
+        key,
+        0,
+        &f.table(&[1, 0, 1]),
+        VipOptions {
+            conntrack: false,
+            ..VipOptions::default()
+        },
+    );
     for &p in &on_one {
         assert_ne!(backend_of(&f, &flow(p)), Some(1));
     }
@@ -671,4 +892,96 @@ fn new_flows_are_counted_once() {
         .map(|id| f.dp.backend_totals(id).unwrap().flows)
         .sum();
     assert_eq!(per_backend, 10);
+}
+
+#[test]
+fn source_affinity_keeps_a_client_on_one_backend() {
+    let f = Fixture::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut clients = std::collections::HashSet::new();
+    for c in 1..60u8 {
+        let client = Ipv4Addr::new(198, 18, 3, c);
+        let mut mine = std::collections::HashSet::new();
+        for sport in [1000u16, 2000, 30000, 40000, 65000] {
+            let frame = frames::flow_frame(
+                LB_MAC,
+                CLIENT_MAC,
+                client.into(),
+                sport,
+                VIP4_AFFINITY.into(),
+                80,
+                TCP,
+            );
+            let (verdict, out) = run(f.dp.program(), &frame, LO);
+            assert_eq!(verdict, XDP_TX);
+            mine.insert(out[..6].to_vec());
+        }
+        assert_eq!(
+            mine.len(),
+            1,
+            "client {client} spread over {} backends",
+            mine.len()
+        );
+        seen.extend(mine);
+        clients.insert(client);
+    }
+    assert_eq!(seen.len(), 3, "59 clients should reach all three backends");
+}
+
+#[test]
+fn icmp_errors_follow_flows_without_creating_them() {
+    let f = Fixture::new();
+    // The flow exists: the ICMP goes where its packets went.
+    let frame = frames::flow_frame(
+        LB_MAC,
+        CLIENT_MAC,
+        CLIENT4.into(),
+        40555,
+        VIP4.into(),
+        80,
+        TCP,
+    );
+    let (_, out) = run(f.dp.program(), &frame, LO);
+    let (verdict, icmp_out) = run(f.dp.program(), &icmp4_too_big(VIP4, 80, CLIENT4, 40555), LO);
+    assert_eq!((verdict, &icmp_out[..6]), (XDP_TX, &out[..6]));
+    // No flow: the ICMP is placed by the table and leaves no flow entry behind.
+    let (verdict, _) = run(f.dp.program(), &icmp4_too_big(VIP4, 80, CLIENT4, 40556), LO);
+    assert_eq!(verdict, XDP_TX);
+    let k = FlowKey::new(CLIENT4.into(), 40556, VIP4.into(), 80, TCP);
+    assert_eq!(f.dp.flow(&k), None);
+    assert_eq!(f.dp.vip_totals(0).unwrap().flows, 1);
+}
+
+#[test]
+fn backends_behind_another_interface_are_redirected() {
+    let mut f = Fixture::new();
+    // Backend 1 sits behind interface 1 (lo here; a real deployment's eth1), TX port 3.
+    let egress_mac = MacAddr([0x02, 0xee, 0, 0, 0, 0x01]);
+    f.dp.set_tx_port(3, LO).unwrap();
+    f.dp.set_backend(
+        1,
+        Some(MacAddr(f.backends[1].mac)),
+        true,
+        Some(Egress {
+            port: 3,
+            src_mac: egress_mac,
+        }),
+    )
+    .unwrap();
+    let on_one = flows_on(&f, 1, 5);
+    for p in on_one {
+        let frame = flow(p);
+        let (verdict, out) = run(f.dp.program(), &frame, LO);
+        assert_eq!(verdict_name(verdict), "REDIRECT", "flow {p}");
+        assert_eq!(out[..6], f.backends[1].mac);
+        assert_eq!(
+            out[6..12],
+            egress_mac.0,
+            "source MAC must be the egress interface's"
+        );
+        assert_eq!(out[12..], frame[12..]);
+    }
+    // Backends on the receiving interface still go out with XDP_TX.
+    let p = flows_on(&f, 0, 1)[0];
+    assert_eq!(run(f.dp.program(), &flow(p), LO).0, XDP_TX);
 }

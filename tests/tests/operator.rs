@@ -254,7 +254,7 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
     assert!(
         sample(
             &text,
-            "dsr_verdict_packets_total{reason=\"forwarded\",verdict=\"tx\"}"
+            "dsr_verdict_packets_total{reason=\"forwarded\",verdict=\"forward\"}"
         ) >= 40.0
     );
     assert!(get(&lab, "/").starts_with("HTTP/1.1 404"));
