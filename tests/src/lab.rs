@@ -199,10 +199,17 @@ fn start_service(ns: &str, name: &str) -> Result<Threads> {
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         ready.send(Ok(())).unwrap();
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(udp_name.as_bytes(), peer);
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                // Small requests get the name; big ones the name and the size that arrived
+                // (so a reassembled datagram is visible).
+                let answer = if n > 1000 {
+                    format!("{udp_name} {n}")
+                } else {
+                    udp_name.clone()
+                };
+                let _ = sock.send_to(answer.as_bytes(), peer);
             }
         }
     });
@@ -233,6 +240,23 @@ fn serve_tcp(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
                     name.len()
                 );
                 let _ = conn.write_all(reply.as_bytes());
+                return;
+            }
+            Ok(n) if buf.starts_with(b"big ") => {
+                let size: usize = String::from_utf8_lossy(&buf[4..n])
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                let chunk = vec![b'd'; 16384];
+                let mut left = size.min(10 << 20);
+                conn.set_write_timeout(Some(Duration::from_secs(10))).ok();
+                while left > 0 && !stop.load(Ordering::Relaxed) {
+                    let k = left.min(chunk.len());
+                    if conn.write_all(&chunk[..k]).is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
                 return;
             }
             Ok(n) => {
@@ -397,8 +421,28 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// Variations of the topology.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// The client sits behind a router (own subnet 198.19.0.0/24) whose link towards it has
+    /// this MTU, smaller than the rest: replies larger than that need path-MTU discovery.
+    pub routed_client_mtu: Option<u32>,
+    /// The last this-many backends sit on a second segment (bridge br1, 198.18.1.0/24),
+    /// reached by the load balancer through its second interface (eth1); a router joins the
+    /// two segments for their direct replies.
+    pub second_segment: usize,
+}
+
+pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const LB_MAC2: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
+
 pub struct Lab {
     pub tag: String,
+    pub opts: Options,
+    /// The client's address (CLIENT_IP, or ROUTED_CLIENT_IP behind a router).
+    pub client_ip: Ipv4Addr,
+    pub router_ns: String,
     pub switch_ns: String,
     pub client_ns: String,
     pub lb_ns: String,
@@ -414,13 +458,21 @@ pub struct Lab {
     config_text: Option<String>,
     /// Keeps the XDP_PASS program on the switch-side peer of the LB's veth attached.
     _peer_xdp: Option<Ebpf>,
+    /// The same for the LB's second interface.
+    _peer_xdp2: Option<Ebpf>,
 }
 
 impl Lab {
     /// Builds the topology with one backend per weight. Panics, after cleaning up, if the
     /// host lacks what the lab needs.
     pub fn new(tag: &str, weights: &[u32]) -> Lab {
+        Lab::with(tag, weights, Options::default())
+    }
+
+    /// Builds the topology with one backend per weight, varied by `opts`.
+    pub fn with(tag: &str, weights: &[u32], opts: Options) -> Lab {
         let tag = format!("{tag}-{}", std::process::id());
+        let first_remote = weights.len() - opts.second_segment.min(weights.len());
         let dir = std::env::temp_dir().join(format!("dsr-lab-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("lab temp dir");
@@ -433,13 +485,24 @@ impl Lab {
                 .enumerate()
                 .map(|(i, &weight)| Backend {
                     ns: format!("{tag}-b{}", i + 1),
-                    ip: backend_ip(i),
+                    ip: if i >= first_remote {
+                        Ipv4Addr::new(198, 18, 1, 11 + i as u8)
+                    } else {
+                        backend_ip(i)
+                    },
                     mac: backend_mac(i),
                     name: backend_name(i),
                     weight,
                 })
                 .collect(),
+            router_ns: format!("{tag}-rtr"),
             tag,
+            opts,
+            client_ip: if opts.routed_client_mtu.is_some() {
+                ROUTED_CLIENT_IP
+            } else {
+                CLIENT_IP
+            },
             dir,
             services: Vec::new(),
             health: Vec::new(),
@@ -448,6 +511,7 @@ impl Lab {
             dsr: None,
             config_text: None,
             _peer_xdp: None,
+            _peer_xdp2: None,
         };
         if let Err(e) = lab.build() {
             panic!("building the lab {}: {e:#}", lab.tag);
@@ -461,6 +525,9 @@ impl Lab {
             self.client_ns.clone(),
             self.lb_ns.clone(),
         ];
+        if self.opts.routed_client_mtu.is_some() || self.opts.second_segment > 0 {
+            v.push(self.router_ns.clone());
+        }
         v.extend(self.backends.iter().map(|b| b.ns.clone()));
         v.extend(self.extra_ns.iter().cloned());
         v
@@ -486,16 +553,155 @@ impl Lab {
         sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
 
         let client = self.client_ns.clone();
-        self.plug(&client, "port-client", CLIENT_MAC, CLIENT_IP)?;
         let lb = self.lb_ns.clone();
         self.plug(&lb, "port-lb", LB_MAC, LB_IP)?;
+        let first_remote = self.backends.len() - self.opts.second_segment.min(self.backends.len());
+        if self.opts.second_segment > 0 {
+            sh(&["ip", "-n", &sw, "link", "add", "br1", "type", "bridge"])?;
+            sh(&["ip", "-n", &sw, "link", "set", "br1", "up"])?;
+            self.plug_into(
+                "br1",
+                &lb,
+                "eth1",
+                "port-lb1",
+                LB_MAC2,
+                Ipv4Addr::new(198, 18, 1, 2),
+            )?;
+            // XDP_REDIRECT into eth1 is delivered only if its peer runs XDP (PLATFORM.md #1).
+            self._peer_xdp2 = Some(attach_xdp_pass(&sw, "port-lb1")?);
+        }
+        let router = self.router_ns.clone();
+        if self.opts.routed_client_mtu.is_some() || self.opts.second_segment > 0 {
+            self.plug(&router, "port-rtr", [0x02, 0, 0, 0, 0, 0xfe], ROUTER_IP)?;
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ] {
+                write_sysctl(&router, k, v)?;
+            }
+        }
+        match self.opts.routed_client_mtu {
+            None => self.plug(&client, "port-client", CLIENT_MAC, CLIENT_IP)?,
+            Some(mtu) => {
+                // client eth0 (MTU 1500) <-> router eth1 (MTU `mtu`): the client advertises
+                // an MSS for 1500 bytes, the router cannot forward that much towards it.
+                sh(&[
+                    "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name",
+                    IFACE, "netns", &client,
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &client,
+                    "link",
+                    "set",
+                    IFACE,
+                    "address",
+                    &mac_str(CLIENT_MAC),
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &client,
+                    "addr",
+                    "add",
+                    &format!("{ROUTED_CLIENT_IP}/24"),
+                    "dev",
+                    IFACE,
+                ])?;
+                sh(&["ip", "-n", &client, "link", "set", IFACE, "up"])?;
+                sh(&["ip", "-n", &client, "link", "set", "lo", "up"])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &client,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "198.19.0.254",
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "link",
+                    "set",
+                    "eth1",
+                    "mtu",
+                    &mtu.to_string(),
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "addr",
+                    "add",
+                    "198.19.0.254/24",
+                    "dev",
+                    "eth1",
+                ])?;
+                sh(&["ip", "-n", &router, "link", "set", "eth1", "up"])?;
+                write_sysctl(&router, "net.ipv4.conf.eth1.rp_filter", "0")?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &lb,
+                    "route",
+                    "add",
+                    "198.19.0.0/24",
+                    "via",
+                    &ROUTER_IP.to_string(),
+                ])?;
+            }
+        }
+        if self.opts.second_segment > 0 {
+            self.plug_into(
+                "br1",
+                &router,
+                "eth2",
+                "port-rtr1",
+                [0x02, 0, 0, 0, 1, 0xfe],
+                Ipv4Addr::new(198, 18, 1, 253),
+            )?;
+            write_sysctl(&router, "net.ipv4.conf.eth2.rp_filter", "0")?;
+        }
         let backends: Vec<(String, [u8; 6], Ipv4Addr, String)> = self
             .backends
             .iter()
             .map(|b| (b.ns.clone(), b.mac, b.ip, b.name.clone()))
             .collect();
         for (i, (ns, mac, ip, name)) in backends.into_iter().enumerate() {
-            self.plug(&ns, &format!("port-b{}", i + 1), mac, ip)?;
+            if i >= first_remote {
+                self.plug_into("br1", &ns, IFACE, &format!("port-b{}", i + 1), mac, ip)?;
+                // Direct replies leave through the router joining the segments.
+                sh(&[
+                    "ip",
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "198.18.1.253",
+                ])?;
+            } else {
+                self.plug(&ns, &format!("port-b{}", i + 1), mac, ip)?;
+                if self.opts.routed_client_mtu.is_some() {
+                    sh(&[
+                        "ip",
+                        "-n",
+                        &ns,
+                        "route",
+                        "add",
+                        "198.19.0.0/24",
+                        "via",
+                        &ROUTER_IP.to_string(),
+                    ])?;
+                }
+            }
             // The VIP on lo, and no ARP answers for it: the LB must get the VIP's traffic.
             // Done by `dsr realserver setup`, so every lab test also proves that it works.
             let record = self.dir.join(format!("realserver-b{}.json", i + 1));
@@ -539,18 +745,32 @@ impl Lab {
 
     /// Creates a veth from the switch's bridge into `ns` as eth0 with `mac` and `ip`.
     fn plug(&self, ns: &str, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+        self.plug_into("br0", ns, IFACE, port, mac, ip)
+    }
+
+    /// Creates a veth from the switch's `bridge` into `ns` as `ifname` with `mac` and `ip`/24.
+    fn plug_into(
+        &self,
+        bridge: &str,
+        ns: &str,
+        ifname: &str,
+        port: &str,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+    ) -> Result<()> {
         let sw = &self.switch_ns;
         sh(&[
-            "ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", IFACE, "netns", ns,
+            "ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns",
+            ns,
         ])?;
-        sh(&["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", sw, "link", "set", port, "master", bridge, "up"])?;
         sh(&[
             "ip",
             "-n",
             ns,
             "link",
             "set",
-            IFACE,
+            ifname,
             "address",
             &mac_str(mac),
         ])?;
@@ -562,9 +782,9 @@ impl Lab {
             "add",
             &format!("{ip}/{SUBNET_PREFIX}"),
             "dev",
-            IFACE,
+            ifname,
         ])?;
-        sh(&["ip", "-n", ns, "link", "set", IFACE, "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
@@ -827,8 +1047,9 @@ impl Lab {
     /// One TCP exchange with the VIP from the client, from source port `sport` (0 = any):
     /// sends `requests` lines on one connection, returns the answers.
     pub fn tcp_request(&self, sport: u16, requests: usize) -> Result<Vec<String>> {
+        let client = self.client_ip;
         in_netns(&self.client_ns, move || -> Result<Vec<String>> {
-            let stream = connect_from(sport)?;
+            let stream = connect_from(client, sport)?;
             let mut stream = stream;
             let mut answers = Vec::new();
             let mut pending = String::new();
@@ -850,9 +1071,56 @@ impl Lab {
         })
     }
 
+    /// Asks the VIP over TCP for `size` bytes ("big N" request) and returns how many arrived
+    /// before the server closed; fails if the transfer stalls for `IO_TIMEOUT`.
+    pub fn tcp_download(&self, sport: u16, size: usize) -> Result<usize> {
+        let client = self.client_ip;
+        in_netns(&self.client_ns, move || -> Result<usize> {
+            let mut stream = connect_from(client, sport)?;
+            stream.write_all(format!("big {size}\n").as_bytes())?;
+            let mut got = 0;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => return Ok(got),
+                    Ok(n) => got += n,
+                    Err(e) => bail!("transfer stalled after {got} of {size} bytes: {e}"),
+                }
+            }
+        })
+    }
+
+    /// One UDP datagram of `size` bytes to the VIP from `sport`, fragmented by the client's
+    /// kernel if larger than the MTU; returns the answer ("<name> <bytes received>").
+    pub fn udp_big_request(&self, sport: u16, size: usize) -> Result<String> {
+        let client = self.client_ip;
+        in_netns(&self.client_ns, move || -> Result<String> {
+            let sock = UdpSocket::bind((client, sport)).context("bind client socket")?;
+            // Let the kernel fragment instead of refusing (EMSGSIZE) a datagram over the MTU.
+            let dont: i32 = libc::IP_PMTUDISC_DONT;
+            // SAFETY: setting an int socket option on a socket we own.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&dont as *const i32).cast(),
+                    4,
+                )
+            };
+            sock.connect((VIP, UDP_PORT))?;
+            sock.set_read_timeout(Some(IO_TIMEOUT))?;
+            sock.send(&vec![b'x'; size])?;
+            let mut buf = [0u8; 256];
+            let n = sock.recv(&mut buf).context("no UDP answer")?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    }
+
     /// Opens a TCP connection to the VIP from `sport` and keeps it for more requests.
     pub fn tcp_connect(&self, sport: u16) -> Result<Conn> {
-        let stream = in_netns(&self.client_ns, move || connect_from(sport))?;
+        let client = self.client_ip;
+        let stream = in_netns(&self.client_ns, move || connect_from(client, sport))?;
         Ok(Conn {
             stream,
             pending: String::new(),
@@ -870,14 +1138,16 @@ impl Lab {
     /// One UDP request per source port, from one thread in the client namespace; each
     /// result is who answered (or the error).
     pub fn udp_requests(&self, sports: Vec<u16>) -> Vec<Result<String>> {
+        let client = self.client_ip;
         in_netns(&self.client_ns, move || {
-            sports.into_iter().map(udp_once).collect()
+            sports.into_iter().map(|p| udp_once(client, p)).collect()
         })
     }
 
     /// One UDP datagram to the VIP from `sport`; returns who answered.
     pub fn udp_request(&self, sport: u16) -> Result<String> {
-        in_netns(&self.client_ns, move || udp_once(sport))
+        let client = self.client_ip;
+        in_netns(&self.client_ns, move || udp_once(client, sport))
     }
 
     /// Index of the backend that dsr must pick for a new flow from the client's `sport` to
@@ -902,7 +1172,7 @@ impl Lab {
             .collect();
         let table = maglev::build(&entries, DEFAULT_TABLE_SIZE);
         let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
-        let key = FlowKey::new(CLIENT_IP.into(), sport, VIP.into(), dport, proto);
+        let key = FlowKey::new(self.client_ip.into(), sport, VIP.into(), dport, proto);
         table[(flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32) as usize] as usize
     }
 
@@ -937,8 +1207,8 @@ impl Conn {
 }
 
 /// One UDP datagram to the VIP from `sport` (in the calling thread's namespace).
-fn udp_once(sport: u16) -> Result<String> {
-    let sock = UdpSocket::bind((CLIENT_IP, sport)).context("bind client socket")?;
+fn udp_once(client: Ipv4Addr, sport: u16) -> Result<String> {
+    let sock = UdpSocket::bind((client, sport)).context("bind client socket")?;
     sock.connect((VIP, UDP_PORT))?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
     sock.send(b"who are you?")?;
@@ -947,7 +1217,7 @@ fn udp_once(sport: u16) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-fn connect_from(sport: u16) -> Result<TcpStream> {
+fn connect_from(client: Ipv4Addr, sport: u16) -> Result<TcpStream> {
     // SAFETY: a socket we own, configured and connected with plain syscalls.
     let stream = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -967,7 +1237,7 @@ fn connect_from(sport: u16) -> Result<TcpStream> {
             sin_family: libc::AF_INET as u16,
             sin_port: sport.to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(CLIENT_IP.octets()),
+                s_addr: u32::from_ne_bytes(client.octets()),
             },
             sin_zero: [0; 8],
         };
@@ -977,10 +1247,7 @@ fn connect_from(sport: u16) -> Result<TcpStream> {
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         ) != 0
         {
-            bail!(
-                "bind {CLIENT_IP}:{sport}: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("bind {client}:{sport}: {}", std::io::Error::last_os_error());
         }
         stream
     };
@@ -1072,6 +1339,7 @@ impl Drop for Lab {
         self.health.clear();
         self.moved.clear();
         self._peer_xdp = None;
+        self._peer_xdp2 = None;
         for ns in self.namespaces() {
             let _ = sh(&["ip", "netns", "del", &ns]);
         }

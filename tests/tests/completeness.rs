@@ -1,0 +1,132 @@
+//! Data-path completeness with real traffic: fragmented datagrams, path-MTU discovery
+//! through dsr, and backends behind the load balancer's second interface.
+
+use dsr_lab::lab::{Lab, Options, UDP_PORT, VIP};
+
+fn reason(lab: &Lab, name: &str) -> u64 {
+    lab.status()
+        .reasons
+        .iter()
+        .find(|r| r.reason == name)
+        .map_or(0, |r| r.packets)
+}
+
+fn udp_vip(lab: &Lab, extra: &str) -> String {
+    let mut c = lab.header();
+    c += &format!(
+        "\n[[vip]]\nname = \"udp\"\naddress = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n{extra}\n"
+    );
+    for b in &lab.backends {
+        c += &format!("  [[vip.backend]]\n  address = \"{}\"\n", b.ip);
+    }
+    c +=
+        &format!("\n[[vip]]\nname = \"tcp\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n");
+    for b in &lab.backends {
+        c += &format!("  [[vip.backend]]\n  address = \"{}\"\n", b.ip);
+    }
+    c
+}
+
+/// A UDP datagram the client's kernel splits into fragments reaches one backend whole (its
+/// server sees all 4000 bytes); without `fragments = true` the fragments are not forwarded.
+#[test]
+fn fragmented_datagrams_reach_one_backend() {
+    let mut lab = Lab::new("frag", &[1, 1, 1]);
+    let config = udp_vip(&lab, "fragments = true");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = reason(&lab, "forwarded_fragment");
+    let mut who = std::collections::HashSet::new();
+    for sport in 33000..33010u16 {
+        let answer = lab.udp_big_request(sport, 4000).unwrap_or_else(|e| {
+            panic!("fragmented datagram from {sport}: {e:#}\n{}", lab.dsr_log())
+        });
+        let (name, size) = answer.split_once(' ').expect("name and size");
+        assert_eq!(size, "4000", "the backend did not get the whole datagram");
+        who.insert(name.to_owned());
+    }
+    // The VIP hashes on addresses only: one client, one backend.
+    assert_eq!(who.len(), 1, "one client's datagrams spread over {who:?}");
+    // 4000 bytes over a 1500-byte MTU: three fragments each.
+    assert!(
+        reason(&lab, "forwarded_fragment") >= before + 30,
+        "fragments not counted"
+    );
+    // Small datagrams of that VIP still work and go to the same backend.
+    assert!(who.contains(&lab.udp_request(33100).unwrap()));
+
+    // The same datagram to a VIP that does not accept fragments is not forwarded.
+    lab.stop_dsr();
+    let (ok, out) = lab.dsr(&["stop"]);
+    assert!(ok, "{out}");
+    let config = udp_vip(&lab, "");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = reason(&lab, "fragment");
+    assert!(
+        lab.udp_big_request(33200, 4000).is_err(),
+        "fragments forwarded without fragments = true"
+    );
+    assert!(reason(&lab, "fragment") >= before + 3);
+    assert!(lab.udp_request(33201).is_ok());
+}
+
+/// A backend's large answer crosses a link with a smaller MTU: the router's "fragmentation
+/// needed" goes to the VIP, dsr hands it to the backend, which lowers its path MTU and the
+/// transfer completes.
+#[test]
+fn path_mtu_discovery_works_through_dsr() {
+    let mut lab = Lab::with(
+        "pmtu",
+        &[1, 1],
+        Options {
+            routed_client_mtu: Some(1400),
+            ..Options::default()
+        },
+    );
+    let config = udp_vip(&lab, "");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for sport in [34000u16, 34001, 34002] {
+        let got = lab
+            .tcp_download(sport, 300_000)
+            .unwrap_or_else(|e| panic!("download from {sport}: {e:#}\n{}", lab.dsr_log()));
+        assert_eq!(got, 300_000);
+    }
+    assert!(
+        reason(&lab, "forwarded_icmp") >= 1,
+        "no ICMP reached a backend through dsr"
+    );
+}
+
+/// Backends behind the load balancer's second interface get their frames by XDP_REDIRECT
+/// (source MAC = that interface's), found through the routing table.
+#[test]
+fn backends_behind_a_second_interface() {
+    let mut lab = Lab::with(
+        "redir",
+        &[1, 1],
+        Options {
+            second_segment: 1,
+            ..Options::default()
+        },
+    );
+    let config = udp_vip(&lab, "");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let answers = lab.udp_requests((35000..35100).collect());
+    let mut count = [0usize; 2];
+    for (i, a) in answers.iter().enumerate() {
+        let who = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("flow {i}: {e:#}\n{}", lab.dsr_log()));
+        count[lab.index_of(who)] += 1;
+    }
+    assert!(count[1] > 20, "the backend behind eth1 answered {count:?}");
+    for sport in 35200..35220u16 {
+        lab.tcp_request(sport, 3)
+            .unwrap_or_else(|e| panic!("TCP {sport}: {e:#}"));
+    }
+    let log = lab.dsr_log();
+    assert!(log.contains("is reached through interface"), "{log}");
+}
