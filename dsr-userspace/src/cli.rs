@@ -123,11 +123,13 @@ pub fn render_status(s: &Status) -> String {
             });
         let _ = writeln!(
             out,
-            "\nVIP {}{} {}  {}  conntrack {}  now {}  total {}",
+            "\nVIP {}{} {}  {}  hash {}{}  conntrack {}  now {}  total {}",
             v.name,
             if v.runtime { " *" } else { "" },
             v.addr,
             serving,
+            v.hash,
+            if v.fragments { "  fragments" } else { "" },
             if v.conntrack { "on" } else { "off" },
             rates(&v.traffic),
             totals(&v.traffic)
@@ -170,7 +172,11 @@ pub fn render_status(s: &Status) -> String {
                 ),
                 if b.in_table { "yes" } else { "no" }.into(),
                 if b.keeps_flows { "yes" } else { "no" }.into(),
-                b.mac.map_or("unresolved".into(), |m| m.to_string()),
+                match (&b.mac, b.via.is_empty()) {
+                    (None, _) => "unresolved".into(),
+                    (Some(m), true) => m.to_string(),
+                    (Some(m), false) => format!("{m} via {}", b.via),
+                },
                 rates(&b.traffic),
                 totals(&b.traffic),
             ]);

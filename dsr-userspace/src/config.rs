@@ -880,6 +880,85 @@ fall = 3
     }
 
     #[test]
+    fn all_ports_vlan_fragments_and_hash() {
+        let text = r#"
+interface = "eth0"
+[[vip]]
+address = "198.18.0.100"
+all_ports = true
+protocol = "tcp"
+vlan = 100
+hash = "source"
+[[vip]]
+address = "198.18.0.100"
+port = 53
+protocol = "udp"
+fragments = true
+  [[vip.backend]]
+  address = "198.18.1.11"
+  interface = "eth1"
+[[vip]]
+address = "198.18.0.100"
+port = 54
+protocol = "udp"
+hash = ["src_addr", "dst_port"]
+"#;
+        let m = parse(text, Path::new("x")).unwrap();
+        assert_eq!((m.vips[0].addr.port, m.vips[0].addr.vlan), (0, 100));
+        assert_eq!(m.vips[0].hash_fields, dsr_common::HASH_SRC_ADDR);
+        assert_eq!(m.vips[0].name, "198.18.0.100:*/tcp@vlan100");
+        assert!(m.vips[1].fragments);
+        assert_eq!(
+            m.vips[1].hash_fields & dsr_common::HASH_PORTS,
+            0,
+            "fragments imply no ports"
+        );
+        assert_eq!(m.vips[1].backends[0].interface.as_deref(), Some("eth1"));
+        assert_eq!(
+            m.vips[2].hash_fields,
+            dsr_common::HASH_SRC_ADDR | dsr_common::HASH_DST_PORT
+        );
+    }
+
+    #[test]
+    fn refuses_ambiguous_fragment_owners_and_bad_hashes() {
+        let two = "interface = \"eth0\"\n[[vip]]\naddress = \"198.18.0.1\"\nport = 53\nprotocol = \"udp\"\nfragments = true\n[[vip]]\naddress = \"198.18.0.1\"\nport = 54\nprotocol = \"udp\"\nfragments = true\n";
+        let e = parse_err(two);
+        assert!(e.message.contains("only one VIP per address"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+        // An all-ports VIP takes the fragments: a port VIP cannot also claim them.
+        let all =
+            two.replace("port = 53", "all_ports = true")
+                .replacen("fragments = true\n", "", 1);
+        assert!(parse_err(&all).message.contains("only one VIP per address"));
+        // But on another VLAN it may.
+        let vlan = two.replace("port = 54", "port = 54\nvlan = 7");
+        parse(&vlan, Path::new("x")).unwrap();
+        let e = parse_err(&two.replacen(
+            "fragments = true",
+            "fragments = true\nhash = \"5-tuple\"",
+            1,
+        ));
+        assert!(e.message.contains("cannot hash on ports"), "{e}");
+        let e = parse_err(&two.replacen("fragments = true", "hash = [\"dst_addr\"]", 1));
+        assert!(e.message.contains("source address or port"), "{e}");
+        let e = parse_err(&two.replacen("fragments = true", "hash = [\"mac\"]", 1));
+        assert!(e.message.contains("\"mac\""), "{e}");
+        let e = parse_err(&two.replacen("port = 53", "port = 53\nall_ports = true", 1));
+        assert!(e.message.contains("no port"), "{e}");
+        let e = parse_err(&two.replacen("port = 53", "port = 53\nvlan = 4095", 1));
+        assert!(e.message.contains("vlan 4095"), "{e}");
+        let checked = "interface = \"eth0\"\n[[vip]]\naddress = \"198.18.0.1\"\nall_ports = true\nprotocol = \"tcp\"\n[vip.check]\ntype = \"tcp\"\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
+        let e = parse_err(checked);
+        assert!(e.message.contains("set the check's port"), "{e}");
+        parse(
+            &checked.replace("type = \"tcp\"", "type = \"tcp\"\nport = 22"),
+            Path::new("x"),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn xdp_mode_is_selectable() {
         let m = parse(&format!("xdp_mode = \"skb\"\n{GOOD}"), Path::new("x")).unwrap();
         assert_eq!(m.xdp_mode, XdpAttachMode::Skb);

@@ -131,6 +131,11 @@ pub struct VipStatus {
     pub name: String,
     pub addr: VipAddr,
     pub conntrack: bool,
+    #[serde(default)]
+    pub fragments: bool,
+    /// Flow fields the VIP hashes on ("5-tuple", "source", "src_addr+dst_addr+proto", ...).
+    #[serde(default)]
+    pub hash: String,
     /// Which role gets new flows; `None` = no usable backend (packets dropped).
     pub serving: Option<Role>,
     /// Not in the config file (added at run time) or changed at run time.
@@ -144,6 +149,9 @@ pub struct BackendStatus {
     pub address: IpAddr,
     pub role: Role,
     pub mac: Option<MacAddr>,
+    /// How frames reach it: "" for the receiving interface, else "ifindex N (TX port P)".
+    #[serde(default)]
+    pub via: String,
     /// "up", "down", or "up (unchecked)" before the first result.
     pub health: String,
     pub since_unix_ms: u64,

@@ -905,6 +905,8 @@ impl Daemon {
                 name: vip.spec.name.clone(),
                 addr: vip.spec.addr,
                 conntrack: vip.spec.conntrack,
+                fragments: vip.spec.fragments,
+                hash: crate::model::hash_fields_name(vip.spec.hash_fields),
                 serving,
                 runtime: from_config.is_none(),
                 traffic: self.rates.traffic(true, vip.id, vt),
@@ -1032,6 +1034,10 @@ fn backend_status(
         address: b.spec.address,
         role: b.spec.role,
         mac: b.mac,
+        via: match b.egress {
+            Some((port, _)) => format!("ifindex {} (TX port {port})", b.ifindex),
+            None => String::new(),
+        },
         health: match (b.health.up, b.health.unchecked) {
             (true, true) if b.spec.check.kind == CheckKind::None => "up".into(),
             (true, true) => "up (unchecked)".into(),
@@ -1105,6 +1111,8 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
             name: vip.spec.name.clone(),
             addr: vip.spec.addr,
             conntrack: vip.spec.conntrack,
+            fragments: vip.spec.fragments,
+            hash: crate::model::hash_fields_name(vip.spec.hash_fields),
             serving,
             runtime: !model.vips.iter().any(|c| c.addr == vip.spec.addr),
             traffic: Rates::default().traffic(true, vip.id, vt),

@@ -136,11 +136,15 @@ impl Ids {
     }
 }
 
+/// A backend as BACKENDS holds it: MAC, whether it keeps flows, and the egress (TX port,
+/// source MAC) when it sits behind another interface.
+pub type BackendEntry = (Option<MacAddr>, bool, Option<(u32, MacAddr)>);
+
 /// What the data path should hold: every backend entry and every VIP table input.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Desired {
-    /// Backend id -> (MAC, keeps flows, egress (TX port, source MAC) if redirected).
-    pub backends: std::collections::BTreeMap<u32, (Option<MacAddr>, bool, Option<(u32, MacAddr)>)>,
+    /// Backend id -> what BACKENDS holds for it.
+    pub backends: std::collections::BTreeMap<u32, BackendEntry>,
     /// VIP -> (VIP id, table entries sorted by id, options).
     pub vips: std::collections::BTreeMap<VipAddr, (u32, Vec<maglev::Entry>, VipOptions)>,
 }
