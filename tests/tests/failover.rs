@@ -36,7 +36,7 @@ fn config(lab: &Lab, check: &str, extra: &[&str]) -> String {
 /// service still answers, so that where traffic goes stays observable).
 fn health_check(fall: u32) -> String {
     format!(
-        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = {fall}"
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = {fall}"
     )
 }
 
@@ -72,7 +72,7 @@ fn wait_health(lab: &Lab, vip: &str, i: usize, want: &str) -> Duration {
 fn failed_backend_only_its_flows_move() {
     // A TCP check on the service port itself: killing the server fails it.
     let check =
-        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2";
+        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2";
     let mut lab = started("fail", &[1, 1, 1], check, &[]);
     for i in 0..3 {
         wait_health(&lab, "udp", i, "up");
@@ -124,7 +124,7 @@ fn inhibit_on_failure_keeps_established_flows() {
     let mut lab = started(
         "inhibit",
         &[1, 1, 1],
-        &health_check(1),
+        &health_check(2),
         &["", "  inhibit_on_failure = true", ""],
     );
     for i in 0..3 {
@@ -221,9 +221,9 @@ fn backups_sorry_and_drop() {
         "",
         "  backup = true",
         // A sorry server is checked only with a check of its own.
-        &format!("  sorry = true\n  [vip.backend.check]\n{}", health_check(1)),
+        &format!("  sorry = true\n  [vip.backend.check]\n{}", health_check(2)),
     ];
-    let mut lab = started("roles", &[1, 1, 1], &health_check(1), &extra);
+    let mut lab = started("roles", &[1, 1, 1], &health_check(2), &extra);
     for i in 0..3 {
         wait_health(&lab, "udp", i, "up");
     }
