@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -61,7 +61,13 @@ pub struct Settings {
     pub flow_idle_ns: u64,
 }
 
-/// IFACES value, keyed by ifindex (u32): the MAC of an interface the program is attached to.
+/// IFACES entries: an array indexed by ifindex, so the data path's first lookup is an
+/// inlined array access rather than a hash lookup. Interfaces with a larger ifindex cannot
+/// host the program (userspace refuses them).
+pub const MAX_IFINDEX: u32 = 1 << 16;
+
+/// IFACES value, indexed by ifindex: the MAC of an interface the program is attached to
+/// (all zero: not one of ours).
 /// XDP cannot read its own interface's MAC, so userspace writes it here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -54,10 +54,12 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
         return stop(Reason::NotConfigured);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: IFACES values are plain data, copied out at once.
-    let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+    let Some(iface) = IFACES.get(ifindex).copied() else {
         return stop(Reason::NotConfigured);
     };
+    if iface.mac == [0; 6] {
+        return stop(Reason::NotConfigured);
+    }
     let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
         return stop(Reason::Malformed);
     };

@@ -2,13 +2,13 @@
 //! and sizes them at load time; the sizes here are placeholders.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use dsr_common::{
-    Backend, Counter, FlowEntry, FlowKey, Iface, MAX_TX_PORTS, REASON_COUNT, Settings, TableChunk,
-    VipAddrInfo, VipAddrKey, VipInfo, VipKey,
+    Backend, Counter, FlowEntry, FlowKey, Iface, MAX_IFINDEX, MAX_TX_PORTS, REASON_COUNT, Settings,
+    TableChunk, VipAddrInfo, VipAddrKey, VipInfo, VipKey,
 };
 
 /// Deployment-wide settings (layout version, hash seed, table row size); one entry.
@@ -17,7 +17,7 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// ifindex -> that interface's MAC, for every interface the program is attached to.
 #[map(name = "IFACES")]
-pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(64, 0);
+pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// (address, port, protocol) -> VIP id, active table row and size. Not preallocated, so an
 /// update never recycles an element a running program may still be reading.
@@ -44,11 +44,14 @@ pub static TABLES: Array<TableChunk> = Array::with_max_entries(1, BPF_F_MMAPABLE
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 
-/// Connection tracking: flow -> backend it was given. One LRU shared by all CPUs: on veth
-/// (and with RSS changes) one flow's packets arrive on different CPUs, and a per-CPU table
-/// would then give them different answers once a backend drains.
+/// Connection tracking: flow -> backend it was given. One hash table shared by all CPUs: on
+/// veth (and with RSS changes) one flow's packets arrive on different CPUs, and a per-CPU
+/// table would then give them different answers once a backend drains. Its LRU lists are
+/// per CPU (BPF_F_NO_COMMON_LRU): an insert then takes a local free entry instead of
+/// contending for one global list, which made new flows several times dearer.
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
 
 /// Per VIP id: packets and bytes received for the VIP (forwarded or dropped).
 #[map(name = "VIP_STATS")]

@@ -273,10 +273,11 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u64;
-        let clean = loop {
+        // `dsr stop` is answered only once the data path is gone, so that its answer is true.
+        let (clean, stop_reply) = loop {
             tokio::select! {
-                _ = term.recv() => { log::info!("SIGTERM"); break false; }
-                _ = int.recv() => { log::info!("SIGINT"); break false; }
+                _ = term.recv() => { log::info!("SIGTERM"); break (false, None); }
+                _ = int.recv() => { log::info!("SIGINT"); break (false, None); }
                 _ = hup.recv() => {
                     match self.reload().await {
                         Ok(msg) => log::info!("SIGHUP: {msg}"),
@@ -284,10 +285,11 @@ impl Daemon {
                     }
                 }
                 Some((request, reply)) = calls.recv() => {
-                    let stop = match &request { Request::Stop { clean } => Some(*clean), _ => None };
+                    if let Request::Stop { clean } = request {
+                        break (clean, Some(reply));
+                    }
                     let response = self.handle(request).await;
                     let _ = reply.send(response);
-                    if let Some(clean) = stop { break clean; }
                 }
                 Some(report) = reports.recv() => self.on_check(report).await,
                 Some(event) = neighbours.recv() => self.on_neighbour(event),
@@ -306,8 +308,23 @@ impl Daemon {
             task.abort();
         }
         self.log_counters();
-        if clean {
-            self.stop_clean()
+        if clean || stop_reply.is_some() {
+            let result = if clean {
+                self.stop_clean()
+            } else {
+                self.save();
+                Ok("stopped; the data path keeps forwarding".into())
+            };
+            if let Some(reply) = stop_reply {
+                let response = match &result {
+                    Ok(msg) => Response::ok(msg.clone()),
+                    Err(e) => Response::error(format!("{e:#}")),
+                };
+                let _ = reply.send(response);
+                // Let the connection task write the answer before the runtime goes away.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result.map(|_| ())
         } else {
             self.save();
             log::info!(
@@ -318,7 +335,7 @@ impl Daemon {
         }
     }
 
-    fn stop_clean(self) -> Result<()> {
+    fn stop_clean(self) -> Result<String> {
         let pin_dir = datapath::pin_dir(&self.config.instance);
         let saved = Saved {
             layout_version: dsr_common::LAYOUT_VERSION,
@@ -330,11 +347,12 @@ impl Daemon {
         let interface = self.config.interface.clone();
         drop(self.datapath);
         datapath::remove_pinned(&pin_dir)?;
-        log::info!(
+        let msg = format!(
             "stopped: detached from {interface} and removed {}",
             pin_dir.display()
         );
-        Ok(())
+        log::info!("{msg}");
+        Ok(msg)
     }
 
     fn desired_vips(&self) -> (Vec<VipSpec>, Vec<String>) {
@@ -814,9 +832,8 @@ impl Daemon {
                 }
                 return Response::ok(msg);
             }
-            Request::Stop { .. } => {
-                return Response::ok("stopping: detaching and removing the pinned data path");
-            }
+            // Answered by run() once the data path is gone.
+            Request::Stop { .. } => return Response::error("stop is handled by the main loop"),
             Request::VipAdd { vip } => Ok(Change::AddVip { vip: vip.clone() }),
             Request::VipRemove { vip: name } => {
                 vip(&self.state, name).map(|v| Change::RemoveVip { vip: v })

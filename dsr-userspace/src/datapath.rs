@@ -25,9 +25,10 @@ use aya::{
 };
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend,
-    Counter, FlowEntry, FlowKey, Iface, LAYOUT_VERSION, MAX_TX_PORTS, PROGRAM_NAME, REASON_COUNT,
-    Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk, VIP_F_FRAGMENT_ALIAS,
-    VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names,
+    Counter, FlowEntry, FlowKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, PROGRAM_NAME,
+    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk,
+    VIP_F_FRAGMENT_ALIAS, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipAddrInfo, VipAddrKey, VipInfo,
+    VipKey, names,
 };
 
 use crate::{
@@ -68,7 +69,7 @@ pub struct Datapath {
     adopted: bool,
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
-    ifaces: HashMap<MapData, u32, Iface>,
+    ifaces: Array<MapData, Iface>,
     tables: TableMmap,
     vip_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
@@ -89,7 +90,7 @@ pub struct Totals {
 }
 
 /// Every map with the size it must have.
-fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 10]> {
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 11]> {
     let table_elems = sizes
         .max_vips
         .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
@@ -100,6 +101,7 @@ fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 10]> {
         (names::VIPS, sizes.max_vips * 2),
         (names::VIP_ADDRS, sizes.max_vips),
         (names::TX_PORTS, MAX_TX_PORTS),
+        (names::IFACES, MAX_IFINDEX),
         (names::VIP_STATS, sizes.max_vips),
         (names::TABLES, table_elems),
         (names::BACKENDS, sizes.max_backends),
@@ -431,7 +433,14 @@ impl Datapath {
 
     /// Tells the program the MAC of an interface it receives on.
     pub fn set_iface(&mut self, ifindex: u32, mac: MacAddr) -> Result<()> {
-        self.ifaces.insert(
+        if ifindex >= MAX_IFINDEX {
+            bail!(
+                "interface index {ifindex} is too large for dsr's IFACES map (at most {}): \
+                 the program can only be attached to interfaces with a smaller index",
+                MAX_IFINDEX - 1
+            );
+        }
+        self.ifaces.set(
             ifindex,
             Iface {
                 mac: mac.0,

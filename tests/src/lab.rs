@@ -551,6 +551,10 @@ impl Lab {
         let sw = self.switch_ns.clone();
         sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        // Bridged frames must not detour through iptables (only present with br_netfilter).
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let _ = write_sysctl(&sw, &format!("net.bridge.bridge-nf-call-{table}"), "0");
+        }
 
         let client = self.client_ns.clone();
         let lb = self.lb_ns.clone();
