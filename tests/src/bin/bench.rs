@@ -1,11 +1,12 @@
 //! `dsr-bench`, run by `cargo xtask bench [--quick] [PART...]`: dsr's benchmarks.
 //!
-//! Parts (each runnable alone, all four by default):
+//! Parts (each runnable alone, all by default):
 //! - `datapath`: per-packet cost of the XDP program by BPF_PROG_TEST_RUN (bench/datapath.rs);
 //! - `forwarding`: packets per second through the namespace lab, dsr against the baseline
 //!   program and nftables (bench/forwarding.rs);
 //! - `distribution`: balance and disruption of the Maglev tables (bench/distribution.rs);
-//! - `controlplane`: table build and push times, map memory (bench/controlplane.rs).
+//! - `controlplane`: table build and push times, map memory (bench/controlplane.rs);
+//! - `failover`: how long a dead backend keeps getting new connections (bench/failover.rs).
 //!
 //! Every part prints plain-text tables. A full run (all parts, not `--quick`) also overwrites
 //! BENCHMARKS.md at the repository root with the machine, the commands, the tables and the
@@ -22,6 +23,8 @@ mod datapath;
 mod distribution;
 #[path = "bench/dsr_process.rs"]
 mod dsr_process;
+#[path = "bench/failover.rs"]
+mod failover;
 #[path = "bench/forwarding.rs"]
 mod forwarding;
 #[path = "bench/maglev_ref.rs"]
@@ -44,12 +47,18 @@ use std::{
 use anyhow::{Result, bail};
 use report::{Machine, PartReport};
 
-const PARTS: [&str; 4] = ["datapath", "forwarding", "distribution", "controlplane"];
+const PARTS: [&str; 5] = [
+    "datapath",
+    "forwarding",
+    "distribution",
+    "controlplane",
+    "failover",
+];
 
 const USAGE: &str = "\
 usage: dsr-bench [--quick] [PART...]     (via: cargo xtask bench [--quick] [PART...])
 
-PART: datapath | forwarding | distribution | controlplane (default: all four).
+PART: datapath | forwarding | distribution | controlplane | failover (default: all).
 --quick  small sizes for CI smoke tests (well under a minute); prints only.
 A full run of all parts overwrites BENCHMARKS.md at the repository root.
 Needs root (BPF programs, network namespaces).";
@@ -170,6 +179,8 @@ fn run_part(part: &str, quick: bool, cpu: usize) -> Result<PartReport> {
         ("distribution", true) => distribution::run(&distribution::QUICK),
         ("controlplane", false) => controlplane::run(&controlplane::FULL, cpu),
         ("controlplane", true) => controlplane::run(&controlplane::QUICK, cpu),
+        ("failover", false) => failover::run(&failover::FULL),
+        ("failover", true) => failover::run(&failover::QUICK),
         _ => unreachable!("parts are validated by parse_args"),
     }
 }
@@ -185,7 +196,8 @@ fn write_benchmarks_md(date: &str, machine: &Machine, reports: &[PartReport]) ->
         "# every part, full size; writes this file".into(),
         "# (xtask runs: cargo run --release -p dsr-tests --bin dsr-bench --)".into(),
         "cargo xtask bench".into(),
-        "# one part (prints only): datapath | forwarding | distribution | controlplane".into(),
+        "# one part (prints only): datapath | forwarding | distribution | controlplane | failover"
+            .into(),
         "cargo xtask bench datapath".into(),
         "# CI smoke size, prints only".into(),
         "cargo xtask bench --quick".into(),
