@@ -223,7 +223,6 @@ fn measure(s: &Settings, failure: Failure, round: usize) -> Result<Outcome> {
         })
     };
     std::thread::sleep(s.before);
-    let failed_at = Instant::now();
     match failure {
         Failure::Killed => lab.stop_service(1),
         Failure::Silent => {
@@ -238,6 +237,9 @@ fn measure(s: &Settings, failure: Failure, round: usize) -> Result<Outcome> {
             ])?;
         }
     }
+    // Time 0 is when the failure is complete (connections sent while it was happening may
+    // still have been served).
+    let failed_at = Instant::now();
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
