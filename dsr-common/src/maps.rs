@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -40,6 +40,7 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOWS: &str = "FLOWS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const REASON_STATS: &str = "REASON_STATS";
 }
@@ -126,6 +127,20 @@ impl VipAddrKey {
             _pad: [0; 3],
         }
     }
+}
+
+/// VIP_FILTER: a bitmap with one bit set per VIP address (at [`vip_filter_bit`]). A clear
+/// bit proves a destination is no VIP address with one inlined array read, sparing most
+/// non-VIP traffic the VIP_ADDRS hash lookup (a set bit may be a collision: VIP_ADDRS
+/// decides).
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// Which VIP_FILTER bit stands for `addr` (the data path's address words).
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u32; 4]) -> u32 {
+    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    // Fibonacci hashing: the top 16 bits of the product index 65536 bits.
+    folded.wrapping_mul(0x9e37_79b1) >> 16
 }
 
 /// VIP_ADDRS value: `ADDR_F_*`.

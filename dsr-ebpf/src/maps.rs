@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dsr_common::{
     Backend, Counter, FlowEntry, FlowKey, Iface, MAX_IFINDEX, MAX_TX_PORTS, REASON_COUNT, Settings,
-    TableChunk, VipAddrInfo, VipAddrKey, VipInfo, VipKey,
+    TableChunk, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey,
 };
 
 /// Deployment-wide settings (layout version, hash seed, table row size); one entry.
@@ -29,6 +29,10 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, BPF_F_N
 #[map(name = "VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrInfo> =
     HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Bitmap of VIP addresses (see dsr_common::VIP_FILTER_WORDS), written by userspace.
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Interfaces other than the receiving one that backends sit behind (index = a backend's
 /// `tx_port`; 0 is unused). Frames for those backends leave with XDP_REDIRECT.

@@ -1,14 +1,15 @@
-//! Which VIP a packet is for: VIP_ADDRS first (is the destination a VIP address at all, and
-//! which keys exist for it), then VIPS from the most specific key to the least: this VLAN
+//! Which VIP a packet is for: VIP_FILTER first (a clear bit: not a VIP address, for the
+//! price of an array read), then VIP_ADDRS (is it really, and which keys exist for it), then
+//! VIPS from the most specific key to the least: this VLAN
 //! before any VLAN, the exact port before all ports.
 
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, FlowKey, VIP_F_FRAGMENT_ALIAS, VipAddrKey, VipInfo,
-    VipKey,
+    VipKey, vip_filter_bit,
 };
 
 use crate::{
-    maps::{VIP_ADDRS, VIPS},
+    maps::{VIP_ADDRS, VIP_FILTER, VIPS},
     parse::Kind,
 };
 
@@ -29,6 +30,11 @@ fn lookup(addr: [u32; 4], port: u16, proto: u8, vlan: u16) -> Option<VipInfo> {
 
 #[inline(always)]
 pub fn find(key: &FlowKey, vlan: u16, kind: Kind) -> Option<VipInfo> {
+    let bit = vip_filter_bit(&key.dst);
+    let word = VIP_FILTER.get(bit / 64)?;
+    if word & (1 << (bit % 64)) == 0 {
+        return None;
+    }
     let proto = key.proto as u8;
     let addr_key = VipAddrKey {
         addr: key.dst,

@@ -548,6 +548,9 @@ impl Daemon {
         // it exists; entries that are no longer needed are removed after their VIPs.
         let addrs =
             datapath::vip_addr_flags(desired.vips.iter().map(|(a, (_, _, o))| (a, o.fragments)));
+        if let Err(e) = self.datapath.set_vip_filter(addrs.keys().map(|k| k.0)) {
+            result = Err(e);
+        }
         for (key, &flags) in &addrs {
             if self.applied_addrs.get(key) != Some(&flags) {
                 match self.datapath.set_vip_addr(key.key(), flags) {

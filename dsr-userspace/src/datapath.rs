@@ -27,8 +27,8 @@ use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend,
     Counter, FlowEntry, FlowKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, PROGRAM_NAME,
     REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk,
-    VIP_F_FRAGMENT_ALIAS, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipAddrInfo, VipAddrKey, VipInfo,
-    VipKey, names,
+    VIP_F_FRAGMENT_ALIAS, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VIP_FILTER_WORDS, VipAddrInfo,
+    VipAddrKey, VipInfo, VipKey, names, vip_filter_bit,
 };
 
 use crate::{
@@ -75,6 +75,9 @@ pub struct Datapath {
     backend_stats: PerCpuArray<MapData, Counter>,
     reason_stats: PerCpuArray<MapData, Counter>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrInfo>,
+    vip_filter: Array<MapData, u64>,
+    /// Mirror of VIP_FILTER, to write only the words that change.
+    filter: Vec<u64>,
     tx_ports: DevMap<MapData>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     links: Vec<XdpLinkId>,
@@ -90,7 +93,7 @@ pub struct Totals {
 }
 
 /// Every map with the size it must have.
-fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 11]> {
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 12]> {
     let table_elems = sizes
         .max_vips
         .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
@@ -102,6 +105,7 @@ fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 11]> {
         (names::VIP_ADDRS, sizes.max_vips),
         (names::TX_PORTS, MAX_TX_PORTS),
         (names::IFACES, MAX_IFINDEX),
+        (names::VIP_FILTER, VIP_FILTER_WORDS),
         (names::VIP_STATS, sizes.max_vips),
         (names::TABLES, table_elems),
         (names::BACKENDS, sizes.max_backends),
@@ -304,6 +308,9 @@ impl Datapath {
         let reason_stats = take(names::REASON_STATS)?.try_into()?;
         let flows = take(names::FLOWS)?.try_into()?;
         let vip_addrs = take(names::VIP_ADDRS)?.try_into()?;
+        let vip_filter: Array<MapData, u64> = take(names::VIP_FILTER)?.try_into()?;
+        // What the map holds now (non-zero when a pinned data path was adopted).
+        let filter = vip_filter.iter().collect::<Result<Vec<u64>, _>>()?;
         let tx_ports = take(names::TX_PORTS)?.try_into()?;
         let tables = TableMmap::new(tables, table_elems)?;
 
@@ -332,6 +339,8 @@ impl Datapath {
             reason_stats,
             flows,
             vip_addrs,
+            vip_filter,
+            filter,
             tx_ports,
             links: Vec::new(),
         })
@@ -578,6 +587,24 @@ impl Datapath {
         let alias = fragment_alias(addr);
         if addr.port != 0 && id.is_some() && self.vips.get(&alias, 0).ok().map(|i| i.id) == id {
             self.vips.remove(&alias)?;
+        }
+        Ok(())
+    }
+
+    /// Makes VIP_FILTER mark exactly these VIP addresses.
+    pub fn set_vip_filter(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> Result<()> {
+        let mut want = vec![0u64; VIP_FILTER_WORDS as usize];
+        for a in addrs {
+            let bit = vip_filter_bit(&dsr_common::addr_words(a));
+            want[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for (i, (&w, old)) in want.iter().zip(self.filter.iter_mut()).enumerate() {
+            if w != *old {
+                self.vip_filter
+                    .set(i as u32, w, 0)
+                    .context("writing VIP_FILTER")?;
+                *old = w;
+            }
         }
         Ok(())
     }

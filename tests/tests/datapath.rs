@@ -137,6 +137,9 @@ impl Fixture {
         self.dp.set_vip(&addr, id, table, opts).unwrap();
         self.vips.retain(|(a, _)| *a != addr);
         self.vips.push((addr, opts));
+        self.dp
+            .set_vip_filter(self.vips.iter().map(|(a, _)| a.address))
+            .unwrap();
         let flags = datapath::vip_addr_flags(self.vips.iter().map(|(a, o)| (a, o.fragments)));
         for (key, flags) in flags {
             self.dp.set_vip_addr(key.key(), flags).unwrap();
@@ -984,4 +987,27 @@ fn backends_behind_another_interface_are_redirected() {
     // Backends on the receiving interface still go out with XDP_TX.
     let p = flows_on(&f, 0, 1)[0];
     assert_eq!(run(f.dp.program(), &flow(p), LO).0, XDP_TX);
+}
+
+#[test]
+fn vip_filter_collisions_fall_back_to_the_exact_lookup() {
+    let f = Fixture::new();
+    let vip_bit = dsr_common::vip_filter_bit(&dsr_common::addr_words(VIP4.into()));
+    // Another address whose filter bit is the VIP's: the filter lets it through, VIP_ADDRS
+    // must still say "no VIP".
+    let twin = (0..=u32::MAX)
+        .map(|i| Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i)))
+        .find(|a| {
+            *a != VIP4
+                && dsr_common::vip_filter_bit(&dsr_common::addr_words((*a).into())) == vip_bit
+        })
+        .expect("a colliding address");
+    let (verdict, out) = run(f.dp.program(), &v4(TCP, twin, 80), LO);
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, v4(TCP, twin, 80)),
+        "{twin} collides with {VIP4}"
+    );
+    // And the VIP itself still forwards.
+    assert_eq!(run(f.dp.program(), &v4(TCP, VIP4, 80), LO).0, XDP_TX);
 }

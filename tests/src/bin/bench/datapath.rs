@@ -355,7 +355,10 @@ impl Programs {
             self.dp.set_vip(&key, i, &self.table, opts)?;
             self.vips.push(key);
         }
-        // The per-address index the data path consults first, as the daemon writes it.
+        // The per-address filter and index the data path consults first, as the daemon
+        // writes them.
+        self.dp
+            .set_vip_filter(self.vips.iter().map(|a| a.address))?;
         for (key, flags) in datapath::vip_addr_flags(self.vips.iter().map(|a| (a, false))) {
             self.dp.set_vip_addr(key.key(), flags)?;
         }
