@@ -1,6 +1,6 @@
 //! Which VIP a packet is for: VIP_FILTER first (a clear bit: not a VIP address, for the
-//! price of an array read), then VIP_ADDRS (is it really, and which keys exist for it), then
-//! VIPS from the most specific key to the least: this VLAN
+//! price of an array read), then the exact VIPS key (the usual hit), then VIP_ADDRS (which
+//! other keys exist for the address) and VIPS from the most specific key to the least: this VLAN
 //! before any VLAN, the exact port before all ports.
 
 use dsr_common::{
@@ -36,6 +36,17 @@ pub fn find(key: &FlowKey, vlan: u16, kind: Kind) -> Option<VipInfo> {
         return None;
     }
     let proto = key.proto as u8;
+    let port = (key.ports >> 16) as u16;
+    let has_port = !matches!(kind, Kind::Fragment { first: false });
+    let fragment = matches!(kind, Kind::Fragment { .. });
+    // The most specific key first (this port, this frame's VLAN or none): for most VIP
+    // traffic it is the only lookup.
+    if has_port
+        && let Some(info) = lookup(key.dst, port, proto, vlan)
+        && info.flags & VIP_F_FRAGMENT_ALIAS == 0
+    {
+        return Some(info);
+    }
     let addr_key = VipAddrKey {
         addr: key.dst,
         proto,
@@ -43,9 +54,6 @@ pub fn find(key: &FlowKey, vlan: u16, kind: Kind) -> Option<VipInfo> {
     };
     // SAFETY: plain data, copied out at once.
     let flags = unsafe { VIP_ADDRS.get(&addr_key) }.copied()?.flags;
-    let port = (key.ports >> 16) as u16;
-    let has_port = !matches!(kind, Kind::Fragment { first: false });
-    let fragment = matches!(kind, Kind::Fragment { .. });
     let tagged = vlan != 0 && flags & ADDR_F_VLAN != 0;
     for pass in 0..2 {
         // First pass: the frame's VLAN (only if some key is VLAN-specific); second: any.
@@ -54,6 +62,7 @@ pub fn find(key: &FlowKey, vlan: u16, kind: Kind) -> Option<VipInfo> {
             break;
         }
         if has_port
+            && v != vlan
             && flags & ADDR_F_PORTS != 0
             && let Some(info) = lookup(key.dst, port, proto, v)
             && info.flags & VIP_F_FRAGMENT_ALIAS == 0
