@@ -1222,6 +1222,12 @@ fn udp_once(client: Ipv4Addr, sport: u16) -> Result<String> {
 }
 
 fn connect_from(client: Ipv4Addr, sport: u16) -> Result<TcpStream> {
+    connect_with_timeout(client, sport, IO_TIMEOUT)
+}
+
+/// A TCP connection to the VIP's TCP port from `client:sport` (in the calling thread's
+/// namespace), failing if it is not established within `timeout`.
+pub fn connect_with_timeout(client: Ipv4Addr, sport: u16, timeout: Duration) -> Result<TcpStream> {
     // SAFETY: a socket we own, configured and connected with plain syscalls.
     let stream = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -1258,7 +1264,7 @@ fn connect_from(client: Ipv4Addr, sport: u16) -> Result<TcpStream> {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     // A connect with a timeout needs the std path: re-wrap through a raw connect.
     let addr = SocketAddr::new(IpAddr::V4(VIP), TCP_PORT);
-    connect_timeout(&stream, addr, IO_TIMEOUT)?;
+    connect_timeout(&stream, addr, timeout)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(stream)

@@ -283,9 +283,7 @@ fn measure(s: &Settings, failure: Failure, round: usize) -> Result<Outcome> {
 /// One connection from `client:sport` to the VIP that gets an answer within the timeout.
 fn connect_and_ask(client: std::net::Ipv4Addr, sport: u16) -> Result<()> {
     use std::io::{Read, Write};
-    let sock = socket2_bind(client, sport)?;
-    let addr = std::net::SocketAddr::new(VIP.into(), 80);
-    let mut s = sock.connect_timeout(addr, CONNECT_TIMEOUT)?;
+    let mut s = dsr_lab::lab::connect_with_timeout(client, sport, CONNECT_TIMEOUT)?;
     s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     s.write_all(b"who are you?\n")?;
     let mut buf = [0u8; 64];
@@ -293,101 +291,4 @@ fn connect_and_ask(client: std::net::Ipv4Addr, sport: u16) -> Result<()> {
         bail!("closed");
     }
     Ok(())
-}
-
-/// A TCP socket bound to `client:sport`, ready to connect.
-struct Bound(std::os::fd::OwnedFd);
-
-fn socket2_bind(client: std::net::Ipv4Addr, sport: u16) -> Result<Bound> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket calls on a fresh fd that we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let one: i32 = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const i32).cast(),
-            4,
-        );
-        let sa = sockaddr(client, sport);
-        if libc::bind(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            bail!("bind {client}:{sport}: {}", std::io::Error::last_os_error());
-        }
-        Ok(Bound(owned))
-    }
-}
-
-fn sockaddr(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-impl Bound {
-    fn connect_timeout(
-        self,
-        addr: std::net::SocketAddr,
-        timeout: Duration,
-    ) -> Result<std::net::TcpStream> {
-        use std::os::fd::{AsRawFd, IntoRawFd};
-        let std::net::SocketAddr::V4(v4) = addr else {
-            bail!("IPv4 only")
-        };
-        let fd = self.0.as_raw_fd();
-        let sa = sockaddr(*v4.ip(), v4.port());
-        // SAFETY: connecting and polling our own non-blocking socket.
-        unsafe {
-            if libc::connect(
-                fd,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            ) != 0
-            {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EINPROGRESS) {
-                    bail!("connect: {err}");
-                }
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                if libc::poll(&mut pfd, 1, timeout.as_millis() as i32) <= 0 {
-                    bail!("connect timed out");
-                }
-                let mut err: i32 = 0;
-                let mut len = 4u32;
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ERROR,
-                    (&mut err as *mut i32).cast(),
-                    &mut len,
-                );
-                if err != 0 {
-                    bail!("connect: {}", std::io::Error::from_raw_os_error(err));
-                }
-            }
-            let stream =
-                <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(self.0.into_raw_fd());
-            stream.set_nonblocking(false)?;
-            Ok(stream)
-        }
-    }
 }
