@@ -10,7 +10,7 @@
 use std::{
     fs::{self, File},
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command},
@@ -34,6 +34,16 @@ pub const SUBNET_PREFIX: u8 = 24;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The IPv6 side of the bridge segment: every host there also has 2001:db8:18::<its v4 last
+/// byte, in hex>, and the backends hold VIP6 on lo.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x100);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x1);
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x2);
+
+/// The IPv6 address of the bridge-segment host whose IPv4 address is `v4`.
+pub fn v6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, v4.octets()[3] as u16)
+}
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const TCP_PORT: u16 = 80;
@@ -213,8 +223,34 @@ fn start_service(ns: &str, name: &str) -> Result<Threads> {
             }
         }
     });
+    let udp6_name = name.to_owned();
+    let udp6: ThreadBody = Box::new(move |stop, ready| {
+        // A host without VIP6 (one an address moved to) serves IPv4 only.
+        let Ok(sock) = UdpSocket::bind((VIP6, UDP_PORT)) else {
+            return ready.send(Ok(())).unwrap();
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        ready.send(Ok(())).unwrap();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(udp6_name.as_bytes(), peer);
+            }
+        }
+    });
     let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), TCP_PORT);
-    Threads::start(ns, vec![tcp_listener(any, serve_tcp, name.to_owned()), udp])
+    let mut bodies = vec![tcp_listener(any, serve_tcp, name.to_owned()), udp, udp6];
+    if sh(&["ip", "-n", ns, "-6", "addr", "show", "dev", "lo"])
+        .is_ok_and(|a| a.contains(&VIP6.to_string()))
+    {
+        bodies.push(tcp_listener(
+            SocketAddr::new(IpAddr::V6(VIP6), TCP_PORT),
+            serve_tcp,
+            name.to_owned(),
+        ));
+    }
+    Threads::start(ns, bodies)
 }
 
 /// A backend's health endpoint: HTTP on its own address, port HEALTH_PORT.
@@ -547,6 +583,14 @@ impl Lab {
         for ns in self.namespaces() {
             let _ = sh(&["ip", "netns", "del", &ns]);
             sh(&["ip", "netns", "add", &ns])?;
+            // No duplicate address detection: the lab's addresses are unique, and until DAD
+            // ends a link-local address cannot source neighbour solicitations.
+            for k in [
+                "net.ipv6.conf.all.accept_dad",
+                "net.ipv6.conf.default.accept_dad",
+            ] {
+                write_sysctl(&ns, k, "0")?;
+            }
         }
         let sw = self.switch_ns.clone();
         sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -587,7 +631,22 @@ impl Lab {
             }
         }
         match self.opts.routed_client_mtu {
-            None => self.plug(&client, "port-client", CLIENT_MAC, CLIENT_IP)?,
+            None => {
+                self.plug(&client, "port-client", CLIENT_MAC, CLIENT_IP)?;
+                // The client reaches VIP6 through the load balancer: backends hold VIP6 too
+                // and, IPv6 having no arp_ignore, would answer a neighbour solicitation for it.
+                sh(&[
+                    "ip",
+                    "-n",
+                    &client,
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "via",
+                    &LB6.to_string(),
+                ])?;
+            }
             Some(mtu) => {
                 // client eth0 (MTU 1500) <-> router eth1 (MTU `mtu`): the client advertises
                 // an MSS for 1500 bytes, the router cannot forward that much towards it.
@@ -723,6 +782,22 @@ impl Lab {
                 "--state",
                 &record.to_string_lossy(),
             ])?;
+            if i < first_remote {
+                let record6 = self.dir.join(format!("realserver6-b{}.json", i + 1));
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    &bin.to_string_lossy(),
+                    "realserver",
+                    "setup",
+                    "--vip",
+                    &VIP6.to_string(),
+                    "--state",
+                    &record6.to_string_lossy(),
+                ])?;
+            }
             self.services.push(Some(start_service(&ns, &name)?));
             self.health.push(Some(start_health(&ns, ip, &name)?));
         }
@@ -749,7 +824,21 @@ impl Lab {
 
     /// Creates a veth from the switch's bridge into `ns` as eth0 with `mac` and `ip`.
     fn plug(&self, ns: &str, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
-        self.plug_into("br0", ns, IFACE, port, mac, ip)
+        self.plug_into("br0", ns, IFACE, port, mac, ip)?;
+        // The same host on the segment's IPv6 side (no duplicate address detection: the lab
+        // knows its addresses are unique, and DAD would delay them by seconds).
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/64", v6_of(ip)),
+            "dev",
+            IFACE,
+            "nodad",
+        ])?;
+        Ok(())
     }
 
     /// Creates a veth from the switch's `bridge` into `ns` as `ifname` with `mac` and `ip`/24.
@@ -1145,6 +1234,42 @@ impl Lab {
         let client = self.client_ip;
         in_netns(&self.client_ns, move || {
             sports.into_iter().map(|p| udp_once(client, p)).collect()
+        })
+    }
+
+    /// One UDP datagram to VIP6 from the client's IPv6 address and `sport`.
+    pub fn udp6_request(&self, sport: u16) -> Result<String> {
+        in_netns(&self.client_ns, move || -> Result<String> {
+            let sock = UdpSocket::bind((CLIENT6, sport)).context("bind client socket")?;
+            sock.connect((VIP6, UDP_PORT))?;
+            sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+            sock.send(b"who are you?")?;
+            let mut buf = [0u8; 256];
+            let n = sock.recv(&mut buf).context("no UDP answer")?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    }
+
+    /// One TCP exchange with VIP6 from the client's IPv6 address and `sport`.
+    pub fn tcp6_request(&self, sport: u16) -> Result<String> {
+        in_netns(&self.client_ns, move || -> Result<String> {
+            let sock = std::net::TcpStream::connect_timeout(
+                &SocketAddr::new(IpAddr::V6(VIP6), TCP_PORT),
+                IO_TIMEOUT,
+            );
+            // std cannot bind before connecting; the source port is the kernel's choice here,
+            // so callers identify the flow from the returned stream instead.
+            let _ = sport;
+            let mut s = sock.context("connect to VIP6")?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.write_all(b"who are you?\n")?;
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf)?;
+            let local = s.local_addr()?.port();
+            Ok(format!(
+                "{} {local}",
+                String::from_utf8_lossy(&buf[..n]).trim()
+            ))
         })
     }
 

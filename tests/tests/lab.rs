@@ -177,3 +177,90 @@ fn one_flow_one_backend() {
         }
     }
 }
+
+/// The same DSR path over IPv6: TCP and UDP to an IPv6 VIP are answered directly by the
+/// backends (whose MACs dsr learns by neighbour solicitation), each flow by the backend the
+/// hash and table predict.
+#[test]
+fn ipv6_flows_answered_by_predicted_backends() {
+    use dsr_lab::lab::{CLIENT6, VIP6, v6_of};
+    use std::net::IpAddr;
+
+    let mut lab = Lab::new("ipv6", &[1, 1, 1]);
+    let mut config = lab.header();
+    for (port, proto) in [(80, "tcp"), (53, "udp")] {
+        config += &format!(
+            "\n[[vip]]\nname = \"v6-{proto}\"\naddress = \"{VIP6}\"\nport = {port}\nprotocol = \"{proto}\"\n"
+        );
+        for b in &lab.backends {
+            config += &format!("  [[vip.backend]]\n  address = \"{}\"\n", v6_of(b.ip));
+        }
+    }
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let entries: Vec<dsr::maglev::Entry> = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| dsr::maglev::Entry {
+            address: IpAddr::V6(v6_of(b.ip)),
+            id: i as u32,
+            weight: 1,
+        })
+        .collect();
+    let table = dsr::maglev::build(&entries, dsr_common::DEFAULT_TABLE_SIZE);
+    let predict = |sport: u16, dport: u16, proto: u8| {
+        let key = dsr_common::FlowKey::new(CLIENT6.into(), sport, VIP6.into(), dport, proto);
+        table[(dsr_common::flow_hash(&key, dsr_common::DEFAULT_HASH_SEED) % table.len() as u32)
+            as usize] as usize
+    };
+    let client_cap = Capture::start(&lab.client_ns, "eth0");
+    let mut seen = std::collections::HashSet::new();
+    for sport in 36000..36150u16 {
+        let who = lab.udp6_request(sport).unwrap_or_else(|e| {
+            panic!(
+                "UDP over IPv6 from {sport}: {e:#}\n{}\n{}",
+                lab.dsr(&["stats"]).1,
+                lab.dsr_log()
+            )
+        });
+        assert_eq!(
+            lab.index_of(&who),
+            predict(sport, 53, UDP),
+            "UDP flow {sport}"
+        );
+        seen.insert(who);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "150 IPv6 flows should reach all three backends"
+    );
+    for _ in 0..30 {
+        let answer = lab
+            .tcp6_request(0)
+            .unwrap_or_else(|e| panic!("TCP over IPv6: {e:#}\n{}", lab.dsr_log()));
+        let (who, port) = answer.rsplit_once(' ').unwrap();
+        assert_eq!(
+            lab.index_of(who),
+            predict(port.parse().unwrap(), 80, TCP),
+            "TCP from port {port}"
+        );
+    }
+    // Replies come straight from the backends' MACs (IPv6 source = VIP6).
+    let frames = client_cap.stop();
+    let replies: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[22..38] == VIP6.octets())
+        .collect();
+    assert!(
+        replies.len() >= 150,
+        "only {} IPv6 replies seen",
+        replies.len()
+    );
+    let macs: Vec<[u8; 6]> = lab.backends.iter().map(|b| b.mac).collect();
+    assert!(
+        replies.iter().all(|f| macs.iter().any(|m| f[6..12] == *m)),
+        "an IPv6 reply did not come from a backend"
+    );
+}
