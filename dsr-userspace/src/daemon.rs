@@ -198,12 +198,13 @@ impl Daemon {
             (_, saved) => {
                 log::info!(
                     "loaded a new data path: {} VIPs max, {} backends max, {}-slot tables ({} MiB), \
-                     {} flows, seed {:#010x}",
+                     {} flows (about {} MiB), seed {:#010x}",
                     sizes.max_vips,
                     sizes.max_backends,
                     sizes.table_size,
                     sizes.table_bytes() >> 20,
                     sizes.flow_table_size,
+                    sizes.flow_bytes() >> 20,
                     config.hash_seed
                 );
                 let state = State::new(

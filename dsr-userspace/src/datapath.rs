@@ -52,12 +52,20 @@ impl Sizes {
         self.table_size.div_ceil(TABLE_CHUNK)
     }
 
-    /// Bytes the maps take in the kernel, roughly (tables dominate).
+    /// Bytes TABLES takes in the kernel (two rows per VIP).
     pub fn table_bytes(&self) -> u64 {
         self.max_vips as u64
             * TABLE_ROWS_PER_VIP as u64
             * self.row_chunks() as u64
             * std::mem::size_of::<TableChunk>() as u64
+    }
+
+    /// Bytes FLOWS takes, roughly: key, value and the kernel's per-element overhead (an
+    /// LRU hash element with its list node is about 64 bytes besides key and value; the
+    /// benchmark reads 120 MiB of memlock for 1M flows).
+    pub fn flow_bytes(&self) -> u64 {
+        self.flow_table_size as u64
+            * (64 + std::mem::size_of::<FlowKey>() + std::mem::size_of::<FlowEntry>()) as u64
     }
 }
 
