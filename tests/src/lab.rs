@@ -1073,9 +1073,14 @@ impl Lab {
     }
 
     /// Moves backend `i`'s address to a new host (a new namespace with another MAC, serving
-    /// as `name`), the old host going silent, and has the new host announce it with a
+    /// as `name`), the old host going silent; with `announce` the new host says so with a
     /// gratuitous ARP. Returns the new host's MAC.
-    pub fn move_backend_address(&mut self, i: usize, name: &str) -> dsr::model::MacAddr {
+    pub fn move_backend_address(
+        &mut self,
+        i: usize,
+        name: &str,
+        announce: bool,
+    ) -> dsr::model::MacAddr {
         let ip = self.backends[i].ip;
         let old_ns = self.backends[i].ns.clone();
         let ns = format!("{}-moved{}", self.tag, i + 1);
@@ -1113,8 +1118,10 @@ impl Lab {
                 write_sysctl(&ns, k, v)?;
             }
             self.moved.push(start_service(&ns, name)?);
-            let garp = crate::frames::arp_request(mac, ip, ip);
-            send_frame(&ns, IFACE, garp)
+            if announce {
+                send_frame(&ns, IFACE, crate::frames::arp_request(mac, ip, ip))?;
+            }
+            Ok(())
         })();
         if let Err(e) = result {
             panic!("moving {ip}: {e:#}");

@@ -290,7 +290,7 @@ fn mac_follows_a_moved_address() {
     assert_eq!(lab.udp_request(31000).unwrap(), "backend-1");
     // ARP updates inside the locktime (1 s) of the last one are ignored by the kernel.
     std::thread::sleep(Duration::from_millis(1100));
-    let new_mac = lab.move_backend_address(0, "backend-moved");
+    let new_mac = lab.move_backend_address(0, "backend-moved", true);
     let moved_at = Instant::now();
     let took = lab.wait_for("answers from the new host", Duration::from_secs(1), || {
         lab.udp_request(31001 + moved_at.elapsed().as_millis() as u16 % 1000)
@@ -299,4 +299,37 @@ fn mac_follows_a_moved_address() {
     eprintln!("data path followed the move to {new_mac} {took:?} after the gratuitous ARP");
     let st = lab.status();
     assert_eq!(st.vips[0].backends[0].mac.map(|m| m.0), Some(new_mac.0));
+}
+
+/// The address moves without a gratuitous ARP: the load balancer's neighbour entry still
+/// names the old host, so checks fail; dsr then forgets the entry and solicits it afresh
+/// (a broadcast ARP), learns the new host's MAC, the checks pass and traffic follows. The
+/// kernel alone would keep the stale entry for tens of seconds (reachable time plus
+/// unicast probes to the old MAC).
+#[test]
+fn failed_check_reprobes_a_silently_moved_address() {
+    let check =
+        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2";
+    let mut lab = started("reprobe", &[1], check, &[]);
+    wait_health(&lab, "udp", 0, "up");
+    assert_eq!(lab.udp_request(37000).unwrap(), "backend-1");
+    let new_mac = lab.move_backend_address(0, "backend-moved", false);
+    let moved = Instant::now();
+    let mut port = 37001u16;
+    let took = lab.wait_for(
+        "answers from the new host without a gratuitous ARP",
+        Duration::from_secs(5),
+        || {
+            port += 1;
+            lab.udp_request(port).is_ok_and(|w| w == "backend-moved")
+        },
+    );
+    eprintln!(
+        "re-probing found the moved address ({new_mac}) {took:?} after the move ({:?} since)",
+        moved.elapsed()
+    );
+    assert!(
+        lab.dsr_log().contains("is DOWN"),
+        "the move should have failed a check first"
+    );
 }
