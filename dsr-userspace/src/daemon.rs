@@ -562,14 +562,8 @@ impl Daemon {
                 }
             }
         }
-        let gone_vips: Vec<VipAddr> = self
-            .applied
-            .vips
-            .keys()
-            .filter(|a| !desired.vips.contains_key(a))
-            .copied()
-            .collect();
-        for addr in gone_vips {
+        // Then what is no longer wanted: VIPs, their address flags, backend entries.
+        for addr in gone(&self.applied.vips, &desired.vips) {
             match self.datapath.remove_vip(&addr) {
                 Ok(()) => {
                     self.applied.vips.remove(&addr);
@@ -577,13 +571,7 @@ impl Daemon {
                 Err(e) => result = Err(e),
             }
         }
-        let gone_addrs: Vec<VipAddrKeyOrd> = self
-            .applied_addrs
-            .keys()
-            .filter(|k| !addrs.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone_addrs {
+        for key in gone(&self.applied_addrs, &addrs) {
             match self.datapath.set_vip_addr(key.key(), 0) {
                 Ok(()) => {
                     self.applied_addrs.remove(&key);
@@ -591,14 +579,7 @@ impl Daemon {
                 Err(e) => result = Err(e),
             }
         }
-        let gone_backends: Vec<u32> = self
-            .applied
-            .backends
-            .keys()
-            .filter(|id| !desired.backends.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone_backends {
+        for id in gone(&self.applied.backends, &desired.backends) {
             match self.datapath.set_backend(id, None, false, None) {
                 Ok(()) => {
                     self.applied.backends.remove(&id);
@@ -1013,6 +994,15 @@ impl Daemon {
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+/// Keys the kernel holds (`applied`) that are no longer `desired`.
+fn gone<K: Ord + Copy, A, D>(applied: &BTreeMap<K, A>, desired: &BTreeMap<K, D>) -> Vec<K> {
+    applied
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect()
 }
 
 fn write_saved(config: &Model, saved: &Saved) {

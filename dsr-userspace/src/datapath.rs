@@ -354,10 +354,6 @@ impl Datapath {
         })
     }
 
-    pub fn sizes(&self) -> Sizes {
-        self.sizes
-    }
-
     /// Whether `load` found and adopted a pinned data path.
     pub fn adopted(&self) -> bool {
         self.adopted
@@ -437,14 +433,6 @@ impl Datapath {
                 XdpAttachMode::Skb => format!("attaching XDP to {ifname} in skb mode"),
             })?;
         self.links.push(link);
-        Ok(())
-    }
-
-    /// Detaches from every interface. (Dropping the Datapath does too.)
-    pub fn detach(&mut self) -> Result<()> {
-        for link in std::mem::take(&mut self.links) {
-            self.program_mut().detach(link)?;
-        }
         Ok(())
     }
 

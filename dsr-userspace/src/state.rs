@@ -389,7 +389,7 @@ impl State {
         self.vip(vip)?.backend(address)
     }
 
-    /// Mutable access for the daemon (e.g. to force health in tests).
+    /// Mutable access for the daemon (where a backend is reached from, found asynchronously).
     pub fn backend_entry(&mut self, vip: &VipAddr, address: IpAddr) -> Option<&mut Backend> {
         self.backend_mut(vip, address)
     }

@@ -767,36 +767,9 @@ impl Lab {
             }
             // The VIP on lo, and no ARP answers for it: the LB must get the VIP's traffic.
             // Done by `dsr realserver setup`, so every lab test also proves that it works.
-            let record = self.dir.join(format!("realserver-b{}.json", i + 1));
-            let bin = dsr_bin();
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                &bin.to_string_lossy(),
-                "realserver",
-                "setup",
-                "--vip",
-                &VIP.to_string(),
-                "--state",
-                &record.to_string_lossy(),
-            ])?;
+            self.realserver_setup(&ns, IpAddr::V4(VIP), &format!("b{}", i + 1))?;
             if i < first_remote {
-                let record6 = self.dir.join(format!("realserver6-b{}.json", i + 1));
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns,
-                    &bin.to_string_lossy(),
-                    "realserver",
-                    "setup",
-                    "--vip",
-                    &VIP6.to_string(),
-                    "--state",
-                    &record6.to_string_lossy(),
-                ])?;
+                self.realserver_setup(&ns, IpAddr::V6(VIP6), &format!("b{}", i + 1))?;
             }
             self.services.push(Some(start_service(&ns, &name)?));
             self.health.push(Some(start_health(&ns, ip, &name)?));
@@ -818,6 +791,28 @@ impl Lab {
         // veth offloads TX checksums; XDP loses the partial-checksum state (PLATFORM.md #2).
         sh(&[
             "ip", "netns", "exec", &client, "ethtool", "-K", IFACE, "tx", "off",
+        ])?;
+        Ok(())
+    }
+
+    /// `dsr realserver setup --vip VIP` in namespace `ns`, its record kept in the lab
+    /// directory under `host`'s name.
+    fn realserver_setup(&self, ns: &str, vip: IpAddr, host: &str) -> Result<()> {
+        let family = if vip.is_ipv4() { "" } else { "6" };
+        let record = self.dir.join(format!("realserver{family}-{host}.json"));
+        let bin = dsr_bin();
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            &bin.to_string_lossy(),
+            "realserver",
+            "setup",
+            "--vip",
+            &vip.to_string(),
+            "--state",
+            &record.to_string_lossy(),
         ])?;
         Ok(())
     }
@@ -1101,22 +1096,7 @@ impl Lab {
             sh(&["ip", "netns", "add", &ns])?;
             self.extra_ns.push(ns.clone());
             self.plug(&ns, &format!("port-m{}", i + 1), mac, ip)?;
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{VIP}/32"),
-                "dev",
-                "lo",
-            ])?;
-            for (k, v) in [
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-            ] {
-                write_sysctl(&ns, k, v)?;
-            }
+            self.realserver_setup(&ns, IpAddr::V4(VIP), &format!("moved{}", i + 1))?;
             self.moved.push(start_service(&ns, name)?);
             if announce {
                 send_frame(&ns, IFACE, crate::frames::arp_request(mac, ip, ip))?;

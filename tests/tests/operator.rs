@@ -74,6 +74,14 @@ fn realserver_setup_check_teardown() {
     let record = std::env::temp_dir().join(format!("dsr-rs-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&record);
     let vip = "198.18.9.9";
+    // `dsr realserver ACTION` for this VIP and record, inside the namespace.
+    let rs = |action: &str| {
+        let record = record.to_string_lossy();
+        in_ns(
+            &ns.0,
+            &["realserver", action, "--vip", vip, "--state", &record],
+        )
+    };
 
     let (ok, out) = in_ns(&ns.0, &["realserver", "check", "--vip", vip]);
     assert!(!ok, "check passed on a bare host: {out}");
@@ -82,17 +90,7 @@ fn realserver_setup_check_teardown() {
         "{out}"
     );
 
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "setup",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("setup");
     assert!(ok, "{out}");
     assert!(out.contains("added 198.18.9.9/32 to lo"), "{out}");
     assert_eq!(sysctls(&ns.0), ["1", "2", "2"]);
@@ -101,30 +99,10 @@ fn realserver_setup_check_teardown() {
     let (ok, out) = in_ns(&ns.0, &["realserver", "check", "--vip", vip]);
     assert!(ok && !out.contains("MISSING"), "{out}");
     // Running it again changes nothing.
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "setup",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("setup");
     assert!(ok && out.contains("nothing to do"), "{out}");
 
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "teardown",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("teardown");
     assert!(ok, "{out}");
     assert_eq!(
         sysctls(&ns.0),
@@ -146,46 +124,16 @@ fn realserver_setup_check_teardown() {
         "lo",
     ])
     .unwrap();
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "setup",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("setup");
     assert!(ok && !out.contains("added"), "{out}");
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "teardown",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("teardown");
     assert!(ok, "{out}");
     let addrs = sh(&["ip", "-n", &ns.0, "addr", "show", "dev", "lo"]).unwrap();
     assert!(
         addrs.contains("198.18.9.9/32"),
         "teardown removed an address it had not added: {addrs}"
     );
-    let (ok, out) = in_ns(
-        &ns.0,
-        &[
-            "realserver",
-            "teardown",
-            "--vip",
-            vip,
-            "--state",
-            &record.to_string_lossy(),
-        ],
-    );
+    let (ok, out) = rs("teardown");
     assert!(!ok && out.contains("nothing to undo"), "{out}");
 }
 
