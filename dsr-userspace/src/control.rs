@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     health::CheckResult,
-    model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
+    spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
 /// Largest request accepted, in bytes (a VIP with many backends fits easily).

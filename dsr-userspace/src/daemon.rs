@@ -22,16 +22,19 @@ use tokio::{
 };
 
 use crate::{
-    changes::{self, Change, Limits},
-    config,
     control::{
         self, BackendStatus, Call, ReasonStatus, Request, Response, Status, Traffic, VipStatus,
     },
     datapath::{self, Datapath, Egress, LoadOptions, Sizes, Totals, VipAddrKeyOrd},
     health::{self, Report},
     maglev,
-    model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
     neighbour::{self, NeighbourEvent, Netlink},
+    spec::model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
+    spec::toml_file,
+    spec::{
+        journal::{self, Change},
+        validate::Limits,
+    },
     state::{Desired, State},
 };
 
@@ -134,6 +137,9 @@ impl Daemon {
     pub async fn start(config_path: &Path, config: Model, clean: bool) -> Result<Self> {
         let netlink = Netlink::new()?;
         let (ifindex, if_mac) = netlink.link(&config.interface).await?;
+        check_interfaces(&netlink, &config.vips)
+            .await
+            .map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,
@@ -215,7 +221,7 @@ impl Daemon {
                 (state, saved.map(|s| s.journal).unwrap_or_default())
             }
         };
-        let (vips, skipped) = changes::replay(&config.vips, &journal, limits(&config));
+        let (vips, skipped) = journal::replay(&config.vips, &journal, limits(&config));
         for s in skipped {
             log::warn!("{s}");
         }
@@ -357,7 +363,7 @@ impl Daemon {
     }
 
     fn desired_vips(&self) -> (Vec<VipSpec>, Vec<String>) {
-        changes::replay(&self.config.vips, &self.journal, limits(&self.config))
+        journal::replay(&self.config.vips, &self.journal, limits(&self.config))
     }
 
     /// Starts checks for new backends, stops vanished ones, zeroes reused ids' counters.
@@ -687,6 +693,19 @@ impl Daemon {
         }
     }
 
+    /// Whether `vips` can be applied completely: every interface a backend names exists and
+    /// there are ids for every new VIP and backend. Checked before anything is written, so a
+    /// change that cannot apply fully changes nothing.
+    async fn can_apply(&self, vips: &[VipSpec]) -> Result<(), String> {
+        check_interfaces(&self.netlink, vips).await?;
+        let mut trial = self.state.clone();
+        let r = trial.reconcile(vips, SystemTime::now());
+        if !r.errors.is_empty() {
+            return Err(r.errors.join("; "));
+        }
+        Ok(())
+    }
+
     /// Brings the state to config + journal and applies it.
     async fn resync(&mut self) -> Vec<String> {
         let (vips, mut notes) = self.desired_vips();
@@ -719,7 +738,7 @@ impl Daemon {
 
     /// Re-reads the config file. On any error nothing changes.
     async fn reload(&mut self) -> Result<String> {
-        let new = config::load(&self.config_path)?;
+        let new = toml_file::load(&self.config_path)?;
         let fixed = [
             ("instance", self.config.instance != new.instance),
             ("interface", self.config.interface != new.interface),
@@ -751,7 +770,12 @@ impl Daemon {
                 changed.join(", ")
             ));
         }
-        // Only the VIPs (and their backends/checks) can differ now.
+        // Only the VIPs (and their backends/checks) can differ now. Refuse what cannot apply
+        // completely before anything changes.
+        let (vips, _) = journal::replay(&new.vips, &self.journal, limits(&new));
+        self.can_apply(&vips)
+            .await
+            .map_err(|e| anyhow!("{}: {e}; nothing was changed", self.config_path.display()))?;
         let before = self.config.vips.clone();
         self.config = new;
         let notes = self.resync().await;
@@ -829,12 +853,12 @@ impl Daemon {
                 inherit_check,
             } => vip(&self.state, name).map(|v| {
                 let mut backend = backend.clone();
-                if *inherit_check && backend.role != crate::model::Role::Sorry {
+                if *inherit_check && backend.role != crate::spec::model::Role::Sorry {
                     backend.check = self
                         .state
                         .vip(&v)
                         .map(|x| x.spec.check.clone())
-                        .unwrap_or_else(crate::model::CheckSpec::none);
+                        .unwrap_or_else(crate::spec::model::CheckSpec::none);
                 }
                 Change::AddBackend { vip: v, backend }
             }),
@@ -871,12 +895,15 @@ impl Daemon {
             Err(e) => return Response::error(e),
         };
         // Try it on the current desired state first: a change that does not apply changes
-        // nothing.
+        // nothing, and only a change that applies enters the journal.
         let (mut vips, _) = self.desired_vips();
         let message = match change.apply(&mut vips, limits(&self.config)) {
             Ok(m) => m,
             Err(e) => return Response::error(e),
         };
+        if let Err(e) = self.can_apply(&vips).await {
+            return Response::error(format!("refused, nothing was changed: {e}"));
+        }
         self.journal.push(change);
         let notes = self.resync().await;
         if notes.is_empty() {
@@ -908,7 +935,7 @@ impl Daemon {
                 addr: vip.spec.addr,
                 conntrack: vip.spec.conntrack,
                 fragments: vip.spec.fragments,
-                hash: crate::model::hash_fields_name(vip.spec.hash_fields),
+                hash: crate::spec::model::hash_fields_name(vip.spec.hash_fields),
                 serving,
                 runtime: from_config.is_none(),
                 traffic: self.rates.traffic(true, vip.id, vt),
@@ -994,6 +1021,30 @@ impl Daemon {
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+/// Every interface a backend is configured behind must exist (a typo would otherwise send
+/// the backend's frames out of the wrong interface).
+async fn check_interfaces(netlink: &Netlink, vips: &[VipSpec]) -> Result<(), String> {
+    let mut names: Vec<(&str, &VipSpec, IpAddr)> = Vec::new();
+    for v in vips {
+        for b in &v.backends {
+            if let Some(name) = &b.interface
+                && !names.iter().any(|(n, _, _)| n == name)
+            {
+                names.push((name, v, b.address));
+            }
+        }
+    }
+    for (name, vip, address) in names {
+        if let Err(e) = netlink.link(name).await {
+            return Err(format!(
+                "VIP {}: backend {address}: {e:#} (interface = {name:?})",
+                vip.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Keys the kernel holds (`applied`) that are no longer `desired`.
@@ -1123,7 +1174,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
             addr: vip.spec.addr,
             conntrack: vip.spec.conntrack,
             fragments: vip.spec.fragments,
-            hash: crate::model::hash_fields_name(vip.spec.hash_fields),
+            hash: crate::spec::model::hash_fields_name(vip.spec.hash_fields),
             serving,
             runtime: !model.vips.iter().any(|c| c.addr == vip.spec.addr),
             traffic: Rates::default().traffic(true, vip.id, vt),

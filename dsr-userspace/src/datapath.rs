@@ -33,7 +33,7 @@ use dsr_common::{
 
 use crate::{
     ebpf::DSR_OBJECT,
-    model::{MacAddr, Protocol, VipAddr, XdpAttachMode},
+    spec::model::{MacAddr, Protocol, VipAddr, XdpAttachMode},
 };
 
 /// How big the maps are; fixed when the program is loaded.

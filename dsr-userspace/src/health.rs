@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpStream, sync::mpsc};
 
-use crate::model::{CheckKind, CheckSpec};
+use crate::spec::model::{CheckKind, CheckSpec};
 
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,14 @@ impl Default for Health {
 }
 
 impl Health {
+    /// A new check takes over: state, since-time and last result stay; the streaks start
+    /// from zero, and the state now changes only by `rise`/`fall` (not by a first result).
+    pub fn restart_counting(&mut self) {
+        self.ok_streak = 0;
+        self.fail_streak = 0;
+        self.unchecked = false;
+    }
+
     /// Takes a result; returns the new state if it changed.
     pub fn record(&mut self, result: CheckResult, rise: u32, fall: u32) -> Option<bool> {
         let was = self.up;

@@ -1,9 +1,7 @@
 //! dsr userspace: config -> validated model -> Maglev tables -> maps, plus neighbour resolution
 //! and the daemon that ties them together. The `dsr` binary (main.rs) is the CLI over this.
 
-pub mod changes;
 pub mod cli;
-pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
@@ -11,7 +9,7 @@ pub mod ebpf;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
-pub mod model;
 pub mod neighbour;
 pub mod realserver;
+pub mod spec;
 pub mod state;

@@ -6,15 +6,17 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dsr::{
-    cli, config,
+    cli,
     control::{self, Request, Response},
     daemon::{self, Daemon},
-    datapath,
-    model::{
-        BackendSpec, CheckKind, CheckSpec, DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Role,
-        VipAddr, VipSpec, parse_duration,
+    datapath, realserver,
+    spec::{
+        model::{
+            BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
+            DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Role, VipAddr, VipSpec, parse_duration,
+        },
+        toml_file, validate,
     },
-    realserver,
 };
 
 #[derive(Parser)]
@@ -210,42 +212,69 @@ struct CheckArgs {
     /// Health check (default for a backend: the VIP's check).
     #[arg(long = "check")]
     kind: Option<CheckType>,
-    #[arg(long)]
+    /// Port on the backend's own address (default: the VIP's port).
+    #[arg(long, requires = "kind")]
     check_port: Option<u16>,
-    #[arg(long, default_value = "/")]
-    check_path: String,
-    #[arg(long, default_value_t = 200)]
-    check_status: u16,
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    check_interval: Duration,
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    check_timeout: Duration,
-    #[arg(long, default_value_t = DEFAULT_RISE)]
-    rise: u32,
-    #[arg(long, default_value_t = DEFAULT_FALL)]
-    fall: u32,
+    /// HTTP path (default "/"); only with --check http.
+    #[arg(long, requires = "kind")]
+    check_path: Option<String>,
+    /// Expected HTTP status (default 200); only with --check http.
+    #[arg(long, requires = "kind")]
+    check_status: Option<u16>,
+    /// Default 1s.
+    #[arg(long, requires = "kind", value_parser = parse_duration)]
+    check_interval: Option<Duration>,
+    /// Default 1s, or the interval if shorter.
+    #[arg(long, requires = "kind", value_parser = parse_duration)]
+    check_timeout: Option<Duration>,
+    /// Successes that bring a down backend up (default 2).
+    #[arg(long, requires = "kind")]
+    rise: Option<u32>,
+    /// Failures that take an up backend down (default 2).
+    #[arg(long, requires = "kind")]
+    fall: Option<u32>,
 }
 
 impl CheckArgs {
-    fn spec(&self) -> Option<CheckSpec> {
-        let kind = match self.kind? {
+    /// The check the flags describe (`None`: no --check given). Settings that do not apply
+    /// to the check type are refused, as the config file refuses them; the ranges are the
+    /// daemon's one validation's business.
+    fn spec(&self) -> Result<Option<CheckSpec>> {
+        let Some(kind) = self.kind else {
+            return Ok(None);
+        };
+        let kind = match kind {
             CheckType::None => CheckKind::None,
             CheckType::Tcp => CheckKind::Tcp,
             CheckType::Http => CheckKind::Http {
-                path: self.check_path.clone(),
-                expect_status: self.check_status,
+                path: self.check_path.clone().unwrap_or_else(|| "/".into()),
+                expect_status: self.check_status.unwrap_or(200),
                 host: None,
                 expect_body: None,
             },
         };
-        Some(CheckSpec {
+        if !matches!(kind, CheckKind::Http { .. }) {
+            let name = kind.type_name();
+            for (field, given) in [
+                ("path", self.check_path.is_some()),
+                ("expect_status", self.check_status.is_some()),
+            ] {
+                if given {
+                    anyhow::bail!("{}", validate::http_only(field, name));
+                }
+            }
+        }
+        let interval = self.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+        Ok(Some(CheckSpec {
             kind,
             port: self.check_port,
-            interval: self.check_interval,
-            timeout: self.check_timeout,
-            rise: self.rise.clamp(1, 100),
-            fall: self.fall.clamp(1, 100),
-        })
+            interval,
+            timeout: self
+                .check_timeout
+                .unwrap_or(DEFAULT_CHECK_TIMEOUT.min(interval.max(validate::MIN_CHECK_INTERVAL))),
+            rise: self.rise.unwrap_or(DEFAULT_RISE),
+            fall: self.fall.unwrap_or(DEFAULT_FALL),
+        }))
     }
 }
 
@@ -269,12 +298,12 @@ fn main() -> std::process::ExitCode {
 /// The paths a command needs, from `--config` or `--instance`.
 fn resolve(target: &Target) -> Result<(PathBuf, Model)> {
     if let Some(path) = &target.config {
-        return Ok((path.clone(), config::load(path)?));
+        return Ok((path.clone(), toml_file::load(path)?));
     }
     let instance = target.instance.clone().unwrap_or_else(|| "default".into());
     // The same defaults a config file without these settings gets.
     let text = format!("instance = {instance:?}\ninterface = \"-\"\n");
-    let model = config::parse(&text, std::path::Path::new("(defaults)"))
+    let model = toml_file::parse(&text, std::path::Path::new("(defaults)"))
         .with_context(|| format!("instance name {instance:?}"))?;
     Ok((PathBuf::from("(unknown: --config not given)"), model))
 }
@@ -290,7 +319,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// leniently, so that commands for a running daemon work while the file is being edited.
 fn socket(target: &Target) -> Result<(String, PathBuf)> {
     match &target.config {
-        Some(path) => Ok(config::control_socket_of(path)?),
+        Some(path) => Ok(toml_file::control_socket_of(path)?),
         None => {
             let (_, model) = resolve(target)?;
             Ok((model.instance, model.control_socket))
@@ -342,7 +371,7 @@ fn real_main() -> Result<bool> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
-            let model = config::load(&config)?;
+            let model = toml_file::load(&config)?;
             println!(
                 "{}: ok: instance {}, interface {}, {} VIPs, {} backends",
                 config.display(),
@@ -354,7 +383,7 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
         Command::Run { config, clean } => {
-            let model = config::load(&config)?;
+            let model = toml_file::load(&config)?;
             runtime()?.block_on(async {
                 let daemon = Daemon::start(&config, model, clean).await?;
                 daemon.run().await
@@ -383,7 +412,7 @@ fn real_main() -> Result<bool> {
                     } else {
                         Role::Primary
                     };
-                    let spec = check.spec();
+                    let spec = check.spec()?;
                     Request::BackendAdd {
                         vip,
                         inherit_check: spec.is_none(),
@@ -436,7 +465,7 @@ fn real_main() -> Result<bool> {
                         } else {
                             dsr_common::HASH_ALL
                         },
-                        check: check.spec().unwrap_or_else(CheckSpec::none),
+                        check: check.spec()?.unwrap_or_else(CheckSpec::none),
                         backends: Vec::new(),
                     },
                 },

@@ -25,7 +25,7 @@ const RTMGRP_NEIGH: u32 = 0x4;
 /// A neighbour entry that appeared or changed: (ifindex, address, MAC).
 pub type NeighbourEvent = (u32, IpAddr, MacAddr);
 
-use crate::model::MacAddr;
+use crate::spec::model::MacAddr;
 
 #[derive(Clone)]
 pub struct Netlink {

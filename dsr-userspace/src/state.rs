@@ -21,7 +21,7 @@ use crate::{
     datapath::VipOptions,
     health::Health,
     maglev,
-    model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
+    spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -243,10 +243,13 @@ impl State {
                 let backend = match kept {
                     Some(mut b) => {
                         if b.spec.check != bspec.check {
-                            // A new check starts from a clean slate.
+                            // A new check runs, but the backend keeps its state: during an
+                            // incident, tuning a dead primary's check must not send new flows
+                            // back to it. The new check's results count from zero, so a down
+                            // backend needs `rise` successes and an up one `fall` failures.
                             out.stopped_tokens.push(b.check_token);
                             b.check_token = self.token();
-                            b.health = Health::default();
+                            b.health.restart_counting();
                             out.added.push((spec.addr, bspec.address));
                         }
                         if b.spec.interface != bspec.interface {
@@ -400,7 +403,7 @@ mod tests {
     use super::*;
     use crate::{
         health::CheckResult,
-        model::{CheckKind, CheckSpec, Protocol},
+        spec::model::{CheckKind, CheckSpec, Protocol},
     };
 
     fn bspec(last: u8, role: Role) -> BackendSpec {
@@ -530,6 +533,59 @@ mod tests {
         let d = s.desired();
         let (_, entries, _) = &d.vips[&addr];
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn editing_a_check_keeps_the_backends_health() {
+        let now = SystemTime::now();
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let config = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
+        s.reconcile(std::slice::from_ref(&config), now);
+        // .11 passes once (its first result decides: up), then fails twice: down.
+        let addr = config.addr;
+        let token = |s: &State| {
+            s.backend(&addr, IpAddr::from([198, 18, 0, 11]))
+                .unwrap()
+                .check_token
+        };
+        let result = |ok| CheckResult {
+            ok,
+            at: SystemTime::now(),
+            latency_us: 0,
+            message: String::new(),
+        };
+        s.record_check(token(&s), result(true));
+        fail(&mut s, 11);
+        fail(&mut s, 11);
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
+        // The operator tunes the dead backend's check: it stays down (and keeps its since)...
+        let since = s
+            .backend(&addr, IpAddr::from([198, 18, 0, 11]))
+            .unwrap()
+            .health
+            .since;
+        let mut tuned = config.clone();
+        tuned.backends[0].check.interval = Duration::from_millis(200);
+        tuned.backends[0].check.rise = 2;
+        let r = s.reconcile(std::slice::from_ref(&tuned), now);
+        assert_eq!(r.added.len(), 1, "the new check must start");
+        let b11 = s.backend(&addr, IpAddr::from([198, 18, 0, 11])).unwrap();
+        assert!(!b11.health.up && b11.health.since == since);
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
+        // ...and comes up only after `rise` successes of the new check.
+        s.record_check(token(&s), result(true));
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
+        s.record_check(token(&s), result(true));
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![11, 12]));
+        // An up backend whose check is edited needs `fall` failures to go down.
+        let mut again = tuned.clone();
+        again.backends[1].check.fall = 3;
+        s.reconcile(std::slice::from_ref(&again), now);
+        fail(&mut s, 12);
+        fail(&mut s, 12);
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![11, 12]));
+        fail(&mut s, 12);
+        assert_eq!(serving(&s), (Some(Role::Primary), vec![11]));
     }
 
     #[test]

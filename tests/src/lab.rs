@@ -1075,7 +1075,7 @@ impl Lab {
         i: usize,
         name: &str,
         announce: bool,
-    ) -> dsr::model::MacAddr {
+    ) -> dsr::spec::model::MacAddr {
         let ip = self.backends[i].ip;
         let old_ns = self.backends[i].ns.clone();
         let ns = format!("{}-moved{}", self.tag, i + 1);
@@ -1106,7 +1106,7 @@ impl Lab {
         if let Err(e) = result {
             panic!("moving {ip}: {e:#}");
         }
-        dsr::model::MacAddr(mac)
+        dsr::spec::model::MacAddr(mac)
     }
 
     /// Turns backend `i`'s health endpoint (HTTP on its own address, port HEALTH_PORT) off

@@ -10,7 +10,7 @@ use std::{
 use dsr::{
     datapath::{self, Datapath, Egress, LoadOptions, Sizes, VipOptions},
     maglev,
-    model::{MacAddr, Protocol, VipAddr},
+    spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
     DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason,

@@ -278,36 +278,181 @@ fn reload_applies_differences_and_refuses_bad_configs() {
 
 /// The control socket and CLI refuse bad input and change nothing; `status` works while
 /// the daemon is down.
+/// Everything a change could alter in `dsr status`: the whole spec and runtime state of every
+/// VIP and backend and the journal, without the counters and rates that traffic moves.
+fn state_of(lab: &Lab) -> serde_json::Value {
+    let status = lab.status();
+    let mut v = serde_json::to_value(&status.vips).unwrap();
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("traffic");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    serde_json::json!({ "vips": v, "runtime_changes": status.runtime_changes })
+}
+
+/// The message `dsr check` gives for a config, without its "file:line: " prefix.
+fn config_message(lab: &Lab, config: &str) -> String {
+    let path = lab.dir.join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(dsr_lab::lab::dsr_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "dsr check accepted:\n{config}");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("bad.toml:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // "dsr: /path/bad.toml:12: message"
+    let after_file = line.split_once("bad.toml:").unwrap().1;
+    after_file
+        .split_once(": ")
+        .map_or(after_file, |(_, m)| m)
+        .trim()
+        .to_owned()
+}
+
 #[test]
 fn bad_requests_change_nothing() {
     let mut lab = Lab::new("badreq", &[1, 1]);
     lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
-    let before = serde_json::to_string(&lab.status().vips).unwrap();
-    let strip = |s: &str| s.replace(|c: char| c.is_ascii_digit(), "");
+    // A VIP that owns its address's UDP fragments, for the "second owner" case below.
+    let (ok, out) = lab.dsr(&[
+        "vip",
+        "add",
+        "198.18.0.200:54/udp",
+        "--fragments",
+        "--name",
+        "frag",
+    ]);
+    assert!(ok, "{out}");
+    let before = state_of(&lab);
 
+    // The same rule refuses the same mistake in a config file and on the command line, with
+    // the same message.
+    let with_backend = |check: &str, backend: &str| {
+        format!(
+            "{}\n[[vip]]\nname = \"x\"\naddress = \"198.18.0.100\"\nport = 53\nprotocol = \"udp\"\n{check}  [[vip.backend]]\n  address = \"198.18.0.50\"\n{backend}",
+            lab.header()
+        )
+    };
+    let interval_msg = config_message(
+        &lab,
+        &with_backend("[vip.check]\ntype = \"tcp\"\ninterval = \"0s\"\n", ""),
+    );
+    let weight_msg = config_message(&lab, &with_backend("", "  weight = 2000000\n"));
+    let path_msg = config_message(
+        &lab,
+        &with_backend("[vip.check]\ntype = \"http\"\npath = \"nopath\"\n", ""),
+    );
+    let tcp_path_msg = config_message(
+        &lab,
+        &with_backend("[vip.check]\ntype = \"tcp\"\npath = \"/x\"\n", ""),
+    );
+    let own_msg = config_message(
+        &lab,
+        &with_backend("", "").replace("198.18.0.50", "198.18.0.100"),
+    );
+    for m in [
+        &interval_msg,
+        &weight_msg,
+        &path_msg,
+        &tcp_path_msg,
+        &own_msg,
+    ] {
+        assert!(!m.is_empty());
+    }
+
+    fn add<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["backend", "add", "udp-53", "198.18.0.50"];
+        a.extend_from_slice(extra);
+        a
+    }
     for (args, words) in [
         (
             vec!["backend", "remove", "udp-53", "198.18.0.99"],
-            "has no backend 198.18.0.99",
+            "has no backend 198.18.0.99".to_owned(),
         ),
         (
             vec!["backend", "drain", "nope", "198.18.0.11"],
-            "no VIP named",
+            "no VIP named".into(),
         ),
         (
             vec!["backend", "add", "udp-53", "198.18.0.11"],
-            "already has backend",
+            "already has backend".into(),
         ),
         (
             vec!["backend", "weight", "udp-53", "198.18.0.11", "5000000"],
-            "above",
+            "above the maximum".into(),
         ),
-        (vec!["vip", "add", "198.18.0.100:53/udp"], "exists already"),
-        (vec!["vip", "remove", "198.18.0.100:9/tcp"], "no VIP named"),
+        (
+            vec!["vip", "add", "198.18.0.100:53/udp"],
+            "exists already".into(),
+        ),
+        (
+            vec!["vip", "remove", "198.18.0.100:9/tcp"],
+            "no VIP named".into(),
+        ),
+        (
+            add(&["--check", "tcp", "--check-interval", "0s"]),
+            interval_msg.clone(),
+        ),
+        (add(&["--weight", "2000000"]), weight_msg.clone()),
+        (
+            add(&["--check", "http", "--check-path", "nopath"]),
+            path_msg.clone(),
+        ),
+        (
+            add(&["--check", "tcp", "--check-path", "/x"]),
+            tcp_path_msg.clone(),
+        ),
+        (add(&["--check-port", "8080"]), "--check".into()),
+        (
+            add(&["--check", "tcp", "--rise", "0"]),
+            "rise 0 must be 1..=100".into(),
+        ),
+        (
+            add(&["--interface", "nosuch0"]),
+            "interface \"nosuch0\" not found".into(),
+        ),
+        (
+            vec!["backend", "add", "udp-53", "198.18.0.100"],
+            own_msg.clone(),
+        ),
+        (
+            vec!["vip", "add", "198.18.0.100:*/tcp", "--check", "tcp"],
+            "an all-ports VIP has no port to check".into(),
+        ),
+        (
+            vec!["vip", "add", "198.18.0.200:55/udp", "--fragments"],
+            "only one VIP per address, protocol and VLAN may take its fragments".into(),
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:70/tcp",
+                "--name",
+                "198.18.0.100:53/udp",
+            ],
+            "address of another VIP".into(),
+        ),
     ] {
         let (ok, out) = lab.dsr(&args);
         assert!(!ok, "{args:?} succeeded: {out}");
-        assert!(out.contains(words), "{args:?}: {out}");
+        assert!(
+            out.contains(&words),
+            "{args:?}: {out:?} does not say {words:?}"
+        );
     }
     // Raw garbage on the socket.
     for garbage in [
@@ -327,10 +472,9 @@ fn bad_requests_change_nothing() {
             "{answer}"
         );
     }
-    let after = serde_json::to_string(&lab.status().vips).unwrap();
     assert_eq!(
-        strip(&before),
-        strip(&after),
+        before,
+        state_of(&lab),
         "a refused request changed the state"
     );
     // The socket is root's alone.
@@ -348,4 +492,28 @@ fn bad_requests_change_nothing() {
         "{out}"
     );
     assert!(out.contains("udp-53"), "{out}");
+}
+
+/// A reload that cannot apply completely (here: no backend ids left, since removed
+/// backends' ids wait out the flow idle timeout) is refused and changes nothing.
+#[test]
+fn reload_that_cannot_fully_apply_changes_nothing() {
+    let mut lab = Lab::new("reloadids", &[1, 1]);
+    // Two VIPs x two backends use all four ids.
+    let config = lab
+        .config()
+        .replace("max_backends = 64", "max_backends = 4");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = state_of(&lab);
+    // Backend .12 of the TCP VIP is replaced by .13: .13 needs a fifth id.
+    let (head, udp) = config.split_at(config.find("name = \"udp").unwrap());
+    let changed = head.replacen("198.18.0.12", "198.18.0.13", 1) + udp;
+    assert_ne!(changed, config);
+    std::fs::write(lab.config_path(), &changed).unwrap();
+    let (ok, out) = lab.dsr(&["reload"]);
+    assert!(!ok, "reload succeeded: {out}");
+    assert!(out.contains("out of backend ids"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert_eq!(before, state_of(&lab), "a refused reload changed the state");
 }

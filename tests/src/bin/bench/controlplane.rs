@@ -10,7 +10,7 @@ use dsr::{
     control::Request,
     datapath::{Datapath, LoadOptions, Sizes, VipOptions},
     maglev,
-    model::{Protocol, VipAddr},
+    spec::model::{Protocol, VipAddr},
 };
 use dsr_common::{
     DEFAULT_FLOW_IDLE_SECS, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_HASH_SEED, DEFAULT_MAX_BACKENDS,

@@ -32,7 +32,7 @@ use dsr::{
     datapath::{self, Datapath, LoadOptions, Sizes, VipOptions},
     ebpf::REFERENCE_OBJECT,
     maglev,
-    model::{MacAddr, Protocol, VipAddr},
+    spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
     DEFAULT_FLOW_IDLE_SECS, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE,

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BackendSpec, VipAddr, VipSpec};
+use crate::spec::{
+    model::{BackendSpec, VipAddr, VipSpec},
+    validate::{self, Limits},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -41,17 +44,19 @@ pub enum Change {
     },
 }
 
-/// Limits a change must respect (the map sizes fixed at load).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub table_size: u32,
-}
-
 impl Change {
-    /// Applies the change to `vips`, or says why it cannot apply (and leaves `vips` as is).
+    /// Applies the change to `vips` if the result passes the one validation, or says why it
+    /// cannot apply (and leaves `vips` as is).
     pub fn apply(&self, vips: &mut Vec<VipSpec>, limits: Limits) -> Result<String, String> {
+        let mut trial = vips.clone();
+        let message = self.apply_unchecked(&mut trial)?;
+        validate::vips(&trial, limits).map_err(|e| e.to_string())?;
+        *vips = trial;
+        Ok(message)
+    }
+
+    /// The change itself: what it refers to must exist (or must not, for an add).
+    fn apply_unchecked(&self, vips: &mut Vec<VipSpec>) -> Result<String, String> {
         let find = |vips: &[VipSpec], addr: &VipAddr| {
             vips.iter()
                 .position(|v| v.addr == *addr)
@@ -71,10 +76,6 @@ impl Change {
                 if vips.iter().any(|v| v.name == vip.name) {
                     return Err(format!("a VIP is already named {:?}", vip.name));
                 }
-                if vips.len() >= limits.max_vips as usize {
-                    return Err(format!("max_vips ({}) reached", limits.max_vips));
-                }
-                check_backend_count(vips, vip.backends.len(), limits)?;
                 vips.push(vip.clone());
                 Ok(format!("added VIP {} ({})", vip.name, vip.addr))
             }
@@ -100,13 +101,6 @@ impl Change {
                         vips[i].name, backend.address
                     ));
                 }
-                check_backend_count(vips, 1, limits)?;
-                if vips[i].backends.len() + 1 >= limits.table_size as usize {
-                    return Err(format!(
-                        "table_size {} is too small for more backends",
-                        limits.table_size
-                    ));
-                }
                 vips[i].backends.push(backend.clone());
                 Ok(format!(
                     "added backend {} to VIP {} (weight {}, {})",
@@ -127,12 +121,6 @@ impl Change {
                 address,
                 weight,
             } => {
-                if *weight > crate::config::MAX_WEIGHT {
-                    return Err(format!(
-                        "weight {weight} is above {}",
-                        crate::config::MAX_WEIGHT
-                    ));
-                }
                 let i = find(vips, vip)?;
                 let b = backend_at(&vips[i], address)?;
                 let old = std::mem::replace(&mut vips[i].backends[b].weight, *weight);
@@ -145,27 +133,20 @@ impl Change {
                 let drain = matches!(self, Change::Drain { .. });
                 let i = find(vips, vip)?;
                 let b = backend_at(&vips[i], address)?;
-                vips[i].backends[b].drained = drain;
-                Ok(format!(
-                    "backend {address} of VIP {}: {}",
-                    vips[i].name,
-                    if drain {
-                        "draining (no new flows; established flows stay)"
-                    } else {
-                        "enabled"
+                let backend = &mut vips[i].backends[b];
+                backend.drained = drain;
+                let what = match (drain, backend.weight) {
+                    (true, _) => "draining (no new flows; established flows stay)",
+                    (false, 0) => {
+                        "enabled, but its weight is 0, so it still gets no new flows \
+                         (`dsr backend weight` gives it a share)"
                     }
-                ))
+                    (false, _) => "enabled",
+                };
+                Ok(format!("backend {address} of VIP {}: {what}", vips[i].name))
             }
         }
     }
-}
-
-fn check_backend_count(vips: &[VipSpec], adding: usize, limits: Limits) -> Result<(), String> {
-    let total: usize = vips.iter().map(|v| v.backends.len()).sum();
-    if total + adding > limits.max_backends as usize {
-        return Err(format!("max_backends ({}) reached", limits.max_backends));
-    }
-    Ok(())
 }
 
 /// Replays `journal` over the config's VIPs. Changes that no longer apply (their VIP or
@@ -188,7 +169,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CheckSpec, Protocol, Role};
+    use crate::spec::model::{CheckSpec, Protocol, Role};
 
     fn backend(last: u8) -> BackendSpec {
         BackendSpec {

@@ -231,6 +231,17 @@ pub enum CheckKind {
     },
 }
 
+impl CheckKind {
+    /// The `type` the config file gives this kind.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+        }
+    }
+}
+
 /// A backend's health check, with the VIP's defaults already merged in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {

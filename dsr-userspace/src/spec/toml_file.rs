@@ -18,15 +18,14 @@ use dsr_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{
-    BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL,
-    DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, XdpAttachMode, parse_duration,
+use crate::spec::{
+    model::{
+        BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
+        DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec,
+        XdpAttachMode, parse_duration,
+    },
+    validate::{self, Limits, MAX_TABLE_SIZE, Place},
 };
-
-/// Largest table size accepted: 2 rows per VIP of this many slots must fit in memory.
-pub const MAX_TABLE_SIZE: u32 = 1_048_573;
-/// Largest weight: keeps weight arithmetic in the table builder far from overflow.
-pub const MAX_WEIGHT: u32 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -202,7 +201,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         }
     };
     let interface = raw.interface.get_ref().trim().to_owned();
-    if !valid_ifname(&interface) {
+    if !validate::valid_ifname(&interface) {
         return Err(err(
             Some(raw.interface.span()),
             format!(
@@ -253,25 +252,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             "flow_idle_timeout must be at least 1s".into(),
         ));
     }
-    if raw.vips.len() > max_vips as usize {
-        return Err(err(
-            raw.vips.get(max_vips as usize).map(|v| v.span()),
-            format!(
-                "{} VIPs configured but max_vips is {max_vips}",
-                raw.vips.len()
-            ),
-        ));
-    }
-
     let mut vips = Vec::with_capacity(raw.vips.len());
-    let mut seen: HashMap<VipAddr, usize> = HashMap::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    // (address, protocol, VLAN) -> (line, takes fragments) of all-ports and fragment VIPs.
-    let mut fragment_owners: HashMap<(IpAddr, Protocol, u16), (usize, bool)> = HashMap::new();
-    let mut total_backends = 0usize;
+    // Where each VIP, backend and field is written, to place validation errors.
+    let mut spans: Vec<ItemSpans> = Vec::with_capacity(raw.vips.len());
     for spanned in &raw.vips {
         let v = spanned.get_ref();
-        let line = line_of(text, spanned.span().start);
+        let mut vip_spans = ItemSpans {
+            span: spanned.span(),
+            fields: HashMap::new(),
+            backends: Vec::new(),
+        };
         let port = match (&v.port, v.all_ports) {
             (Some(p), false) if *p.get_ref() != 0 => *p.get_ref(),
             (Some(p), false) => {
@@ -302,84 +292,43 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             }
         };
         let fragments = v.fragments;
+        if let Some(n) = &v.vlan {
+            vip_spans.fields.insert("vlan", n.span());
+        }
         let hash_fields = match &v.hash {
             None if fragments => dsr_common::HASH_ALL & !dsr_common::HASH_PORTS,
             None => dsr_common::HASH_ALL,
-            Some(h) => hash_fields(h.get_ref()).map_err(|e| err(Some(h.span()), e))?,
+            Some(h) => {
+                vip_spans.fields.insert("hash", h.span());
+                hash_fields(h.get_ref()).map_err(|e| err(Some(h.span()), e))?
+            }
         };
-        if fragments && hash_fields & dsr_common::HASH_PORTS != 0 {
-            return Err(err(
-                v.hash.as_ref().map(|h| h.span()),
-                "a VIP that accepts fragments cannot hash on ports (non-first fragments carry \
-                 none): use e.g. hash = \"addresses\" or \"source\""
-                    .into(),
-            ));
-        }
         let addr = VipAddr {
             address: v.address,
             port,
             protocol: v.protocol,
             vlan,
         };
-        // Fragments of one address/protocol/VLAN can only go to one VIP: a non-first
-        // fragment has no port to choose by. An all-ports VIP takes them.
-        if fragments || port == 0 {
-            let owner = (v.address, v.protocol, vlan);
-            if let Some(&(first, takes)) = fragment_owners.get(&owner)
-                && (fragments || takes)
-            {
-                return Err(err(
-                    Some(spanned.span()),
-                    format!(
-                        "VIP {addr}: only one VIP per address, protocol and VLAN may take its \
-                         fragments, and an all-ports VIP takes them (see line {first})"
-                    ),
-                ));
-            }
-            let entry = fragment_owners.entry(owner).or_insert((line, false));
-            entry.1 |= fragments;
-        }
-        if let Some(first) = seen.insert(addr, line) {
-            return Err(err(
-                Some(spanned.span()),
-                format!("VIP {addr} is configured twice (first at line {first})"),
-            ));
-        }
         let name = v.name.clone().unwrap_or_else(|| addr.to_string());
-        if let Some(first) = names.insert(name.clone(), line) {
-            return Err(err(
-                Some(spanned.span()),
-                format!("VIP name {name:?} is used twice (first at line {first})"),
-            ));
-        }
         let mut backends = Vec::with_capacity(v.backends.len());
-        let mut seen_backends: HashMap<IpAddr, usize> = HashMap::new();
         for b in &v.backends {
             let raw_b = b.get_ref();
-            let bline = line_of(text, b.span().start);
-            if let Some(first) = seen_backends.insert(raw_b.address, bline) {
-                return Err(err(
-                    Some(b.span()),
-                    format!(
-                        "backend {} appears twice in VIP {name} (first at line {first})",
-                        raw_b.address
-                    ),
-                ));
-            }
-            let weight = raw_b.weight.as_ref().map_or(1, |w| *w.get_ref());
-            if weight > MAX_WEIGHT {
-                return Err(err(
-                    raw_b.weight.as_ref().map(|w| w.span()),
-                    format!("weight {weight} is above the maximum {MAX_WEIGHT}"),
-                ));
-            }
+            let mut fields = HashMap::new();
+            let weight = match &raw_b.weight {
+                Some(w) => {
+                    fields.insert("weight", w.span());
+                    *w.get_ref()
+                }
+                None => 1,
+            };
             let mac = match &raw_b.mac {
                 None => None,
-                Some(m) => Some(
+                Some(m) => Some({
+                    fields.insert("mac", m.span());
                     m.get_ref()
                         .parse::<MacAddr>()
-                        .map_err(|e| err(Some(m.span()), format!("mac {:?}: {e}", m.get_ref())))?,
-                ),
+                        .map_err(|e| err(Some(m.span()), format!("mac {:?}: {e}", m.get_ref())))?
+                }),
             };
             let backup = raw_b.backup.as_ref().is_some_and(|b| *b.get_ref());
             let role = match (backup, raw_b.sorry) {
@@ -395,19 +344,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             };
             // A sorry server is checked only when it has a check of its own (keepalived
             // does not check its sorry_server; a check written for it is honoured).
-            let check = match role {
+            let (check, check_spans) = match role {
                 Role::Sorry => check(&errors, raw_b.check.as_ref(), None)?,
                 _ => check(&errors, raw_b.check.as_ref(), v.check.as_ref())?,
             };
-            if port == 0 && check.kind != CheckKind::None && check.port.is_none() {
-                return Err(err(
-                    Some(b.span()),
-                    format!(
-                        "backend {}: an all-ports VIP has no port to check; set the check's port",
-                        raw_b.address
-                    ),
-                ));
+            fields.extend(check_spans);
+            if let Some(i) = &raw_b.interface {
+                fields.insert("interface", i.span());
             }
+            vip_spans.backends.push((b.span(), fields));
             backends.push(BackendSpec {
                 address: raw_b.address,
                 weight,
@@ -416,43 +361,41 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 inhibit_on_failure: raw_b.inhibit_on_failure.unwrap_or(v.inhibit_on_failure),
                 check,
                 drained: false,
-                interface: match &raw_b.interface {
-                    None => None,
-                    Some(i) if valid_ifname(i.get_ref()) => Some(i.get_ref().clone()),
-                    Some(i) => {
-                        return Err(err(
-                            Some(i.span()),
-                            format!("interface {:?} is not a valid interface name", i.get_ref()),
-                        ));
-                    }
-                },
+                interface: raw_b.interface.as_ref().map(|i| i.get_ref().clone()),
             });
         }
-        if backends.len() >= table_size as usize {
-            return Err(err(
-                Some(spanned.span()),
-                format!(
-                    "VIP {name} has {} backends; table_size {table_size} must be larger",
-                    backends.len()
-                ),
-            ));
-        }
-        total_backends += backends.len();
+        let (vip_check, check_spans) = check(&errors, None, v.check.as_ref())?;
+        vip_spans.fields.extend(check_spans);
+        spans.push(vip_spans);
         vips.push(VipSpec {
             name,
             addr,
             conntrack: v.conntrack,
             fragments,
             hash_fields,
-            check: check(&errors, None, v.check.as_ref())?,
+            check: vip_check,
             backends,
         });
     }
-    if total_backends > max_backends as usize {
-        return Err(err(
-            None,
-            format!("{total_backends} backends configured but max_backends is {max_backends}"),
-        ));
+    let limits = Limits {
+        max_vips,
+        max_backends,
+        table_size,
+    };
+    if let Err(e) = validate::vips(&vips, limits) {
+        let line_at = |place: Place| spans_of(&spans, place).map(|s| line_of(text, s.start));
+        let mut message = e.message.clone();
+        if let Some(first) = e.first {
+            match line_at(first) {
+                Some(line) => message += &format!(" (first at line {line})"),
+                None => message += &format!(" (first: {})", e.first_context),
+            }
+        }
+        return Err(ConfigError {
+            file: path.to_owned(),
+            line: line_at(e.place),
+            message,
+        });
     }
 
     Ok(Model {
@@ -491,7 +434,7 @@ fn check(
     errors: &Errors,
     own: Option<&RawCheck>,
     vip: Option<&RawCheck>,
-) -> Result<CheckSpec, ConfigError> {
+) -> Result<(CheckSpec, HashMap<&'static str, Range<usize>>), ConfigError> {
     let (own, vip) = (
         own.cloned().unwrap_or_default(),
         vip.cloned().unwrap_or_default(),
@@ -510,6 +453,23 @@ fn check(
         pick!(host),
         pick!(expect_body),
     );
+    let mut spans = HashMap::new();
+    for (name, span) in [
+        ("check.port", port.as_ref().map(|v| v.span())),
+        ("check.interval", interval.as_ref().map(|v| v.span())),
+        ("check.timeout", timeout.as_ref().map(|v| v.span())),
+        ("check.rise", rise.as_ref().map(|v| v.span())),
+        ("check.fall", fall.as_ref().map(|v| v.span())),
+        ("check.path", path.as_ref().map(|v| v.span())),
+        (
+            "check.expect_status",
+            expect_status.as_ref().map(|v| v.span()),
+        ),
+    ] {
+        if let Some(span) = span {
+            spans.insert(name, span);
+        }
+    }
     let kind_name = kind.as_ref().map_or("none", |k| k.get_ref().as_str());
     let at = |s: &Option<Range<usize>>, m: String| errors.at(s.clone(), m);
     let kind_span = kind.as_ref().map(|k| k.span());
@@ -521,42 +481,21 @@ fn check(
             ("expect_body", expect_body.as_ref().map(|v| v.span())),
         ] {
             if let Some(span) = span {
-                return Err(at(
-                    &Some(span),
-                    format!(
-                        "check field {name} only applies to type = \"http\" (this check is {kind_name:?})"
-                    ),
-                ));
+                return Err(at(&Some(span), validate::http_only(name, kind_name)));
             }
         }
     }
     let kind = match kind_name {
         "none" => CheckKind::None,
         "tcp" => CheckKind::Tcp,
-        "http" => {
-            let path_v = path
+        "http" => CheckKind::Http {
+            path: path
                 .as_ref()
-                .map_or("/".to_owned(), |p| p.get_ref().clone());
-            if !path_v.starts_with('/') || path_v.contains(char::is_whitespace) {
-                return Err(at(
-                    &path.as_ref().map(|p| p.span()),
-                    format!("check path {path_v:?} must start with '/' and contain no spaces"),
-                ));
-            }
-            let status = expect_status.as_ref().map_or(200, |s| *s.get_ref());
-            if !(100..=599).contains(&status) {
-                return Err(at(
-                    &expect_status.as_ref().map(|s| s.span()),
-                    format!("expect_status {status} is not an HTTP status"),
-                ));
-            }
-            CheckKind::Http {
-                path: path_v,
-                expect_status: status,
-                host: host.map(|h| h.into_inner()),
-                expect_body: expect_body.map(|b| b.into_inner()),
-            }
-        }
+                .map_or("/".to_owned(), |p| p.get_ref().clone()),
+            expect_status: expect_status.as_ref().map_or(200, |s| *s.get_ref()),
+            host: host.map(|h| h.into_inner()),
+            expect_body: expect_body.map(|b| b.into_inner()),
+        },
         other => {
             return Err(at(
                 &kind_span,
@@ -564,56 +503,59 @@ fn check(
             ));
         }
     };
-    if let Some(p) = &port
-        && *p.get_ref() == 0
-    {
-        return Err(at(&Some(p.span()), "check port must be 1..=65535".into()));
-    }
     let interval_v = match &interval {
         Some(d) => duration(errors, d)?,
         None => DEFAULT_CHECK_INTERVAL,
     };
-    if interval_v < Duration::from_millis(10) {
-        return Err(at(
-            &interval.as_ref().map(|d| d.span()),
-            "check interval must be at least 10ms".into(),
-        ));
-    }
     let timeout_v = match &timeout {
         Some(d) => duration(errors, d)?,
-        None => DEFAULT_CHECK_TIMEOUT.min(interval_v.max(Duration::from_millis(10))),
+        None => DEFAULT_CHECK_TIMEOUT.min(interval_v.max(validate::MIN_CHECK_INTERVAL)),
     };
-    if timeout_v < Duration::from_millis(1) {
-        return Err(at(
-            &timeout.as_ref().map(|d| d.span()),
-            "check timeout must be at least 1ms".into(),
-        ));
-    }
-    let count = |v: &Option<Spanned<u32>>, default: u32, name: &str| match v {
-        None => Ok(default),
-        Some(n) if (1..=100).contains(n.get_ref()) => Ok(*n.get_ref()),
-        Some(n) => Err(at(
-            &Some(n.span()),
-            format!("{name} {} must be 1..=100", n.get_ref()),
-        )),
-    };
-    Ok(CheckSpec {
+    let spec = CheckSpec {
         kind,
         port: port.map(|p| *p.get_ref()),
         interval: interval_v,
         timeout: timeout_v,
-        rise: count(&rise, DEFAULT_RISE, "rise")?,
-        fall: count(&fall, DEFAULT_FALL, "fall")?,
-    })
+        rise: rise.map_or(DEFAULT_RISE, |n| *n.get_ref()),
+        fall: fall.map_or(DEFAULT_FALL, |n| *n.get_ref()),
+    };
+    Ok((spec, spans))
 }
 
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' '])
+/// Where a validation error's place is written in the file.
+fn spans_of(spans: &[ItemSpans], place: Place) -> Option<Range<usize>> {
+    let fielded =
+        |item_span: &Range<usize>, fields: &HashMap<&str, Range<usize>>, f: Option<&str>| {
+            f.and_then(|f| fields.get(f).cloned())
+                .unwrap_or_else(|| item_span.clone())
+        };
+    match place {
+        Place::All => None,
+        Place::Vip { vip, field } => spans.get(vip).map(|v| fielded(&v.span, &v.fields, field)),
+        Place::Backend {
+            vip,
+            backend,
+            field,
+        } => spans
+            .get(vip)
+            .and_then(|v| v.backends.get(backend))
+            .map(|(span, fields)| fielded(span, fields, field)),
+    }
+}
+
+/// Where each field of one item is written.
+type FieldSpans = HashMap<&'static str, Range<usize>>;
+
+/// Spans of one VIP: its table, its fields, and each backend's table and fields.
+struct ItemSpans {
+    span: Range<usize>,
+    fields: HashMap<&'static str, Range<usize>>,
+    backends: Vec<(Range<usize>, FieldSpans)>,
 }
 
 /// The `HASH_*` bits of a `hash` setting.
 fn hash_fields(h: &RawHash) -> Result<u32, String> {
-    use crate::model::HASH_FIELD_NAMES;
+    use crate::spec::model::HASH_FIELD_NAMES;
     let names: Vec<&str> = HASH_FIELD_NAMES.iter().map(|(n, _)| *n).collect();
     let fields = match h {
         RawHash::Preset(p) => match p.as_str() {
@@ -640,13 +582,6 @@ fn hash_fields(h: &RawHash) -> Result<u32, String> {
             bits
         }
     };
-    if fields & (dsr_common::HASH_SRC_ADDR | dsr_common::HASH_SRC_PORT) == 0 {
-        return Err(
-            "the hash must include the source address or port, or every client \
-                    lands on one backend"
-                .into(),
-        );
-    }
     Ok(fields)
 }
 
