@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -43,6 +43,7 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    pub const EVENT_STATS: &str = "EVENT_STATS";
 }
 
 /// Name of the XDP program in the object.
@@ -211,6 +212,10 @@ pub struct Backend {
     /// 0 = send back out of the receiving interface (XDP_TX); n = redirect through TX_PORTS
     /// entry n (a backend behind another interface).
     pub tx_port: u32,
+    /// Id of the VIP this backend belongs to. A flow entry is followed only to a backend of
+    /// the VIP the packet matched, so an entry can never carry one VIP's clients to another
+    /// VIP's backends (not even when ids are reused).
+    pub vip: u32,
     /// Source MAC for redirected frames: the egress interface's own.
     pub src_mac: [u8; 6],
     pub _pad2: [u8; 2],
@@ -223,7 +228,22 @@ pub const BACKEND_F_VALID: u32 = 1;
 /// VIP's table's new owner.
 pub const BACKEND_F_KEEP_FLOWS: u32 = 2;
 
-/// FLOWS value, keyed by [`crate::FlowKey`]: the backend a flow was given.
+/// FLOWS key: the flow as its VIP hashes it, scoped by the VIP and the frame's VLAN. Two VIPs
+/// (or two VLANs) that see the same masked 5-tuple, e.g. one source-hashed client, have two
+/// entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowMapKey {
+    /// The VIP id the packet matched.
+    pub vip: u32,
+    /// The frame's outer VLAN id (0 = untagged).
+    pub vlan: u16,
+    pub _pad: u16,
+    /// The packet's flow with the fields the VIP does not hash on zeroed.
+    pub flow: crate::FlowKey,
+}
+
+/// FLOWS value, keyed by [`FlowMapKey`]: the backend a flow was given.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -275,10 +295,13 @@ pub enum Reason {
     IcmpForwarded = 11,
     /// Passed: more than two VLAN tags.
     TooManyVlanTags = 12,
+    /// Dropped: the backend sits behind another interface and TX_PORTS has no entry for it
+    /// (the interface went away). Not counted on the backend.
+    NoTxPort = 13,
 }
 
 /// Number of [`Reason`]s; REASON_STATS has this many entries.
-pub const REASON_COUNT: u32 = 13;
+pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -295,6 +318,7 @@ impl Reason {
         Reason::FragmentForwarded,
         Reason::IcmpForwarded,
         Reason::TooManyVlanTags,
+        Reason::NoTxPort,
     ];
 
     /// Short name for counters and metrics.
@@ -313,6 +337,7 @@ impl Reason {
             Reason::FragmentForwarded => "forwarded_fragment",
             Reason::IcmpForwarded => "forwarded_icmp",
             Reason::TooManyVlanTags => "too_many_vlan_tags",
+            Reason::NoTxPort => "no_tx_port",
         }
     }
 
@@ -321,7 +346,7 @@ impl Reason {
     pub const fn verdict(self) -> &'static str {
         match self {
             Reason::Forwarded | Reason::FragmentForwarded | Reason::IcmpForwarded => "forward",
-            Reason::NoBackend => "drop",
+            Reason::NoBackend | Reason::NoTxPort => "drop",
             _ => "pass",
         }
     }
@@ -331,6 +356,39 @@ impl Reason {
             self,
             Reason::Forwarded | Reason::FragmentForwarded | Reason::IcmpForwarded
         )
+    }
+}
+
+/// Things the program counts besides its verdicts (EVENT_STATS, per CPU, indexed by these).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A flow-table insert failed: the flow is placed by the table again on its next packet.
+    FlowInsertFailed = 0,
+    /// A TCP segment that is neither a SYN nor a RST/FIN found no flow entry (a connection
+    /// taken over after a failover, an eviction or a restart): it was placed by the table and
+    /// remembered, so it stays pinned through later table changes. Not a new flow.
+    Adopted = 1,
+    /// A TCP RST or FIN found no flow entry (often the last packet of a connection another
+    /// node carried): forwarded by the table, not remembered, not a new flow.
+    UntrackedClose = 2,
+}
+
+pub const EVENT_COUNT: u32 = 3;
+
+impl Event {
+    pub const ALL: [Event; EVENT_COUNT as usize] = [
+        Event::FlowInsertFailed,
+        Event::Adopted,
+        Event::UntrackedClose,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::FlowInsertFailed => "flow_insert_failed",
+            Event::Adopted => "adopted",
+            Event::UntrackedClose => "untracked_close",
+        }
     }
 }
 
@@ -349,6 +407,7 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for crate::FlowKey {}
+    unsafe impl aya::Pod for FlowMapKey {}
 }
 
 #[cfg(test)]
@@ -366,7 +425,8 @@ mod tests {
         assert_eq!(size_of::<VipAddrKey>(), 20);
         assert_eq!(size_of::<VipInfo>(), 20);
         assert_eq!(size_of::<TableChunk>(), 4 * TABLE_CHUNK as usize);
-        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(size_of::<Backend>(), 28);
+        assert_eq!(size_of::<FlowMapKey>(), 48);
         assert_eq!(size_of::<Counter>(), 24);
     }
 
@@ -374,6 +434,9 @@ mod tests {
     fn reasons_are_indexed_in_order() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
+        }
+        for (i, e) in Event::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i);
         }
     }
 }

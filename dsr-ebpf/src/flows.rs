@@ -2,9 +2,9 @@
 //! table changes (a backend drains, another is added).
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use dsr_common::{FLOW_REFRESH_NS, FlowEntry, FlowKey};
+use dsr_common::{Event, FLOW_REFRESH_NS, FlowEntry, FlowMapKey};
 
-use crate::maps::FLOWS;
+use crate::{maps::FLOWS, stats};
 
 /// Coarse monotonic clock (jiffies resolution is plenty for idle timeouts, and it is the
 /// cheapest clock a BPF program can read).
@@ -16,7 +16,7 @@ pub fn now_ns() -> u64 {
 
 /// The backend an established flow was given, unless it has been idle longer than `idle_ns`.
 #[inline(always)]
-pub fn established(key: &FlowKey, now: u64, idle_ns: u64) -> Option<u32> {
+pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64) -> Option<u32> {
     let entry = FLOWS.get_ptr_mut(key)?;
     // SAFETY: LRU values are plain data. Two CPUs may refresh the same entry at once; both
     // write a current time, so the race is harmless.
@@ -34,13 +34,15 @@ pub fn established(key: &FlowKey, now: u64, idle_ns: u64) -> Option<u32> {
 }
 
 /// Records the backend a new flow was given. A full table evicts its least recently used
-/// flow; a failed insert only means the next packet is placed by the table again.
+/// flow; a failed insert (counted) only means the next packet is placed by the table again.
 #[inline(always)]
-pub fn remember(key: &FlowKey, backend: u32, now: u64) {
+pub fn remember(key: &FlowMapKey, backend: u32, now: u64) {
     let entry = FlowEntry {
         backend,
         _pad: 0,
         last_seen_ns: now,
     };
-    let _ = FLOWS.insert(key, &entry, 0);
+    if FLOWS.insert(key, &entry, 0).is_err() {
+        stats::count_event(Event::FlowInsertFailed);
+    }
 }

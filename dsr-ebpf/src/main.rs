@@ -16,14 +16,14 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
-    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, FlowKey, LAYOUT_VERSION, Reason, Settings,
-    TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo, flow_hash,
+    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey, LAYOUT_VERSION,
+    Reason, Settings, TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo, flow_hash,
 };
 
 use crate::{
-    headers::{EthHdr, ptr_at_mut, read_at},
+    headers::{EthHdr, IPPROTO_TCP, ptr_at_mut, read_at},
     maps::{BACKENDS, IFACES, SETTINGS, TABLES, TX_PORTS},
-    parse::Kind,
+    parse::{Kind, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[xdp]
@@ -37,7 +37,7 @@ pub fn dsr(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn stop(reason: Reason) -> (Reason, u32) {
     let action = match reason {
-        Reason::NoBackend => xdp_action::XDP_DROP,
+        Reason::NoBackend | Reason::NoTxPort => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     };
     (reason, action)
@@ -86,38 +86,71 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     let len = ctx.data_end() - ctx.data();
     stats::count_vip(vip.id, len);
 
-    // The fields this VIP hashes on (a VIP accepting fragments never hashes ports).
+    // The flow as this VIP hashes it (a VIP accepting fragments never hashes ports), and
+    // its flow-table key, scoped by the VIP and the VLAN.
     let key = packet.key.masked(vip.hash_fields);
+    let flow_key = FlowMapKey {
+        vip: vip.id,
+        vlan: packet.vlan,
+        _pad: 0,
+        flow: key,
+    };
     let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let now = if tracked { flows::now_ns() } else { 0 };
     let established = if tracked {
-        flows::established(&key, now, settings.flow_idle_ns)
+        flows::established(&flow_key, now, settings.flow_idle_ns)
     } else {
         None
     };
     // An established flow stays on its backend while that backend keeps flows (healthy,
-    // draining or inhibited), even when the table no longer points there.
+    // draining or inhibited), even when the table no longer points there; and only if the
+    // backend is one of this VIP's.
     let kept = established.and_then(|id| {
         let b = BACKENDS.get(id)?;
         let keep = BACKEND_F_VALID | BACKEND_F_KEEP_FLOWS;
-        (b.flags & keep == keep).then_some((id, *b))
+        (b.flags & keep == keep && b.vip == vip.id).then_some((id, *b))
     });
+    let placed = kept.is_none();
     let (backend_id, backend) = match kept {
         Some(found) => found,
-        None => {
-            let Some((id, backend)) = from_table(&vip, &key, settings) else {
-                return stop(Reason::NoBackend);
-            };
-            // An ICMP error is not a flow of its own: it only follows one.
-            if tracked && packet.kind != Kind::TooBig {
-                flows::remember(&key, id, now);
-                stats::count_new_flow(vip.id, id);
-            }
-            (id, backend)
-        }
+        None => match from_table(&vip, &key, settings) {
+            Some(found) => found,
+            None => return stop(Reason::NoBackend),
+        },
     };
 
-    let redirect = backend.tx_port != 0;
+    let action = if backend.tx_port != 0 {
+        // The devmap entry goes when its interface goes: drop (counted), never count the
+        // frame as forwarded.
+        match TX_PORTS.redirect(backend.tx_port, 0) {
+            Ok(action) => action,
+            Err(_) => return stop(Reason::NoTxPort),
+        }
+    } else {
+        xdp_action::XDP_TX
+    };
+    // An ICMP error is not a flow of its own: it only follows one.
+    if placed && tracked && packet.kind != Kind::TooBig {
+        let flags = packet.tcp_flags;
+        let is_tcp = packet.key.proto == IPPROTO_TCP as u32;
+        if is_tcp && flags & (TCP_RST | TCP_FIN) != 0 {
+            // The end of a connection this node never carried (ECMP sent its other packets
+            // elsewhere, or it was forgotten): remembering it would only pin a dead flow.
+            stats::count_event(Event::UntrackedClose);
+        } else {
+            flows::remember(&flow_key, backend_id, now);
+            if is_tcp
+                && flags & TCP_SYN == 0
+                && !matches!(packet.kind, Kind::Fragment { first: false })
+            {
+                // A connection taken over mid-stream: pinned from now on, but not new.
+                stats::count_event(Event::Adopted);
+            } else {
+                stats::count_new_flow(vip.id, backend_id);
+            }
+        }
+    }
+
     let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
         return stop(Reason::Malformed);
     };
@@ -126,20 +159,17 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     // our port, and the backend's replies would then come here instead of going direct.
     unsafe {
         (*eth).dst = backend.mac;
-        (*eth).src = if redirect { backend.src_mac } else { iface.mac };
+        (*eth).src = if backend.tx_port != 0 {
+            backend.src_mac
+        } else {
+            iface.mac
+        };
     }
     stats::count_backend(backend_id, len);
     let reason = match packet.kind {
         Kind::Plain => Reason::Forwarded,
         Kind::Fragment { .. } => Reason::FragmentForwarded,
         Kind::TooBig => Reason::IcmpForwarded,
-    };
-    let action = if redirect {
-        TX_PORTS
-            .redirect(backend.tx_port, 0)
-            .unwrap_or(xdp_action::XDP_DROP)
-    } else {
-        xdp_action::XDP_TX
     };
     (reason, action)
 }

@@ -34,7 +34,13 @@ pub struct Packet {
     /// Outer VLAN id (0 = untagged).
     pub vlan: u16,
     pub kind: Kind,
+    /// TCP flags (`TCP_*`) of a TCP packet with its header; 0 otherwise.
+    pub tcp_flags: u8,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 
 /// Parses Ethernet (with up to two VLAN tags) and IPv4/IPv6. Errors are the reason to pass.
 #[inline(always)]
@@ -56,14 +62,29 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         ethertype = u16::from_be_bytes(tag.ethertype);
         offset += 4;
     }
-    let (key, kind) = match ethertype {
+    let (key, kind, l4) = match ethertype {
         ETH_P_IPV4 => ipv4(ctx, offset)?,
         ETH_P_IPV6 => ipv6(ctx, offset)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(Reason::TooManyVlanTags),
         _ => return Err(Reason::NotIp),
     };
-    Ok(Packet { key, vlan, kind })
+    // `ports` checked that a TCP header's first 20 bytes are there whenever l4 is set.
+    let tcp_flags = match l4 {
+        Some(off) if key.proto == IPPROTO_TCP as u32 => {
+            read_at::<u8>(ctx, off + TCP_FLAGS_OFFSET).ok_or(Reason::Malformed)?
+        }
+        _ => 0,
+    };
+    Ok(Packet {
+        key,
+        vlan,
+        kind,
+        tcp_flags,
+    })
 }
+
+/// Offset of the flags byte in a TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
 
 /// Reads the ports of a TCP/UDP header at `offset`, checking that the minimum header is there.
 #[inline(always)]
@@ -80,13 +101,17 @@ fn ports(ctx: &XdpContext, offset: usize, proto: u8) -> Result<u32, Reason> {
     Ok(p.src as u32 | (p.dst as u32) << 16)
 }
 
+/// What an IP parser found: the flow, its kind, and where its TCP/UDP header starts (if the
+/// packet carries one).
+type Parsed = (FlowKey, Kind, Option<usize>);
+
 fn v4_words(addr: u32) -> [u32; 4] {
     [0, 0, V4_MAPPED, addr]
 }
 
 /// IPv4 with any IHL (options are skipped, not refused).
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
+fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
     let ip: Ipv4Hdr = read_at(ctx, offset).ok_or(Reason::Malformed)?;
     if ip.ver_ihl >> 4 != 4 {
         return Err(Reason::Malformed);
@@ -97,6 +122,11 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
     }
     let l4 = offset + ihl * 4;
     if ip.proto == IPPROTO_ICMP {
+        // Only an unfragmented datagram starts with an ICMP header: a non-first fragment's
+        // payload is any bytes at all, and an ICMP error is never fragmented.
+        if ip.is_fragment() {
+            return Err(Reason::NotTcpUdp);
+        }
         return icmp4_too_big(ctx, l4, &ip);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
@@ -112,17 +142,18 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
         let first = ip.is_first_fragment();
         if first {
             key.ports = ports(ctx, l4, ip.proto)?;
+            return Ok((key, Kind::Fragment { first }, Some(l4)));
         }
-        return Ok((key, Kind::Fragment { first }));
+        return Ok((key, Kind::Fragment { first }, None));
     }
     key.ports = ports(ctx, l4, ip.proto)?;
-    Ok((key, Kind::Plain))
+    Ok((key, Kind::Plain, Some(l4)))
 }
 
 /// ICMP "fragmentation needed" quoting a packet a backend sent from a VIP: the flow it
 /// belongs to, seen from the client (source = the quoted destination, and so on).
 #[inline(always)]
-fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<(FlowKey, Kind), Reason> {
+fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<Parsed, Reason> {
     let icmp: IcmpHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
     if icmp.kind != ICMP_DEST_UNREACH || icmp.code != ICMP_FRAG_NEEDED {
         return Err(Reason::NotTcpUdp);
@@ -148,17 +179,23 @@ fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<(FlowKe
         ports: quoted.dst as u32 | (quoted.src as u32) << 16,
         proto: inner.proto as u32,
     };
-    Ok((key, Kind::TooBig))
+    Ok((key, Kind::TooBig, None))
 }
 
 /// IPv6: TCP/UDP right after the fixed header, or after a fragment header; ICMPv6 "packet
 /// too big". Other extension headers are passed: walking them costs a bounded loop on every
 /// packet and real VIP traffic rarely carries them.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
+fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
     let ip: Ipv6Hdr = read_at(ctx, offset).ok_or(Reason::Malformed)?;
     if ip.version() != 6 {
         return Err(Reason::Malformed);
+    }
+    // IPv4 VIPs are keyed as IPv4-mapped IPv6 addresses: an IPv6 packet to `::ffff:a.b.c.d`
+    // must not match one (nor share its flows). Such packets are never valid on the wire
+    // (RFC 4291 section 2.5.5.2).
+    if ip.daddr[0] == 0 && ip.daddr[1] == 0 && ip.daddr[2] == V4_MAPPED {
+        return Err(Reason::NotVip);
     }
     let l4 = offset + Ipv6Hdr::LEN;
     let mut key = FlowKey {
@@ -170,7 +207,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
     match ip.nexthdr {
         IPPROTO_TCP | IPPROTO_UDP => {
             key.ports = ports(ctx, l4, ip.nexthdr)?;
-            Ok((key, Kind::Plain))
+            Ok((key, Kind::Plain, Some(l4)))
         }
         IPPROTO_FRAGMENT => {
             let frag: Ipv6FragHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
@@ -180,9 +217,11 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
             key.proto = frag.nexthdr as u32;
             let first = frag.offset() == 0;
             if first {
-                key.ports = ports(ctx, l4 + Ipv6FragHdr::LEN, frag.nexthdr)?;
+                let l4 = l4 + Ipv6FragHdr::LEN;
+                key.ports = ports(ctx, l4, frag.nexthdr)?;
+                return Ok((key, Kind::Fragment { first }, Some(l4)));
             }
-            Ok((key, Kind::Fragment { first }))
+            Ok((key, Kind::Fragment { first }, None))
         }
         IPPROTO_ICMPV6 => icmp6_too_big(ctx, l4, &ip),
         // hop-by-hop, routing, destination options, AH, mobility, HIP, shim6, experimental
@@ -193,7 +232,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<(FlowKey, Kind), Reason> {
 }
 
 #[inline(always)]
-fn icmp6_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv6Hdr) -> Result<(FlowKey, Kind), Reason> {
+fn icmp6_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv6Hdr) -> Result<Parsed, Reason> {
     let icmp: IcmpHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
     if icmp.kind != ICMPV6_PKT_TOOBIG {
         return Err(Reason::NotTcpUdp);
@@ -213,5 +252,5 @@ fn icmp6_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv6Hdr) -> Result<(FlowKe
         ports: quoted.dst as u32 | (quoted.src as u32) << 16,
         proto: inner.nexthdr as u32,
     };
-    Ok((key, Kind::TooBig))
+    Ok((key, Kind::TooBig, None))
 }

@@ -1,8 +1,8 @@
 //! Per-CPU counters; userspace sums the CPUs.
 
-use dsr_common::{Counter, Reason};
+use dsr_common::{Counter, Event, Reason};
 
-use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, EVENT_STATS, REASON_STATS, VIP_STATS};
 
 #[inline(always)]
 fn add(counter: Option<*mut Counter>, len: usize) {
@@ -40,5 +40,13 @@ pub fn count_new_flow(vip: u32, backend: u32) {
     }
     if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
         unsafe { (*c).flows += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_event(event: Event) {
+    if let Some(c) = EVENT_STATS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU elements, see add().
+        unsafe { *c += 1 };
     }
 }

@@ -7,13 +7,13 @@
 //! saved state (ids, MACs, health, runtime changes), so restarts and upgrades lose nothing.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -25,17 +25,17 @@ use crate::{
     control::{
         self, BackendStatus, Call, ReasonStatus, Request, Response, Status, Traffic, VipStatus,
     },
-    datapath::{self, Datapath, Egress, LoadOptions, Sizes, Totals, VipAddrKeyOrd},
+    datapath::{self, Datapath, LoadOptions, Sizes, Totals, writer::Writer},
     health::{self, Report},
-    maglev,
     neighbour::{self, NeighbourEvent, Netlink},
+    plan,
     spec::model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
     spec::toml_file,
     spec::{
         journal::{self, Change},
         validate::Limits,
     },
-    state::{Desired, State},
+    state::State,
 };
 
 /// How long start-up waits for backends' MACs before going on without the missing ones.
@@ -123,8 +123,7 @@ pub struct Daemon {
     ifindex: u32,
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
-    applied: Desired,
-    applied_addrs: BTreeMap<VipAddrKeyOrd, u32>,
+    writer: Writer,
     checks: HashMap<u64, JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     reports_rx: Option<mpsc::Receiver<Report>>,
@@ -229,6 +228,8 @@ impl Daemon {
         for e in &reconciled.errors {
             log::error!("{e}");
         }
+        // What the maps hold (an adopted data path's included): the writer diffs against it.
+        let writer = Writer::read(&datapath)?;
         let (reports, reports_rx) = mpsc::channel(1024);
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
@@ -239,15 +240,14 @@ impl Daemon {
             netlink,
             ifindex,
             ports: HashMap::new(),
-            applied: Desired::default(),
-            applied_addrs: BTreeMap::new(),
+            writer,
             checks: HashMap::new(),
             reports,
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
         };
-        daemon.after_reconcile(&reconciled.new_vip_ids, &reconciled.new_backend_ids)?;
-        daemon.restore_ports()?;
+        daemon.after_reconcile();
+        daemon.restore_ports();
         daemon.place_backends().await;
         daemon.resolve(RESOLVE_TIMEOUT).await;
         daemon.apply()?;
@@ -366,14 +366,8 @@ impl Daemon {
         journal::replay(&self.config.vips, &self.journal, limits(&self.config))
     }
 
-    /// Starts checks for new backends, stops vanished ones, zeroes reused ids' counters.
-    fn after_reconcile(&mut self, new_vip_ids: &[u32], new_backend_ids: &[u32]) -> Result<()> {
-        for &id in new_vip_ids {
-            self.datapath.reset_vip_stats(id)?;
-        }
-        for &id in new_backend_ids {
-            self.datapath.reset_backend_stats(id)?;
-        }
+    /// Starts checks for new backends, stops vanished ones.
+    fn after_reconcile(&mut self) {
         let mut live = std::collections::HashSet::new();
         for vip in &self.state.vips {
             for b in &vip.backends {
@@ -399,11 +393,10 @@ impl Daemon {
             }
             keep
         });
-        Ok(())
     }
 
     /// TX_PORTS entries of an adopted state (backends keep their egress across restarts).
-    fn restore_ports(&mut self) -> Result<()> {
+    fn restore_ports(&mut self) {
         let ports: Vec<(u32, (u32, MacAddr))> = self
             .state
             .vips
@@ -412,10 +405,8 @@ impl Daemon {
             .filter_map(|b| b.egress.map(|e| (b.ifindex, e)))
             .collect();
         for (ifindex, (port, mac)) in ports {
-            self.datapath.set_tx_port(port, ifindex)?;
             self.ports.insert(ifindex, (port, mac));
         }
-        Ok(())
     }
 
     /// Decides for every backend not yet placed which interface reaches it: the configured
@@ -477,7 +468,6 @@ impl Daemon {
         let port = (1..dsr_common::MAX_TX_PORTS)
             .find(|p| !self.ports.values().any(|(q, _)| q == p))
             .ok_or_else(|| anyhow!("all {} TX ports are in use", dsr_common::MAX_TX_PORTS - 1))?;
-        self.datapath.set_tx_port(port, ifindex)?;
         self.ports.insert(ifindex, (port, mac));
         Ok((port, mac))
     }
@@ -510,90 +500,14 @@ impl Daemon {
         }
     }
 
-    /// The map writer: brings the kernel's maps to `state.desired()`, writing only what
-    /// differs. New backend entries are written before tables point at them; tables stop
-    /// pointing at a backend before its entry is cleared.
+    /// Hands the state's desired data path to the map writer.
     fn apply(&mut self) -> Result<()> {
-        let desired = self.state.desired();
-        let mut result = Ok(());
-        for (&id, &(mac, keep, egress)) in &desired.backends {
-            if self.applied.backends.get(&id) != Some(&(mac, keep, egress)) {
-                let egress = egress.map(|(port, src_mac)| Egress { port, src_mac });
-                match self.datapath.set_backend(id, mac, keep, egress) {
-                    Ok(()) => {
-                        self.applied.backends.insert(id, desired.backends[&id]);
-                    }
-                    Err(e) => result = Err(e),
-                }
-            }
+        let desired = plan::desired(&self.state);
+        let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
+        for (addr, n) in applied.tables {
+            log::debug!("VIP {addr}: table of {n} backends written");
         }
-        for (addr, entry) in &desired.vips {
-            if self.applied.vips.get(addr) == Some(entry) {
-                continue;
-            }
-            let (id, entries, opts) = entry;
-            let started = Instant::now();
-            let table = maglev::build(entries, self.config.table_size);
-            let built = started.elapsed();
-            match self.datapath.set_vip(addr, *id, &table, *opts) {
-                Ok(()) => {
-                    log::debug!(
-                        "VIP {addr}: table of {} backends built in {:?}, written in {:?}",
-                        entries.len(),
-                        built,
-                        started.elapsed() - built
-                    );
-                    if entries.is_empty() {
-                        log::warn!("VIP {addr} has no usable backend: its packets are dropped");
-                    }
-                    self.applied.vips.insert(*addr, entry.clone());
-                }
-                Err(e) => result = Err(e),
-            }
-        }
-        // VIP_ADDRS after VIPS for new keys, so that the data path never tries a key before
-        // it exists; entries that are no longer needed are removed after their VIPs.
-        let addrs =
-            datapath::vip_addr_flags(desired.vips.iter().map(|(a, (_, _, o))| (a, o.fragments)));
-        if let Err(e) = self.datapath.set_vip_filter(addrs.keys().map(|k| k.0)) {
-            result = Err(e);
-        }
-        for (key, &flags) in &addrs {
-            if self.applied_addrs.get(key) != Some(&flags) {
-                match self.datapath.set_vip_addr(key.key(), flags) {
-                    Ok(()) => {
-                        self.applied_addrs.insert(*key, flags);
-                    }
-                    Err(e) => result = Err(e),
-                }
-            }
-        }
-        // Then what is no longer wanted: VIPs, their address flags, backend entries.
-        for addr in gone(&self.applied.vips, &desired.vips) {
-            match self.datapath.remove_vip(&addr) {
-                Ok(()) => {
-                    self.applied.vips.remove(&addr);
-                }
-                Err(e) => result = Err(e),
-            }
-        }
-        for key in gone(&self.applied_addrs, &addrs) {
-            match self.datapath.set_vip_addr(key.key(), 0) {
-                Ok(()) => {
-                    self.applied_addrs.remove(&key);
-                }
-                Err(e) => result = Err(e),
-            }
-        }
-        for id in gone(&self.applied.backends, &desired.backends) {
-            match self.datapath.set_backend(id, None, false, None) {
-                Ok(()) => {
-                    self.applied.backends.remove(&id);
-                }
-                Err(e) => result = Err(e),
-            }
-        }
-        result.context("writing the maps (will retry)")
+        Ok(())
     }
 
     fn apply_logged(&mut self) {
@@ -687,10 +601,8 @@ impl Daemon {
                 }
             }
         }
-        // Retries anything a failed map write left behind.
-        if self.applied != self.state.desired() {
-            self.apply_logged();
-        }
+        // Retries anything a failed map write left behind (a no-op when nothing differs).
+        self.apply_logged();
     }
 
     /// Whether `vips` can be applied completely: every interface a backend names exists and
@@ -711,9 +623,7 @@ impl Daemon {
         let (vips, mut notes) = self.desired_vips();
         let r = self.state.reconcile(&vips, SystemTime::now());
         notes.extend(r.errors.iter().cloned());
-        if let Err(e) = self.after_reconcile(&r.new_vip_ids, &r.new_backend_ids) {
-            notes.push(format!("{e:#}"));
-        }
+        self.after_reconcile();
         self.place_backends().await;
         // Backends without a MAC are solicited now; the answer arrives as a neighbour event
         // and brings them into the table.
@@ -1045,15 +955,6 @@ async fn check_interfaces(netlink: &Netlink, vips: &[VipSpec]) -> Result<(), Str
         }
     }
     Ok(())
-}
-
-/// Keys the kernel holds (`applied`) that are no longer `desired`.
-fn gone<K: Ord + Copy, A, D>(applied: &BTreeMap<K, A>, desired: &BTreeMap<K, D>) -> Vec<K> {
-    applied
-        .keys()
-        .filter(|k| !desired.contains_key(k))
-        .copied()
-        .collect()
 }
 
 fn write_saved(config: &Model, saved: &Saved) {

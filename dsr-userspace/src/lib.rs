@@ -10,6 +10,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
+pub mod plan;
 pub mod realserver;
 pub mod spec;
 pub mod state;

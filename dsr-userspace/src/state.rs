@@ -18,7 +18,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::VipOptions,
     health::Health,
     maglev,
     spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
@@ -136,19 +135,6 @@ impl Ids {
     }
 }
 
-/// A backend as BACKENDS holds it: MAC, whether it keeps flows, and the egress (TX port,
-/// source MAC) when it sits behind another interface.
-pub type BackendEntry = (Option<MacAddr>, bool, Option<(u32, MacAddr)>);
-
-/// What the data path should hold: every backend entry and every VIP table input.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Desired {
-    /// Backend id -> what BACKENDS holds for it.
-    pub backends: std::collections::BTreeMap<u32, BackendEntry>,
-    /// VIP -> (VIP id, table entries sorted by id, options).
-    pub vips: std::collections::BTreeMap<VipAddr, (u32, Vec<maglev::Entry>, VipOptions)>,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
     pub vips: Vec<Vip>,
@@ -177,7 +163,9 @@ impl State {
             vips: Vec::new(),
             // A little beyond the idle timeout: the data path's clock is coarse.
             backend_ids: Ids::new(max_backends, flow_idle + Duration::from_secs(2)),
-            vip_ids: Ids::new(max_vips, Duration::ZERO),
+            // VIP ids wait too: flow entries carry the VIP id, and (with the backends' owner
+            // check) must never be taken up by a newcomer at that id.
+            vip_ids: Ids::new(max_vips, flow_idle + Duration::from_secs(2)),
             next_token: 1,
         }
     }
@@ -368,25 +356,6 @@ impl State {
         v
     }
 
-    /// What the data path should hold now.
-    pub fn desired(&self) -> Desired {
-        let mut d = Desired::default();
-        for vip in &self.vips {
-            for b in &vip.backends {
-                d.backends.insert(b.id, (b.mac, b.keeps_flows(), b.egress));
-            }
-            let (_, mut entries) = vip.serving();
-            entries.sort_by_key(|e| e.id);
-            let opts = VipOptions {
-                conntrack: vip.spec.conntrack,
-                fragments: vip.spec.fragments,
-                hash_fields: vip.spec.hash_fields,
-            };
-            d.vips.insert(vip.spec.addr, (vip.id, entries, opts));
-        }
-        d
-    }
-
     /// For tests and status: the backend (VIP, address) if present.
     pub fn backend(&self, vip: &VipAddr, address: IpAddr) -> Option<&Backend> {
         self.vip(vip)?.backend(address)
@@ -530,9 +499,8 @@ mod tests {
                 .unwrap()
                 .keeps_flows()
         );
-        let d = s.desired();
-        let (_, entries, _) = &d.vips[&addr];
-        assert_eq!(entries.len(), 1);
+        let d = crate::plan::desired(&s);
+        assert_eq!(d.vips[&addr].entries.len(), 1);
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::{
 };
 
 use dsr::{
-    datapath::{self, Datapath, Egress, LoadOptions, Sizes, VipOptions},
+    datapath::{Datapath, LoadOptions, Sizes, writer::Writer},
     maglev,
+    plan::{Desired, DesiredBackend, DesiredVip, Egress, VipOptions},
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
-    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason,
-    flow_hash,
+    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FlowKey, FlowMapKey, HASH_ALL, HASH_PORTS,
+    HASH_SRC_ADDR, Reason, flow_hash,
 };
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
@@ -46,20 +47,33 @@ fn options(max_vips: u32, max_backends: u32, table_size: u32, flow_idle: Duratio
     }
 }
 
+#[derive(Clone, Copy)]
 struct Backend {
     address: IpAddr,
     mac: [u8; 6],
     id: u32,
 }
 
-/// A loaded program with three backends and these VIPs, all with weights 1:2:1:
-/// 0 VIP4:80/tcp, 1 VIP4:53/udp (accepts fragments), 2 [VIP6]:80/tcp, 3 [VIP6]:53/udp
-/// (accepts fragments), 4 VIP4_EMPTY:80/tcp (no backend), 5 VIP4_ALL:*/tcp (all ports),
-/// 6 VIP4_VLAN:80/tcp@vlan100, 7 VIP4_AFFINITY:80/tcp (hashes on the source address).
+/// The fixture's VIPs, by id: 0 VIP4:80/tcp, 1 VIP4:53/udp (accepts fragments),
+/// 2 [VIP6]:80/tcp, 3 [VIP6]:53/udp (accepts fragments), 4 VIP4_EMPTY:80/tcp (no backend),
+/// 5 VIP4_ALL:*/tcp (all ports), 6 VIP4_VLAN:80/tcp@vlan100, 7 VIP4_AFFINITY:80/tcp (hashes
+/// on the source address), 8 VIP4_SRC:80/tcp and 9 VIP4_SRC:5353/udp (both source-hashed,
+/// one address).
+const VIPS: usize = 10;
+
+/// A loaded program filled through the real map writer. Every VIP has backends of its own
+/// (distinct ids, addresses and MACs; weights 1:2:1, except VIP 8 with one backend and VIP 9
+/// with two) and so a table of its own: a flow entry or a table slot that leaks from one VIP
+/// to another shows as a wrong MAC.
 struct Fixture {
     dp: Datapath,
+    writer: Writer,
+    desired: Desired,
+    /// VIP 0's backends (ids 0..3).
     backends: Vec<Backend>,
-    /// The table userspace builds for weights 1:2:1 (every VIP but the empty one has it).
+    /// Every VIP's backends, by VIP id.
+    all: Vec<Vec<Backend>>,
+    /// VIP 0's table for weights 1:2:1.
     expected: Vec<u32>,
     vips: Vec<(VipAddr, VipOptions)>,
 }
@@ -67,6 +81,7 @@ struct Fixture {
 const VIP4_ALL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
 const VIP4_VLAN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 103);
 const VIP4_AFFINITY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 104);
+const VIP4_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 105);
 
 fn vip(address: impl Into<IpAddr>, port: u16, protocol: Protocol, vlan: u16) -> VipAddr {
     VipAddr {
@@ -83,27 +98,10 @@ impl Fixture {
     }
 
     fn with_idle(flow_idle: Duration) -> Self {
-        let mut dp = Datapath::load(&options(8, 16, DEFAULT_TABLE_SIZE, flow_idle))
+        let mut dp = Datapath::load(&options(16, 64, DEFAULT_TABLE_SIZE, flow_idle))
             .expect("load (are you root?)");
         dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();
-        let backends: Vec<Backend> = (0..3u8)
-            .map(|i| Backend {
-                address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11 + i)),
-                mac: [0x02, 0xbe, 0, 0, 0, 0x11 + i],
-                id: i as u32,
-            })
-            .collect();
-        for b in &backends {
-            dp.set_backend(b.id, Some(MacAddr(b.mac)), true, None)
-                .unwrap();
-        }
-        let mut f = Fixture {
-            dp,
-            backends,
-            expected: Vec::new(),
-            vips: Vec::new(),
-        };
-        f.expected = f.table(&[1, 2, 1]);
+        let writer = Writer::read(&dp).unwrap();
         let plain = VipOptions::default();
         let fragments = VipOptions {
             fragments: true,
@@ -114,50 +112,134 @@ impl Fixture {
             hash_fields: HASH_SRC_ADDR,
             ..plain
         };
-        let table = f.expected.clone();
-        f.install(vip(VIP4, 80, Protocol::Tcp, 0), 0, &table, plain);
-        f.install(vip(VIP4, 53, Protocol::Udp, 0), 1, &table, fragments);
-        f.install(vip(VIP6, 80, Protocol::Tcp, 0), 2, &table, plain);
-        f.install(vip(VIP6, 53, Protocol::Udp, 0), 3, &table, fragments);
-        f.install(vip(VIP4_EMPTY, 80, Protocol::Tcp, 0), 4, &[], plain);
-        f.install(vip(VIP4_ALL, 0, Protocol::Tcp, 0), 5, &table, plain);
-        f.install(vip(VIP4_VLAN, 80, Protocol::Tcp, 100), 6, &table, plain);
-        f.install(
-            vip(VIP4_AFFINITY, 80, Protocol::Tcp, 0),
-            7,
-            &table,
-            affinity,
-        );
+        let vips = vec![
+            (vip(VIP4, 80, Protocol::Tcp, 0), plain),
+            (vip(VIP4, 53, Protocol::Udp, 0), fragments),
+            (vip(VIP6, 80, Protocol::Tcp, 0), plain),
+            (vip(VIP6, 53, Protocol::Udp, 0), fragments),
+            (vip(VIP4_EMPTY, 80, Protocol::Tcp, 0), plain),
+            (vip(VIP4_ALL, 0, Protocol::Tcp, 0), plain),
+            (vip(VIP4_VLAN, 80, Protocol::Tcp, 100), plain),
+            (vip(VIP4_AFFINITY, 80, Protocol::Tcp, 0), affinity),
+            (vip(VIP4_SRC, 80, Protocol::Tcp, 0), affinity),
+            (vip(VIP4_SRC, 5353, Protocol::Udp, 0), affinity),
+        ];
+        assert_eq!(vips.len(), VIPS);
+        let all: Vec<Vec<Backend>> = (0..VIPS as u32)
+            .map(|v| {
+                let n = match v {
+                    8 => 1,
+                    9 => 2,
+                    _ => 3,
+                };
+                (0..n)
+                    .map(|i| Backend {
+                        address: IpAddr::V4(Ipv4Addr::new(198, 18, v as u8, 11 + i as u8)),
+                        mac: [0x02, 0xbe, 0, v as u8, 0, 0x11 + i as u8],
+                        id: v * 3 + i,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut f = Fixture {
+            dp,
+            writer,
+            desired: Desired::default(),
+            backends: all[0].clone(),
+            all,
+            expected: Vec::new(),
+            vips,
+        };
+        for v in 0..VIPS {
+            for b in f.all[v].clone() {
+                f.desired.backends.insert(
+                    b.id,
+                    DesiredBackend {
+                        vip_id: v as u32,
+                        mac: Some(MacAddr(b.mac)),
+                        keep_flows: true,
+                        egress: None,
+                    },
+                );
+            }
+            let weights: &[u32] = match v {
+                4 => &[0, 0, 0],
+                8 => &[1],
+                9 => &[1, 1],
+                _ => &[1, 2, 1],
+            };
+            f.set_vip(v, weights, f.vips[v].1);
+        }
+        f.expected = f.table(&[1, 2, 1]);
         f
     }
 
-    /// Installs (or replaces) a VIP the way the daemon's map writer does: VIPS, then the
-    /// VIP_ADDRS flags of every address.
-    fn install(&mut self, addr: VipAddr, id: u32, table: &[u32], opts: VipOptions) {
-        self.dp.set_vip(&addr, id, table, opts).unwrap();
-        self.vips.retain(|(a, _)| *a != addr);
-        self.vips.push((addr, opts));
-        self.dp
-            .set_vip_filter(self.vips.iter().map(|(a, _)| a.address))
-            .unwrap();
-        let flags = datapath::vip_addr_flags(self.vips.iter().map(|(a, o)| (a, o.fragments)));
-        for (key, flags) in flags {
-            self.dp.set_vip_addr(key.key(), flags).unwrap();
-        }
-    }
-
-    fn table(&self, weights: &[u32]) -> Vec<u32> {
-        let entries: Vec<maglev::Entry> = self
-            .backends
+    /// VIP `v`'s table input: its backends with these weights (0 = not in the table).
+    fn entries(&self, v: usize, weights: &[u32]) -> Vec<maglev::Entry> {
+        self.all[v]
             .iter()
             .zip(weights)
+            .filter(|(_, w)| **w > 0)
             .map(|(b, &w)| maglev::Entry {
                 address: b.address,
                 id: b.id,
                 weight: w,
             })
-            .collect();
-        maglev::build(&entries, DEFAULT_TABLE_SIZE)
+            .collect()
+    }
+
+    /// Installs VIP `v` with these backend weights and options, through the writer.
+    fn set_vip(&mut self, v: usize, weights: &[u32], options: VipOptions) {
+        self.vips[v].1 = options;
+        let entries = self.entries(v, weights);
+        self.desired.vips.insert(
+            self.vips[v].0,
+            DesiredVip {
+                id: v as u32,
+                entries,
+                options,
+            },
+        );
+        self.apply();
+    }
+
+    /// Changes backend `id`'s entry through the writer.
+    fn set_backend(&mut self, id: u32, change: impl FnOnce(&mut DesiredBackend)) {
+        change(
+            self.desired
+                .backends
+                .get_mut(&id)
+                .expect("a fixture backend"),
+        );
+        self.apply();
+    }
+
+    fn apply(&mut self) {
+        self.writer
+            .apply_all(&mut self.dp, &self.desired)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// VIP 0's table for these weights of its backends.
+    fn table(&self, weights: &[u32]) -> Vec<u32> {
+        maglev::build(&self.entries(0, weights), DEFAULT_TABLE_SIZE)
+    }
+
+    /// The VIP (index) a flow to `dst:dport/proto` is for.
+    fn vip_of(&self, dst: IpAddr, dport: u16, proto: u8) -> usize {
+        // Rows do not say their frame's VLAN: an untagged VIP first, then a VLAN one.
+        let matching = |exact: bool, any_vlan: bool| {
+            self.vips.iter().position(|(a, _)| {
+                a.address == dst
+                    && a.protocol.number() == proto
+                    && (a.vlan == 0 || any_vlan)
+                    && (a.port == dport || !exact && a.port == 0)
+            })
+        };
+        matching(true, false)
+            .or_else(|| matching(false, false))
+            .or_else(|| matching(true, true))
+            .unwrap_or_else(|| panic!("no fixture VIP for {dst}:{dport}/{proto}"))
     }
 
     /// The backend userspace predicts for a flow to one of the fixture's VIPs.
@@ -169,15 +251,53 @@ impl Fixture {
         dport: u16,
         proto: u8,
     ) -> &Backend {
-        let fields = self
-            .vips
+        self.predict(
+            self.vip_of(dst, dport, proto),
+            src,
+            sport,
+            dst,
+            dport,
+            proto,
+        )
+    }
+
+    /// The backend VIP `v`'s current table gives a flow.
+    fn predict(
+        &self,
+        v: usize,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        proto: u8,
+    ) -> &Backend {
+        let (addr, opts) = self.vips[v];
+        let key = FlowKey::new(src, sport, dst, dport, proto).masked(opts.hash_fields);
+        let table = maglev::build(&self.desired.vips[&addr].entries, DEFAULT_TABLE_SIZE);
+        let slot = flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32;
+        let id = table[slot as usize];
+        self.all[v]
             .iter()
-            .filter(|(a, _)| a.address == dst && a.protocol.number() == proto)
-            .find(|(a, _)| a.port == dport || a.port == 0)
-            .map_or(HASH_ALL, |(_, o)| o.hash_fields);
-        let key = FlowKey::new(src, sport, dst, dport, proto).masked(fields);
-        let slot = flow_hash(&key, DEFAULT_HASH_SEED) % self.expected.len() as u32;
-        &self.backends[self.expected[slot as usize] as usize]
+            .find(|b| b.id == id)
+            .expect("a backend of the VIP")
+    }
+
+    /// The flow-table key of a flow to VIP `v`, untagged.
+    fn flow_key(
+        &self,
+        v: usize,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        proto: u8,
+    ) -> FlowMapKey {
+        FlowMapKey {
+            vip: v as u32,
+            vlan: 0,
+            _pad: 0,
+            flow: FlowKey::new(src, sport, dst, dport, proto).masked(self.vips[v].1.hash_fields),
+        }
     }
 }
 
@@ -329,6 +449,19 @@ fn rows() -> Vec<Row> {
     short_ihl[14] = 0x44; // IHL 4 < the minimum 5
     let mut v6_bad_version = v6(TCP, 80);
     v6_bad_version[14] = 0x40;
+    // A later fragment of an ICMP datagram: its payload is arbitrary bytes, here shaped like
+    // a fragmentation-needed quoting a flow of VIP4 (a crafted frame was once forwarded as
+    // forwarded_icmp).
+    let icmp_in_fragment = {
+        let quoted = frames::ipv4(VIP4, CLIENT4, TCP, &[], &frames::tcp(80, 40000, &[0u8; 16]));
+        let payload = frames::icmp4_frag_needed(1400, &quoted);
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV4,
+            &frames::ipv4_frag(CLIENT4, VIP4, ICMP, &[], 0x0010, &payload),
+        )
+    };
 
     vec![
         Row {
@@ -574,7 +707,47 @@ fn rows() -> Vec<Row> {
             frame: v6_bad_version,
             expect: Untouched(XDP_PASS, Reason::Malformed),
         },
+        Row {
+            what: "non-first IPv4 fragment with protocol ICMP whose bytes look like a too-big",
+            frame: icmp_in_fragment,
+            expect: Untouched(XDP_PASS, Reason::NotTcpUdp),
+        },
+        Row {
+            what: "IPv6 TCP to the IPv4-mapped form of an IPv4 VIP",
+            frame: frames::ethernet(
+                LB_MAC,
+                CLIENT_MAC,
+                ETH_P_IPV6,
+                &frames::ipv6(
+                    CLIENT6,
+                    VIP4.to_ipv6_mapped(),
+                    TCP,
+                    &frames::tcp(40000, 80, b"x"),
+                ),
+            ),
+            expect: Untouched(XDP_PASS, Reason::NotVip),
+        },
+        Row {
+            what: "TCP RST to a VIP (no flow entry)",
+            frame: with_tcp_flags(flow(40100), TCP_RST),
+            expect: Tx,
+        },
+        Row {
+            what: "TCP ACK to a VIP (no flow entry: adopted)",
+            frame: with_tcp_flags(flow(40101), TCP_ACK),
+            expect: Tx,
+        },
     ]
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// An untagged IPv4 TCP frame (no options) with its TCP flags replaced.
+fn with_tcp_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
+    frame[14 + 20 + 13] = flags;
+    frame
 }
 
 /// Source/destination of a well-formed TCP/UDP frame built by this file (for predicting the
@@ -677,7 +850,8 @@ fn many_flows_land_where_userspace_predicts() {
             frame[12..],
             "flow {i}: bytes past the MACs changed"
         );
-        per_backend[want.id as usize] += 1;
+        // VIP 0's backends have ids 0..3, VIP 2's (the IPv6 VIP) 6..9: same weights.
+        per_backend[want.id as usize % 3] += 1;
     }
     // Weights 1:2:1 => 25% / 50% / 25% of 3000 flows, within 15% of each share.
     for (id, (&n, w)) in per_backend.iter().zip([750.0, 1500.0, 750.0]).enumerate() {
@@ -693,7 +867,9 @@ fn many_flows_land_where_userspace_predicts() {
         .sum();
     assert_eq!(vip_packets, 3000);
     let backend_packets: Vec<u64> = (0..3)
-        .map(|id| f.dp.backend_totals(id).unwrap().packets)
+        .map(|id| {
+            f.dp.backend_totals(id).unwrap().packets + f.dp.backend_totals(id + 6).unwrap().packets
+        })
         .collect();
     assert_eq!(backend_packets, per_backend.map(u64::from).to_vec());
 }
@@ -706,7 +882,7 @@ fn table_switch_takes_effect_and_reads_back() {
     assert_eq!(first, f.table(&[1, 2, 1]));
     // Drain everything to backend 2: every flow must now go there.
     let only_two = f.table(&[0, 0, 1]);
-    f.install(key, 0, &only_two, VipOptions::default());
+    f.set_vip(0, &[0, 0, 1], VipOptions::default());
     assert_eq!(f.dp.table(&key).unwrap(), only_two);
     for sport in 2000..2100 {
         let frame = frames::flow_frame(
@@ -722,12 +898,12 @@ fn table_switch_takes_effect_and_reads_back() {
         assert_eq!((verdict, &out[..6]), (XDP_TX, &f.backends[2].mac[..]));
     }
     // And back again, through the other row.
-    f.install(key, 0, &first, VipOptions::default());
+    f.set_vip(0, &[1, 2, 1], VipOptions::default());
     assert_eq!(f.dp.table(&key).unwrap(), first);
     // A backend entry invalidated under a table drops rather than sending to a zero MAC.
-    f.dp.set_backend(0, None, false, None).unwrap();
-    f.dp.set_backend(1, None, false, None).unwrap();
-    f.dp.set_backend(2, None, false, None).unwrap();
+    for id in 0..3 {
+        f.set_backend(id, |b| b.mac = None);
+    }
     let (verdict, _) = run(f.dp.program(), &v4(TCP, VIP4, 80), LO);
     assert_eq!(verdict, XDP_DROP);
 }
@@ -735,16 +911,32 @@ fn table_switch_takes_effect_and_reads_back() {
 #[test]
 fn unconfigured_interface_passes_everything() {
     let mut dp = Datapath::load(&options(2, 2, 251, Duration::from_secs(300))).unwrap();
-    dp.set_backend(0, Some(MacAddr([2, 0, 0, 0, 0, 1])), true, None)
-        .unwrap();
-    let table = vec![0u32; 251];
-    dp.set_vip(
-        &vip(VIP4, 80, Protocol::Tcp, 0),
+    let mut desired = Desired::default();
+    desired.backends.insert(
         0,
-        &table,
-        VipOptions::default(),
-    )
-    .unwrap();
+        DesiredBackend {
+            vip_id: 0,
+            mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            keep_flows: true,
+            egress: None,
+        },
+    );
+    desired.vips.insert(
+        vip(VIP4, 80, Protocol::Tcp, 0),
+        DesiredVip {
+            id: 0,
+            entries: vec![maglev::Entry {
+                address: Ipv4Addr::new(198, 18, 0, 11).into(),
+                id: 0,
+                weight: 1,
+            }],
+            options: VipOptions::default(),
+        },
+    );
+    Writer::read(&dp)
+        .unwrap()
+        .apply_all(&mut dp, &desired)
+        .unwrap();
     // No IFACES entry for lo: the program must not guess a MAC; it passes.
     let frame = v4(TCP, VIP4, 80);
     let (verdict, out) = run(dp.program(), &frame, LO);
@@ -787,13 +979,12 @@ fn backend_of(f: &Fixture, frame: &[u8]) -> Option<usize> {
 #[test]
 fn established_flows_stay_while_their_backend_keeps_them() {
     let mut f = Fixture::new();
-    let key = vip(VIP4, 80, Protocol::Tcp, 0);
     let on_one = flows_on(&f, 1, 20);
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
     }
     // Backend 1 drains: out of the table, still keeping flows.
-    f.install(key, 0, &f.table(&[1, 0, 1]), VipOptions::default());
+    f.set_vip(0, &[1, 0, 1], VipOptions::default());
     for &p in &on_one {
         assert_eq!(
             backend_of(&f, &flow(p)),
@@ -810,12 +1001,12 @@ fn established_flows_stay_while_their_backend_keeps_them() {
     }
     // Backend 1 fails: it no longer keeps flows; they go where the table says now, and the
     // flow entry follows.
-    f.dp.set_backend(1, Some(MacAddr(f.backends[1].mac)), false, None)
-        .unwrap();
+    f.set_backend(1, |b| b.keep_flows = false);
     let now_table = f.table(&[1, 0, 1]);
     for &p in &on_one {
-        let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
-        let want = now_table[(flow_hash(&k, DEFAULT_HASH_SEED) % now_table.len() as u32) as usize];
+        let k = f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let want =
+            now_table[(flow_hash(&k.flow, DEFAULT_HASH_SEED) % now_table.len() as u32) as usize];
         assert_eq!(
             backend_of(&f, &flow(p)),
             Some(want as usize),
@@ -828,12 +1019,11 @@ fn established_flows_stay_while_their_backend_keeps_them() {
 #[test]
 fn idle_flows_are_forgotten() {
     let mut f = Fixture::with_idle(Duration::from_millis(200));
-    let key = vip(VIP4, 80, Protocol::Tcp, 0);
     let on_one = flows_on(&f, 1, 5);
     for &p in &on_one {
         backend_of(&f, &flow(p));
     }
-    f.install(key, 0, &f.table(&[1, 0, 1]), VipOptions::default());
+    f.set_vip(0, &[1, 0, 1], VipOptions::default());
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
     }
@@ -850,11 +1040,9 @@ fn idle_flows_are_forgotten() {
 #[test]
 fn untracked_vip_follows_the_table_alone() {
     let mut f = Fixture::new();
-    let key = vip(VIP4, 80, Protocol::Tcp, 0);
-    f.install(
-        key,
+    f.set_vip(
         0,
-        &f.expected.clone(),
+        &[1, 2, 1],
         VipOptions {
             conntrack: false,
             ..VipOptions::default()
@@ -863,13 +1051,12 @@ fn untracked_vip_follows_the_table_alone() {
     let on_one = flows_on(&f, 1, 10);
     for &p in &on_one {
         assert_eq!(backend_of(&f, &flow(p)), Some(1));
-        let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let k = f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
         assert_eq!(f.dp.flow(&k), None, "untracked VIP created a flow entry");
     }
-    f.install(
-        key,
+    f.set_vip(
         0,
-        &f.table(&[1, 0, 1]),
+        &[1, 0, 1],
         VipOptions {
             conntrack: false,
             ..VipOptions::default()
@@ -950,7 +1137,7 @@ fn icmp_errors_follow_flows_without_creating_them() {
     // No flow: the ICMP is placed by the table and leaves no flow entry behind.
     let (verdict, _) = run(f.dp.program(), &icmp4_too_big(VIP4, 80, CLIENT4, 40556), LO);
     assert_eq!(verdict, XDP_TX);
-    let k = FlowKey::new(CLIENT4.into(), 40556, VIP4.into(), 80, TCP);
+    let k = f.flow_key(0, CLIENT4.into(), 40556, VIP4.into(), 80, TCP);
     assert_eq!(f.dp.flow(&k), None);
     assert_eq!(f.dp.vip_totals(0).unwrap().flows, 1);
 }
@@ -960,17 +1147,13 @@ fn backends_behind_another_interface_are_redirected() {
     let mut f = Fixture::new();
     // Backend 1 sits behind interface 1 (lo here; a real deployment's eth1), TX port 3.
     let egress_mac = MacAddr([0x02, 0xee, 0, 0, 0, 0x01]);
-    f.dp.set_tx_port(3, LO).unwrap();
-    f.dp.set_backend(
-        1,
-        Some(MacAddr(f.backends[1].mac)),
-        true,
-        Some(Egress {
+    f.desired.tx_ports.insert(3, LO);
+    f.set_backend(1, |b| {
+        b.egress = Some(Egress {
             port: 3,
             src_mac: egress_mac,
-        }),
-    )
-    .unwrap();
+        })
+    });
     let on_one = flows_on(&f, 1, 5);
     for p in on_one {
         let frame = flow(p);
@@ -1010,4 +1193,192 @@ fn vip_filter_collisions_fall_back_to_the_exact_lookup() {
     );
     // And the VIP itself still forwards.
     assert_eq!(run(f.dp.program(), &v4(TCP, VIP4, 80), LO).0, XDP_TX);
+}
+
+#[test]
+fn flow_entries_belong_to_their_vip() {
+    // Two source-hashed VIPs on one address: tcp :80 (VIP 8, one backend) and udp :5353
+    // (VIP 9, two others). A client's TCP connection to :80 must not take its datagrams to
+    // :5353 to :80's backend.
+    let f = Fixture::new();
+    let client: IpAddr = Ipv4Addr::new(198, 18, 9, 1).into();
+    let tcp = frames::flow_frame(LB_MAC, CLIENT_MAC, client, 40000, VIP4_SRC.into(), 80, TCP);
+    let (verdict, out) = run(f.dp.program(), &tcp, LO);
+    assert_eq!((verdict, &out[..6]), (XDP_TX, &f.all[8][0].mac[..]));
+    for sport in 1000..1005 {
+        let udp = frames::flow_frame(
+            LB_MAC,
+            CLIENT_MAC,
+            client,
+            sport,
+            VIP4_SRC.into(),
+            5353,
+            UDP,
+        );
+        let (verdict, out) = run(f.dp.program(), &udp, LO);
+        let want = f.predict(9, client, sport, VIP4_SRC.into(), 5353, UDP);
+        assert_eq!(
+            (verdict, &out[..6]),
+            (XDP_TX, &want.mac[..]),
+            "datagram from port {sport} to :5353 went to the wrong backend"
+        );
+    }
+    // Each VIP holds its own entry for the client.
+    let tcp_entry =
+        f.dp.flow(&f.flow_key(8, client, 40000, VIP4_SRC.into(), 80, TCP));
+    let udp_entry =
+        f.dp.flow(&f.flow_key(9, client, 1000, VIP4_SRC.into(), 5353, UDP));
+    assert_eq!(tcp_entry.map(|e| e.backend), Some(f.all[8][0].id));
+    assert!(udp_entry.is_some_and(|e| f.all[9].iter().any(|b| b.id == e.backend)));
+}
+
+#[test]
+fn vlans_have_flow_entries_of_their_own() {
+    // VIP 0 takes any VLAN. A flow seen on VLAN 100 stays on its backend when it drains;
+    // the same 5-tuple on VLAN 200 is another flow, placed by the new table.
+    let mut f = Fixture::new();
+    let on_one = flows_on(&f, 1, 8);
+    let tagged = |p: u16, vlan: u16| frames::tagged(&flow(p), 0x8100, vlan);
+    for &p in &on_one {
+        assert_eq!(backend_of(&f, &tagged(p, 100)), Some(1));
+    }
+    f.set_vip(0, &[1, 0, 1], VipOptions::default());
+    for &p in &on_one {
+        assert_eq!(
+            backend_of(&f, &tagged(p, 100)),
+            Some(1),
+            "flow {p} on VLAN 100 left its backend"
+        );
+        assert_ne!(
+            backend_of(&f, &tagged(p, 200)),
+            Some(1),
+            "flow {p} on VLAN 200 used VLAN 100's entry"
+        );
+    }
+}
+
+#[test]
+fn a_flow_entry_is_followed_only_to_a_backend_of_its_vip() {
+    let mut f = Fixture::new();
+    let p = flows_on(&f, 1, 1)[0];
+    assert_eq!(backend_of(&f, &flow(p)), Some(1));
+    // Backend id 1 leaves VIP 0 and is given to VIP 5 at once (no quarantine): VIP 0's flow
+    // entry still names id 1, and id 1 is valid and keeps flows.
+    f.set_vip(0, &[1, 0, 1], VipOptions::default());
+    f.set_backend(1, |b| b.vip_id = 5);
+    let out = backend_of(&f, &flow(p));
+    let now = f.predict(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+    assert_eq!(
+        out,
+        Some(now.id as usize),
+        "VIP 0's flow followed its entry to VIP 5's backend"
+    );
+    let entry =
+        f.dp.flow(&f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP));
+    assert_eq!(
+        entry.map(|e| e.backend),
+        Some(now.id),
+        "the entry follows the table's owner"
+    );
+}
+
+#[test]
+fn redirect_without_a_tx_port_is_a_counted_drop() {
+    let mut f = Fixture::new();
+    // Backend 1 sits behind TX port 7, which has no entry (its interface went away: the
+    // kernel deletes the devmap entry).
+    f.set_backend(1, |b| {
+        b.egress = Some(Egress {
+            port: 7,
+            src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
+        })
+    });
+    let frame = flow(flows_on(&f, 1, 1)[0]);
+    let (reasons, backend) = (
+        f.dp.reason_totals().unwrap(),
+        f.dp.backend_totals(1).unwrap(),
+    );
+    let (verdict, out) = run(f.dp.program(), &frame, LO);
+    assert_eq!((verdict_name(verdict), out), ("DROP", frame));
+    let after = f.dp.reason_totals().unwrap();
+    let delta = |r: Reason| after[r as usize].1.packets - reasons[r as usize].1.packets;
+    assert_eq!((delta(Reason::NoTxPort), delta(Reason::Forwarded)), (1, 0));
+    assert_eq!(
+        f.dp.backend_totals(1).unwrap(),
+        backend,
+        "a dropped frame counted on the backend"
+    );
+}
+
+#[test]
+fn resets_create_no_flow_and_mid_stream_segments_are_adopted() {
+    let f = Fixture::new();
+    let event = |e: Event| f.dp.event_totals().unwrap()[e as usize].1;
+    let key = |p: u16| f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+    // The end of a connection another node carried: forwarded by the table, not remembered,
+    // not a new flow.
+    for (i, flags) in [TCP_RST, TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK]
+        .into_iter()
+        .enumerate()
+    {
+        let p = 51000 + i as u16;
+        let want = f.predict(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let (verdict, out) = run(f.dp.program(), &with_tcp_flags(flow(p), flags), LO);
+        assert_eq!(
+            (verdict, &out[..6]),
+            (XDP_TX, &want.mac[..]),
+            "flags {flags:#x}"
+        );
+        assert_eq!(
+            f.dp.flow(&key(p)),
+            None,
+            "flags {flags:#x} created a flow entry"
+        );
+    }
+    assert_eq!(event(Event::UntrackedClose), 3);
+    assert_eq!(f.dp.vip_totals(0).unwrap().flows, 0);
+    // A mid-stream segment (a connection taken over): remembered, counted as adopted.
+    let (verdict, _) = run(f.dp.program(), &with_tcp_flags(flow(52000), TCP_ACK), LO);
+    assert_eq!(verdict, XDP_TX);
+    assert!(f.dp.flow(&key(52000)).is_some());
+    assert_eq!(
+        (event(Event::Adopted), f.dp.vip_totals(0).unwrap().flows),
+        (1, 0)
+    );
+    // A SYN is a new flow.
+    run(f.dp.program(), &flow(52001), LO);
+    assert!(f.dp.flow(&key(52001)).is_some());
+    assert_eq!(f.dp.vip_totals(0).unwrap().flows, 1);
+}
+
+#[test]
+fn a_full_flow_table_filled_from_one_cpu_keeps_every_flow() {
+    // BPF_PROG_TEST_RUN runs the program on the calling CPU, as veth runs XDP on the sending
+    // one: pin this thread, then send exactly flow_table_size new flows.
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+    let f = Fixture::new();
+    let n = 4096u32; // the fixture's flow_table_size
+    let client = |i: u32| IpAddr::V4(Ipv4Addr::new(198, 20, (i / 250) as u8, (i % 250) as u8 + 1));
+    for i in 0..n {
+        let frame = frames::flow_frame(LB_MAC, CLIENT_MAC, client(i), 40000, VIP4.into(), 80, TCP);
+        assert_eq!(run(f.dp.program(), &frame, LO).0, XDP_TX);
+    }
+    let kept = (0..n)
+        .filter(|&i| {
+            f.dp.flow(&f.flow_key(0, client(i), 40000, VIP4.into(), 80, TCP))
+                .is_some()
+        })
+        .count();
+    assert_eq!(
+        kept, n as usize,
+        "of {n} flows the table of {n} remembered {kept}"
+    );
 }

@@ -8,8 +8,9 @@ use std::{collections::BTreeSet, fs, net::Ipv4Addr, path::Path, time::Instant};
 use anyhow::{Context, Result};
 use dsr::{
     control::Request,
-    datapath::{Datapath, LoadOptions, Sizes, VipOptions},
+    datapath::{Datapath, LoadOptions, Sizes},
     maglev,
+    plan::VipOptions,
     spec::model::{Protocol, VipAddr},
 };
 use dsr_common::{

@@ -29,9 +29,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use dsr::{
-    datapath::{self, Datapath, LoadOptions, Sizes, VipOptions},
+    datapath::{self, Datapath, LoadOptions, Sizes},
     ebpf::REFERENCE_OBJECT,
     maglev,
+    plan::VipOptions,
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
@@ -177,6 +178,11 @@ fn non_vip_addr(family: Family) -> IpAddr {
 
 /// The frames of a scenario: flows to the VIPs (flow i to VIP i mod vips), the same flows to
 /// a non-VIP address, and the means to make never-seen flows from them.
+/// VIP `vip`'s table: the shared table shape with that VIP's own backend ids.
+fn vip_table(table: &[u32], vip: u32) -> Vec<u32> {
+    table.iter().map(|id| id + vip * BACKENDS).collect()
+}
+
 struct Flows {
     family: Family,
     hit: Vec<Vec<u8>>,
@@ -289,7 +295,7 @@ impl Programs {
         let mut dp = Datapath::load(&LoadOptions {
             sizes: Sizes {
                 max_vips: MAX_VIPS,
-                max_backends: BACKENDS,
+                max_backends: BACKENDS * MAX_VIPS,
                 table_size: DEFAULT_TABLE_SIZE,
                 flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             },
@@ -306,10 +312,17 @@ impl Programs {
                 weight: 1,
             })
             .collect();
-        for id in 0..BACKENDS {
+        for id in 0..BACKENDS * MAX_VIPS {
             // The load balancer's own MAC: see the module comment (repeat mode). Keeping
-            // flows: established flows are honoured (flow-table hits).
-            dp.set_backend(id, Some(MacAddr(LB_MAC)), true, None)?;
+            // flows: established flows are honoured (flow-table hits). Each VIP has its own
+            // BACKENDS ids (a flow entry is only followed to a backend of its VIP).
+            let entry = dsr_common::Backend {
+                mac: LB_MAC,
+                flags: dsr_common::BACKEND_F_VALID | dsr_common::BACKEND_F_KEEP_FLOWS,
+                vip: id / BACKENDS,
+                ..Default::default()
+            };
+            dp.set_backend(id, entry)?;
         }
         Ok(Programs {
             reference,
@@ -352,7 +365,7 @@ impl Programs {
                 protocol: Protocol::Tcp,
                 vlan: 0,
             };
-            self.dp.set_vip(&key, i, &self.table, opts)?;
+            self.dp.set_vip(&key, i, &vip_table(&self.table, i), opts)?;
             self.vips.push(key);
         }
         // The per-address filter and index the data path consults first, as the daemon
@@ -374,7 +387,8 @@ impl Programs {
                     conntrack: on,
                     ..VipOptions::default()
                 };
-                self.dp.set_vip(key, i as u32, &self.table, opts)?;
+                self.dp
+                    .set_vip(key, i as u32, &vip_table(&self.table, i as u32), opts)?;
             }
         }
         Ok(())
@@ -382,7 +396,7 @@ impl Programs {
 
     fn counts(&self) -> Result<Counts> {
         let mut new_flows = 0;
-        for id in 0..BACKENDS {
+        for id in 0..BACKENDS * MAX_VIPS {
             new_flows += self.dp.backend_totals(id)?.flows;
         }
         Ok(Counts {
@@ -396,9 +410,11 @@ impl Programs {
     /// here), and leaves the flows in the flow table for the hit case.
     fn check_predictions(&mut self, flows: &Flows) -> Result<Vec<String>> {
         self.set_conntrack(true)?;
-        for (frame, key) in flows.hit.iter().zip(&flows.hit_keys) {
+        for (i, (frame, key)) in flows.hit.iter().zip(&flows.hit_keys).enumerate() {
             let slot = flow_hash(key, DEFAULT_HASH_SEED) % self.table.len() as u32;
-            let want = self.table[slot as usize];
+            // Flow i goes to VIP i % vips (see Flows::new), whose ids are offset.
+            let vip = i as u32 % self.vips.len() as u32;
+            let want = self.table[slot as usize] + vip * BACKENDS;
             let before = self.dp.backend_totals(want)?.packets;
             let r = run_once(self.dp.program(), frame, 1)?;
             let after = self.dp.backend_totals(want)?.packets;

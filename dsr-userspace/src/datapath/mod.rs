@@ -1,9 +1,11 @@
-//! Loading and attaching the XDP program, and the map writer: the only code that writes
-//! dsr's BPF maps.
+//! The data path from userspace: loading, pinning and attaching the XDP program, and the map
+//! primitives the writer (`writer`, the only code that decides what to write) is built from.
 //!
 //! Tables are written so that the data path never sees a half-written one: each VIP owns two
 //! rows of TABLES; the new table goes into the row not in use (through an mmap of the map, at
 //! memory speed), then a single VIPS update switches the VIP to it.
+
+pub mod writer;
 
 use std::{
     net::IpAddr,
@@ -24,15 +26,15 @@ use aya::{
     },
 };
 use dsr_common::{
-    ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend,
-    Counter, FlowEntry, FlowKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, PROGRAM_NAME,
-    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk,
-    VIP_F_FRAGMENT_ALIAS, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VIP_FILTER_WORDS, VipAddrInfo,
-    VipAddrKey, VipInfo, VipKey, names, vip_filter_bit,
+    ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, Backend, Counter, EVENT_COUNT, Event, FlowEntry,
+    FlowMapKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, PROGRAM_NAME, REASON_COUNT,
+    Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk, VIP_F_FRAGMENT_ALIAS,
+    VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names, vip_filter_bit,
 };
 
 use crate::{
     ebpf::DSR_OBJECT,
+    plan::VipOptions,
     spec::model::{MacAddr, Protocol, VipAddr, XdpAttachMode},
 };
 
@@ -65,7 +67,7 @@ impl Sizes {
     /// benchmark reads 120 MiB of memlock for 1M flows).
     pub fn flow_bytes(&self) -> u64 {
         self.flow_table_size as u64
-            * (64 + std::mem::size_of::<FlowKey>() + std::mem::size_of::<FlowEntry>()) as u64
+            * (64 + std::mem::size_of::<FlowMapKey>() + std::mem::size_of::<FlowEntry>()) as u64
     }
 }
 
@@ -87,7 +89,9 @@ pub struct Datapath {
     /// Mirror of VIP_FILTER, to write only the words that change.
     filter: Vec<u64>,
     tx_ports: DevMap<MapData>,
-    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    tx_ports_fd: i32,
+    flows: HashMap<MapData, FlowMapKey, FlowEntry>,
+    event_stats: PerCpuArray<MapData, u64>,
     links: Vec<XdpLinkId>,
 }
 
@@ -101,7 +105,7 @@ pub struct Totals {
 }
 
 /// Every map with the size it must have.
-fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 12]> {
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 13]> {
     let table_elems = sizes
         .max_vips
         .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
@@ -120,6 +124,7 @@ fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 12]> {
         (names::BACKEND_STATS, sizes.max_backends),
         (names::FLOWS, sizes.flow_table_size),
         (names::REASON_STATS, REASON_COUNT),
+        (names::EVENT_STATS, EVENT_COUNT),
     ])
 }
 
@@ -314,12 +319,19 @@ impl Datapath {
         let vip_stats = take(names::VIP_STATS)?.try_into()?;
         let backend_stats = take(names::BACKEND_STATS)?.try_into()?;
         let reason_stats = take(names::REASON_STATS)?.try_into()?;
+        let event_stats = take(names::EVENT_STATS)?.try_into()?;
         let flows = take(names::FLOWS)?.try_into()?;
         let vip_addrs = take(names::VIP_ADDRS)?.try_into()?;
         let vip_filter: Array<MapData, u64> = take(names::VIP_FILTER)?.try_into()?;
         // What the map holds now (non-zero when a pinned data path was adopted).
         let filter = vip_filter.iter().collect::<Result<Vec<u64>, _>>()?;
-        let tx_ports = take(names::TX_PORTS)?.try_into()?;
+        let tx_ports_map = take(names::TX_PORTS)?;
+        let Map::DevMap(data) = &tx_ports_map else {
+            bail!("map {} is not a devmap", names::TX_PORTS);
+        };
+        // Kept for BPF_MAP_DELETE_ELEM (see clear_tx_port); valid as long as `tx_ports` is.
+        let tx_ports_fd = data.fd().as_fd().as_raw_fd();
+        let tx_ports = tx_ports_map.try_into()?;
         let tables = TableMmap::new(tables, table_elems)?;
 
         settings.set(
@@ -345,11 +357,13 @@ impl Datapath {
             vip_stats,
             backend_stats,
             reason_stats,
+            event_stats,
             flows,
             vip_addrs,
             vip_filter,
             filter,
             tx_ports,
+            tx_ports_fd,
             links: Vec::new(),
         })
     }
@@ -470,27 +484,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Sets what the data path knows of a backend id: the MAC it sends to (`None` = not
-    /// usable at all), whether its established flows stay on it, and, for a backend behind
-    /// another interface, the TX_PORTS entry and source MAC to leave with.
-    pub fn set_backend(
-        &mut self,
-        id: u32,
-        mac: Option<MacAddr>,
-        keep_flows: bool,
-        egress: Option<Egress>,
-    ) -> Result<()> {
-        let entry = match mac {
-            Some(mac) => Backend {
-                mac: mac.0,
-                _pad: [0; 2],
-                flags: BACKEND_F_VALID | if keep_flows { BACKEND_F_KEEP_FLOWS } else { 0 },
-                tx_port: egress.map_or(0, |e| e.port),
-                src_mac: egress.map_or([0; 6], |e| e.src_mac.0),
-                _pad2: [0; 2],
-            },
-            None => Backend::default(),
-        };
+    /// Writes BACKENDS entry `id` (all zero: no backend).
+    pub fn set_backend(&mut self, id: u32, entry: Backend) -> Result<()> {
         self.backends
             .set(id, entry, 0)
             .with_context(|| format!("writing backend {id}"))?;
@@ -505,6 +500,34 @@ impl Datapath {
         self.tx_ports
             .set(port, ifindex, None, 0)
             .with_context(|| format!("writing TX port {port} (ifindex {ifindex})"))?;
+        Ok(())
+    }
+
+    /// Empties TX_PORTS entry `port`.
+    pub fn clear_tx_port(&mut self, port: u32) -> Result<()> {
+        // aya 0.14's DevMap has no remove: BPF_MAP_DELETE_ELEM on its fd. An empty slot
+        // answers ENOENT, which is what we want anyway.
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        let fd = self.tx_ports_fd;
+        let key = port;
+        // union bpf_attr, map-element variant: { __u32 map_fd; __u64 key; ... }
+        let mut attr = [0u64; 8];
+        attr[0] = fd as u64;
+        attr[1] = &key as *const u32 as u64;
+        // SAFETY: the bpf syscall with a valid, zero-padded attr of the size we pass; `key`
+        // outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                attr.as_mut_ptr(),
+                64usize,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::ENOENT) {
+            bail!("clearing TX port {port}: {err}");
+        }
         Ok(())
     }
 
@@ -543,13 +566,7 @@ impl Datapath {
                 .expect("bounded above")
                 .copy_from_slice(table);
         }
-        let mut flags = 0;
-        if !opts.conntrack {
-            flags |= VIP_F_NO_CONNTRACK;
-        }
-        if opts.fragments {
-            flags |= VIP_F_FRAGMENTS;
-        }
+        let flags = writer::vip_flags(opts);
         let info = VipInfo {
             id,
             table_row: row,
@@ -623,8 +640,76 @@ impl Datapath {
     }
 
     /// The connection-table entry of a flow, if any.
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+    pub fn flow(&self, key: &FlowMapKey) -> Option<FlowEntry> {
         self.flows.get(key, 0).ok()
+    }
+
+    /// The VIPS entry of `key`, if the kernel holds one.
+    pub fn vip_info(&self, key: &VipKey) -> Option<VipInfo> {
+        self.vips.get(key, 0).ok()
+    }
+
+    /// Removes the VIPS entry of `key` (one already gone is fine).
+    pub fn delete_vip_key(&mut self, key: &VipKey) -> Result<()> {
+        match self.vips.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a VIPS entry"),
+        }
+    }
+
+    /// Every VIPS entry the kernel holds (fragment aliases included).
+    pub fn held_vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        let keys: Vec<VipKey> = self.vips.keys().collect::<Result<_, _>>()?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| self.vips.get(&k, 0).ok().map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Every VIP_ADDRS entry the kernel holds.
+    pub fn held_vip_addrs(&self) -> Result<Vec<(VipAddrKey, u32)>> {
+        let keys: Vec<VipAddrKey> = self.vip_addrs.keys().collect::<Result<_, _>>()?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| self.vip_addrs.get(&k, 0).ok().map(|v| (k, v.flags)))
+            .collect())
+    }
+
+    /// Every BACKENDS entry that is not all zero.
+    pub fn held_backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let mut out = Vec::new();
+        for id in 0..self.sizes.max_backends {
+            let b = self.backends.get(&id, 0)?;
+            if b != Backend::default() {
+                out.push((id, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every TX_PORTS entry in use: (port, ifindex).
+    pub fn held_tx_ports(&self) -> Vec<(u32, u32)> {
+        (1..MAX_TX_PORTS)
+            .filter_map(|p| self.tx_ports.get(p, 0).ok().map(|v| (p, v.if_index)))
+            .collect()
+    }
+
+    /// How many TABLES rows the data path holds per VIP, and each row's length in slots.
+    pub fn row_slots(&self) -> u32 {
+        self.sizes.row_chunks() * TABLE_CHUNK
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    pub fn event_totals(&self) -> Result<[(Event, u64); EVENT_COUNT as usize]> {
+        let mut out = Event::ALL.map(|e| (e, 0));
+        for (event, total) in out.iter_mut() {
+            *total = self.event_stats.get(&(*event as u32), 0)?.iter().sum();
+        }
+        Ok(out)
     }
 
     pub fn reason_totals(&self) -> Result<[(Reason, Totals); REASON_COUNT as usize]> {
@@ -663,7 +748,7 @@ pub fn vip_key(addr: &VipAddr) -> VipKey {
 }
 
 /// The port-0 VIPS key that catches a VIP's non-first fragments.
-fn fragment_alias(addr: &VipAddr) -> VipKey {
+pub(crate) fn fragment_alias(addr: &VipAddr) -> VipKey {
     VipKey::new(addr.address, 0, addr.protocol.number(), addr.vlan)
 }
 
@@ -698,31 +783,6 @@ impl VipAddrKeyOrd {
     pub fn key(&self) -> VipAddrKey {
         VipAddrKey::new(self.0, self.1.number())
     }
-}
-
-/// How a VIP's packets are treated (VipInfo flags and hash fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VipOptions {
-    pub conntrack: bool,
-    pub fragments: bool,
-    pub hash_fields: u32,
-}
-
-impl Default for VipOptions {
-    fn default() -> Self {
-        VipOptions {
-            conntrack: true,
-            fragments: false,
-            hash_fields: dsr_common::HASH_ALL,
-        }
-    }
-}
-
-/// Where a redirected backend's frames leave: TX_PORTS entry and that interface's MAC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Egress {
-    pub port: u32,
-    pub src_mac: MacAddr,
 }
 
 /// TABLES mapped into our memory (the map is BPF_F_MMAPABLE): a whole 65537-slot table is a

@@ -1,0 +1,277 @@
+//! The map writer: the only code that decides what dsr's maps hold. It takes a whole
+//! [`Desired`], diffs it against what the kernel's maps hold (read from the kernel when the
+//! writer is created, so an adopted data path's leftovers are seen and removed, then kept up
+//! to date with every successful write) and writes only the difference, in an order that
+//! never shows the data path a half state:
+//!
+//! 1. TX ports and backend entries that are new or changed, before any table points at them;
+//! 2. each VIP whose table input or options changed: the table into its spare row, then one
+//!    VIPS update switches it (and its fragment alias);
+//! 3. VIP_FILTER and VIP_ADDRS for the VIPs now present;
+//! 4. then what is no longer wanted: VIPS keys, VIP_ADDRS entries, backend entries, TX ports.
+//!
+//! A write that fails is left for the next [`Writer::apply`] (the daemon calls it on every
+//! event and every second), counted in `failures` and shown as `pending`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Result, anyhow};
+use dsr_common::{
+    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK,
+    VipAddrKey, VipInfo, VipKey,
+};
+
+use super::{Datapath, vip_addr_flags, vip_key};
+use crate::{
+    maglev,
+    plan::{Desired, DesiredBackend, VipOptions},
+    spec::model::VipAddr,
+};
+
+pub struct Writer {
+    /// VIPS entries (fragment aliases included) as the kernel holds them.
+    vips: HashMap<VipKey, VipInfo>,
+    /// What each VIP's active table was built from, when this writer wrote it. A VIP found
+    /// in the kernel at start has no entry here, so its table is rebuilt once.
+    built: HashMap<VipAddr, Vec<maglev::Entry>>,
+    addrs: HashMap<VipAddrKey, u32>,
+    backends: BTreeMap<u32, Backend>,
+    tx_ports: BTreeMap<u32, u32>,
+    /// Map writes that failed since the writer was created.
+    pub failures: u64,
+    /// Writes that failed in the last apply and wait for the next.
+    pub pending: usize,
+}
+
+/// What one apply did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// VIPs whose table was rebuilt and switched, with the number of backends in it.
+    pub tables: Vec<(VipAddr, usize)>,
+    /// Writes that failed (retried by the next apply).
+    pub errors: Vec<String>,
+}
+
+impl Writer {
+    /// Reads what the kernel's maps hold now.
+    pub fn read(dp: &Datapath) -> Result<Writer> {
+        Ok(Writer {
+            vips: dp.held_vips()?.into_iter().collect(),
+            built: HashMap::new(),
+            addrs: dp.held_vip_addrs()?.into_iter().collect(),
+            backends: dp.held_backends()?.into_iter().collect(),
+            tx_ports: dp.held_tx_ports().into_iter().collect(),
+            failures: 0,
+            pending: 0,
+        })
+    }
+
+    /// Makes the maps hold `desired`, writing only what differs.
+    pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
+        let mut out = Applied::default();
+        let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
+
+        for (&port, &ifindex) in &desired.tx_ports {
+            if self.tx_ports.get(&port) != Some(&ifindex) {
+                match dp.set_tx_port(port, ifindex) {
+                    Ok(()) => {
+                        self.tx_ports.insert(port, ifindex);
+                    }
+                    Err(e) => fail(format!("TX port {port}"), e),
+                }
+            }
+        }
+        for (&id, b) in &desired.backends {
+            let entry = backend_entry(b);
+            if self.backends.get(&id) == Some(&entry) {
+                continue;
+            }
+            // A backend id the kernel did not hold is new: its counters start from zero.
+            let reset = if self.backends.contains_key(&id) {
+                Ok(())
+            } else {
+                dp.reset_backend_stats(id)
+            };
+            match reset.and_then(|()| dp.set_backend(id, entry)) {
+                Ok(()) => {
+                    self.backends.insert(id, entry);
+                }
+                Err(e) => fail(format!("backend {id}"), e),
+            }
+        }
+        let mut wanted_keys = HashSet::new();
+        for (addr, vip) in &desired.vips {
+            let key = vip_key(addr);
+            wanted_keys.insert(key);
+            let alias =
+                (vip.options.fragments && addr.port != 0).then(|| super::fragment_alias(addr));
+            if let Some(a) = alias {
+                wanted_keys.insert(a);
+            }
+            let held = self.vips.get(&key);
+            let flags = vip_flags(vip.options);
+            let current = held.is_some_and(|h| {
+                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
+            }) && self.built.get(addr) == Some(&vip.entries)
+                && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
+            if current {
+                continue;
+            }
+            if held.is_none_or(|h| h.id != vip.id)
+                && let Err(e) = dp.reset_vip_stats(vip.id)
+            {
+                fail(format!("VIP {addr} counters"), e);
+                continue;
+            }
+            let table = maglev::build(&vip.entries, dp.sizes().table_size);
+            match dp.set_vip(addr, vip.id, &table, vip.options) {
+                Ok(()) => {
+                    self.built.insert(*addr, vip.entries.clone());
+                    out.tables.push((*addr, vip.entries.len()));
+                }
+                Err(e) => fail(format!("VIP {addr}"), e),
+            }
+            // What the kernel holds now for the VIP and its alias (set_vip writes both).
+            for k in [Some(key), alias].into_iter().flatten() {
+                match dp.vip_info(&k) {
+                    Some(info) => self.vips.insert(k, info),
+                    None => self.vips.remove(&k),
+                };
+            }
+        }
+        let addrs = vip_addr_flags(desired.vips.iter().map(|(a, v)| (a, v.options.fragments)));
+        if let Err(e) = dp.set_vip_filter(addrs.keys().map(|k| k.0)) {
+            fail("VIP_FILTER".into(), e);
+        }
+        let wanted_addrs: HashMap<VipAddrKey, u32> =
+            addrs.iter().map(|(k, &f)| (k.key(), f)).collect();
+        for (key, &flags) in &wanted_addrs {
+            if self.addrs.get(key) != Some(&flags) {
+                match dp.set_vip_addr(*key, flags) {
+                    Ok(()) => {
+                        self.addrs.insert(*key, flags);
+                    }
+                    Err(e) => fail("VIP_ADDRS".into(), e),
+                }
+            }
+        }
+
+        // What is no longer wanted, once nothing wanted points at it.
+        let gone: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|k| !wanted_keys.contains(k))
+            .copied()
+            .collect();
+        for key in gone {
+            match dp.delete_vip_key(&key) {
+                Ok(()) => {
+                    self.vips.remove(&key);
+                }
+                Err(e) => fail("VIPS".into(), e),
+            }
+        }
+        self.built.retain(|a, _| desired.vips.contains_key(a));
+        let gone: Vec<VipAddrKey> = self
+            .addrs
+            .keys()
+            .filter(|k| !wanted_addrs.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            match dp.set_vip_addr(key, 0) {
+                Ok(()) => {
+                    self.addrs.remove(&key);
+                }
+                Err(e) => fail("VIP_ADDRS".into(), e),
+            }
+        }
+        let gone: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !desired.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            match dp.set_backend(id, Backend::default()) {
+                Ok(()) => {
+                    self.backends.remove(&id);
+                }
+                Err(e) => fail(format!("backend {id}"), e),
+            }
+        }
+        let gone: Vec<u32> = self
+            .tx_ports
+            .keys()
+            .filter(|p| !desired.tx_ports.contains_key(p))
+            .copied()
+            .collect();
+        for port in gone {
+            match dp.clear_tx_port(port) {
+                Ok(()) => {
+                    self.tx_ports.remove(&port);
+                }
+                Err(e) => fail(format!("TX port {port}"), e),
+            }
+        }
+        self.pending = out.errors.len();
+        self.failures += out.errors.len() as u64;
+        out
+    }
+
+    /// `apply`, as a result: an error lists every failed write.
+    pub fn apply_all(&mut self, dp: &mut Datapath, desired: &Desired) -> Result<Applied> {
+        let applied = self.apply(dp, desired);
+        if applied.errors.is_empty() {
+            Ok(applied)
+        } else {
+            Err(anyhow!(
+                "{} map writes failed (retried): {}",
+                applied.errors.len(),
+                applied.errors.join("; ")
+            ))
+        }
+    }
+}
+
+fn out_errors(errors: &mut Vec<String>, what: String, e: anyhow::Error) {
+    errors.push(format!("{what}: {e:#}"));
+}
+
+/// The BACKENDS entry for a desired backend.
+pub fn backend_entry(b: &DesiredBackend) -> Backend {
+    match b.mac {
+        Some(mac) => Backend {
+            mac: mac.0,
+            _pad: [0; 2],
+            flags: BACKEND_F_VALID
+                | if b.keep_flows {
+                    BACKEND_F_KEEP_FLOWS
+                } else {
+                    0
+                },
+            tx_port: b.egress.map_or(0, |e| e.port),
+            vip: b.vip_id,
+            src_mac: b.egress.map_or([0; 6], |e| e.src_mac.0),
+            _pad2: [0; 2],
+        },
+        // No MAC: a table slot naming it drops; the owner is kept so the entry is never
+        // all zero (an all-zero entry is a free id).
+        None => Backend {
+            vip: b.vip_id,
+            ..Backend::default()
+        },
+    }
+}
+
+/// The VipInfo flags of a VIP's options.
+pub fn vip_flags(opts: VipOptions) -> u32 {
+    let mut flags = 0;
+    if !opts.conntrack {
+        flags |= VIP_F_NO_CONNTRACK;
+    }
+    if opts.fragments {
+        flags |= VIP_F_FRAGMENTS;
+    }
+    flags
+}

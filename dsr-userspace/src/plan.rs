@@ -1,0 +1,105 @@
+//! What the data path should hold, derived purely from the runtime state: every backend
+//! entry, every VIP with its table's input, every egress port. The map writer
+//! (`datapath::writer`) makes the kernel's maps equal to a [`Desired`]; nothing here does I/O.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    maglev,
+    spec::model::{MacAddr, VipAddr},
+    state::State,
+};
+
+/// How a VIP's packets are treated (its VipInfo flags and hash fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipOptions {
+    pub conntrack: bool,
+    pub fragments: bool,
+    pub hash_fields: u32,
+}
+
+impl Default for VipOptions {
+    fn default() -> Self {
+        VipOptions {
+            conntrack: true,
+            fragments: false,
+            hash_fields: dsr_common::HASH_ALL,
+        }
+    }
+}
+
+/// Where a redirected backend's frames leave: TX_PORTS entry and that interface's MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub port: u32,
+    pub src_mac: MacAddr,
+}
+
+/// A BACKENDS entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesiredBackend {
+    /// The VIP this backend id belongs to: the data path follows a flow entry only to a
+    /// backend of the VIP the packet matched.
+    pub vip_id: u32,
+    /// `None`: not usable at all (no MAC yet).
+    pub mac: Option<MacAddr>,
+    /// Its established flows stay on it (healthy, draining or inhibited).
+    pub keep_flows: bool,
+    /// Behind another interface: how frames leave for it.
+    pub egress: Option<Egress>,
+}
+
+/// A VIP: its id, what its table is built from, and how its packets are treated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredVip {
+    pub id: u32,
+    /// The backends that take new flows now, sorted by id (empty: the VIP drops).
+    pub entries: Vec<maglev::Entry>,
+    pub options: VipOptions,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Desired {
+    /// Backend id -> BACKENDS entry.
+    pub backends: BTreeMap<u32, DesiredBackend>,
+    pub vips: BTreeMap<VipAddr, DesiredVip>,
+    /// TX_PORTS entry -> the ifindex it redirects to.
+    pub tx_ports: BTreeMap<u32, u32>,
+}
+
+/// What the data path should hold for `state`.
+pub fn desired(state: &State) -> Desired {
+    let mut d = Desired::default();
+    for vip in &state.vips {
+        for b in &vip.backends {
+            let egress = b.egress.map(|(port, src_mac)| Egress { port, src_mac });
+            if let Some(e) = egress {
+                d.tx_ports.insert(e.port, b.ifindex);
+            }
+            d.backends.insert(
+                b.id,
+                DesiredBackend {
+                    vip_id: vip.id,
+                    mac: b.mac,
+                    keep_flows: b.keeps_flows(),
+                    egress,
+                },
+            );
+        }
+        let (_, mut entries) = vip.serving();
+        entries.sort_by_key(|e| e.id);
+        d.vips.insert(
+            vip.spec.addr,
+            DesiredVip {
+                id: vip.id,
+                entries,
+                options: VipOptions {
+                    conntrack: vip.spec.conntrack,
+                    fragments: vip.spec.fragments,
+                    hash_fields: vip.spec.hash_fields,
+                },
+            },
+        );
+    }
+    d
+}
