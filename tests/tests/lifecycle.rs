@@ -517,3 +517,36 @@ fn reload_that_cannot_fully_apply_changes_nothing() {
     assert!(out.contains("nothing was changed"), "{out}");
     assert_eq!(before, state_of(&lab), "a refused reload changed the state");
 }
+
+/// A config edited while the daemon was down is exactly what runs after the restart: the
+/// writer diffs against what the adopted maps hold, so a removed VIP stops forwarding
+/// (checked with real traffic) and vanishes from status.
+#[test]
+fn config_edited_while_down_is_what_runs_after_restart() {
+    let mut lab = Lab::new("editdown", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.udp_request(5000).expect("the UDP VIP answers");
+    lab.tcp_request(5001, 1).expect("the TCP VIP answers");
+    // SIGTERM: the data path keeps forwarding, for both VIPs, while the daemon is down.
+    lab.stop_dsr();
+    lab.udp_request(5002)
+        .expect("the UDP VIP answers while dsr is down");
+    let config = lab.config();
+    let cut = config
+        .find("\n[[vip]]\nname = \"udp")
+        .expect("the UDP VIP in the config");
+    std::fs::write(lab.config_path(), &config[..cut]).unwrap();
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    for sport in 5003..5008 {
+        assert!(
+            lab.udp_request(sport).is_err(),
+            "the removed UDP VIP still forwards after the restart"
+        );
+    }
+    lab.tcp_request(5010, 1).expect("the TCP VIP still answers");
+    let status = lab.status();
+    let names: Vec<&str> = status.vips.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["tcp-80"], "status after the restart");
+    let (ok, out) = lab.dsr(&["stats"]);
+    assert!(ok && !out.contains("udp-"), "{out}");
+}
