@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod ebpf;
+pub mod ethtool;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
