@@ -16,3 +16,4 @@ pub mod model;
 pub mod neighbour;
 pub mod realserver;
 pub mod state;
+pub mod vlan_offload;
