@@ -139,6 +139,16 @@ impl Daemon {
         check_interfaces(&netlink, &config.vips)
             .await
             .map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
+        // Before any map, pin or program: a start refused here changes nothing.
+        let journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
+        let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
+        let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
+        crate::vlan_offload::prepare(
+            &config.interface,
+            uses_vlan,
+            config.vlan_tags,
+            &config.state_dir,
+        )?;
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,
@@ -354,6 +364,7 @@ impl Daemon {
         let interface = self.config.interface.clone();
         drop(self.datapath);
         datapath::remove_pinned(&pin_dir)?;
+        crate::vlan_offload::restore_logged(&self.config.state_dir);
         let msg = format!(
             "stopped: detached from {interface} and removed {}",
             pin_dir.display()
@@ -649,10 +660,13 @@ impl Daemon {
     /// Re-reads the config file. On any error nothing changes.
     async fn reload(&mut self) -> Result<String> {
         let new = toml_file::load(&self.config_path)?;
+        let uses_vlan = new.vips.iter().any(|v| v.addr.vlan != 0);
+        crate::vlan_offload::check(&new.interface, uses_vlan, new.vlan_tags)?;
         let fixed = [
             ("instance", self.config.instance != new.instance),
             ("interface", self.config.interface != new.interface),
             ("xdp_mode", self.config.xdp_mode != new.xdp_mode),
+            ("vlan_tags", self.config.vlan_tags != new.vlan_tags),
             ("table_size", self.config.table_size != new.table_size),
             ("max_vips", self.config.max_vips != new.max_vips),
             ("max_backends", self.config.max_backends != new.max_backends),
@@ -753,7 +767,12 @@ impl Daemon {
             }
             // Answered by run() once the data path is gone.
             Request::Stop { .. } => return Response::error("stop is handled by the main loop"),
-            Request::VipAdd { vip } => Ok(Change::AddVip { vip: vip.clone() }),
+            Request::VipAdd { vip } => {
+                let (iface, tags) = (&self.config.interface, self.config.vlan_tags);
+                crate::vlan_offload::check(iface, vip.addr.vlan != 0, tags)
+                    .map(|()| Change::AddVip { vip: vip.clone() })
+                    .map_err(|e| format!("{e:#}"))
+            }
             Request::VipRemove { vip: name } => {
                 vip(&self.state, name).map(|v| Change::RemoveVip { vip: v })
             }

@@ -516,6 +516,12 @@ fn real_main() -> Result<bool> {
                 return Ok(ok);
             }
             let dir = datapath::pin_dir(&instance);
+            if let Some(note) = resolve(&target)
+                .ok()
+                .and_then(|(_, m)| dsr::vlan_offload::pending(&m.state_dir))
+            {
+                eprintln!("dsr: {note}");
+            }
             if datapath::remove_pinned(&dir)? {
                 println!(
                     "daemon not running; removed the pinned data path {}",

@@ -375,6 +375,88 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Like [`Capture::start`], with every frame's VLAN tag in the frame: a tag the kernel
+    /// holds as metadata (a veth or a bridge hands it over out of band) is read from
+    /// PACKET_AUXDATA and put back after the MAC addresses, so frames compare as on the wire.
+    pub fn start_tagged(ns: &str, iface: &str) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, iface, stop2) = (format!("/run/netns/{ns}"), iface.to_owned(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            let fd = packet_socket(&iface).expect("AF_PACKET socket");
+            let one: i32 = 1;
+            // SAFETY: setting an int socket option on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_AUXDATA,
+                    (&one as *const i32).cast(),
+                    4,
+                )
+            };
+            assert_eq!(rc, 0, "PACKET_AUXDATA: {}", std::io::Error::last_os_error());
+            ready_tx.send(()).unwrap();
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            // u64s: cmsg headers must be aligned.
+            let mut control = [0u64; 16];
+            while !stop2.load(Ordering::Relaxed) {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                // SAFETY: msghdr is plain old data; the buffers it names are ours and outlive
+                // the call; cmsgs are walked with the libc macros within `msg_controllen`.
+                unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = control.as_mut_ptr().cast();
+                    msg.msg_controllen = std::mem::size_of_val(&control);
+                    let n = libc::recvmsg(fd, &mut msg, 0);
+                    if n <= 0 {
+                        continue;
+                    }
+                    let mut frame = buf[..n as usize].to_vec();
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        if (*c).cmsg_level == libc::SOL_PACKET
+                            && (*c).cmsg_type == libc::PACKET_AUXDATA
+                        {
+                            let aux: libc::tpacket_auxdata =
+                                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                            if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12
+                            {
+                                let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                                    aux.tp_vlan_tpid
+                                } else {
+                                    0x8100
+                                };
+                                let mut tag = tpid.to_be_bytes().to_vec();
+                                tag.extend_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                                frame.splice(12..12, tag);
+                            }
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                    frames.push(frame);
+                }
+            }
+            // SAFETY: closing the socket we opened.
+            unsafe { libc::close(fd) };
+            frames
+        });
+        ready_rx.recv().expect("capture thread died");
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

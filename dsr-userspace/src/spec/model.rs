@@ -123,6 +123,17 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// Whether VLAN tags reach the program in the frame. `Auto`: dsr decides from the interface
+/// (driver and offloads) and refuses `vlan` VIPs where it cannot be sure; `InBand`: the
+/// operator vouches for it (e.g. a veth whose peer has its tx-vlan offloads off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VlanTags {
+    #[default]
+    Auto,
+    InBand,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
@@ -350,6 +361,7 @@ pub struct Model {
     pub instance: String,
     pub interface: String,
     pub xdp_mode: XdpAttachMode,
+    pub vlan_tags: VlanTags,
     pub hash_seed: u32,
     pub table_size: u32,
     pub max_vips: u32,

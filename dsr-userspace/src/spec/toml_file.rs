@@ -21,7 +21,7 @@ use toml::Spanned;
 use crate::spec::{
     model::{
         BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-        DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec,
+        DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags,
         XdpAttachMode, parse_duration,
     },
     validate::{self, Limits, MAX_TABLE_SIZE, Place},
@@ -51,6 +51,9 @@ struct RawConfig {
     interface: Spanned<String>,
     #[serde(default)]
     xdp_mode: XdpAttachMode,
+    /// "auto" or "in-band" (see `VlanTags`).
+    #[serde(default)]
+    vlan_tags: VlanTags,
     #[serde(default = "default_seed")]
     hash_seed: u32,
     table_size: Option<Spanned<u32>>,
@@ -409,6 +412,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         instance,
         interface,
         xdp_mode: raw.xdp_mode,
+        vlan_tags: raw.vlan_tags,
         hash_seed: raw.hash_seed,
         table_size,
         max_vips,
@@ -899,6 +903,17 @@ hash = ["src_addr", "dst_port"]
         assert_eq!(m.xdp_mode, XdpAttachMode::Skb);
         let e = parse_err(&format!("xdp_mode = \"turbo\"\n{GOOD}"));
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn vlan_tags_is_auto_or_in_band() {
+        let m = parse(GOOD, Path::new("x")).unwrap();
+        assert_eq!(m.vlan_tags, VlanTags::Auto);
+        let m = parse(&format!("vlan_tags = \"in-band\"\n{GOOD}"), Path::new("x")).unwrap();
+        assert_eq!(m.vlan_tags, VlanTags::InBand);
+        let e = parse_err(&format!("vlan_tags = \"stripped\"\n{GOOD}"));
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("in-band"), "{e}");
     }
 
     #[test]
