@@ -276,3 +276,17 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response> {
 pub async fn daemon_running(path: &Path) -> bool {
     UnixStream::connect(path).await.is_ok()
 }
+
+/// Like [`daemon_running`], but a socket we may not use is an error (with the remedy), not
+/// "no daemon": a caller without root must not be told that a running daemon is down.
+pub async fn probe(path: &Path) -> Result<bool> {
+    match UnixStream::connect(path).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "permission denied on the control socket {}: the dsr daemon is only reachable as \
+             root (run the command with sudo)",
+            path.display()
+        ),
+        Err(_) => Ok(false),
+    }
+}

@@ -282,6 +282,17 @@ impl Daemon {
             None => None,
         };
         let server = control::serve(&self.config.control_socket, calls_tx).await?;
+        // Where `--instance NAME` finds this daemon (kept after exit: it also says where
+        // the instance's state lives).
+        let record = crate::instance::Record {
+            pid: std::process::id(),
+            config: std::fs::canonicalize(&self.config_path).unwrap_or(self.config_path.clone()),
+            control_socket: self.config.control_socket.clone(),
+            state_dir: self.config.state_dir.clone(),
+        };
+        if let Err(e) = crate::instance::write_record(&self.config.instance, &record) {
+            log::warn!("{e:#}");
+        }
         log::info!("control socket {}", self.config.control_socket.display());
         let mut neighbours = neighbour::subscribe()?;
         let mut reports = self.reports_rx.take().expect("run once");

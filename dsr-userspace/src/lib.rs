@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod ebpf;
 pub mod ethtool;
 pub mod health;
+pub mod instance;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbour;

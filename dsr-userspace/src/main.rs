@@ -301,6 +301,12 @@ fn resolve(target: &Target) -> Result<(PathBuf, Model)> {
         return Ok((path.clone(), toml_file::load(path)?));
     }
     let instance = target.instance.clone().unwrap_or_else(|| "default".into());
+    // A daemon that ran for this instance recorded its config.
+    if let Some(record) = dsr::instance::read_record(&instance)
+        && let Ok(model) = toml_file::load(&record.config)
+    {
+        return Ok((record.config, model));
+    }
     // The same defaults a config file without these settings gets.
     let text = format!("instance = {instance:?}\ninterface = \"-\"\n");
     let model = toml_file::parse(&text, std::path::Path::new("(defaults)"))
@@ -321,6 +327,10 @@ fn socket(target: &Target) -> Result<(String, PathBuf)> {
     match &target.config {
         Some(path) => Ok(toml_file::control_socket_of(path)?),
         None => {
+            let instance = target.instance.clone().unwrap_or_else(|| "default".into());
+            if let Some(record) = dsr::instance::read_record(&instance) {
+                return Ok((instance, record.control_socket));
+            }
             let (_, model) = resolve(target)?;
             Ok((model.instance, model.control_socket))
         }
@@ -348,13 +358,27 @@ fn send(target: &Target, request: Request) -> Result<bool> {
 
 /// `status` / `stats`: from the daemon, or from the pinned maps when it is down.
 fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
-    let (_, socket) = socket(target)?;
+    let (instance, socket) = socket(target)?;
     let rt = runtime()?;
-    let status = if rt.block_on(control::daemon_running(&socket)) {
+    let status = if rt.block_on(control::probe(&socket))? {
         let r = rt.block_on(control::call(&socket, &Request::Status))?;
         r.status.context("the daemon sent no status")?
     } else {
         let (path, model) = resolve(target)?;
+        let known = dsr::instance::locked(&instance)
+            || datapath::pin_dir(&instance).exists()
+            || model.state_dir.join("state.json").exists()
+            || target.config.is_some();
+        if !known {
+            anyhow::bail!(
+                "no dsr instance {instance:?} here: no daemon answers on {}, no data path is \
+                 pinned in {} and there is no state in {} (give --config FILE for an instance \
+                 with other paths)",
+                socket.display(),
+                datapath::pin_dir(&instance).display(),
+                model.state_dir.display()
+            );
+        }
         daemon::offline_status(&path, &model)?
     };
     if json {
@@ -384,6 +408,8 @@ fn real_main() -> Result<bool> {
         }
         Command::Run { config, clean } => {
             let model = toml_file::load(&config)?;
+            // Before anything is touched: a second daemon for the instance changes nothing.
+            let _lock = dsr::instance::lock(&model.instance)?;
             runtime()?.block_on(async {
                 let daemon = Daemon::start(&config, model, clean).await?;
                 daemon.run().await
@@ -515,6 +541,8 @@ fn real_main() -> Result<bool> {
                 }
                 return Ok(ok);
             }
+            // A daemon that holds the lock but does not answer is still running: refuse.
+            let _lock = dsr::instance::lock(&instance)?;
             let dir = datapath::pin_dir(&instance);
             if let Some(note) = resolve(&target)
                 .ok()

@@ -550,3 +550,79 @@ fn config_edited_while_down_is_what_runs_after_restart() {
     let (ok, out) = lab.dsr(&["stats"]);
     assert!(ok && !out.contains("udp-"), "{out}");
 }
+
+/// One daemon per instance: a second `dsr run` exits before it touches any map, pin or state
+/// file. Commands find the running daemon from `--instance` alone, although its socket is not
+/// the default one; an unknown instance and a caller without root get errors, not "down".
+#[test]
+fn a_second_daemon_changes_nothing_and_commands_find_the_first() {
+    let mut lab = Lab::new("twice", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let (ok, out) = lab.dsr(&["backend", "weight", "udp-53", "198.18.0.11", "3"]);
+    assert!(ok, "{out}");
+    let before = state_of(&lab);
+    let saved = std::fs::read(lab.dir.join("state/state.json")).unwrap();
+    let pid = lab.status().pid.expect("a running daemon has a pid");
+
+    // The second daemon's config differs, so a write of its own would show.
+    let other = lab.dir.join("other.toml");
+    std::fs::write(&other, lab.config().replace("weight = 1", "weight = 5")).unwrap();
+    let second = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.lb_ns))
+        .arg(dsr_lab::lab::dsr_bin())
+        .args(["run", "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second daemon started:\n{err}");
+    assert!(
+        err.contains("already running") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        state_of(&lab),
+        before,
+        "the second daemon changed the state"
+    );
+    assert_eq!(
+        std::fs::read(lab.dir.join("state/state.json")).unwrap(),
+        saved
+    );
+    assert_eq!(lab.status().pid, Some(pid));
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(dsr_lab::lab::dsr_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let found = cli(&["status", "--json", "--instance", &lab.tag]);
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let status: dsr::control::Status = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!((status.pid, status.vips.len()), (Some(pid), 2));
+
+    let unknown = cli(&["status", "--instance", "no-such-dsr-instance"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no dsr instance"));
+
+    // Not root: the socket (0600) refuses the caller, which must hear so.
+    let nobody = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(dsr_lab::lab::dsr_bin())
+        .args(["status", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        !nobody.status.success(),
+        "status as nobody succeeded: {}",
+        String::from_utf8_lossy(&nobody.stdout)
+    );
+    assert!(err.contains("permission denied"), "{err}");
+}

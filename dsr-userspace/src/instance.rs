@@ -1,0 +1,104 @@
+//! One daemon per instance, and where commands find it.
+//!
+//! `dsr run` takes an exclusive lock on `/run/dsr/<instance>.lock` before it touches any map,
+//! pin, program or state file, so a second daemon for the same instance exits having changed
+//! nothing. Once its control socket is up, the daemon records where it is in
+//! `/run/dsr/<instance>.json`, so that `dsr status --instance NAME` finds a daemon whose
+//! `control_socket` is not the default.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Where locks and records live (tmpfs: gone at boot, like the daemons they describe).
+pub const RUN_DIR: &str = "/run/dsr";
+
+/// Held for the daemon's lifetime; the kernel releases it when the process ends, however
+/// it ends.
+pub struct Lock {
+    _file: File,
+}
+
+pub fn lock_path(instance: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{instance}.lock"))
+}
+
+/// Takes the instance's lock, or says which process holds it.
+pub fn lock(instance: &str) -> Result<Lock> {
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let path = lock_path(instance);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "a dsr daemon for instance {instance:?} is already running (pid {}, lock {}); \
+                 nothing was changed. Use `dsr reload` to apply a new config, or `dsr stop` first",
+                pid.trim(),
+                path.display()
+            );
+        }
+        return Err(err).with_context(|| format!("locking {}", path.display()));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(Lock { _file: file })
+}
+
+/// Whether some process holds the instance's lock (a daemon is running, answering or not).
+pub fn locked(instance: &str) -> bool {
+    let Ok(file) = File::open(lock_path(instance)) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; released when `file` closes.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// Where a running daemon can be reached.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+fn record_path(instance: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{instance}.json"))
+}
+
+pub fn write_record(instance: &str, record: &Record) -> Result<()> {
+    let path = record_path(instance);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The record of the instance's daemon, if one was written and the daemon still holds its
+/// lock.
+pub fn read_record(instance: &str) -> Option<Record> {
+    let text = std::fs::read_to_string(record_path(instance)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn remove_record(instance: &str) {
+    let _ = std::fs::remove_file(record_path(instance));
+}
