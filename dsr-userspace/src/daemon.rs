@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Result, anyhow};
@@ -23,13 +23,14 @@ use tokio::{
 
 use crate::{
     control::{
-        self, BackendStatus, Call, ReasonStatus, Request, Response, Status, Traffic, VipStatus,
+        self, Call, Request, Response, Status,
+        status::{self, Rates},
     },
-    datapath::{self, Datapath, LoadOptions, Sizes, Totals, writer::Writer},
+    datapath::{self, Counters, Datapath, LoadOptions, Sizes, writer::Writer},
     health::{self, Report},
     neighbour::{self, NeighbourEvent, Netlink},
     plan,
-    spec::model::{CheckKind, MacAddr, Model, VipAddr, VipSpec},
+    spec::model::{CheckKind, MacAddr, Model, Role, VipAddr, VipSpec},
     spec::toml_file,
     spec::{
         journal::{self, Change},
@@ -77,42 +78,6 @@ fn read_saved(model: &Model) -> Option<Saved> {
     }
 }
 
-/// Counter samples for rates.
-#[derive(Default)]
-struct Rates {
-    last: HashMap<(bool, u32), (Instant, Totals, [f64; 3])>,
-}
-
-impl Rates {
-    fn sample(&mut self, is_vip: bool, id: u32, now: Totals) {
-        let at = Instant::now();
-        let entry = self.last.entry((is_vip, id)).or_insert((at, now, [0.0; 3]));
-        let dt = at.duration_since(entry.0).as_secs_f64();
-        if dt >= 0.5 {
-            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
-            entry.2 = [
-                d(now.packets, entry.1.packets),
-                d(now.bytes, entry.1.bytes) * 8.0,
-                d(now.flows, entry.1.flows),
-            ];
-            entry.0 = at;
-            entry.1 = now;
-        }
-    }
-
-    fn traffic(&self, is_vip: bool, id: u32, totals: Totals) -> Traffic {
-        let r = self.last.get(&(is_vip, id)).map_or([0.0; 3], |e| e.2);
-        Traffic {
-            packets: totals.packets,
-            bytes: totals.bytes,
-            flows: totals.flows,
-            packets_per_sec: r[0],
-            bits_per_sec: r[1],
-            flows_per_sec: r[2],
-        }
-    }
-}
-
 pub struct Daemon {
     config_path: PathBuf,
     config: Model,
@@ -124,6 +89,8 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
+    /// Who got each VIP's new flows when last logged.
+    serving: HashMap<VipAddr, Option<Role>>,
     checks: HashMap<u64, JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     reports_rx: Option<mpsc::Receiver<Report>>,
@@ -232,8 +199,9 @@ impl Daemon {
         };
         let (vips, skipped) = journal::replay(&config.vips, &journal, limits(&config));
         for s in skipped {
-            log::warn!("{s}");
+            log::warn!("{s}; dropped from the journal");
         }
+        let journal = journal::prune(&config.vips, &journal, limits(&config));
         let reconciled = state.reconcile(&vips, SystemTime::now());
         for e in &reconciled.errors {
             log::error!("{e}");
@@ -251,6 +219,7 @@ impl Daemon {
             ifindex,
             ports: HashMap::new(),
             writer,
+            serving: HashMap::new(),
             checks: HashMap::new(),
             reports,
             reports_rx: Some(reports_rx),
@@ -275,7 +244,7 @@ impl Daemon {
         let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
         let metrics = match self.config.metrics {
             Some(addr) => {
-                let task = crate::metrics::serve(addr, calls_tx.clone()).await?;
+                let task = crate::control::metrics::serve(addr, calls_tx.clone()).await?;
                 log::info!("metrics on http://{addr}/metrics");
                 Some(task)
             }
@@ -307,10 +276,8 @@ impl Daemon {
                 _ = term.recv() => { log::info!("SIGTERM"); break (false, None); }
                 _ = int.recv() => { log::info!("SIGINT"); break (false, None); }
                 _ = hup.recv() => {
-                    match self.reload().await {
-                        Ok(msg) => log::info!("SIGHUP: {msg}"),
-                        Err(e) => log::error!("SIGHUP: reload refused, still running the previous config: {e:#}"),
-                    }
+                    // Logged inside, as for `dsr reload`.
+                    let _ = self.reload_logged("SIGHUP").await;
                 }
                 Some((request, reply)) = calls.recv() => {
                     if let Request::Stop { clean } = request {
@@ -524,12 +491,44 @@ impl Daemon {
 
     /// Hands the state's desired data path to the map writer.
     fn apply(&mut self) -> Result<()> {
+        self.log_serving();
         let desired = plan::desired(&self.state);
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
         for (addr, n) in applied.tables {
             log::debug!("VIP {addr}: table of {n} backends written");
         }
         Ok(())
+    }
+
+    /// The one place a VIP's change of who gets its new flows is logged: primaries, backups,
+    /// sorry servers, nobody (dropping), and back. A VIP seen for the first time is only
+    /// recorded (its backends may not be resolved yet: no noise at creation).
+    fn log_serving(&mut self) {
+        let mut now = HashMap::new();
+        for vip in &self.state.vips {
+            let (serving, _) = vip.serving();
+            now.insert(vip.spec.addr, serving);
+            match self.serving.get(&vip.spec.addr) {
+                Some(before) if *before != serving => match serving {
+                    Some(role) => log::warn!(
+                        "VIP {}: new flows now go to its {}{}",
+                        vip.spec.name,
+                        role.plural(),
+                        match role {
+                            Role::Primary => String::new(),
+                            Role::Backup => " (no primary is usable)".into(),
+                            Role::Sorry => " (no primary or backup is usable)".into(),
+                        }
+                    ),
+                    None => log::error!(
+                        "VIP {}: NO USABLE BACKEND: its packets are dropped",
+                        vip.spec.name
+                    ),
+                },
+                _ => {}
+            }
+        }
+        self.serving = now;
     }
 
     fn apply_logged(&mut self) {
@@ -668,6 +667,18 @@ impl Daemon {
         notes
     }
 
+    /// [`Daemon::reload`], logged once whatever asked for it.
+    async fn reload_logged(&mut self, by: &str) -> Result<String> {
+        let result = self.reload().await;
+        match &result {
+            Ok(msg) => log::info!("{by}: {msg}"),
+            Err(e) => {
+                log::error!("{by}: reload refused, still running the previous config: {e:#}")
+            }
+        }
+        result
+    }
+
     /// Re-reads the config file. On any error nothing changes.
     async fn reload(&mut self) -> Result<String> {
         let new = toml_file::load(&self.config_path)?;
@@ -713,6 +724,12 @@ impl Daemon {
             .map_err(|e| anyhow!("{}: {e}; nothing was changed", self.config_path.display()))?;
         let before = self.config.vips.clone();
         self.config = new;
+        // The journal keeps only what still differs from the new config.
+        let (_, skipped) = self.desired_vips();
+        for s in skipped {
+            log::warn!("{s}; dropped from the journal");
+        }
+        self.journal = journal::prune(&self.config.vips, &self.journal, limits(&self.config));
         let notes = self.resync().await;
         let added = self
             .config
@@ -756,7 +773,7 @@ impl Daemon {
                 };
             }
             Request::Reload => {
-                return match self.reload().await {
+                return match self.reload_logged("dsr reload").await {
                     Ok(m) => Response::ok(m),
                     Err(e) => Response::error(format!(
                         "reload refused, still running the previous config: {e:#}"
@@ -774,6 +791,7 @@ impl Daemon {
                 for note in notes {
                     msg += &format!("; {note}");
                 }
+                log::info!("dsr reset: {msg}");
                 return Response::ok(msg);
             }
             // Answered by run() once the data path is gone.
@@ -845,6 +863,7 @@ impl Daemon {
             return Response::error(format!("refused, nothing was changed: {e}"));
         }
         self.journal.push(change);
+        self.journal = journal::prune(&self.config.vips, &self.journal, limits(&self.config));
         let notes = self.resync().await;
         if notes.is_empty() {
             log::info!("control: {message}");
@@ -855,46 +874,20 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let config_vips = &self.config.vips;
-        let mut status = Status {
-            instance: self.config.instance.clone(),
-            interface: self.config.interface.clone(),
-            daemon: "running".into(),
+        status::build(status::Source {
+            instance: &self.config.instance,
+            interface: &self.config.interface,
+            config_path: self.config_path.clone(),
+            daemon: status::DaemonState::Running,
             pid: Some(std::process::id()),
-            config: self.config_path.clone(),
-            runtime_changes: self.journal.len(),
-            vips: Vec::new(),
-            reasons: reason_status(&self.datapath),
-        };
-        for vip in &self.state.vips {
-            let from_config = config_vips.iter().find(|c| c.addr == vip.spec.addr);
-            let (serving, entries) = vip.serving();
-            let vt = self.datapath.vip_totals(vip.id).unwrap_or_default();
-            let mut vs = VipStatus {
-                name: vip.spec.name.clone(),
-                addr: vip.spec.addr,
-                conntrack: vip.spec.conntrack,
-                fragments: vip.spec.fragments,
-                hash: crate::spec::model::hash_fields_name(vip.spec.hash_fields),
-                serving,
-                runtime: from_config.is_none(),
-                traffic: self.rates.traffic(true, vip.id, vt),
-                backends: Vec::new(),
-            };
-            for b in &vip.backends {
-                let config_b = from_config
-                    .and_then(|c| c.backends.iter().find(|x| x.address == b.spec.address));
-                let bt = self.datapath.backend_totals(b.id).unwrap_or_default();
-                vs.backends.push(backend_status(
-                    b,
-                    config_b.is_none_or(|c| c != &b.spec),
-                    entries.iter().any(|e| e.id == b.id),
-                    self.rates.traffic(false, b.id, bt),
-                ));
-            }
-            status.vips.push(vs);
-        }
-        status
+            data_path_pinned: true,
+            state: Some(&self.state),
+            config_vips: &self.config.vips,
+            counters: Some(&self.datapath),
+            rates: Some(&self.rates),
+            writes_pending: self.writer.pending,
+            write_failures: self.writer.failures,
+        })
     }
 
     fn save(&self) {
@@ -954,10 +947,12 @@ impl Daemon {
                 }
             }
         }
-        let line: Vec<String> = reason_status(&self.datapath)
+        let line: Vec<String> = self
+            .datapath
+            .reasons()
             .iter()
-            .filter(|r| r.packets > 0)
-            .map(|r| format!("{}={}", r.reason, r.packets))
+            .filter(|(_, t)| t.packets > 0)
+            .map(|(r, t)| format!("{}={}", r.name(), t.packets))
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
@@ -1017,110 +1012,28 @@ pub fn check_name(kind: &CheckKind) -> String {
     }
 }
 
-fn backend_status(
-    b: &crate::state::Backend,
-    runtime: bool,
-    in_table: bool,
-    traffic: Traffic,
-) -> BackendStatus {
-    BackendStatus {
-        address: b.spec.address,
-        role: b.spec.role,
-        mac: b.mac,
-        via: match b.egress {
-            Some((port, _)) => format!("ifindex {} (TX port {port})", b.ifindex),
-            None => String::new(),
-        },
-        health: match (b.health.up, b.health.unchecked) {
-            (true, true) if b.spec.check.kind == CheckKind::None => "up".into(),
-            (true, true) => "up (unchecked)".into(),
-            (true, false) => "up".into(),
-            (false, _) => "down".into(),
-        },
-        since_unix_ms: b
-            .health
-            .since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64,
-        check: check_name(&b.spec.check.kind),
-        last_check: b.health.last.clone(),
-        weight: b.spec.weight,
-        effective_weight: b.effective_weight(),
-        drained: b.spec.drained,
-        inhibit_on_failure: b.spec.inhibit_on_failure,
-        in_table,
-        keeps_flows: b.keeps_flows(),
-        runtime,
-        traffic,
-    }
-}
-
-fn reason_status(datapath: &Datapath) -> Vec<ReasonStatus> {
-    datapath
-        .reason_totals()
-        .map(|all| {
-            all.iter()
-                .map(|(r, t)| ReasonStatus {
-                    reason: r.name().into(),
-                    verdict: r.verdict().into(),
-                    packets: t.packets,
-                    bytes: t.bytes,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `dsr status` while the daemon is down: the saved state and the pinned maps' counters.
 pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
     let saved = read_saved(model);
     let state = saved.as_ref().and_then(|s| s.state.clone());
     let pin_dir = datapath::pin_dir(&model.instance);
     let counters = datapath::PinnedCounters::open(&pin_dir).ok();
-    let mut status = Status {
-        instance: model.instance.clone(),
-        interface: saved
-            .as_ref()
-            .map_or(model.interface.clone(), |s| s.interface.clone()),
-        daemon: if counters.is_some() {
-            "down (data path still pinned and forwarding)".into()
-        } else {
-            "down (no data path)".into()
-        },
+    let interface = saved
+        .as_ref()
+        .map_or(model.interface.clone(), |s| s.interface.clone());
+    Ok(status::build(status::Source {
+        instance: &model.instance,
+        interface: &interface,
+        config_path: config_path.to_owned(),
+        daemon: status::DaemonState::Down,
         pid: None,
-        config: config_path.to_owned(),
-        runtime_changes: saved.as_ref().map_or(0, |s| s.journal.len()),
-        vips: Vec::new(),
-        reasons: counters.as_ref().map(|c| c.reasons()).unwrap_or_default(),
-    };
-    let (Some(state), Some(counters)) = (state, counters) else {
-        return Ok(status);
-    };
-    for vip in &state.vips {
-        let (serving, entries) = vip.serving();
-        let vt = counters.vip(vip.id);
-        let mut vs = VipStatus {
-            name: vip.spec.name.clone(),
-            addr: vip.spec.addr,
-            conntrack: vip.spec.conntrack,
-            fragments: vip.spec.fragments,
-            hash: crate::spec::model::hash_fields_name(vip.spec.hash_fields),
-            serving,
-            runtime: !model.vips.iter().any(|c| c.addr == vip.spec.addr),
-            traffic: Rates::default().traffic(true, vip.id, vt),
-            backends: Vec::new(),
-        };
-        for b in &vip.backends {
-            let bt = counters.backend(b.id);
-            vs.backends.push(backend_status(
-                b,
-                false,
-                entries.iter().any(|e| e.id == b.id),
-                Rates::default().traffic(false, b.id, bt),
-            ));
-        }
-        status.vips.push(vs);
-    }
-    Ok(status)
+        data_path_pinned: counters.is_some(),
+        // Without the pinned maps the saved state describes nothing that runs.
+        state: state.as_ref().filter(|_| counters.is_some()),
+        config_vips: &model.vips,
+        counters: counters.as_ref().map(|c| c as &dyn datapath::Counters),
+        rates: None,
+        writes_pending: 0,
+        write_failures: 0,
+    }))
 }

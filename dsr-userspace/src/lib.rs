@@ -1,7 +1,6 @@
 //! dsr userspace: config -> validated model -> Maglev tables -> maps, plus neighbour resolution
 //! and the daemon that ties them together. The `dsr` binary (main.rs) is the CLI over this.
 
-pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
@@ -10,7 +9,6 @@ pub mod ethtool;
 pub mod health;
 pub mod instance;
 pub mod maglev;
-pub mod metrics;
 pub mod neighbour;
 pub mod plan;
 pub mod realserver;

@@ -6,8 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dsr::{
-    cli,
-    control::{self, Request, Response},
+    control::{self, Request, Response, render},
     daemon::{self, Daemon},
     datapath, realserver,
     spec::{
@@ -384,9 +383,9 @@ fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else if stats {
-        print!("{}", cli::render_stats(&status));
+        print!("{}", render::render_stats(&status));
     } else {
-        print!("{}", cli::render_status(&status));
+        print!("{}", render::render_status(&status));
     }
     Ok(true)
 }

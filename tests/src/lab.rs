@@ -1115,7 +1115,7 @@ impl Lab {
         v.backends
             .iter()
             .find(|b| b.address == ip)
-            .map(|b| b.health.clone())
+            .map(|b| b.health.to_string())
             .unwrap_or_default()
     }
 

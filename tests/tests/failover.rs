@@ -272,6 +272,24 @@ fn backups_sorry_and_drop() {
         all(&lab, 30500).iter().all(|(_, w)| *w == Some(0)),
         "new flows go back to the primary"
     );
+    // Each switch was logged once, in order, for both VIPs (TCP and UDP share the backends).
+    let log = lab.dsr_log();
+    let switches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("VIP udp:"))
+        .filter_map(|l| l.split_once("VIP udp: ").map(|(_, m)| m))
+        .collect();
+    assert_eq!(
+        switches,
+        [
+            "new flows now go to its backups (no primary is usable)",
+            "new flows now go to its sorry servers (no primary or backup is usable)",
+            "NO USABLE BACKEND: its packets are dropped",
+            "new flows now go to its backups (no primary is usable)",
+            "new flows now go to its primaries",
+        ],
+        "{log}"
+    );
 }
 
 fn no_backend_drops(lab: &Lab) -> u64 {

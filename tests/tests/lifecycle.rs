@@ -492,6 +492,20 @@ fn bad_requests_change_nothing() {
         "{out}"
     );
     assert!(out.contains("udp-53"), "{out}");
+    // Its health columns say that nobody checks now.
+    assert!(
+        out.contains("nobody checks the backends now") && out.contains("(stale"),
+        "{out}"
+    );
+    let down = lab.status();
+    assert_eq!(down.daemon, dsr::control::DaemonState::Down);
+    assert!(down.data_path_pinned && down.pid.is_none());
+    assert!(
+        down.vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .all(|b| !b.health_live)
+    );
 }
 
 /// A reload that cannot apply completely (here: no backend ids left, since removed

@@ -95,6 +95,14 @@ pub struct Datapath {
     links: Vec<XdpLinkId>,
 }
 
+/// Where status reads counters from: the daemon's loaded data path, or the pinned maps.
+pub trait Counters {
+    fn vip(&self, id: u32) -> Totals;
+    fn backend(&self, id: u32) -> Totals;
+    fn reasons(&self) -> Vec<(Reason, Totals)>;
+    fn events(&self) -> Vec<(Event, u64)>;
+}
+
 /// Summed per-CPU counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -849,43 +857,65 @@ pub struct PinnedCounters {
     vip_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
     reason_stats: PerCpuArray<MapData, Counter>,
+    event_stats: PerCpuArray<MapData, u64>,
 }
 
 impl PinnedCounters {
     pub fn open(dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<PerCpuArray<MapData, Counter>> {
+        let open = |name: &str| -> Result<MapData> {
             let path = dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(Map::PerCpuArray(data).try_into()?)
+            MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))
         };
         Ok(PinnedCounters {
-            vip_stats: open(names::VIP_STATS)?,
-            backend_stats: open(names::BACKEND_STATS)?,
-            reason_stats: open(names::REASON_STATS)?,
+            vip_stats: Map::PerCpuArray(open(names::VIP_STATS)?).try_into()?,
+            backend_stats: Map::PerCpuArray(open(names::BACKEND_STATS)?).try_into()?,
+            reason_stats: Map::PerCpuArray(open(names::REASON_STATS)?).try_into()?,
+            event_stats: Map::PerCpuArray(open(names::EVENT_STATS)?).try_into()?,
         })
     }
+}
 
-    pub fn vip(&self, id: u32) -> Totals {
+fn events_of(map: &PerCpuArray<MapData, u64>) -> Vec<(Event, u64)> {
+    Event::ALL
+        .iter()
+        .map(|&e| (e, map.get(&(e as u32), 0).map_or(0, |v| v.iter().sum())))
+        .collect()
+}
+
+fn reasons_of(map: &PerCpuArray<MapData, Counter>) -> Vec<(Reason, Totals)> {
+    Reason::ALL
+        .iter()
+        .map(|&r| (r, sum(map, r as u32).unwrap_or_default()))
+        .collect()
+}
+
+impl Counters for PinnedCounters {
+    fn vip(&self, id: u32) -> Totals {
         sum(&self.vip_stats, id).unwrap_or_default()
     }
-
-    pub fn backend(&self, id: u32) -> Totals {
+    fn backend(&self, id: u32) -> Totals {
         sum(&self.backend_stats, id).unwrap_or_default()
     }
+    fn reasons(&self) -> Vec<(Reason, Totals)> {
+        reasons_of(&self.reason_stats)
+    }
+    fn events(&self) -> Vec<(Event, u64)> {
+        events_of(&self.event_stats)
+    }
+}
 
-    pub fn reasons(&self) -> Vec<crate::control::ReasonStatus> {
-        Reason::ALL
-            .iter()
-            .map(|r| {
-                let t = sum(&self.reason_stats, *r as u32).unwrap_or_default();
-                crate::control::ReasonStatus {
-                    reason: r.name().into(),
-                    verdict: r.verdict().into(),
-                    packets: t.packets,
-                    bytes: t.bytes,
-                }
-            })
-            .collect()
+impl Counters for Datapath {
+    fn vip(&self, id: u32) -> Totals {
+        sum(&self.vip_stats, id).unwrap_or_default()
+    }
+    fn backend(&self, id: u32) -> Totals {
+        sum(&self.backend_stats, id).unwrap_or_default()
+    }
+    fn reasons(&self) -> Vec<(Reason, Totals)> {
+        reasons_of(&self.reason_stats)
+    }
+    fn events(&self) -> Vec<(Event, u64)> {
+        events_of(&self.event_stats)
     }
 }

@@ -166,6 +166,33 @@ pub fn replay(
     (vips, skipped)
 }
 
+/// The journal without what no longer makes a difference: changes that do not apply to
+/// `config` any more (a skipped change must not come back when, months later, its address
+/// returns), changes the config has caught up with, and changes a later one overrides.
+pub fn prune(config: &[VipSpec], journal: &[Change], limits: Limits) -> Vec<Change> {
+    let mut kept = Vec::new();
+    let mut vips = config.to_vec();
+    for change in journal {
+        let before = vips.clone();
+        if change.apply(&mut vips, limits).is_ok() && vips != before {
+            kept.push(change.clone());
+        }
+    }
+    // A change whose removal leaves the result as it is, is overridden by a later one.
+    let want = replay(config, &kept, limits).0;
+    let mut i = 0;
+    while i < kept.len() {
+        let mut without = kept.clone();
+        without.remove(i);
+        if replay(config, &without, limits).0 == want {
+            kept = without;
+        } else {
+            i += 1;
+        }
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +317,32 @@ mod tests {
         let (vips, skipped) = replay(&[config], &journal, LIMITS);
         assert_eq!(vips[0].backends[0].weight, 3);
         assert_eq!(skipped.len(), 1);
+    }
+
+    #[test]
+    fn prune_keeps_only_real_differences() {
+        let weight = |w| Change::SetWeight {
+            vip: vip(80).addr,
+            address: backend(11).address,
+            weight: w,
+        };
+        let drain12 = Change::Drain {
+            vip: vip(80).addr,
+            address: backend(12).address,
+        };
+        // A weight overridden later, and a drain: the first weight goes.
+        let journal = vec![weight(3), drain12.clone(), weight(5)];
+        assert_eq!(
+            prune(&[vip(80)], &journal, LIMITS),
+            vec![drain12.clone(), weight(5)]
+        );
+        // The config caught up with the weight: only the drain is left.
+        let mut caught_up = vip(80);
+        caught_up.backends[0].weight = 5;
+        assert_eq!(prune(&[caught_up], &journal, LIMITS), vec![drain12.clone()]);
+        // Backend .12 left the config: its drain no longer applies and is dropped for good.
+        let mut without = vip(80);
+        without.backends.truncate(1);
+        assert_eq!(prune(&[without], &journal, LIMITS), vec![weight(5)]);
     }
 }

@@ -1,12 +1,15 @@
 //! The control socket: a Unix stream socket (mode 0600, root only) carrying one JSON request
 //! and one JSON response per line. The daemon serves it; the `dsr` CLI is its client.
+//! `status` builds what the daemon reports (the one builder, daemon up or down), `render`
+//! prints it, `metrics` serves it to Prometheus.
 
-use std::{
-    net::IpAddr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+pub mod metrics;
+pub mod render;
+pub mod status;
+
+pub use status::{BackendStatus, DaemonState, HealthState, Status, VipStatus};
+
+use std::{net::IpAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -16,10 +19,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{
-    health::CheckResult,
-    spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
-};
+use crate::spec::model::{BackendSpec, VipSpec};
 
 /// Largest request accepted, in bytes (a VIP with many backends fits easily).
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -90,83 +90,6 @@ impl Response {
             status: None,
         }
     }
-}
-
-/// Everything `dsr status` shows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    pub instance: String,
-    pub interface: String,
-    /// "running" (answered by the daemon) or "down" (read from the pinned maps).
-    pub daemon: String,
-    pub pid: Option<u32>,
-    pub config: PathBuf,
-    pub runtime_changes: usize,
-    pub vips: Vec<VipStatus>,
-    /// Per-reason verdict counters: (name, verdict, packets, bytes).
-    pub reasons: Vec<ReasonStatus>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReasonStatus {
-    pub reason: String,
-    pub verdict: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-    /// New flows placed by the Maglev table.
-    pub flows: u64,
-    pub packets_per_sec: f64,
-    pub bits_per_sec: f64,
-    pub flows_per_sec: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VipStatus {
-    pub name: String,
-    pub addr: VipAddr,
-    pub conntrack: bool,
-    #[serde(default)]
-    pub fragments: bool,
-    /// Flow fields the VIP hashes on ("5-tuple", "source", "src_addr+dst_addr+proto", ...).
-    #[serde(default)]
-    pub hash: String,
-    /// Which role gets new flows; `None` = no usable backend (packets dropped).
-    pub serving: Option<Role>,
-    /// Not in the config file (added at run time) or changed at run time.
-    pub runtime: bool,
-    pub traffic: Traffic,
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BackendStatus {
-    pub address: IpAddr,
-    pub role: Role,
-    pub mac: Option<MacAddr>,
-    /// How frames reach it: "" for the receiving interface, else "ifindex N (TX port P)".
-    #[serde(default)]
-    pub via: String,
-    /// "up", "down", or "up (unchecked)" before the first result.
-    pub health: String,
-    pub since_unix_ms: u64,
-    pub check: String,
-    pub last_check: Option<CheckResult>,
-    pub weight: u32,
-    pub effective_weight: u32,
-    pub drained: bool,
-    pub inhibit_on_failure: bool,
-    /// Gets new flows now.
-    pub in_table: bool,
-    /// Established flows stay on it.
-    pub keeps_flows: bool,
-    pub runtime: bool,
-    pub traffic: Traffic,
 }
 
 /// A request from a client with the channel for its answer.

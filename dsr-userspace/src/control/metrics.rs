@@ -205,7 +205,7 @@ pub fn render(s: &Status) -> String {
         for v in &s.vips {
             for b in &v.backends {
                 let value = match name {
-                    "dsr_backend_up" => b.health.starts_with("up") as u8 as f64,
+                    "dsr_backend_up" => b.health.is_up() as u8 as f64,
                     "dsr_backend_in_table" => b.in_table as u8 as f64,
                     "dsr_backend_weight" => b.weight as f64,
                     "dsr_backend_effective_weight" => b.effective_weight as f64,
@@ -237,6 +237,31 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    f.header(
+        "dsr_events_total",
+        "counter",
+        "Counted by the XDP program besides verdicts: flow_insert_failed, adopted (a TCP \
+         connection taken over mid-stream), untracked_close (RST/FIN without a flow entry).",
+    );
+    for e in &s.events {
+        f.sample("dsr_events_total", &[("event", &e.event)], e.count as f64);
+    }
+    f.header(
+        "dsr_map_writes_pending",
+        "gauge",
+        "Map writes that failed and wait for a retry (the data path lags the daemon's state).",
+    );
+    f.sample("dsr_map_writes_pending", &[], s.map_writes_pending as f64);
+    f.header(
+        "dsr_map_write_failures_total",
+        "counter",
+        "Map writes that failed since the daemon started.",
+    );
+    f.sample(
+        "dsr_map_write_failures_total",
+        &[],
+        s.map_write_failures as f64,
+    );
     out
 }
 
@@ -256,7 +281,7 @@ d"#),
     #[test]
     fn renders_every_family_with_help_and_type() {
         let status = Status {
-            reasons: vec![crate::control::ReasonStatus {
+            reasons: vec![crate::control::status::ReasonStatus {
                 reason: "forwarded".into(),
                 verdict: "tx".into(),
                 packets: 7,

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::control::{Status, Traffic};
+use crate::control::status::{DaemonState, Status, Traffic};
 
 /// Left-aligned text columns.
 struct Table {
@@ -104,17 +104,32 @@ fn totals(t: &Traffic) -> String {
 /// `dsr status`: VIPs and backends, like `ipvsadm -Ln` with health, roles and rates.
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
+    let daemon = match (s.daemon, s.data_path_pinned) {
+        (DaemonState::Running, _) => "running".to_owned(),
+        (DaemonState::Down, true) => "down (data path still pinned and forwarding)".into(),
+        (DaemonState::Down, false) => "down (no data path)".into(),
+    };
     let _ = writeln!(
         out,
-        "dsr instance {} on {}: daemon {}{}; config {}; {} runtime change{}",
+        "dsr instance {} on {}: daemon {daemon}{}; config {}; {} runtime change{}",
         s.instance,
         s.interface,
-        s.daemon,
         s.pid.map_or(String::new(), |p| format!(" (pid {p})")),
         s.config.display(),
         s.runtime_changes,
         if s.runtime_changes == 1 { "" } else { "s" }
     );
+    if s.map_writes_pending > 0 {
+        let _ = writeln!(
+            out,
+            "DEGRADED: {} map writes pending (retried every second; {} failed since start): \
+             the data path lags what is shown here",
+            s.map_writes_pending, s.map_write_failures
+        );
+    }
+    if s.daemon == DaemonState::Down && !s.vips.is_empty() {
+        out += "HEALTH is the last state the daemon saved: nobody checks the backends now.\n";
+    }
     for v in &s.vips {
         let serving = v
             .serving
@@ -160,9 +175,23 @@ pub fn render_status(s: &Status) -> String {
             t.row(vec![
                 format!("{}{}", b.address, if b.runtime { " *" } else { "" }),
                 b.role.to_string(),
-                b.health.clone(),
+                if b.health_live {
+                    b.health.to_string()
+                } else {
+                    format!(
+                        "{}? (stale{})",
+                        b.health,
+                        b.last_check.as_ref().map_or(String::new(), |r| format!(
+                            ", checked {} ago",
+                            ago(r.at_unix_ms)
+                        ))
+                    )
+                },
                 ago(b.since_unix_ms),
-                b.check.clone(),
+                match &b.check_path {
+                    Some(path) => format!("{} {path}", b.check),
+                    None => b.check.clone(),
+                },
                 last,
                 format!(
                     "{}/{}{}",
@@ -172,16 +201,22 @@ pub fn render_status(s: &Status) -> String {
                 ),
                 if b.in_table { "yes" } else { "no" }.into(),
                 if b.keeps_flows { "yes" } else { "no" }.into(),
-                match (&b.mac, b.via.is_empty()) {
+                match (&b.mac, b.via) {
                     (None, _) => "unresolved".into(),
-                    (Some(m), true) => m.to_string(),
-                    (Some(m), false) => format!("{m} via {}", b.via),
+                    (Some(m), None) => m.to_string(),
+                    (Some(m), Some(v)) => {
+                        format!("{m} via ifindex {} (TX port {})", v.ifindex, v.tx_port)
+                    }
                 },
                 rates(&b.traffic),
                 totals(&b.traffic),
             ]);
         }
         out += &t.render("  ");
+        if !v.removed_backends.is_empty() {
+            let list: Vec<String> = v.removed_backends.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(out, "  removed at run time: {}", list.join(", "));
+        }
     }
     if s.vips
         .iter()
@@ -206,6 +241,12 @@ pub fn render_stats(s: &Status) -> String {
             r.packets.to_string(),
             r.bytes.to_string(),
         ]);
+    }
+    out += &t.render("");
+    out.push('\n');
+    let mut t = Table::new(&["EVENT", "COUNT"]);
+    for e in &s.events {
+        t.row(vec![e.event.clone(), e.count.to_string()]);
     }
     out += &t.render("");
     out.push('\n');

@@ -1,0 +1,386 @@
+//! What `dsr status`, `dsr stats`, `--json` and the metrics endpoint show, and the one
+//! builder that makes it, whether the daemon answers (its live state and the maps) or is down
+//! (the saved state and the pinned maps). The JSON is typed: booleans, numbers, enums and
+//! Unix-millisecond timestamps, never display strings.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::datapath::{Counters, Totals};
+use crate::{
+    health::Health,
+    spec::model::{BackendSpec, CheckKind, MacAddr, Role, VipAddr, VipSpec},
+    state::{self, State},
+};
+
+/// Whether a daemon answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonState {
+    Running,
+    #[default]
+    Down,
+}
+
+/// A backend's health as its checks decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Up,
+    Down,
+    /// Its check has not answered yet: assumed up.
+    Unchecked,
+}
+
+impl HealthState {
+    /// Counts as up for new flows.
+    pub fn is_up(self) -> bool {
+        self != HealthState::Down
+    }
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+            HealthState::Unchecked => "up (unchecked)",
+        })
+    }
+}
+
+/// Everything `dsr status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub interface: String,
+    pub daemon: DaemonState,
+    /// A data path is pinned (it forwards whether the daemon runs or not).
+    pub data_path_pinned: bool,
+    pub pid: Option<u32>,
+    pub config: PathBuf,
+    /// How many VIPs and backends differ from the config file: each one added, removed or
+    /// changed at run time counts once (`dsr reset` reverts them).
+    pub runtime_changes: usize,
+    /// Map writes that failed and wait for a retry (the data path lags the state meanwhile).
+    pub map_writes_pending: usize,
+    /// Map writes that failed since the daemon started.
+    pub map_write_failures: u64,
+    pub vips: Vec<VipStatus>,
+    pub reasons: Vec<ReasonStatus>,
+    /// Counted besides verdicts: failed flow inserts, adopted connections, untracked closes.
+    pub events: Vec<EventStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReasonStatus {
+    pub reason: String,
+    /// "forward", "pass" or "drop".
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventStatus {
+    pub event: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows placed by the Maglev table.
+    pub flows: u64,
+    pub packets_per_sec: f64,
+    pub bits_per_sec: f64,
+    pub flows_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub addr: VipAddr,
+    pub conntrack: bool,
+    pub fragments: bool,
+    /// Flow fields the VIP hashes on ("5-tuple", "source", "src_addr+dst_addr+proto", ...).
+    pub hash: String,
+    /// Which role gets new flows; `None` = no usable backend (packets dropped).
+    pub serving: Option<Role>,
+    /// Not in the config file (added at run time) or changed at run time.
+    pub runtime: bool,
+    /// Backends the config gives this VIP that were removed at run time.
+    pub removed_backends: Vec<IpAddr>,
+    pub traffic: Traffic,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A backend reached through another interface than the receiving one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Via {
+    pub ifindex: u32,
+    pub tx_port: u32,
+}
+
+/// The last check result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub at_unix_ms: u64,
+    pub latency_us: u64,
+    /// "connected", "HTTP 200", "connection refused", "timed out after 1s", ...
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub role: Role,
+    pub mac: Option<MacAddr>,
+    pub via: Option<Via>,
+    pub health: HealthState,
+    /// The health is the daemon's current view. False while the daemon is down: it is the
+    /// last state the daemon saved, and nobody checks the backend now.
+    pub health_live: bool,
+    pub since_unix_ms: u64,
+    /// "none", "tcp" or "http".
+    pub check: String,
+    /// The HTTP check's path.
+    pub check_path: Option<String>,
+    pub last_check: Option<LastCheck>,
+    pub weight: u32,
+    pub effective_weight: u32,
+    pub drained: bool,
+    pub inhibit_on_failure: bool,
+    /// Gets new flows now.
+    pub in_table: bool,
+    /// Established flows stay on it.
+    pub keeps_flows: bool,
+    /// Added or changed at run time.
+    pub runtime: bool,
+    pub traffic: Traffic,
+}
+
+/// Counter samples, for rates.
+#[derive(Default)]
+pub struct Rates {
+    last: HashMap<(bool, u32), (Instant, Totals, [f64; 3])>,
+}
+
+impl Rates {
+    pub fn sample(&mut self, is_vip: bool, id: u32, now: Totals) {
+        let at = Instant::now();
+        let entry = self.last.entry((is_vip, id)).or_insert((at, now, [0.0; 3]));
+        let dt = at.duration_since(entry.0).as_secs_f64();
+        if dt >= 0.5 {
+            let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+            entry.2 = [
+                d(now.packets, entry.1.packets),
+                d(now.bytes, entry.1.bytes) * 8.0,
+                d(now.flows, entry.1.flows),
+            ];
+            entry.0 = at;
+            entry.1 = now;
+        }
+    }
+
+    fn traffic(&self, is_vip: bool, id: u32, totals: Totals) -> Traffic {
+        let r = self.last.get(&(is_vip, id)).map_or([0.0; 3], |e| e.2);
+        Traffic {
+            packets: totals.packets,
+            bytes: totals.bytes,
+            flows: totals.flows,
+            packets_per_sec: r[0],
+            bits_per_sec: r[1],
+            flows_per_sec: r[2],
+        }
+    }
+}
+
+/// What the builder reads.
+pub struct Source<'a> {
+    pub instance: &'a str,
+    pub interface: &'a str,
+    pub config_path: PathBuf,
+    pub daemon: DaemonState,
+    pub pid: Option<u32>,
+    pub data_path_pinned: bool,
+    /// The runtime state (live, or as last saved); `None` = nothing known.
+    pub state: Option<&'a State>,
+    /// The VIPs the config file gives.
+    pub config_vips: &'a [VipSpec],
+    pub counters: Option<&'a dyn Counters>,
+    /// Rates are known only to a running daemon.
+    pub rates: Option<&'a Rates>,
+    pub writes_pending: usize,
+    pub write_failures: u64,
+}
+
+/// The one status builder.
+pub fn build(src: Source<'_>) -> Status {
+    let live = src.daemon == DaemonState::Running;
+    let no_rates = Rates::default();
+    let rates = src.rates.unwrap_or(&no_rates);
+    let totals = |is_vip: bool, id: u32| match src.counters {
+        Some(c) if is_vip => c.vip(id),
+        Some(c) => c.backend(id),
+        None => Totals::default(),
+    };
+    let mut status = Status {
+        instance: src.instance.to_owned(),
+        interface: src.interface.to_owned(),
+        daemon: src.daemon,
+        data_path_pinned: src.data_path_pinned,
+        pid: src.pid,
+        config: src.config_path,
+        runtime_changes: 0,
+        map_writes_pending: src.writes_pending,
+        map_write_failures: src.write_failures,
+        vips: Vec::new(),
+        reasons: src.counters.map_or_else(Vec::new, |c| {
+            c.reasons()
+                .into_iter()
+                .map(|(r, t)| ReasonStatus {
+                    reason: r.name().into(),
+                    verdict: r.verdict().into(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                })
+                .collect()
+        }),
+        events: src.counters.map_or_else(Vec::new, |c| {
+            c.events()
+                .into_iter()
+                .map(|(e, n)| EventStatus {
+                    event: e.name().into(),
+                    count: n,
+                })
+                .collect()
+        }),
+    };
+    let Some(state) = src.state else {
+        return status;
+    };
+    let mut differences = 0;
+    for vip in &state.vips {
+        let config = src.config_vips.iter().find(|c| c.addr == vip.spec.addr);
+        let (serving, entries) = vip.serving();
+        let removed_backends: Vec<IpAddr> = config.map_or_else(Vec::new, |c| {
+            c.backends
+                .iter()
+                .filter(|b| vip.backend(b.address).is_none())
+                .map(|b| b.address)
+                .collect()
+        });
+        let vip_changed = config.is_none_or(|c| !same_vip(c, &vip.spec));
+        differences += vip_changed as usize + removed_backends.len();
+        let mut vs = VipStatus {
+            name: vip.spec.name.clone(),
+            addr: vip.spec.addr,
+            conntrack: vip.spec.conntrack,
+            fragments: vip.spec.fragments,
+            hash: crate::spec::model::hash_fields_name(vip.spec.hash_fields),
+            serving,
+            runtime: vip_changed,
+            removed_backends,
+            traffic: rates.traffic(true, vip.id, totals(true, vip.id)),
+            backends: Vec::new(),
+        };
+        for b in &vip.backends {
+            let from_config =
+                config.and_then(|c| c.backends.iter().find(|x| x.address == b.spec.address));
+            let runtime = from_config.is_none_or(|c| c != &b.spec);
+            differences += runtime as usize;
+            vs.backends.push(backend(
+                b,
+                live,
+                runtime,
+                entries.iter().any(|e| e.id == b.id),
+                rates.traffic(false, b.id, totals(false, b.id)),
+            ));
+        }
+        status.vips.push(vs);
+    }
+    // Configured VIPs removed at run time.
+    differences += src
+        .config_vips
+        .iter()
+        .filter(|c| state.vip(&c.addr).is_none())
+        .count();
+    status.runtime_changes = differences;
+    status
+}
+
+/// The VIP's own settings (not its backends) are the config's.
+fn same_vip(config: &VipSpec, running: &VipSpec) -> bool {
+    VipSpec {
+        backends: Vec::new(),
+        ..config.clone()
+    } == VipSpec {
+        backends: Vec::new(),
+        ..running.clone()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn health_state(h: &Health, spec: &BackendSpec) -> HealthState {
+    match (h.up, h.unchecked) {
+        (true, true) if spec.check.kind == CheckKind::None => HealthState::Up,
+        (true, true) => HealthState::Unchecked,
+        (true, false) => HealthState::Up,
+        (false, _) => HealthState::Down,
+    }
+}
+
+fn backend(
+    b: &state::Backend,
+    live: bool,
+    runtime: bool,
+    in_table: bool,
+    traffic: Traffic,
+) -> BackendStatus {
+    BackendStatus {
+        address: b.spec.address,
+        role: b.spec.role,
+        mac: b.mac,
+        via: b.egress.map(|(port, _)| Via {
+            ifindex: b.ifindex,
+            tx_port: port,
+        }),
+        health: health_state(&b.health, &b.spec),
+        health_live: live,
+        since_unix_ms: unix_ms(b.health.since),
+        check: b.spec.check.kind.type_name().into(),
+        check_path: match &b.spec.check.kind {
+            CheckKind::Http { path, .. } => Some(path.clone()),
+            _ => None,
+        },
+        last_check: b.health.last.as_ref().map(|r| LastCheck {
+            ok: r.ok,
+            at_unix_ms: unix_ms(r.at),
+            latency_us: r.latency_us,
+            message: r.message.clone(),
+        }),
+        weight: b.spec.weight,
+        effective_weight: b.effective_weight(),
+        drained: b.spec.drained,
+        inhibit_on_failure: b.spec.inhibit_on_failure,
+        in_table,
+        keeps_flows: b.keeps_flows(),
+        runtime,
+        traffic,
+    }
+}
