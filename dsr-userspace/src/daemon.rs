@@ -89,6 +89,8 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
+    /// Egress interfaces found gone (logged once each).
+    gone_ports: std::collections::HashSet<u32>,
     /// Who got each VIP's new flows when last logged.
     serving: HashMap<VipAddr, Option<Role>>,
     checks: HashMap<u64, JoinHandle<()>>,
@@ -220,6 +222,7 @@ impl Daemon {
             ports: HashMap::new(),
             writer,
             serving: HashMap::new(),
+            gone_ports: Default::default(),
             checks: HashMap::new(),
             reports,
             reports_rx: Some(reports_rx),
@@ -425,11 +428,11 @@ impl Daemon {
                     _ => self.ifindex,
                 },
             };
-            let egress = if ifindex == self.ifindex {
-                None
+            let (egress, name) = if ifindex == self.ifindex {
+                (None, None)
             } else {
                 match self.tx_port(ifindex).await {
-                    Ok(e) => Some(e),
+                    Ok((port, mac, name)) => (Some((port, mac)), Some(name)),
                     Err(e) => {
                         log::error!("backend {addr} behind interface {ifindex}: {e:#}");
                         continue;
@@ -439,6 +442,7 @@ impl Daemon {
             if let Some(b) = self.state.backend_entry(&vip, addr) {
                 b.ifindex = ifindex;
                 b.egress = egress;
+                b.egress_ifname = name;
                 if let Some((port, _)) = egress {
                     log::info!(
                         "backend {addr} is reached through interface {ifindex} (TX port {port})"
@@ -448,17 +452,76 @@ impl Daemon {
         }
     }
 
-    /// The TX_PORTS entry for interface `ifindex`, created on first use.
-    async fn tx_port(&mut self, ifindex: u32) -> Result<(u32, MacAddr)> {
-        if let Some(&p) = self.ports.get(&ifindex) {
-            return Ok(p);
+    /// The TX_PORTS entry for interface `ifindex`, created on first use, with the
+    /// interface's MAC and name.
+    async fn tx_port(&mut self, ifindex: u32) -> Result<(u32, MacAddr, String)> {
+        let (name, mac) = self.netlink.link_by_index(ifindex).await?;
+        if let Some(&(port, _)) = self.ports.get(&ifindex) {
+            return Ok((port, mac, name));
         }
-        let (_, mac) = self.netlink.link_by_index(ifindex).await?;
         let port = (1..dsr_common::MAX_TX_PORTS)
             .find(|p| !self.ports.values().any(|(q, _)| q == p))
             .ok_or_else(|| anyhow!("all {} TX ports are in use", dsr_common::MAX_TX_PORTS - 1))?;
         self.ports.insert(ifindex, (port, mac));
-        Ok((port, mac))
+        Ok((port, mac, name))
+    }
+
+    /// Egress interfaces that went away. Deleting an interface also deletes its TX_PORTS
+    /// entry in the kernel, so its backends' frames are dropped (counted as no_tx_port) until
+    /// an interface of the same name returns; then they follow it to its new index. Returns
+    /// whether any backend moved.
+    async fn follow_egress(&mut self) -> bool {
+        let mut moved = false;
+        let indexes: Vec<u32> = self.ports.keys().copied().collect();
+        for ifindex in indexes {
+            if self.netlink.link_by_index(ifindex).await.is_ok() {
+                continue;
+            }
+            let name = self
+                .state
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter())
+                .find(|b| b.ifindex == ifindex)
+                .and_then(|b| b.egress_ifname.clone());
+            let Some(name) = name else {
+                continue;
+            };
+            let Ok((new_index, _)) = self.netlink.link(&name).await else {
+                if self.gone_ports.insert(ifindex) {
+                    log::warn!(
+                        "interface {name} (index {ifindex}) is gone: frames for the backends \
+                         behind it are dropped (no_tx_port) until it returns"
+                    );
+                }
+                continue;
+            };
+            self.ports.remove(&ifindex);
+            self.gone_ports.remove(&ifindex);
+            let (port, mac, _) = match self.tx_port(new_index).await {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!("interface {name} is back as index {new_index}: {e:#}");
+                    continue;
+                }
+            };
+            for b in self
+                .state
+                .vips
+                .iter_mut()
+                .flat_map(|v| v.backends.iter_mut())
+            {
+                if b.ifindex == ifindex {
+                    b.ifindex = new_index;
+                    b.egress = Some((port, mac));
+                }
+            }
+            log::info!(
+                "interface {name} is back as index {new_index}: its backends follow it (TX port {port})"
+            );
+            moved = true;
+        }
+        moved
     }
 
     /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
@@ -590,6 +653,9 @@ impl Daemon {
     }
 
     async fn housekeeping(&mut self, resolicit: bool) {
+        if self.follow_egress().await {
+            self.save();
+        }
         // The neighbour tables, in case an event was missed (netlink multicast can drop).
         let dynamic = self.state.dynamic_addresses();
         let mut ifaces: Vec<u32> = dynamic.iter().map(|(i, _)| *i).collect();

@@ -39,6 +39,10 @@ pub struct Backend {
     pub ifindex: u32,
     #[serde(default)]
     pub egress: Option<(u32, MacAddr)>,
+    /// Name of the egress interface: when it is deleted and re-created (a new index), the
+    /// backend follows it by name.
+    #[serde(default)]
+    pub egress_ifname: Option<String>,
 }
 
 impl Backend {
@@ -244,6 +248,7 @@ impl State {
                             // Reached another way now: placed and resolved afresh.
                             b.ifindex = 0;
                             b.egress = None;
+                            b.egress_ifname = None;
                             b.mac = bspec.mac;
                             out.added.push((spec.addr, bspec.address));
                         }
@@ -269,6 +274,7 @@ impl State {
                                 check_token: self.token(),
                                 ifindex: 0,
                                 egress: None,
+                                egress_ifname: None,
                             }
                         }
                         None => {

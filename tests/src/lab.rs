@@ -971,6 +971,29 @@ impl Lab {
         )
     }
 
+    /// Deletes the load balancer's second interface (eth1: an unplugged NIC, a reloaded
+    /// driver). The kernel deletes its devmap entries with it.
+    pub fn delete_second_interface(&mut self) -> Result<()> {
+        self._peer_xdp2 = None;
+        sh(&["ip", "-n", &self.lb_ns, "link", "del", "eth1"])?;
+        Ok(())
+    }
+
+    /// Creates eth1 again with the same name, MAC and address (and so a new index).
+    pub fn create_second_interface(&mut self) -> Result<()> {
+        let (sw, lb) = (self.switch_ns.clone(), self.lb_ns.clone());
+        self.plug_into(
+            "br1",
+            &lb,
+            "eth1",
+            "port-lb1",
+            LB_MAC2,
+            Ipv4Addr::new(198, 18, 1, 2),
+        )?;
+        self._peer_xdp2 = Some(attach_xdp_pass(&sw, "port-lb1")?);
+        Ok(())
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("dsr.sock")
     }

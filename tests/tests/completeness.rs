@@ -130,3 +130,67 @@ fn backends_behind_a_second_interface() {
     let log = lab.dsr_log();
     assert!(log.contains("is reached through interface"), "{log}");
 }
+
+/// An egress interface deleted and created again (a new index): while it is gone, frames for
+/// its backend are dropped and counted as no_tx_port, never as forwarded; once it is back,
+/// dsr follows it by name and the backend answers again.
+#[test]
+fn a_recreated_egress_interface_is_followed() {
+    let mut lab = Lab::with(
+        "recreate",
+        &[1, 1],
+        Options {
+            second_segment: 1,
+            ..Options::default()
+        },
+    );
+    let config = udp_vip(&lab, "");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let remote: Vec<u16> = (36000..37000u16)
+        .filter(|&p| lab.predict(17, p) == 1)
+        .take(10)
+        .collect();
+    let (first, later) = remote.split_at(5);
+    let via = |lab: &Lab| {
+        lab.status().vips[0].backends[1]
+            .via
+            .expect("backend 2 is behind eth1")
+    };
+    let before = via(&lab);
+    for (i, a) in lab.udp_requests(first[..2].to_vec()).iter().enumerate() {
+        a.as_ref()
+            .unwrap_or_else(|e| panic!("flow {i} before: {e:#}\n{}", lab.dsr_log()));
+    }
+
+    lab.delete_second_interface().unwrap();
+    let (dropped, forwarded) = (reason(&lab, "no_tx_port"), reason(&lab, "forwarded"));
+    assert!(
+        lab.udp_requests(first[2..].to_vec())
+            .iter()
+            .all(|a| a.is_err())
+    );
+    assert!(
+        reason(&lab, "no_tx_port") >= dropped + 3,
+        "drops were not counted"
+    );
+    assert_eq!(
+        reason(&lab, "forwarded"),
+        forwarded,
+        "dropped frames counted as forwarded"
+    );
+
+    lab.create_second_interface().unwrap();
+    lab.wait_for(
+        "dsr follows the new eth1",
+        std::time::Duration::from_secs(5),
+        || via(&lab).ifindex != before.ifindex,
+    );
+    for (i, a) in lab.udp_requests(later.to_vec()).iter().enumerate() {
+        let who = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("flow {i} after: {e:#}\n{}", lab.dsr_log()));
+        assert_eq!(lab.index_of(who), 1);
+    }
+    assert!(lab.dsr_log().contains("is back as index"));
+}

@@ -264,3 +264,35 @@ fn ipv6_flows_answered_by_predicted_backends() {
         "an IPv6 reply did not come from a backend"
     );
 }
+
+/// Two source-hashed VIPs on one address, with disjoint backends: TCP :80 -> backend-1 only,
+/// UDP :53 -> backend-2 and backend-3. A client's TCP connection to :80 leaves a flow entry
+/// keyed by its address; its datagrams to :53 must still be answered by :53's backends
+/// (they were all answered by backend-1 when flow entries did not carry the VIP).
+#[test]
+fn source_hashed_vips_keep_their_own_backends() {
+    let mut lab = Lab::new("srcvips", &[1, 1, 1]);
+    let ip = |i: usize| lab.backends[i].ip;
+    let config = format!(
+        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nhash = \"source\"\n  [[vip.backend]]\n  address = \"{}\"\n\n[[vip]]\nname = \"dns\"\naddress = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nhash = \"source\"\n  [[vip.backend]]\n  address = \"{}\"\n  [[vip.backend]]\n  address = \"{}\"\n",
+        lab.header(),
+        ip(0),
+        ip(1),
+        ip(2)
+    );
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tcp = lab
+        .tcp_request(43000, 1)
+        .unwrap_or_else(|e| panic!("TCP request: {e:#}\n{}", lab.dsr_log()));
+    assert_eq!(tcp[0], "backend-1");
+    for sport in 43100..43105 {
+        let answer = lab
+            .udp_request(sport)
+            .unwrap_or_else(|e| panic!("UDP request {sport}: {e:#}\n{}", lab.dsr_log()));
+        assert!(
+            answer == "backend-2" || answer == "backend-3",
+            "datagram from port {sport} to :53 answered by {answer}"
+        );
+    }
+}

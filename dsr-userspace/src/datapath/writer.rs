@@ -70,6 +70,9 @@ impl Writer {
     pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
         let mut out = Applied::default();
         let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
+        // The kernel deletes a TX_PORTS entry when its interface goes away: read them afresh
+        // (63 lookups) rather than trust what was written.
+        self.tx_ports = dp.held_tx_ports().into_iter().collect();
 
         for (&port, &ifindex) in &desired.tx_ports {
             if self.tx_ports.get(&port) != Some(&ifindex) {
