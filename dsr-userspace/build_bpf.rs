@@ -1,6 +1,7 @@
-// Builds one BPF-only package of the workspace for bpfel-unknown-none and leaves the objects
-// in OUT_DIR as `<bin>.o`, where the crate embeds them. A file of its own, pulled into
-// build.rs with `include!`, so that another crate's build script can share it.
+// Shared by the build scripts that build XDP programs: dsr-userspace/build.rs (the data path,
+// `dsr-ebpf`) and tests/build.rs (the test-only programs, `tests/ebpf`), each with
+// `include!`. It builds one BPF-only package of the workspace for bpfel-unknown-none and
+// leaves the objects in OUT_DIR as `<bin>.o`, where the crate embeds them.
 //
 // This machine's route (see PLATFORM.md): Debian's rustc 1.96 ships a prebuilt `core` for the
 // BPF target, `bpf-linker` links; `cargo xtask build` installs both. `DSR_EBPF_SKIP=1` writes
