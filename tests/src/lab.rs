@@ -27,8 +27,10 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use dsr::{ebpf::REFERENCE_OBJECT, maglev};
+use dsr::maglev;
 use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
+
+use crate::ebpf::REFERENCE_OBJECT;
 
 pub const SUBNET_PREFIX: u8 = 24;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

@@ -1,9 +1,11 @@
 //! dsr's test harness, shared by the integration tests (tests/*.rs), the demo and benchmarks:
+//! - `ebpf`: the test-only XDP programs (reference programs, benchmark traffic), embedded;
 //! - `frames`: hand-built Ethernet frames, including malformed ones;
 //! - `testrun`: runs the real XDP program on a frame with BPF_PROG_TEST_RUN;
 //! - `lab`: a network-namespace topology (client, load balancer, backends on one bridge) torn
 //!   down on drop, with servers that answer with their name and clients that ask.
 
+pub mod ebpf;
 pub mod frames;
 pub mod lab;
 pub mod testrun;

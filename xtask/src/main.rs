@@ -39,8 +39,10 @@ const BPF_RUSTC: &str = "/usr/bin/rustc";
 const BPF_RUSTLIB: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Only buildable for bpfel-unknown-none; dsr-userspace's build.rs builds it.
-const EBPF_PACKAGE: &str = "dsr-ebpf";
+/// Only buildable for bpfel-unknown-none, so left out of every host build: dsr-userspace's
+/// build.rs builds dsr-ebpf (the data path), the tests crate's build.rs dsr-test-ebpf (the
+/// test-only programs in tests/ebpf).
+const BPF_ONLY_PACKAGES: [&str; 2] = ["dsr-ebpf", "dsr-test-ebpf"];
 const USERSPACE_PACKAGE: &str = "dsr-userspace";
 const TESTS_PACKAGE: &str = "dsr-tests";
 
@@ -56,7 +58,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the whole workspace (userspace, tests; the XDP program through dsr's build.rs).
+    /// Build the whole workspace (userspace, tests; the XDP programs through the build.rs of
+    /// dsr-userspace and of the tests crate).
     Build {
         #[arg(long)]
         release: bool,
@@ -100,7 +103,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Build { release } => {
             let mut cmd = x.cargo();
-            cmd.args(["build", "--workspace", "--exclude", EBPF_PACKAGE]);
+            cmd.args(["build", "--workspace"]).args(exclude_bpf_only());
             if release {
                 cmd.arg("--release");
             }
@@ -109,19 +112,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Test { args } => {
             let mut build = x.cargo();
-            build.args(["build", "--workspace", "--exclude", EBPF_PACKAGE, "--bins"]);
+            build
+                .args(["build", "--workspace", "--bins"])
+                .args(exclude_bpf_only());
             x.run_checked(&mut build)?;
             let dsr = x.root.join("target/debug/dsr");
             let mut test = x.cargo();
-            test.args([
-                "test",
-                "--workspace",
-                "--exclude",
-                EBPF_PACKAGE,
-                "--no-fail-fast",
-            ])
-            .args(&args)
-            .env("DSR_BIN", &dsr);
+            test.args(["test", "--workspace", "--no-fail-fast"])
+                .args(exclude_bpf_only())
+                .args(&args)
+                .env("DSR_BIN", &dsr);
             println!("[xtask] running the tests with DSR_BIN={}", dsr.display());
             run_tests_with_summary(&mut test)
         }
@@ -184,6 +184,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// What `cargo xtask run -- ...` may carry: `--config FILE` or `--config=FILE`.
+/// `--exclude P` for every package that only builds for the BPF target.
+fn exclude_bpf_only() -> Vec<&'static str> {
+    BPF_ONLY_PACKAGES
+        .iter()
+        .flat_map(|p| ["--exclude", p])
+        .collect()
+}
+
 fn parse_run_rest(rest: &[OsString]) -> Result<Option<PathBuf>> {
     let mut config = None;
     let mut it = rest.iter();

@@ -30,7 +30,6 @@ use aya::{
 };
 use dsr::{
     datapath::{self, Datapath, LoadOptions, Sizes},
-    ebpf::REFERENCE_OBJECT,
     maglev,
     plan::VipOptions,
     spec::model::{MacAddr, Protocol, VipAddr},
@@ -40,6 +39,7 @@ use dsr_common::{
     FlowKey, REASON_COUNT, Reason, flow_hash,
 };
 use dsr_lab::{
+    ebpf::REFERENCE_OBJECT,
     frames::{self, TCP},
     testrun::{XDP_PASS, XDP_TX, verdict_name},
 };

@@ -26,12 +26,10 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use dsr::{
-    control::Request,
-    ebpf::{BENCH_OBJECT, REFERENCE_OBJECT},
-};
+use dsr::control::Request;
 use dsr_common::DEFAULT_HASH_SEED;
 use dsr_lab::{
+    ebpf::{BENCH_OBJECT, REFERENCE_OBJECT},
     frames::{self, ETH_P_IPV4, UDP},
     lab::{
         CLIENT_IP, CLIENT_MAC, LB_MAC, Lab, UDP_PORT, VIP, backend_ip, backend_mac, mac_str, sh,
