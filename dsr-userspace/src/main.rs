@@ -301,7 +301,7 @@ fn resolve(target: &Target) -> Result<(PathBuf, Model)> {
     }
     let instance = target.instance.clone().unwrap_or_else(|| "default".into());
     // A daemon that ran for this instance recorded its config.
-    if let Some(record) = dsr::instance::read_record(&instance)
+    if let Some(record) = dsr::runtime::instance::read_record(&instance)
         && let Ok(model) = toml_file::load(&record.config)
     {
         return Ok((record.config, model));
@@ -327,7 +327,7 @@ fn socket(target: &Target) -> Result<(String, PathBuf)> {
         Some(path) => Ok(toml_file::control_socket_of(path)?),
         None => {
             let instance = target.instance.clone().unwrap_or_else(|| "default".into());
-            if let Some(record) = dsr::instance::read_record(&instance) {
+            if let Some(record) = dsr::runtime::instance::read_record(&instance) {
                 return Ok((instance, record.control_socket));
             }
             let (_, model) = resolve(target)?;
@@ -364,7 +364,7 @@ fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
         r.status.context("the daemon sent no status")?
     } else {
         let (path, model) = resolve(target)?;
-        let known = dsr::instance::locked(&instance)
+        let known = dsr::runtime::instance::locked(&instance)
             || datapath::pin_dir(&instance).exists()
             || model.state_dir.join("state.json").exists()
             || target.config.is_some();
@@ -408,7 +408,7 @@ fn real_main() -> Result<bool> {
         Command::Run { config, clean } => {
             let model = toml_file::load(&config)?;
             // Before anything is touched: a second daemon for the instance changes nothing.
-            let _lock = dsr::instance::lock(&model.instance)?;
+            let _lock = dsr::runtime::instance::lock(&model.instance)?;
             runtime()?.block_on(async {
                 let daemon = Daemon::start(&config, model, clean).await?;
                 daemon.run().await
@@ -541,11 +541,11 @@ fn real_main() -> Result<bool> {
                 return Ok(ok);
             }
             // A daemon that holds the lock but does not answer is still running: refuse.
-            let _lock = dsr::instance::lock(&instance)?;
+            let _lock = dsr::runtime::instance::lock(&instance)?;
             let dir = datapath::pin_dir(&instance);
             if let Some(note) = resolve(&target)
                 .ok()
-                .and_then(|(_, m)| dsr::vlan_offload::pending(&m.state_dir))
+                .and_then(|(_, m)| dsr::datapath::offload::pending(&m.state_dir))
             {
                 eprintln!("dsr: {note}");
             }

@@ -21,7 +21,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use serde::{Deserialize, Serialize};
 
-use crate::neighbour::Netlink;
+use crate::runtime::neighbour::Netlink;
 
 /// The sysctls DSR needs: (path under /proc/sys, wanted value, acceptable values).
 const SYSCTLS: [(&str, &str, &[&str]); 3] = [

@@ -27,7 +27,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use dsr::maglev;
+use dsr::plan::maglev;
 use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
 
 use crate::ebpf::REFERENCE_OBJECT;

@@ -9,8 +9,7 @@ use std::{
 
 use dsr::{
     datapath::{Datapath, LoadOptions, Sizes, writer::Writer},
-    maglev,
-    plan::{Desired, DesiredBackend, DesiredVip, Egress, VipOptions},
+    plan::{Desired, DesiredBackend, DesiredVip, Egress, VipOptions, maglev},
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{

@@ -198,17 +198,17 @@ fn ipv6_flows_answered_by_predicted_backends() {
     }
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let entries: Vec<dsr::maglev::Entry> = lab
+    let entries: Vec<dsr::plan::maglev::Entry> = lab
         .backends
         .iter()
         .enumerate()
-        .map(|(i, b)| dsr::maglev::Entry {
+        .map(|(i, b)| dsr::plan::maglev::Entry {
             address: IpAddr::V6(v6_of(b.ip)),
             id: i as u32,
             weight: 1,
         })
         .collect();
-    let table = dsr::maglev::build(&entries, dsr_common::DEFAULT_TABLE_SIZE);
+    let table = dsr::plan::maglev::build(&entries, dsr_common::DEFAULT_TABLE_SIZE);
     let predict = |sport: u16, dport: u16, proto: u8| {
         let key = dsr_common::FlowKey::new(CLIENT6.into(), sport, VIP6.into(), dport, proto);
         table[(dsr_common::flow_hash(&key, dsr_common::DEFAULT_HASH_SEED) % table.len() as u32)

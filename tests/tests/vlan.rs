@@ -4,7 +4,7 @@
 //! (and `dsr stop` turns it back on), and, with the tags in band, forwards tagged frames with
 //! their tags.
 
-use dsr::{ethtool, vlan_offload::RX_PARSE};
+use dsr::datapath::{ethtool, offload::RX_PARSE};
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, TCP, UDP},
     lab::{CLIENT_IP, CLIENT_MAC, Capture, LB_MAC, Lab, TCP_PORT, UDP_PORT, VIP, in_netns, sh},

@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::{Counters, Totals};
 use crate::{
-    health::Health,
+    runtime::{
+        health::Health,
+        state::{self, State},
+    },
     spec::model::{BackendSpec, CheckKind, MacAddr, Role, VipAddr, VipSpec},
-    state::{self, State},
 };
 
 /// Whether a daemon answered.

@@ -5,13 +5,20 @@
 //! rows of TABLES; the new table goes into the row not in use (through an mmap of the map, at
 //! memory speed), then a single VIPS update switches the VIP to it.
 
+pub mod counters;
+pub mod ethtool;
+pub mod offload;
+mod tables;
 pub mod writer;
+
+use counters::sum;
+pub use counters::{Counters, PinnedCounters, Totals};
+use tables::TableMmap;
 
 use std::{
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    ptr::NonNull,
     time::Duration,
 };
 
@@ -93,23 +100,6 @@ pub struct Datapath {
     flows: HashMap<MapData, FlowMapKey, FlowEntry>,
     event_stats: PerCpuArray<MapData, u64>,
     links: Vec<XdpLinkId>,
-}
-
-/// Where status reads counters from: the daemon's loaded data path, or the pinned maps.
-pub trait Counters {
-    fn vip(&self, id: u32) -> Totals;
-    fn backend(&self, id: u32) -> Totals;
-    fn reasons(&self) -> Vec<(Reason, Totals)>;
-    fn events(&self) -> Vec<(Event, u64)>;
-}
-
-/// Summed per-CPU counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub packets: u64,
-    pub bytes: u64,
-    /// New flows placed by the Maglev table.
-    pub flows: u64,
 }
 
 /// Every map with the size it must have.
@@ -741,15 +731,6 @@ fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting possible CPUs: {e}"))
 }
 
-fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Result<Totals> {
-    let values = map.get(&index, 0)?;
-    Ok(values.iter().fold(Totals::default(), |t, c| Totals {
-        packets: t.packets + c.packets,
-        bytes: t.bytes + c.bytes,
-        flows: t.flows + c.flows,
-    }))
-}
-
 /// The VIPS key of a VIP.
 pub fn vip_key(addr: &VipAddr) -> VipKey {
     VipKey::new(addr.address, addr.port, addr.protocol.number(), addr.vlan)
@@ -790,132 +771,5 @@ pub struct VipAddrKeyOrd(pub IpAddr, pub Protocol);
 impl VipAddrKeyOrd {
     pub fn key(&self) -> VipAddrKey {
         VipAddrKey::new(self.0, self.1.number())
-    }
-}
-
-/// TABLES mapped into our memory (the map is BPF_F_MMAPABLE): a whole 65537-slot table is a
-/// 256 KiB memcpy instead of 4096 map-update syscalls.
-struct TableMmap {
-    ptr: NonNull<u32>,
-    len: usize,
-    _map: MapData,
-}
-
-// SAFETY: the mapping is owned by this struct and only accessed through &self / &mut self.
-unsafe impl Send for TableMmap {}
-unsafe impl Sync for TableMmap {}
-
-impl TableMmap {
-    fn new(map: MapData, elems: u32) -> Result<Self> {
-        let bytes = elems as usize * std::mem::size_of::<TableChunk>();
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, of exactly its size.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!("mmap of TABLES: {}", std::io::Error::last_os_error());
-        }
-        Ok(TableMmap {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
-            len: bytes / 4,
-            _map: map,
-        })
-    }
-
-    fn row(&self, row: u32, row_chunks: u32) -> &[u32] {
-        let stride = (row_chunks * TABLE_CHUNK) as usize;
-        // SAFETY: ptr/len describe our live mapping.
-        let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
-        &all[row as usize * stride..][..stride]
-    }
-
-    fn row_mut(&mut self, row: u32, row_chunks: u32) -> &mut [u32] {
-        let stride = (row_chunks * TABLE_CHUNK) as usize;
-        // SAFETY: ptr/len describe our live mapping, borrowed mutably through &mut self.
-        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
-        &mut all[row as usize * stride..][..stride]
-    }
-}
-
-impl Drop for TableMmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * 4) };
-    }
-}
-
-/// Read-only view of a pinned data path's counters (for `dsr status` while the daemon is down).
-pub struct PinnedCounters {
-    vip_stats: PerCpuArray<MapData, Counter>,
-    backend_stats: PerCpuArray<MapData, Counter>,
-    reason_stats: PerCpuArray<MapData, Counter>,
-    event_stats: PerCpuArray<MapData, u64>,
-}
-
-impl PinnedCounters {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<MapData> {
-            let path = dir.join(name);
-            MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))
-        };
-        Ok(PinnedCounters {
-            vip_stats: Map::PerCpuArray(open(names::VIP_STATS)?).try_into()?,
-            backend_stats: Map::PerCpuArray(open(names::BACKEND_STATS)?).try_into()?,
-            reason_stats: Map::PerCpuArray(open(names::REASON_STATS)?).try_into()?,
-            event_stats: Map::PerCpuArray(open(names::EVENT_STATS)?).try_into()?,
-        })
-    }
-}
-
-fn events_of(map: &PerCpuArray<MapData, u64>) -> Vec<(Event, u64)> {
-    Event::ALL
-        .iter()
-        .map(|&e| (e, map.get(&(e as u32), 0).map_or(0, |v| v.iter().sum())))
-        .collect()
-}
-
-fn reasons_of(map: &PerCpuArray<MapData, Counter>) -> Vec<(Reason, Totals)> {
-    Reason::ALL
-        .iter()
-        .map(|&r| (r, sum(map, r as u32).unwrap_or_default()))
-        .collect()
-}
-
-impl Counters for PinnedCounters {
-    fn vip(&self, id: u32) -> Totals {
-        sum(&self.vip_stats, id).unwrap_or_default()
-    }
-    fn backend(&self, id: u32) -> Totals {
-        sum(&self.backend_stats, id).unwrap_or_default()
-    }
-    fn reasons(&self) -> Vec<(Reason, Totals)> {
-        reasons_of(&self.reason_stats)
-    }
-    fn events(&self) -> Vec<(Event, u64)> {
-        events_of(&self.event_stats)
-    }
-}
-
-impl Counters for Datapath {
-    fn vip(&self, id: u32) -> Totals {
-        sum(&self.vip_stats, id).unwrap_or_default()
-    }
-    fn backend(&self, id: u32) -> Totals {
-        sum(&self.backend_stats, id).unwrap_or_default()
-    }
-    fn reasons(&self) -> Vec<(Reason, Totals)> {
-        reasons_of(&self.reason_stats)
-    }
-    fn events(&self) -> Vec<(Event, u64)> {
-        events_of(&self.event_stats)
     }
 }

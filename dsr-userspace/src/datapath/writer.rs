@@ -23,8 +23,7 @@ use dsr_common::{
 
 use super::{Datapath, vip_addr_flags, vip_key};
 use crate::{
-    maglev,
-    plan::{Desired, DesiredBackend, VipOptions},
+    plan::{Desired, DesiredBackend, VipOptions, maglev},
     spec::model::VipAddr,
 };
 

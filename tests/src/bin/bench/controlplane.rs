@@ -9,8 +9,7 @@ use anyhow::{Context, Result};
 use dsr::{
     control::Request,
     datapath::{Datapath, LoadOptions, Sizes},
-    maglev,
-    plan::VipOptions,
+    plan::{VipOptions, maglev},
     spec::model::{Protocol, VipAddr},
 };
 use dsr_common::{

@@ -30,8 +30,7 @@ use aya::{
 };
 use dsr::{
     datapath::{self, Datapath, LoadOptions, Sizes},
-    maglev,
-    plan::VipOptions,
+    plan::{VipOptions, maglev},
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{

@@ -1,5 +1,5 @@
 //! Part `distribution`: how evenly the tables dsr builds spread flows, and how much moves when
-//! one backend goes or comes. Computed, not timed: from real tables (`dsr::maglev::build`, the
+//! one backend goes or comes. Computed, not timed: from real tables (`dsr::plan::maglev::build`, the
 //! function whose output dsr writes into the TABLES map) and real flow hashes
 //! (`dsr_common::flow_hash`, what the XDP program computes), beside the paper's plain Maglev
 //! and naive `hash % N`.
@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::Result;
-use dsr::maglev;
+use dsr::plan::maglev;
 use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
 
 use crate::{
@@ -252,7 +252,7 @@ pub fn run(size: &Size) -> Result<PartReport> {
     let mut report = PartReport::new("distribution", "Distribution and disruption of the tables");
     report.method = vec![
         format!(
-            "{M}-slot tables from dsr::maglev::build (what dsr writes into TABLES), the paper's \
+            "{M}-slot tables from dsr::plan::maglev::build (what dsr writes into TABLES), the paper's \
              plain Maglev (unweighted reference in the bench, own permutation hashes) and \
              hash % N; backends 10.1.x.y."
         ),

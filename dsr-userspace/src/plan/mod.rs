@@ -2,12 +2,13 @@
 //! entry, every VIP with its table's input, every egress port. The map writer
 //! (`datapath::writer`) makes the kernel's maps equal to a [`Desired`]; nothing here does I/O.
 
+pub mod maglev;
+
 use std::collections::BTreeMap;
 
 use crate::{
-    maglev,
+    runtime::state::State,
     spec::model::{MacAddr, VipAddr},
-    state::State,
 };
 
 /// How a VIP's packets are treated (its VipInfo flags and hash fields).

@@ -1,5 +1,6 @@
-//! Health checks: the checkers (TCP connect, HTTP GET, none), the rise/fall state of one
-//! backend, and the task that runs one backend's check forever.
+//! Health checks: the [`Checker`]s (TCP connect, HTTP GET), the rise/fall state of one
+//! backend, the task that runs one backend's check, and the [`Supervisor`] that keeps exactly
+//! one task per checked backend.
 //!
 //! Thresholds: a backend goes down after `fall` consecutive failures and comes back after
 //! `rise` consecutive successes. Before its first result a backend counts as up (keepalived's
@@ -108,26 +109,62 @@ pub async fn check_once(address: IpAddr, default_port: u16, spec: &CheckSpec) ->
     }
 }
 
+/// One kind of probe: `Ok(what it saw)` if the backend passed, `Err(why not)` otherwise.
+/// The caller bounds it with the check's timeout.
+pub trait Checker {
+    fn probe(&self, target: SocketAddr) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// Passes when a TCP connection completes.
+pub struct TcpConnect;
+
+impl Checker for TcpConnect {
+    async fn probe(&self, target: SocketAddr) -> Result<String, String> {
+        TcpStream::connect(target)
+            .await
+            .map(|_| "connected".to_owned())
+            .map_err(|e| format!("connect {target}: {e}"))
+    }
+}
+
+/// Passes when an HTTP/1.1 GET is answered with the expected status (and body substring).
+pub struct HttpGet<'a> {
+    pub path: &'a str,
+    pub expect_status: u16,
+    pub host: Option<&'a str>,
+    pub expect_body: Option<&'a str>,
+}
+
+impl Checker for HttpGet<'_> {
+    async fn probe(&self, target: SocketAddr) -> Result<String, String> {
+        http_get(
+            target,
+            self.path,
+            self.expect_status,
+            self.host,
+            self.expect_body,
+        )
+        .await
+    }
+}
+
 async fn run(target: SocketAddr, kind: &CheckKind) -> Result<String, String> {
     match kind {
         CheckKind::None => Ok("no check".into()),
-        CheckKind::Tcp => TcpStream::connect(target)
-            .await
-            .map(|_| "connected".to_owned())
-            .map_err(|e| format!("connect {target}: {e}")),
+        CheckKind::Tcp => TcpConnect.probe(target).await,
         CheckKind::Http {
             path,
             expect_status,
             host,
             expect_body,
         } => {
-            http_get(
-                target,
+            HttpGet {
                 path,
-                *expect_status,
-                host.as_deref(),
-                expect_body.as_deref(),
-            )
+                expect_status: *expect_status,
+                host: host.as_deref(),
+                expect_body: expect_body.as_deref(),
+            }
+            .probe(target)
             .await
         }
     }
@@ -210,6 +247,64 @@ pub async fn check_loop(
         }
         let next = spec.interval + jitter(spec.interval);
         tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// One check task per checked backend, keyed by the backend's check token (a new token, for
+/// a new or edited check, restarts the check).
+pub struct Supervisor {
+    tasks: std::collections::HashMap<u64, tokio::task::JoinHandle<()>>,
+    reports: mpsc::Sender<Report>,
+}
+
+/// A check the supervisor should run.
+pub struct Wanted<'a> {
+    pub token: u64,
+    pub address: IpAddr,
+    /// The VIP's port, for checks without a port of their own.
+    pub default_port: u16,
+    pub spec: &'a CheckSpec,
+}
+
+impl Supervisor {
+    pub fn new(reports: mpsc::Sender<Report>) -> Self {
+        Supervisor {
+            tasks: Default::default(),
+            reports,
+        }
+    }
+
+    /// Runs exactly the wanted checks: starts the new ones, stops the others.
+    pub fn sync<'a>(&mut self, wanted: impl IntoIterator<Item = Wanted<'a>>) {
+        let mut live = std::collections::HashSet::new();
+        for w in wanted {
+            if w.spec.kind == CheckKind::None {
+                continue;
+            }
+            live.insert(w.token);
+            self.tasks.entry(w.token).or_insert_with(|| {
+                tokio::spawn(check_loop(
+                    w.token,
+                    w.address,
+                    w.default_port,
+                    w.spec.clone(),
+                    self.reports.clone(),
+                ))
+            });
+        }
+        self.tasks.retain(|token, task| {
+            let keep = live.contains(token);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, task) in self.tasks.drain() {
+            task.abort();
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    health::Health,
-    maglev,
+    plan::maglev,
+    runtime::health::Health,
     spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
@@ -315,7 +315,7 @@ impl State {
     pub fn record_check(
         &mut self,
         token: u64,
-        result: crate::health::CheckResult,
+        result: crate::runtime::health::CheckResult,
     ) -> Option<(VipAddr, IpAddr, bool)> {
         for vip in &mut self.vips {
             for b in &mut vip.backends {
@@ -377,7 +377,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::{
-        health::CheckResult,
+        runtime::health::CheckResult,
         spec::model::{CheckKind, CheckSpec, Protocol},
     };
 

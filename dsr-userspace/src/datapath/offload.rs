@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{ethtool, spec::model::VlanTags};
+use crate::{datapath::ethtool, spec::model::VlanTags};
 
 /// The features that strip tags into metadata on receive.
 pub const RX_PARSE: [&str; 2] = ["rx-vlan-hw-parse", "rx-vlan-stag-hw-parse"];

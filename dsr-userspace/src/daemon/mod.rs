@@ -6,6 +6,8 @@
 //! them in place (traffic keeps flowing), and the next start adopts them together with the
 //! saved state (ids, MACs, health, runtime changes), so restarts and upgrades lose nothing.
 
+mod placement;
+
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -14,11 +16,9 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    task::JoinHandle,
 };
 
 use crate::{
@@ -27,16 +27,19 @@ use crate::{
         status::{self, Rates},
     },
     datapath::{self, Counters, Datapath, LoadOptions, Sizes, writer::Writer},
-    health::{self, Report},
-    neighbour::{self, NeighbourEvent, Netlink},
     plan,
+    runtime::{
+        health::{self, Report},
+        neighbour::{self, NeighbourEvent, Netlink},
+        persistence::{Saved, read_saved, state_file, write_saved},
+        state::State,
+    },
     spec::model::{CheckKind, MacAddr, Model, Role, VipAddr, VipSpec},
     spec::toml_file,
     spec::{
         journal::{self, Change},
         validate::Limits,
     },
-    state::State,
 };
 
 /// How long start-up waits for backends' MACs before going on without the missing ones.
@@ -45,38 +48,6 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_secs(1);
 /// How often an unresolved backend is solicited again, in ticks.
 const RESOLICIT_TICKS: u64 = 5;
-
-/// What is saved in the state directory after every change.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    layout_version: u32,
-    interface: String,
-    /// `None` after `dsr stop`: the maps (and so the ids) are gone.
-    state: Option<State>,
-    journal: Vec<Change>,
-}
-
-fn state_file(model: &Model) -> PathBuf {
-    model.state_dir.join("state.json")
-}
-
-fn read_saved(model: &Model) -> Option<Saved> {
-    let text = std::fs::read_to_string(state_file(model)).ok()?;
-    match serde_json::from_str::<Saved>(&text) {
-        Ok(s) if s.layout_version == dsr_common::LAYOUT_VERSION => Some(s),
-        Ok(_) => {
-            log::warn!(
-                "{}: saved by another layout version; ignored",
-                state_file(model).display()
-            );
-            None
-        }
-        Err(e) => {
-            log::warn!("{}: unreadable ({e}); ignored", state_file(model).display());
-            None
-        }
-    }
-}
 
 pub struct Daemon {
     config_path: PathBuf,
@@ -93,8 +64,7 @@ pub struct Daemon {
     gone_ports: std::collections::HashSet<u32>,
     /// Who got each VIP's new flows when last logged.
     serving: HashMap<VipAddr, Option<Role>>,
-    checks: HashMap<u64, JoinHandle<()>>,
-    reports: mpsc::Sender<Report>,
+    checks: health::Supervisor,
     reports_rx: Option<mpsc::Receiver<Report>>,
     rates: Rates,
 }
@@ -112,7 +82,7 @@ impl Daemon {
         let journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
         let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
         let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
-        crate::vlan_offload::prepare(
+        crate::datapath::offload::prepare(
             &config.interface,
             uses_vlan,
             config.vlan_tags,
@@ -223,8 +193,7 @@ impl Daemon {
             writer,
             serving: HashMap::new(),
             gone_ports: Default::default(),
-            checks: HashMap::new(),
-            reports,
+            checks: health::Supervisor::new(reports),
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
         };
@@ -256,13 +225,13 @@ impl Daemon {
         let server = control::serve(&self.config.control_socket, calls_tx).await?;
         // Where `--instance NAME` finds this daemon (kept after exit: it also says where
         // the instance's state lives).
-        let record = crate::instance::Record {
+        let record = crate::runtime::instance::Record {
             pid: std::process::id(),
             config: std::fs::canonicalize(&self.config_path).unwrap_or(self.config_path.clone()),
             control_socket: self.config.control_socket.clone(),
             state_dir: self.config.state_dir.clone(),
         };
-        if let Err(e) = crate::instance::write_record(&self.config.instance, &record) {
+        if let Err(e) = crate::runtime::instance::write_record(&self.config.instance, &record) {
             log::warn!("{e:#}");
         }
         log::info!("control socket {}", self.config.control_socket.display());
@@ -302,9 +271,7 @@ impl Daemon {
             m.abort();
         }
         let _ = std::fs::remove_file(&self.config.control_socket);
-        for (_, task) in self.checks.drain() {
-            task.abort();
-        }
+        self.checks.stop_all();
         self.log_counters();
         if clean || stop_reply.is_some() {
             let result = if clean {
@@ -345,7 +312,7 @@ impl Daemon {
         let interface = self.config.interface.clone();
         drop(self.datapath);
         datapath::remove_pinned(&pin_dir)?;
-        crate::vlan_offload::restore_logged(&self.config.state_dir);
+        crate::datapath::offload::restore_logged(&self.config.state_dir);
         let msg = format!(
             "stopped: detached from {interface} and removed {}",
             pin_dir.display()
@@ -358,33 +325,16 @@ impl Daemon {
         journal::replay(&self.config.vips, &self.journal, limits(&self.config))
     }
 
-    /// Starts checks for new backends, stops vanished ones.
+    /// Runs the checks of exactly the backends there are.
     fn after_reconcile(&mut self) {
-        let mut live = std::collections::HashSet::new();
-        for vip in &self.state.vips {
-            for b in &vip.backends {
-                live.insert(b.check_token);
-                if b.spec.check.kind == CheckKind::None || self.checks.contains_key(&b.check_token)
-                {
-                    continue;
-                }
-                let task = tokio::spawn(health::check_loop(
-                    b.check_token,
-                    b.spec.address,
-                    vip.spec.addr.port,
-                    b.spec.check.clone(),
-                    self.reports.clone(),
-                ));
-                self.checks.insert(b.check_token, task);
-            }
-        }
-        self.checks.retain(|token, task| {
-            let keep = live.contains(token);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        self.checks.sync(self.state.vips.iter().flat_map(|vip| {
+            vip.backends.iter().map(move |b| health::Wanted {
+                token: b.check_token,
+                address: b.spec.address,
+                default_port: vip.spec.addr.port,
+                spec: &b.spec.check,
+            })
+        }));
     }
 
     /// TX_PORTS entries of an adopted state (backends keep their egress across restarts).
@@ -398,157 +348,6 @@ impl Daemon {
             .collect();
         for (ifindex, (port, mac)) in ports {
             self.ports.insert(ifindex, (port, mac));
-        }
-    }
-
-    /// Decides for every backend not yet placed which interface reaches it: the configured
-    /// one, else the routing table's, else the receiving interface. Backends behind another
-    /// interface get a TX_PORTS entry (frames leave by XDP_REDIRECT with that interface's
-    /// MAC as source).
-    async fn place_backends(&mut self) {
-        let mut unplaced: Vec<(VipAddr, IpAddr, Option<String>)> = Vec::new();
-        for v in &self.state.vips {
-            for b in &v.backends {
-                if b.ifindex == 0 {
-                    unplaced.push((v.spec.addr, b.spec.address, b.spec.interface.clone()));
-                }
-            }
-        }
-        for (vip, addr, iface) in unplaced {
-            let ifindex = match &iface {
-                Some(name) => match self.netlink.link(name).await {
-                    Ok((i, _)) => i,
-                    Err(e) => {
-                        log::error!("backend {addr}: {e:#}; using {}", self.config.interface);
-                        self.ifindex
-                    }
-                },
-                None => match self.netlink.route_ifindex(addr).await {
-                    Ok(Some(i)) => i,
-                    _ => self.ifindex,
-                },
-            };
-            let (egress, name) = if ifindex == self.ifindex {
-                (None, None)
-            } else {
-                match self.tx_port(ifindex).await {
-                    Ok((port, mac, name)) => (Some((port, mac)), Some(name)),
-                    Err(e) => {
-                        log::error!("backend {addr} behind interface {ifindex}: {e:#}");
-                        continue;
-                    }
-                }
-            };
-            if let Some(b) = self.state.backend_entry(&vip, addr) {
-                b.ifindex = ifindex;
-                b.egress = egress;
-                b.egress_ifname = name;
-                if let Some((port, _)) = egress {
-                    log::info!(
-                        "backend {addr} is reached through interface {ifindex} (TX port {port})"
-                    );
-                }
-            }
-        }
-    }
-
-    /// The TX_PORTS entry for interface `ifindex`, created on first use, with the
-    /// interface's MAC and name.
-    async fn tx_port(&mut self, ifindex: u32) -> Result<(u32, MacAddr, String)> {
-        let (name, mac) = self.netlink.link_by_index(ifindex).await?;
-        if let Some(&(port, _)) = self.ports.get(&ifindex) {
-            return Ok((port, mac, name));
-        }
-        let port = (1..dsr_common::MAX_TX_PORTS)
-            .find(|p| !self.ports.values().any(|(q, _)| q == p))
-            .ok_or_else(|| anyhow!("all {} TX ports are in use", dsr_common::MAX_TX_PORTS - 1))?;
-        self.ports.insert(ifindex, (port, mac));
-        Ok((port, mac, name))
-    }
-
-    /// Egress interfaces that went away. Deleting an interface also deletes its TX_PORTS
-    /// entry in the kernel, so its backends' frames are dropped (counted as no_tx_port) until
-    /// an interface of the same name returns; then they follow it to its new index. Returns
-    /// whether any backend moved.
-    async fn follow_egress(&mut self) -> bool {
-        let mut moved = false;
-        let indexes: Vec<u32> = self.ports.keys().copied().collect();
-        for ifindex in indexes {
-            if self.netlink.link_by_index(ifindex).await.is_ok() {
-                continue;
-            }
-            let name = self
-                .state
-                .vips
-                .iter()
-                .flat_map(|v| v.backends.iter())
-                .find(|b| b.ifindex == ifindex)
-                .and_then(|b| b.egress_ifname.clone());
-            let Some(name) = name else {
-                continue;
-            };
-            let Ok((new_index, _)) = self.netlink.link(&name).await else {
-                if self.gone_ports.insert(ifindex) {
-                    log::warn!(
-                        "interface {name} (index {ifindex}) is gone: frames for the backends \
-                         behind it are dropped (no_tx_port) until it returns"
-                    );
-                }
-                continue;
-            };
-            self.ports.remove(&ifindex);
-            self.gone_ports.remove(&ifindex);
-            let (port, mac, _) = match self.tx_port(new_index).await {
-                Ok(p) => p,
-                Err(e) => {
-                    log::error!("interface {name} is back as index {new_index}: {e:#}");
-                    continue;
-                }
-            };
-            for b in self
-                .state
-                .vips
-                .iter_mut()
-                .flat_map(|v| v.backends.iter_mut())
-            {
-                if b.ifindex == ifindex {
-                    b.ifindex = new_index;
-                    b.egress = Some((port, mac));
-                }
-            }
-            log::info!(
-                "interface {name} is back as index {new_index}: its backends follow it (TX port {port})"
-            );
-            moved = true;
-        }
-        moved
-    }
-
-    /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
-    async fn resolve(&mut self, timeout: Duration) {
-        let mut by_iface: HashMap<u32, Vec<IpAddr>> = HashMap::new();
-        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
-            if b.mac.is_none() && b.ifindex != 0 {
-                by_iface.entry(b.ifindex).or_default().push(b.spec.address);
-            }
-        }
-        for (ifindex, missing) in by_iface {
-            match self.netlink.resolve(ifindex, &missing, timeout).await {
-                Ok(found) => {
-                    for (addr, mac) in found {
-                        self.state.set_neighbour(ifindex, addr, mac);
-                    }
-                }
-                Err(e) => log::warn!("resolving backend MACs: {e:#}"),
-            }
-        }
-        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
-            if b.mac.is_none() {
-                log::warn!(
-                    "backend {} has no MAC yet (not used until it resolves)",
-                    b.spec.address
-                );
-            }
         }
     }
 
@@ -749,7 +548,7 @@ impl Daemon {
     async fn reload(&mut self) -> Result<String> {
         let new = toml_file::load(&self.config_path)?;
         let uses_vlan = new.vips.iter().any(|v| v.addr.vlan != 0);
-        crate::vlan_offload::check(&new.interface, uses_vlan, new.vlan_tags)?;
+        crate::datapath::offload::check(&new.interface, uses_vlan, new.vlan_tags)?;
         let fixed = [
             ("instance", self.config.instance != new.instance),
             ("interface", self.config.interface != new.interface),
@@ -864,7 +663,7 @@ impl Daemon {
             Request::Stop { .. } => return Response::error("stop is handled by the main loop"),
             Request::VipAdd { vip } => {
                 let (iface, tags) = (&self.config.interface, self.config.vlan_tags);
-                crate::vlan_offload::check(iface, vip.addr.vlan != 0, tags)
+                crate::datapath::offload::check(iface, vip.addr.vlan != 0, tags)
                     .map(|()| Change::AddVip { vip: vip.clone() })
                     .map_err(|e| format!("{e:#}"))
             }
@@ -1046,20 +845,6 @@ async fn check_interfaces(netlink: &Netlink, vips: &[VipSpec]) -> Result<(), Str
         }
     }
     Ok(())
-}
-
-fn write_saved(config: &Model, saved: &Saved) {
-    let path = state_file(config);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&config.state_dir)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        log::error!("saving state to {}: {e:#}", path.display());
-    }
 }
 
 fn limits(config: &Model) -> Limits {

@@ -1,0 +1,163 @@
+//! Where each backend is reached: which interface (configured, or the routing table's),
+//! its TX port when that is not the receiving interface, its MAC; and following an egress
+//! interface that is deleted and created again.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use anyhow::{Result, anyhow};
+
+use super::Daemon;
+use crate::spec::model::{MacAddr, VipAddr};
+
+impl Daemon {
+    /// Decides for every backend not yet placed which interface reaches it: the configured
+    /// one, else the routing table's, else the receiving interface. Backends behind another
+    /// interface get a TX_PORTS entry (frames leave by XDP_REDIRECT with that interface's
+    /// MAC as source).
+    pub(super) async fn place_backends(&mut self) {
+        let mut unplaced: Vec<(VipAddr, IpAddr, Option<String>)> = Vec::new();
+        for v in &self.state.vips {
+            for b in &v.backends {
+                if b.ifindex == 0 {
+                    unplaced.push((v.spec.addr, b.spec.address, b.spec.interface.clone()));
+                }
+            }
+        }
+        for (vip, addr, iface) in unplaced {
+            let ifindex = match &iface {
+                Some(name) => match self.netlink.link(name).await {
+                    Ok((i, _)) => i,
+                    Err(e) => {
+                        log::error!("backend {addr}: {e:#}; using {}", self.config.interface);
+                        self.ifindex
+                    }
+                },
+                None => match self.netlink.route_ifindex(addr).await {
+                    Ok(Some(i)) => i,
+                    _ => self.ifindex,
+                },
+            };
+            let (egress, name) = if ifindex == self.ifindex {
+                (None, None)
+            } else {
+                match self.tx_port(ifindex).await {
+                    Ok((port, mac, name)) => (Some((port, mac)), Some(name)),
+                    Err(e) => {
+                        log::error!("backend {addr} behind interface {ifindex}: {e:#}");
+                        continue;
+                    }
+                }
+            };
+            if let Some(b) = self.state.backend_entry(&vip, addr) {
+                b.ifindex = ifindex;
+                b.egress = egress;
+                b.egress_ifname = name;
+                if let Some((port, _)) = egress {
+                    log::info!(
+                        "backend {addr} is reached through interface {ifindex} (TX port {port})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The TX_PORTS entry for interface `ifindex`, created on first use, with the
+    /// interface's MAC and name.
+    pub(super) async fn tx_port(&mut self, ifindex: u32) -> Result<(u32, MacAddr, String)> {
+        let (name, mac) = self.netlink.link_by_index(ifindex).await?;
+        if let Some(&(port, _)) = self.ports.get(&ifindex) {
+            return Ok((port, mac, name));
+        }
+        let port = (1..dsr_common::MAX_TX_PORTS)
+            .find(|p| !self.ports.values().any(|(q, _)| q == p))
+            .ok_or_else(|| anyhow!("all {} TX ports are in use", dsr_common::MAX_TX_PORTS - 1))?;
+        self.ports.insert(ifindex, (port, mac));
+        Ok((port, mac, name))
+    }
+
+    /// Egress interfaces that went away. Deleting an interface also deletes its TX_PORTS
+    /// entry in the kernel, so its backends' frames are dropped (counted as no_tx_port) until
+    /// an interface of the same name returns; then they follow it to its new index. Returns
+    /// whether any backend moved.
+    pub(super) async fn follow_egress(&mut self) -> bool {
+        let mut moved = false;
+        let indexes: Vec<u32> = self.ports.keys().copied().collect();
+        for ifindex in indexes {
+            if self.netlink.link_by_index(ifindex).await.is_ok() {
+                continue;
+            }
+            let name = self
+                .state
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter())
+                .find(|b| b.ifindex == ifindex)
+                .and_then(|b| b.egress_ifname.clone());
+            let Some(name) = name else {
+                continue;
+            };
+            let Ok((new_index, _)) = self.netlink.link(&name).await else {
+                if self.gone_ports.insert(ifindex) {
+                    log::warn!(
+                        "interface {name} (index {ifindex}) is gone: frames for the backends \
+                         behind it are dropped (no_tx_port) until it returns"
+                    );
+                }
+                continue;
+            };
+            self.ports.remove(&ifindex);
+            self.gone_ports.remove(&ifindex);
+            let (port, mac, _) = match self.tx_port(new_index).await {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!("interface {name} is back as index {new_index}: {e:#}");
+                    continue;
+                }
+            };
+            for b in self
+                .state
+                .vips
+                .iter_mut()
+                .flat_map(|v| v.backends.iter_mut())
+            {
+                if b.ifindex == ifindex {
+                    b.ifindex = new_index;
+                    b.egress = Some((port, mac));
+                }
+            }
+            log::info!(
+                "interface {name} is back as index {new_index}: its backends follow it (TX port {port})"
+            );
+            moved = true;
+        }
+        moved
+    }
+
+    /// Resolves MACs of backends that have none yet, waiting up to `timeout`.
+    pub(super) async fn resolve(&mut self, timeout: Duration) {
+        let mut by_iface: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
+            if b.mac.is_none() && b.ifindex != 0 {
+                by_iface.entry(b.ifindex).or_default().push(b.spec.address);
+            }
+        }
+        for (ifindex, missing) in by_iface {
+            match self.netlink.resolve(ifindex, &missing, timeout).await {
+                Ok(found) => {
+                    for (addr, mac) in found {
+                        self.state.set_neighbour(ifindex, addr, mac);
+                    }
+                }
+                Err(e) => log::warn!("resolving backend MACs: {e:#}"),
+            }
+        }
+        for b in self.state.vips.iter().flat_map(|v| v.backends.iter()) {
+            if b.mac.is_none() {
+                log::warn!(
+                    "backend {} has no MAC yet (not used until it resolves)",
+                    b.spec.address
+                );
+            }
+        }
+    }
+}

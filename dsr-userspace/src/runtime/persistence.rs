@@ -1,0 +1,58 @@
+//! What the daemon saves in its state directory after every change, so that a restart adopts
+//! the running data path with the same ids, MACs, health and runtime changes.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    runtime::state::State,
+    spec::{journal::Change, model::Model},
+};
+
+/// What is saved in the state directory after every change.
+#[derive(Serialize, Deserialize)]
+pub struct Saved {
+    pub layout_version: u32,
+    pub interface: String,
+    /// `None` after `dsr stop`: the maps (and so the ids) are gone.
+    pub state: Option<State>,
+    pub journal: Vec<Change>,
+}
+
+pub fn state_file(model: &Model) -> PathBuf {
+    model.state_dir.join("state.json")
+}
+
+pub fn read_saved(model: &Model) -> Option<Saved> {
+    let text = std::fs::read_to_string(state_file(model)).ok()?;
+    match serde_json::from_str::<Saved>(&text) {
+        Ok(s) if s.layout_version == dsr_common::LAYOUT_VERSION => Some(s),
+        Ok(_) => {
+            log::warn!(
+                "{}: saved by another layout version; ignored",
+                state_file(model).display()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("{}: unreadable ({e}); ignored", state_file(model).display());
+            None
+        }
+    }
+}
+
+pub fn write_saved(config: &Model, saved: &Saved) {
+    let path = state_file(config);
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::error!("saving state to {}: {e:#}", path.display());
+    }
+}
