@@ -1381,3 +1381,28 @@ fn a_full_flow_table_filled_from_one_cpu_keeps_every_flow() {
         "of {n} flows the table of {n} remembered {kept}"
     );
 }
+
+#[test]
+fn pins_of_another_layout_are_refused_with_the_remedy() {
+    let dir = dsr::datapath::pin_dir(&format!("layout-test-{}", std::process::id()));
+    let _ = dsr::datapath::remove_pinned(&dir);
+    let mut opts = options(2, 2, 251, Duration::from_secs(300));
+    opts.pin_dir = Some(dir.clone());
+    drop(Datapath::load(&opts).expect("a first load pins the maps"));
+    // What a dsr of the previous layout would have left pinned.
+    let settings = aya::maps::MapData::from_pin(dir.join(dsr_common::names::SETTINGS)).unwrap();
+    let mut settings: aya::maps::Array<_, dsr_common::Settings> =
+        aya::maps::Map::Array(settings).try_into().unwrap();
+    let mut old = settings.get(&0, 0).unwrap();
+    old.layout_version = dsr_common::LAYOUT_VERSION - 1;
+    settings.set(0, old, 0).unwrap();
+    drop(settings);
+    let refused = Datapath::load(&opts).err().map(|e| format!("{e:#}"));
+    dsr::datapath::remove_pinned(&dir).unwrap();
+    let refused = refused.expect("pins of another layout were adopted");
+    assert!(
+        refused.contains(&format!("map layout {}", dsr_common::LAYOUT_VERSION - 1))
+            && refused.contains("`dsr stop` removes the pinned data path"),
+        "{refused}"
+    );
+}

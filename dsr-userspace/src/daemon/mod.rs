@@ -169,6 +169,8 @@ impl Daemon {
                 (state, saved.map(|s| s.journal).unwrap_or_default())
             }
         };
+        // Freed ids wait out the idle timeout in force now (a restart may change it).
+        state.set_quarantine(config.flow_idle_timeout);
         let (vips, skipped) = journal::replay(&config.vips, &journal, limits(&config));
         for s in skipped {
             log::warn!("{s}; dropped from the journal");
@@ -439,7 +441,13 @@ impl Daemon {
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
-            .find(|b| b.spec.address == addr && b.ifindex == ifindex && b.spec.mac.is_none())
+            // Among the entries that will change: an unchanged MAC is no news.
+            .find(|b| {
+                b.spec.address == addr
+                    && b.ifindex == ifindex
+                    && b.spec.mac.is_none()
+                    && b.mac != Some(mac)
+            })
             .map(|b| b.mac);
         if self.state.set_neighbour(ifindex, addr, mac) > 0 {
             match old.flatten() {

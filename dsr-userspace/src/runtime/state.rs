@@ -161,17 +161,29 @@ pub struct Reconciled {
     pub new_backend_ids: Vec<u32>,
 }
 
+/// How long a freed id waits: a little beyond the idle timeout, since the data path's clock
+/// is coarse.
+fn quarantine(flow_idle: Duration) -> Duration {
+    flow_idle + Duration::from_secs(2)
+}
+
 impl State {
     pub fn new(max_vips: u32, max_backends: u32, flow_idle: Duration) -> Self {
         State {
             vips: Vec::new(),
-            // A little beyond the idle timeout: the data path's clock is coarse.
-            backend_ids: Ids::new(max_backends, flow_idle + Duration::from_secs(2)),
+            backend_ids: Ids::new(max_backends, quarantine(flow_idle)),
             // VIP ids wait too: flow entries carry the VIP id, and (with the backends' owner
             // check) must never be taken up by a newcomer at that id.
-            vip_ids: Ids::new(max_vips, flow_idle + Duration::from_secs(2)),
+            vip_ids: Ids::new(max_vips, quarantine(flow_idle)),
             next_token: 1,
         }
+    }
+
+    /// Freed ids wait for this flow idle timeout from now on (an adopted state keeps the
+    /// one it was saved with otherwise).
+    pub fn set_quarantine(&mut self, flow_idle: Duration) {
+        self.backend_ids.quarantine = quarantine(flow_idle);
+        self.vip_ids.quarantine = quarantine(flow_idle);
     }
 
     pub fn vip(&self, addr: &VipAddr) -> Option<&Vip> {
