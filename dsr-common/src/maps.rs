@@ -223,6 +223,8 @@ pub struct Backend {
 
 /// The backend entry is filled in (it has a MAC); a table slot naming an entry without it drops.
 pub const BACKEND_F_VALID: u32 = 1;
+/// The entry is in use (with or without a MAC): an all-zero entry is a free id.
+pub const BACKEND_F_PRESENT: u32 = 4;
 /// Established flows (FLOWS entries) stay on this backend: set while it is healthy, draining
 /// (weight 0) or inhibited; cleared when it fails or is removed, so its flows move to the
 /// VIP's table's new owner.

@@ -129,8 +129,11 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     } else {
         xdp_action::XDP_TX
     };
-    // An ICMP error is not a flow of its own: it only follows one.
-    if placed && tracked && packet.kind != Kind::TooBig {
+    // An ICMP error is not a flow of its own: it only follows one. A later fragment of a TCP
+    // segment has no TCP header (no flags): it follows its flow, and never starts one.
+    let headerless_tcp = matches!(packet.kind, Kind::Fragment { first: false })
+        && packet.key.proto == IPPROTO_TCP as u32;
+    if placed && tracked && packet.kind != Kind::TooBig && !headerless_tcp {
         let flags = packet.tcp_flags;
         let is_tcp = packet.key.proto == IPPROTO_TCP as u32;
         if is_tcp && flags & (TCP_RST | TCP_FIN) != 0 {
@@ -139,10 +142,7 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
             stats::count_event(Event::UntrackedClose);
         } else {
             flows::remember(&flow_key, backend_id, now);
-            if is_tcp
-                && flags & TCP_SYN == 0
-                && !matches!(packet.kind, Kind::Fragment { first: false })
-            {
+            if is_tcp && flags & TCP_SYN == 0 {
                 // A connection taken over mid-stream: pinned from now on, but not new.
                 stats::count_event(Event::Adopted);
             } else {
@@ -185,7 +185,9 @@ fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32,
     // `% TABLE_CHUNK` (a power of two) also bounds the index for the verifier.
     let id = chunk.slots[(slot % TABLE_CHUNK) as usize];
     let backend = BACKENDS.get(id)?;
-    (backend.flags & BACKEND_F_VALID != 0).then_some((id, *backend))
+    // A slot can only name one of this VIP's backends; checked all the same, so that a table
+    // row left over from another VIP (an id reused too early) never sends its traffic there.
+    (backend.flags & BACKEND_F_VALID != 0 && backend.vip == vip.id).then_some((id, *backend))
 }
 
 #[cfg(not(test))]

@@ -1348,6 +1348,16 @@ fn resets_create_no_flow_and_mid_stream_segments_are_adopted() {
     run(f.dp.program(), &flow(52001), LO);
     assert!(f.dp.flow(&key(52001)).is_some());
     assert_eq!(f.dp.vip_totals(0).unwrap().flows, 1);
+    // A RST of an established flow follows its entry, like any of its packets.
+    let entry = f.dp.flow(&key(52001)).unwrap().backend;
+    let (verdict, out) = run(f.dp.program(), &with_tcp_flags(flow(52001), TCP_RST), LO);
+    let mac = f.all[0].iter().find(|b| b.id == entry).unwrap().mac;
+    assert_eq!((verdict, &out[..6]), (XDP_TX, &mac[..]));
+    assert_eq!(
+        event(Event::UntrackedClose),
+        3,
+        "a tracked RST is no untracked close"
+    );
 }
 
 #[test]

@@ -279,7 +279,9 @@ fn reload_applies_differences_and_refuses_bad_configs() {
 /// The control socket and CLI refuse bad input and change nothing; `status` works while
 /// the daemon is down.
 /// Everything a change could alter in `dsr status`: the whole spec and runtime state of every
-/// VIP and backend and the journal, without the counters and rates that traffic moves.
+/// VIP and backend (health, since-times, weights, roles, MACs, table membership) and the
+/// count of runtime differences, without the counters and rates that traffic moves. (The maps
+/// themselves are checked by the frame-table tests; the journal only through this count.)
 fn state_of(lab: &Lab) -> serde_json::Value {
     let status = lab.status();
     let mut v = serde_json::to_value(&status.vips).unwrap();

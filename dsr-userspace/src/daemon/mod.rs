@@ -60,8 +60,6 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
-    /// Egress interfaces found gone (logged once each).
-    gone_ports: std::collections::HashSet<u32>,
     /// Who got each VIP's new flows when last logged.
     serving: HashMap<VipAddr, Option<Role>>,
     checks: health::Supervisor,
@@ -82,12 +80,7 @@ impl Daemon {
         let journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
         let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
         let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
-        crate::datapath::offload::prepare(
-            &config.interface,
-            uses_vlan,
-            config.vlan_tags,
-            &config.state_dir,
-        )?;
+        crate::datapath::offload::check(&config.interface, uses_vlan, config.vlan_tags)?;
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,
@@ -107,6 +100,11 @@ impl Daemon {
                 s.state = None;
             }
         }
+        // Pins of another map layout or other sizes are refused with the remedy (never
+        // replaced behind the operator's back: that stops traffic).
+        if !clean {
+            datapath::check_pinned(&pin_dir, &sizes)?;
+        }
         // Adopting maps needs the saved ids: without them a flow entry could name the wrong
         // backend. Start fresh instead (established flows are re-placed once).
         if pin_dir.exists() && saved.as_ref().and_then(|s| s.state.as_ref()).is_none() {
@@ -123,6 +121,14 @@ impl Daemon {
             flow_idle: config.flow_idle_timeout,
             pin_dir: Some(pin_dir.clone()),
         })?;
+        // The data path can be had: now keep VLAN tags in band (checked above, so this only
+        // turns RX tag stripping off and saves the old values).
+        crate::datapath::offload::prepare(
+            &config.interface,
+            uses_vlan,
+            config.vlan_tags,
+            &config.state_dir,
+        )?;
         datapath.set_iface(ifindex, if_mac)?;
         let (mut state, journal) = match (datapath.adopted(), saved) {
             (
@@ -194,16 +200,19 @@ impl Daemon {
             ports: HashMap::new(),
             writer,
             serving: HashMap::new(),
-            gone_ports: Default::default(),
             checks: health::Supervisor::new(reports),
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
         };
         daemon.after_reconcile();
         daemon.restore_ports();
+        // An egress interface may have gone (or come back) while dsr was down.
+        daemon.follow_egress().await;
         daemon.place_backends().await;
         daemon.resolve(RESOLVE_TIMEOUT).await;
-        daemon.apply()?;
+        // Past this point the maps are being written: a failed write is retried (and shown
+        // as DEGRADED), never a reason to exit with the data path half updated.
+        daemon.apply_logged();
         let iface = daemon.config.interface.clone();
         let mode = daemon.config.xdp_mode;
         daemon.datapath.attach(ifindex, &iface, mode)?;
@@ -327,8 +336,18 @@ impl Daemon {
         journal::replay(&self.config.vips, &self.journal, limits(&self.config))
     }
 
-    /// Runs the checks of exactly the backends there are.
+    /// Runs the checks of exactly the backends there are, and frees the TX ports no backend
+    /// uses any more.
     fn after_reconcile(&mut self) {
+        let used: std::collections::HashSet<u32> = self
+            .state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| b.egress.is_some() && !b.egress_lost)
+            .map(|b| b.ifindex)
+            .collect();
+        self.ports.retain(|ifindex, _| used.contains(ifindex));
         self.checks.sync(self.state.vips.iter().flat_map(|vip| {
             vip.backends.iter().map(move |b| health::Wanted {
                 token: b.check_token,
@@ -346,6 +365,7 @@ impl Daemon {
             .vips
             .iter()
             .flat_map(|v| v.backends.iter())
+            .filter(|b| !b.egress_lost)
             .filter_map(|b| b.egress.map(|e| (b.ifindex, e)))
             .collect();
         for (ifindex, (port, mac)) in ports {
@@ -461,6 +481,7 @@ impl Daemon {
 
     async fn housekeeping(&mut self, resolicit: bool) {
         if self.follow_egress().await {
+            self.apply_logged();
             self.save();
         }
         // The neighbour tables, in case an event was missed (netlink multicast can drop).
@@ -654,6 +675,10 @@ impl Daemon {
                 };
             }
             Request::Reset => {
+                // The config alone must be able to apply completely, as any change must.
+                if let Err(e) = self.can_apply(&self.config.vips.clone()).await {
+                    return Response::error(format!("reset refused, nothing was changed: {e}"));
+                }
                 let n = self.journal.len();
                 self.journal.clear();
                 let notes = self.resync().await;
@@ -738,11 +763,15 @@ impl Daemon {
         self.journal.push(change);
         self.journal = journal::prune(&self.config.vips, &self.journal, limits(&self.config));
         let notes = self.resync().await;
+        // The change applied and is kept; map writes that failed are retried.
+        log::info!("control: {message}");
         if notes.is_empty() {
-            log::info!("control: {message}");
             Response::ok(message)
         } else {
-            Response::error(format!("{message}, but: {}", notes.join("; ")))
+            Response::ok(format!(
+                "{message} (applied; being retried: {})",
+                notes.join("; ")
+            ))
         }
     }
 

@@ -25,11 +25,13 @@ impl Daemon {
         }
         for (vip, addr, iface) in unplaced {
             let ifindex = match &iface {
+                // Never another interface than the one configured: left unplaced (and so
+                // unused) until it exists.
                 Some(name) => match self.netlink.link(name).await {
                     Ok((i, _)) => i,
                     Err(e) => {
-                        log::error!("backend {addr}: {e:#}; using {}", self.config.interface);
-                        self.ifindex
+                        log::error!("backend {addr}: {e:#}; not used until it exists");
+                        continue;
                     }
                 },
                 None => match self.netlink.route_ifindex(addr).await {
@@ -76,37 +78,51 @@ impl Daemon {
     }
 
     /// Egress interfaces that went away. Deleting an interface also deletes its TX_PORTS
-    /// entry in the kernel, so its backends' frames are dropped (counted as no_tx_port) until
-    /// an interface of the same name returns; then they follow it to its new index. Returns
-    /// whether any backend moved.
+    /// entry in the kernel: its backends become unusable (their new flows go to the others,
+    /// their TX port is freed) until an interface of the same name returns, and then follow
+    /// it to its new index. Returns whether any backend changed.
     pub(super) async fn follow_egress(&mut self) -> bool {
-        let mut moved = false;
+        let mut changed = false;
         let indexes: Vec<u32> = self.ports.keys().copied().collect();
         for ifindex in indexes {
             if self.netlink.link_by_index(ifindex).await.is_ok() {
                 continue;
             }
-            let name = self
+            self.ports.remove(&ifindex);
+            let mut names = Vec::new();
+            for b in self
                 .state
                 .vips
-                .iter()
-                .flat_map(|v| v.backends.iter())
-                .find(|b| b.ifindex == ifindex)
-                .and_then(|b| b.egress_ifname.clone());
-            let Some(name) = name else {
-                continue;
-            };
-            let Ok((new_index, _)) = self.netlink.link(&name).await else {
-                if self.gone_ports.insert(ifindex) {
-                    log::warn!(
-                        "interface {name} (index {ifindex}) is gone: frames for the backends \
-                         behind it are dropped (no_tx_port) until it returns"
-                    );
+                .iter_mut()
+                .flat_map(|v| v.backends.iter_mut())
+            {
+                if b.ifindex == ifindex && b.egress.is_some() && !b.egress_lost {
+                    b.egress_lost = true;
+                    names.extend(b.egress_ifname.clone());
+                    changed = true;
                 }
+            }
+            names.dedup();
+            log::warn!(
+                "interface {} (index {ifindex}) is gone: the backends behind it get no flows \
+                 until it returns",
+                names.join(", ")
+            );
+        }
+        let mut lost: Vec<String> = self
+            .state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| b.egress_lost)
+            .filter_map(|b| b.egress_ifname.clone())
+            .collect();
+        lost.sort();
+        lost.dedup();
+        for name in lost {
+            let Ok((new_index, _)) = self.netlink.link(&name).await else {
                 continue;
             };
-            self.ports.remove(&ifindex);
-            self.gone_ports.remove(&ifindex);
             let (port, mac, _) = match self.tx_port(new_index).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -120,17 +136,18 @@ impl Daemon {
                 .iter_mut()
                 .flat_map(|v| v.backends.iter_mut())
             {
-                if b.ifindex == ifindex {
+                if b.egress_lost && b.egress_ifname.as_deref() == Some(name.as_str()) {
                     b.ifindex = new_index;
                     b.egress = Some((port, mac));
+                    b.egress_lost = false;
                 }
             }
             log::info!(
                 "interface {name} is back as index {new_index}: its backends follow it (TX port {port})"
             );
-            moved = true;
+            changed = true;
         }
-        moved
+        changed
     }
 
     /// Resolves MACs of backends that have none yet, waiting up to `timeout`.

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Result, anyhow};
 use dsr_common::{
-    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK,
-    VipAddrKey, VipInfo, VipKey,
+    BACKEND_F_KEEP_FLOWS, BACKEND_F_PRESENT, BACKEND_F_VALID, Backend, VIP_F_FRAGMENTS,
+    VIP_F_NO_CONNTRACK, VipAddrKey, VipInfo, VipKey,
 };
 
 use super::{Datapath, vip_addr_flags, vip_key};
@@ -68,6 +68,11 @@ impl Writer {
     /// Makes the maps hold `desired`, writing only what differs.
     pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
         let mut out = Applied::default();
+        // Backends whose entry could not be written, and whether a VIP could not be switched:
+        // no table may point at the former, and while the latter holds nothing a table may
+        // still name is cleared.
+        let mut failed_backends = HashSet::new();
+        let mut vip_failed = false;
         let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
         // The kernel deletes a TX_PORTS entry when its interface goes away: read them afresh
         // (63 lookups) rather than trust what was written.
@@ -98,7 +103,10 @@ impl Writer {
                 Ok(()) => {
                     self.backends.insert(id, entry);
                 }
-                Err(e) => fail(format!("backend {id}"), e),
+                Err(e) => {
+                    failed_backends.insert(id);
+                    fail(format!("backend {id}"), e)
+                }
             }
         }
         let mut wanted_keys = HashSet::new();
@@ -119,9 +127,18 @@ impl Writer {
             if current {
                 continue;
             }
+            if let Some(e) = vip.entries.iter().find(|e| failed_backends.contains(&e.id)) {
+                vip_failed = true;
+                fail(
+                    format!("VIP {addr}"),
+                    anyhow!("its table waits for backend {} to be written", e.id),
+                );
+                continue;
+            }
             if held.is_none_or(|h| h.id != vip.id)
                 && let Err(e) = dp.reset_vip_stats(vip.id)
             {
+                vip_failed = true;
                 fail(format!("VIP {addr} counters"), e);
                 continue;
             }
@@ -131,7 +148,10 @@ impl Writer {
                     self.built.insert(*addr, vip.entries.clone());
                     out.tables.push((*addr, vip.entries.len()));
                 }
-                Err(e) => fail(format!("VIP {addr}"), e),
+                Err(e) => {
+                    vip_failed = true;
+                    fail(format!("VIP {addr}"), e)
+                }
             }
             // What the kernel holds now for the VIP and its alias (set_vip writes both).
             for k in [Some(key), alias].into_iter().flatten() {
@@ -188,12 +208,17 @@ impl Writer {
                 Err(e) => fail("VIP_ADDRS".into(), e),
             }
         }
-        let gone: Vec<u32> = self
-            .backends
-            .keys()
-            .filter(|id| !desired.backends.contains_key(id))
-            .copied()
-            .collect();
+        // A VIP that could not be switched may still name its old backends: they stay until
+        // the retry has switched it.
+        let gone: Vec<u32> = if vip_failed {
+            Vec::new()
+        } else {
+            self.backends
+                .keys()
+                .filter(|id| !desired.backends.contains_key(id))
+                .copied()
+                .collect()
+        };
         for id in gone {
             match dp.set_backend(id, Backend::default()) {
                 Ok(()) => {
@@ -246,7 +271,8 @@ pub fn backend_entry(b: &DesiredBackend) -> Backend {
         Some(mac) => Backend {
             mac: mac.0,
             _pad: [0; 2],
-            flags: BACKEND_F_VALID
+            flags: BACKEND_F_PRESENT
+                | BACKEND_F_VALID
                 | if b.keep_flows {
                     BACKEND_F_KEEP_FLOWS
                 } else {
@@ -257,9 +283,10 @@ pub fn backend_entry(b: &DesiredBackend) -> Backend {
             src_mac: b.egress.map_or([0; 6], |e| e.src_mac.0),
             _pad2: [0; 2],
         },
-        // No MAC: a table slot naming it drops; the owner is kept so the entry is never
-        // all zero (an all-zero entry is a free id).
+        // No MAC: a table slot naming it drops. Still marked present: an all-zero entry is
+        // a free id (and would have its counters zeroed when found at the next start).
         None => Backend {
+            flags: BACKEND_F_PRESENT,
             vip: b.vip_id,
             ..Backend::default()
         },

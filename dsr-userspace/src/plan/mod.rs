@@ -73,7 +73,11 @@ pub fn desired(state: &State) -> Desired {
     let mut d = Desired::default();
     for vip in &state.vips {
         for b in &vip.backends {
-            let egress = b.egress.map(|(port, src_mac)| Egress { port, src_mac });
+            // Behind a vanished interface: no TX port to write, and an entry that drops.
+            let egress = b
+                .egress
+                .filter(|_| !b.egress_lost)
+                .map(|(port, src_mac)| Egress { port, src_mac });
             if let Some(e) = egress {
                 d.tx_ports.insert(e.port, b.ifindex);
             }
@@ -81,7 +85,7 @@ pub fn desired(state: &State) -> Desired {
                 b.id,
                 DesiredBackend {
                     vip_id: vip.id,
-                    mac: b.mac,
+                    mac: b.mac.filter(|_| !b.egress_lost),
                     keep_flows: b.keeps_flows(),
                     egress,
                 },

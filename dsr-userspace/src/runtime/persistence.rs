@@ -29,18 +29,44 @@ pub fn read_saved(model: &Model) -> Option<Saved> {
     let text = std::fs::read_to_string(state_file(model)).ok()?;
     match serde_json::from_str::<Saved>(&text) {
         Ok(s) if s.layout_version == dsr_common::LAYOUT_VERSION => Some(s),
-        Ok(_) => {
+        Ok(s) => {
             log::warn!(
-                "{}: saved by another layout version; ignored",
+                "{}: state saved for map layout {}; its ids are not used, its runtime changes are",
+                state_file(model).display(),
+                s.layout_version
+            );
+            Some(Saved { state: None, ..s })
+        }
+        // The runtime changes are the operator's: keep them even when the rest of the file
+        // no longer reads (saved by another version).
+        Err(e) if journal_of(&text).is_some() => {
+            log::warn!(
+                "{}: unreadable ({e}); its runtime changes are kept",
                 state_file(model).display()
             );
-            None
+            journal_of(&text)
         }
         Err(e) => {
             log::warn!("{}: unreadable ({e}); ignored", state_file(model).display());
             None
         }
     }
+}
+
+/// Just the journal (and interface) of a saved file whose state no longer parses.
+fn journal_of(text: &str) -> Option<Saved> {
+    #[derive(Deserialize)]
+    struct Partial {
+        interface: String,
+        journal: Vec<Change>,
+    }
+    let p: Partial = serde_json::from_str(text).ok()?;
+    Some(Saved {
+        layout_version: 0,
+        interface: p.interface,
+        state: None,
+        journal: p.journal,
+    })
 }
 
 pub fn write_saved(config: &Model, saved: &Saved) {

@@ -43,15 +43,24 @@ pub struct Backend {
     /// backend follows it by name.
     #[serde(default)]
     pub egress_ifname: Option<String>,
+    /// Its egress interface is gone (deleted; the kernel dropped its TX port): not usable
+    /// until an interface of that name returns.
+    #[serde(default)]
+    pub egress_lost: bool,
 }
 
 impl Backend {
     pub fn takes_new_flows(&self) -> bool {
-        self.mac.is_some() && self.health.up && !self.spec.drained && self.spec.weight > 0
+        self.reachable() && self.health.up && !self.spec.drained && self.spec.weight > 0
     }
 
     pub fn keeps_flows(&self) -> bool {
-        self.mac.is_some() && (self.health.up || self.spec.inhibit_on_failure)
+        self.reachable() && (self.health.up || self.spec.inhibit_on_failure)
+    }
+
+    /// It has a MAC, and the interface it sits behind exists.
+    pub fn reachable(&self) -> bool {
+        self.mac.is_some() && !self.egress_lost
     }
 
     /// The weight new flows see now (0 when drained, down or without MAC).
@@ -261,6 +270,7 @@ impl State {
                             b.ifindex = 0;
                             b.egress = None;
                             b.egress_ifname = None;
+                            b.egress_lost = false;
                             b.mac = bspec.mac;
                             out.added.push((spec.addr, bspec.address));
                         }
@@ -287,6 +297,7 @@ impl State {
                                 ifindex: 0,
                                 egress: None,
                                 egress_ifname: None,
+                                egress_lost: false,
                             }
                         }
                         None => {

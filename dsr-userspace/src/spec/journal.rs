@@ -45,6 +45,19 @@ pub enum Change {
 }
 
 impl Change {
+    /// The VIP the change is about.
+    pub fn vip(&self) -> VipAddr {
+        match self {
+            Change::AddVip { vip } => vip.addr,
+            Change::RemoveVip { vip }
+            | Change::AddBackend { vip, .. }
+            | Change::RemoveBackend { vip, .. }
+            | Change::SetWeight { vip, .. }
+            | Change::Drain { vip, .. }
+            | Change::Enable { vip, .. } => *vip,
+        }
+    }
+
     /// Applies the change to `vips` if the result passes the one validation, or says why it
     /// cannot apply (and leaves `vips` as is).
     pub fn apply(&self, vips: &mut Vec<VipSpec>, limits: Limits) -> Result<String, String> {
@@ -170,24 +183,38 @@ pub fn replay(
 /// `config` any more (a skipped change must not come back when, months later, its address
 /// returns), changes the config has caught up with, and changes a later one overrides.
 pub fn prune(config: &[VipSpec], journal: &[Change], limits: Limits) -> Vec<Change> {
-    let mut kept = Vec::new();
-    let mut vips = config.to_vec();
-    for change in journal {
-        let before = vips.clone();
-        if change.apply(&mut vips, limits).is_ok() && vips != before {
-            kept.push(change.clone());
-        }
-    }
-    // A change whose removal leaves the result as it is, is overridden by a later one.
+    let mut kept = effective(config, journal, limits);
+    // A change whose removal leaves the result as it is, is overridden by a later one. Only
+    // a change with a later one about the same VIP can be: the others are not tried (each try
+    // is a replay, and this runs on every CLI change).
     let want = replay(config, &kept, limits).0;
     let mut i = 0;
     while i < kept.len() {
+        let vip = kept[i].vip();
+        if !kept[i + 1..].iter().any(|later| later.vip() == vip) {
+            i += 1;
+            continue;
+        }
         let mut without = kept.clone();
         without.remove(i);
         if replay(config, &without, limits).0 == want {
             kept = without;
         } else {
             i += 1;
+        }
+    }
+    // Without the overridden ones, a later change may now repeat what the config says.
+    effective(config, &kept, limits)
+}
+
+/// The changes that apply and change something, in order.
+fn effective(config: &[VipSpec], journal: &[Change], limits: Limits) -> Vec<Change> {
+    let mut kept = Vec::new();
+    let mut vips = config.to_vec();
+    for change in journal {
+        let before = vips.clone();
+        if change.apply(&mut vips, limits).is_ok() && vips != before {
+            kept.push(change.clone());
         }
     }
     kept
