@@ -80,7 +80,7 @@ impl Daemon {
         let journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
         let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
         let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
-        crate::datapath::offload::check(&config.interface, uses_vlan, config.vlan_tags)?;
+        crate::datapath::offload::check_start(&config.interface, uses_vlan, config.vlan_tags)?;
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,

@@ -95,11 +95,20 @@ pub fn prepare(
 /// For a `vlan` VIP added while running (reload, `dsr vip add`): the same refusal as at
 /// start, without changing anything.
 pub fn check(ifname: &str, any_vip_uses_vlan: bool, vlan_tags: VlanTags) -> Result<()> {
+    check_as("refused", ifname, any_vip_uses_vlan, vlan_tags)
+}
+
+/// [`check`] for `dsr run`, before anything is touched.
+pub fn check_start(ifname: &str, any_vip_uses_vlan: bool, vlan_tags: VlanTags) -> Result<()> {
+    check_as("refusing to start", ifname, any_vip_uses_vlan, vlan_tags)
+}
+
+fn check_as(what: &str, ifname: &str, any_vip_uses_vlan: bool, vlan_tags: VlanTags) -> Result<()> {
     if !any_vip_uses_vlan || vlan_tags == VlanTags::InBand {
         return Ok(());
     }
     match assess(ifname)? {
-        (_, Some(why)) => Err(refusal("refused", ifname, &why)),
+        (_, Some(why)) => Err(refusal(what, ifname, &why)),
         (_, None) => Ok(()),
     }
 }
