@@ -86,6 +86,24 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Which backend the data path gives a flow, and why (read from the running maps):
+    /// `dsr explain 198.51.100.7:40000 192.0.2.10:80/tcp`.
+    Explain {
+        /// The client: ADDRESS:PORT ([v6]:PORT for IPv6).
+        source: std::net::SocketAddr,
+        /// The VIP side: ADDRESS:PORT/PROTOCOL.
+        destination: VipAddr,
+        /// The frame's outer VLAN id.
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Compare two nodes' `dsr status --json` output: which VIPs' tables differ (by their
+    /// digests of seed, size and each slot's backend address). Exit 1 if any differ.
+    Compare { a: PathBuf, b: PathBuf },
     /// Re-read the config file (as SIGHUP does); on any error the running config stays.
     Reload {
         #[command(flatten)]
@@ -525,6 +543,56 @@ fn real_main() -> Result<bool> {
             }
         }
         Command::Reload { target } => send(&target, Request::Reload),
+        Command::Explain {
+            source,
+            destination,
+            vlan,
+            json,
+            target,
+        } => {
+            if destination.port == 0 {
+                anyhow::bail!("explain needs the flow's destination port, not `*`");
+            }
+            let flow = control::explain::FlowQuery {
+                src: source.ip(),
+                sport: source.port(),
+                dst: destination.address,
+                dport: destination.port,
+                protocol: destination.protocol,
+                vlan,
+            };
+            let (_, socket) = socket(&target)?;
+            let r = runtime()?
+                .block_on(control::call(&socket, &Request::Explain { flow }))
+                .context("is the dsr daemon running? explain reads its maps")?;
+            let e = r.explained.context(r.message)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", control::explain::render(&e));
+            }
+            Ok(true)
+        }
+        Command::Compare { a, b } => {
+            let read = |p: &PathBuf| -> Result<control::Status> {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not `dsr status --json` output", p.display()))
+            };
+            let (sa, sb) = (read(&a)?, read(&b)?);
+            let differences = render::compare(&sa, &sb);
+            for d in &differences {
+                println!("{d}");
+            }
+            if differences.is_empty() {
+                println!(
+                    "{} VIPs, the same tables on both (seed, size and every slot's backend)",
+                    sa.vips.len()
+                );
+            }
+            Ok(differences.is_empty())
+        }
         Command::Reset { target } => send(&target, Request::Reset),
         Command::Stop { target } => {
             let (instance, socket) = socket(&target)?;

@@ -146,6 +146,21 @@ pub fn render(s: &Status) -> String {
             v.serving.is_some() as u8 as f64,
         );
     }
+    f.header(
+        "dsr_vip_table_info",
+        "gauge",
+        "1 per VIP, labelled with its table digest (seed, size and each slot's backend address): \
+         nodes agree on every flow of a VIP exactly when the digests are equal.",
+    );
+    for v in &s.vips {
+        if let Some(d) = &v.table_digest {
+            f.sample(
+                "dsr_vip_table_info",
+                &[("vip", &v.name), ("digest", d)],
+                1.0,
+            );
+        }
+    }
     let backend_counters: [(&str, &str, &str); 3] = [
         (
             "dsr_backend_packets_total",

@@ -3,6 +3,7 @@
 //! `status` builds what the daemon reports (the one builder, daemon up or down), `render`
 //! prints it, `metrics` serves it to Prometheus.
 
+pub mod explain;
 pub mod metrics;
 pub mod render;
 pub mod status;
@@ -57,6 +58,10 @@ pub enum Request {
     VipRemove {
         vip: String,
     },
+    /// Which backend a flow gets, and why.
+    Explain {
+        flow: explain::FlowQuery,
+    },
     /// Re-read the config file (as SIGHUP does).
     Reload,
     /// Drop every runtime change: back to the config.
@@ -73,6 +78,8 @@ pub struct Response {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained: Option<explain::Explained>,
 }
 
 impl Response {
@@ -81,6 +88,7 @@ impl Response {
             ok: true,
             message: message.into(),
             status: None,
+            explained: None,
         }
     }
     pub fn error(message: impl Into<String>) -> Self {
@@ -88,6 +96,7 @@ impl Response {
             ok: false,
             message: message.into(),
             status: None,
+            explained: None,
         }
     }
 }

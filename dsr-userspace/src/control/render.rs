@@ -138,7 +138,7 @@ pub fn render_status(s: &Status) -> String {
             });
         let _ = writeln!(
             out,
-            "\nVIP {}{} {}  {}  hash {}{}  conntrack {}  now {}  total {}",
+            "\nVIP {}{} {}  {}  hash {}{}  conntrack {}{}  now {}  total {}",
             v.name,
             if v.runtime { " *" } else { "" },
             v.addr,
@@ -146,6 +146,9 @@ pub fn render_status(s: &Status) -> String {
             v.hash,
             if v.fragments { "  fragments" } else { "" },
             if v.conntrack { "on" } else { "off" },
+            v.table_digest
+                .as_ref()
+                .map_or(String::new(), |d| format!("  table {d}")),
             rates(&v.traffic),
             totals(&v.traffic)
         );
@@ -275,5 +278,38 @@ pub fn render_stats(s: &Status) -> String {
         }
     }
     out += &t.render("");
+    out
+}
+
+/// What differs between two nodes' status: VIPs present on one only, and VIPs whose tables
+/// differ (by digest). Empty when they agree on every flow.
+pub fn compare(a: &Status, b: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = |s: &Status| format!("{} ({})", s.instance, s.interface);
+    for va in &a.vips {
+        match b.vips.iter().find(|vb| vb.addr == va.addr) {
+            None => out.push(format!("VIP {} {}: only on {}", va.name, va.addr, name(a))),
+            Some(vb) => match (&va.table_digest, &vb.table_digest) {
+                (Some(x), Some(y)) if x == y => {}
+                (Some(x), Some(y)) => out.push(format!(
+                    "VIP {} {}: tables differ ({x} on {}, {y} on {}): flows may go to \
+                     different backends",
+                    va.name,
+                    va.addr,
+                    name(a),
+                    name(b)
+                )),
+                _ => out.push(format!(
+                    "VIP {} {}: no table digest on one side (daemon down?)",
+                    va.name, va.addr
+                )),
+            },
+        }
+    }
+    for vb in &b.vips {
+        if !a.vips.iter().any(|va| va.addr == vb.addr) {
+            out.push(format!("VIP {} {}: only on {}", vb.name, vb.addr, name(b)));
+        }
+    }
     out
 }

@@ -121,6 +121,10 @@ pub struct VipStatus {
     pub runtime: bool,
     /// Backends the config gives this VIP that were removed at run time.
     pub removed_backends: Vec<IpAddr>,
+    /// Digest of the active table: seed, size and each slot's backend address (hex). Two
+    /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
+    /// only to a running daemon.
+    pub table_digest: Option<String>,
     pub traffic: Traffic,
     pub backends: Vec<BackendStatus>,
 }
@@ -224,6 +228,7 @@ pub struct Source<'a> {
     pub rates: Option<&'a Rates>,
     pub writes_pending: usize,
     pub write_failures: u64,
+    pub digests: Option<&'a HashMap<VipAddr, u64>>,
 }
 
 /// The one status builder.
@@ -293,6 +298,10 @@ pub fn build(src: Source<'_>) -> Status {
             serving,
             runtime: vip_changed,
             removed_backends,
+            table_digest: src
+                .digests
+                .and_then(|d| d.get(&vip.spec.addr))
+                .map(|d| format!("{d:016x}")),
             traffic: rates.traffic(true, vip.id, totals(true, vip.id)),
             backends: Vec::new(),
         };

@@ -6,6 +6,7 @@
 //! them in place (traffic keeps flowing), and the next start adopts them together with the
 //! saved state (ids, MACs, health, runtime changes), so restarts and upgrades lose nothing.
 
+mod explain;
 mod placement;
 
 use std::{
@@ -664,6 +665,15 @@ impl Daemon {
                     ok: true,
                     message: String::new(),
                     status: Some(self.status()),
+                    explained: None,
+                };
+            }
+            Request::Explain { flow } => {
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: None,
+                    explained: Some(self.explain(flow)),
                 };
             }
             Request::Reload => {
@@ -789,6 +799,7 @@ impl Daemon {
             rates: Some(&self.rates),
             writes_pending: self.writer.pending,
             write_failures: self.writer.failures,
+            digests: Some(&self.writer.digests),
         })
     }
 
@@ -923,5 +934,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         rates: None,
         writes_pending: 0,
         write_failures: 0,
+        digests: None,
     }))
 }

@@ -97,6 +97,7 @@ pub struct Datapath {
     filter: Vec<u64>,
     tx_ports: DevMap<MapData>,
     tx_ports_fd: i32,
+    hash_seed: u32,
     flows: HashMap<MapData, FlowMapKey, FlowEntry>,
     event_stats: PerCpuArray<MapData, u64>,
     links: Vec<XdpLinkId>,
@@ -362,6 +363,7 @@ impl Datapath {
             filter,
             tx_ports,
             tx_ports_fd,
+            hash_seed: opts.hash_seed,
             links: Vec::new(),
         })
     }
@@ -635,6 +637,23 @@ impl Datapath {
         let info = self.vips.get(&vip_key(addr), 0)?;
         let row = self.tables.row(info.table_row, self.sizes.row_chunks());
         Ok(row[..info.table_size as usize].to_vec())
+    }
+
+    /// Slot `slot` of the table row `info` points at, as the data path reads it.
+    pub fn table_slot(&self, info: &VipInfo, slot: u32) -> Option<u32> {
+        let row = self.tables.row(info.table_row, self.sizes.row_chunks());
+        row.get(..info.table_size as usize)?
+            .get(slot as usize)
+            .copied()
+    }
+
+    /// BACKENDS entry `id` as the kernel holds it.
+    pub fn backend_entry(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
+    }
+
+    pub fn hash_seed(&self) -> u32 {
+        self.hash_seed
     }
 
     /// The connection-table entry of a flow, if any.

@@ -36,6 +36,8 @@ pub struct Writer {
     addrs: HashMap<VipAddrKey, u32>,
     backends: BTreeMap<u32, Backend>,
     tx_ports: BTreeMap<u32, u32>,
+    /// Each VIP's table digest (`maglev::digest`), for the tables this writer wrote.
+    pub digests: HashMap<VipAddr, u64>,
     /// Map writes that failed since the writer was created.
     pub failures: u64,
     /// Writes that failed in the last apply and wait for the next.
@@ -60,6 +62,7 @@ impl Writer {
             addrs: dp.held_vip_addrs()?.into_iter().collect(),
             backends: dp.held_backends()?.into_iter().collect(),
             tx_ports: dp.held_tx_ports().into_iter().collect(),
+            digests: HashMap::new(),
             failures: 0,
             pending: 0,
         })
@@ -146,6 +149,8 @@ impl Writer {
             match dp.set_vip(addr, vip.id, &table, vip.options) {
                 Ok(()) => {
                     self.built.insert(*addr, vip.entries.clone());
+                    self.digests
+                        .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
                     out.tables.push((*addr, vip.entries.len()));
                 }
                 Err(e) => {
@@ -194,6 +199,7 @@ impl Writer {
             }
         }
         self.built.retain(|a, _| desired.vips.contains_key(a));
+        self.digests.retain(|a, _| desired.vips.contains_key(a));
         let gone: Vec<VipAddrKey> = self
             .addrs
             .keys()

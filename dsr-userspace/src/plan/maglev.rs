@@ -106,11 +106,73 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
     table
 }
 
+/// What two load balancers must agree on for a VIP: the seed, the table size and each slot's
+/// backend *address* (ids are node-local). FNV-1a, 64 bits: a fingerprint to compare nodes,
+/// not a defence against forgery.
+pub fn digest(seed: u32, table: &[u32], entries: &[Entry]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    feed(&seed.to_le_bytes());
+    feed(&(table.len() as u32).to_le_bytes());
+    let address = |id: u32| {
+        entries
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| match e.address {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            })
+    };
+    // Slots repeat few ids: look each up once.
+    let mut last = (u32::MAX, None);
+    for &id in table {
+        if last.0 != id {
+            last = (id, address(id));
+        }
+        feed(&last.1.unwrap_or([0; 16]));
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn digests_see_addresses_not_ids() {
+        let entries = |base: u32| -> Vec<Entry> {
+            (0..5u8)
+                .map(|i| Entry {
+                    address: IpAddr::from([198, 18, 0, 11 + i]),
+                    id: base + i as u32,
+                    weight: 1 + i as u32 % 2,
+                })
+                .collect()
+        };
+        let (a, b) = (entries(0), entries(100));
+        let (ta, tb) = (build(&a, 65537), build(&b, 65537));
+        assert_ne!(ta, tb, "the ids differ");
+        assert_eq!(
+            digest(7, &ta, &a),
+            digest(7, &tb, &b),
+            "the same table of addresses"
+        );
+        assert_ne!(digest(7, &ta, &a), digest(8, &ta, &a), "another seed");
+        let mut heavier = a.clone();
+        heavier[0].weight = 3;
+        assert_ne!(
+            digest(7, &build(&heavier, 65537), &heavier),
+            digest(7, &ta, &a)
+        );
+    }
 
     fn entries(n: u32, weight: impl Fn(u32) -> u32) -> Vec<Entry> {
         (0..n)
