@@ -63,6 +63,32 @@ enum Command {
         target: Target,
         #[arg(long)]
         json: bool,
+        /// Refresh in place every this many seconds (default 1) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
+    /// One line per VIP and per backend (fits 100 columns), like `ipvsadm -Ln`.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Rates (packets/s, bits/s, new flows/s) instead of health and weights.
+        #[arg(long, conflicts_with = "stats")]
+        rate: bool,
+        /// Totals (packets, bytes, new flows) instead of health and weights.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Tracked flows (the flow table), like `ipvsadm -Lnc`: client, VIP, backend, idle time.
+    Flows {
+        /// Only this VIP's flows (name or ADDRESS:PORT/PROTOCOL).
+        vip: Option<String>,
+        /// At most this many (the table can hold millions).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
     },
     /// Counters: per-reason verdicts (forwarded, passed, dropped and why), per VIP, per backend.
     Stats {
@@ -374,7 +400,15 @@ fn send(target: &Target, request: Request) -> Result<bool> {
 }
 
 /// `status` / `stats`: from the daemon, or from the pinned maps when it is down.
-fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
+/// What `show` prints.
+enum View {
+    Status,
+    Stats,
+    Json,
+    List(render::ListColumns),
+}
+
+fn show(target: &Target, view: View) -> Result<bool> {
     let (instance, socket) = socket(target)?;
     let rt = runtime()?;
     let status = if rt.block_on(control::probe(&socket))? {
@@ -398,12 +432,11 @@ fn show(target: &Target, json: bool, stats: bool) -> Result<bool> {
         }
         daemon::offline_status(&path, &model)?
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else if stats {
-        print!("{}", render::render_stats(&status));
-    } else {
-        print!("{}", render::render_status(&status));
+    match view {
+        View::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        View::Stats => print!("{}", render::render_stats(&status)),
+        View::Status => print!("{}", render::render_status(&status)),
+        View::List(columns) => print!("{}", render::render_list(&status, columns)),
     }
     Ok(true)
 }
@@ -433,8 +466,64 @@ fn real_main() -> Result<bool> {
             })?;
             Ok(true)
         }
-        Command::Status { target, json } => show(&target, json, false),
-        Command::Stats { target, json } => show(&target, json, true),
+        Command::Status {
+            target,
+            json,
+            watch,
+        } => match watch {
+            None => show(&target, if json { View::Json } else { View::Status }),
+            Some(secs) => {
+                let period = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .context("--watch takes a positive number of seconds")?;
+                loop {
+                    // Home and clear: the view is redrawn in place.
+                    print!("\x1b[H\x1b[2J");
+                    show(&target, View::Status)?;
+                    std::thread::sleep(period);
+                }
+            }
+        },
+        Command::Stats { target, json } => {
+            show(&target, if json { View::Json } else { View::Stats })
+        }
+        Command::List {
+            target,
+            rate,
+            stats,
+        } => show(
+            &target,
+            View::List(if rate {
+                render::ListColumns::Rate
+            } else if stats {
+                render::ListColumns::Stats
+            } else {
+                render::ListColumns::State
+            }),
+        ),
+        Command::Flows {
+            vip,
+            limit,
+            json,
+            target,
+        } => {
+            let (_, socket) = socket(&target)?;
+            let r = runtime()?
+                .block_on(control::call(&socket, &Request::Flows { vip, limit }))
+                .context("is the dsr daemon running? flows are read through it")?;
+            if !r.ok {
+                eprintln!("dsr: {}", r.message);
+                return Ok(false);
+            }
+            let flows = r.flows.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print!("{}", render::render_flows(&flows));
+            }
+            Ok(true)
+        }
         Command::Backend { action, target } => {
             let request = match action {
                 BackendCmd::Add {

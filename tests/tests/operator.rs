@@ -281,3 +281,51 @@ fn explain_agrees_with_the_data_path_and_digests_compare_nodes() {
     );
     drop(conn);
 }
+
+/// The ipvsadm-like views: `dsr list` (a line per VIP and backend, at most 100 columns, with
+/// --rate and --stats), `dsr flows` (the tracked flows, bounded) and `status --watch`.
+#[test]
+fn list_flows_and_watch_views() {
+    let mut lab = Lab::new("views", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut answered = std::collections::HashMap::new();
+    for sport in 45000..45010u16 {
+        let who = lab.udp_request(sport).unwrap();
+        answered.insert(sport, lab.index_of(&who));
+    }
+    for args in [vec!["list"], vec!["list", "--rate"], vec!["list", "--stats"]] {
+        let (ok, out) = lab.dsr(&args);
+        assert!(ok, "{args:?}: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        // A header, then per VIP its line and one per backend.
+        assert_eq!(lines.len(), 1 + 2 * 3, "{args:?}:\n{out}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 100), "{args:?}:\n{out}");
+    }
+    let (_, stats) = lab.dsr(&["list", "--stats"]);
+    assert!(stats.contains("UDP 198.18.0.100:53"), "{stats}");
+
+    let (ok, out) = lab.dsr(&["flows", "udp-53", "--json"]);
+    assert!(ok, "{out}");
+    let flows: Vec<dsr::control::status::FlowStatus> = serde_json::from_str(&out).unwrap();
+    assert_eq!(flows.len(), 10, "{out}");
+    for f in &flows {
+        assert_eq!(f.client, Some(lab.client_ip.into()));
+        let sport = f.client_port.expect("the 5-tuple keeps the port");
+        assert_eq!(f.backend, Some(lab.backends[answered[&sport]].ip.into()), "{f:?}");
+    }
+    let (ok, out) = lab.dsr(&["flows", "--limit", "3"]);
+    assert!(ok && out.contains("3 flows"), "{out}");
+
+    let mut watch = Command::new(dsr_bin())
+        .args(["status", "--watch", "0.5", "--config"])
+        .arg(lab.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1800));
+    watch.kill().unwrap();
+    let mut out = String::new();
+    watch.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.matches("\x1b[H\x1b[2J").count() >= 2, "{out:?}");
+    assert!(out.matches("dsr instance").count() >= 2, "{out:?}");
+}

@@ -58,6 +58,11 @@ pub enum Request {
     VipRemove {
         vip: String,
     },
+    /// Tracked flows, at most `limit`, of one VIP or all.
+    Flows {
+        vip: Option<String>,
+        limit: usize,
+    },
     /// Which backend a flow gets, and why.
     Explain {
         flow: explain::FlowQuery,
@@ -80,6 +85,8 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explained: Option<explain::Explained>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<Vec<status::FlowStatus>>,
 }
 
 impl Response {
@@ -89,6 +96,7 @@ impl Response {
             message: message.into(),
             status: None,
             explained: None,
+            flows: None,
         }
     }
     pub fn error(message: impl Into<String>) -> Self {
@@ -97,6 +105,7 @@ impl Response {
             message: message.into(),
             status: None,
             explained: None,
+            flows: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::control::status::{DaemonState, Status, Traffic};
+use crate::control::status::{DaemonState, FlowStatus, Status, Traffic};
 
 /// Left-aligned text columns.
 struct Table {
@@ -311,5 +311,120 @@ pub fn compare(a: &Status, b: &Status) -> Vec<String> {
             out.push(format!("VIP {} {}: only on {}", vb.name, vb.addr, name(b)));
         }
     }
+    out
+}
+
+/// Which columns `dsr list` shows besides the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListColumns {
+    /// Role, health, weights, whether it takes and keeps flows.
+    State,
+    /// Packets/s, bits/s, new flows/s.
+    Rate,
+    /// Packets, bytes, new flows.
+    Stats,
+}
+
+/// `dsr list`: a line per VIP and per backend, in at most 100 columns, like `ipvsadm -Ln`.
+pub fn render_list(s: &Status, columns: ListColumns) -> String {
+    let header: &[&str] = match columns {
+        ListColumns::State => &[
+            "PROT VIP / -> BACKEND",
+            "ROLE",
+            "HEALTH",
+            "WEIGHT",
+            "NEW",
+            "KEEP",
+        ],
+        ListColumns::Rate => &["PROT VIP / -> BACKEND", "PPS", "BPS", "FLOWS/S"],
+        ListColumns::Stats => &["PROT VIP / -> BACKEND", "PACKETS", "BYTES", "FLOWS"],
+    };
+    let mut t = Table::new(header);
+    let traffic = |tr: &Traffic| match columns {
+        ListColumns::Rate => vec![
+            si(tr.packets_per_sec, ""),
+            si(tr.bits_per_sec, ""),
+            si(tr.flows_per_sec, ""),
+        ],
+        _ => vec![
+            tr.packets.to_string(),
+            si(tr.bytes as f64, "B"),
+            tr.flows.to_string(),
+        ],
+    };
+    for v in &s.vips {
+        let mut row = vec![format!(
+            "{} {}{}",
+            v.addr.protocol.to_string().to_uppercase(),
+            v.addr,
+            if v.name != v.addr.to_string() {
+                format!(" ({})", v.name)
+            } else {
+                String::new()
+            }
+        )];
+        match columns {
+            ListColumns::State => row.extend([
+                v.serving
+                    .map_or("DROPPING".into(), |r| r.plural().to_owned()),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]),
+            _ => row.extend(traffic(&v.traffic)),
+        }
+        t.row(row);
+        for b in &v.backends {
+            let mut row = vec![format!(
+                "  -> {}{}",
+                b.address,
+                if b.runtime { " *" } else { "" }
+            )];
+            match columns {
+                ListColumns::State => row.extend([
+                    b.role.to_string(),
+                    if b.health_live {
+                        b.health.to_string()
+                    } else {
+                        format!("{}?", b.health)
+                    },
+                    format!("{}/{}", b.weight, b.effective_weight),
+                    if b.in_table { "yes" } else { "no" }.into(),
+                    if b.keeps_flows { "yes" } else { "no" }.into(),
+                ]),
+                _ => row.extend(traffic(&b.traffic)),
+            }
+            t.row(row);
+        }
+    }
+    t.render("")
+}
+
+/// `dsr flows`: one line per tracked flow. `*` is a field the VIP does not hash on (the
+/// flow table does not keep it).
+pub fn render_flows(flows: &[FlowStatus]) -> String {
+    let mut t = Table::new(&["VIP", "CLIENT", "VLAN", "BACKEND", "IDLE"]);
+    for f in flows {
+        let client = format!(
+            "{}:{}",
+            f.client.map_or("*".into(), |a| a.to_string()),
+            f.client_port.map_or("*".into(), |p| p.to_string())
+        );
+        t.row(vec![
+            f.vip.clone(),
+            client,
+            if f.vlan == 0 {
+                "-".into()
+            } else {
+                f.vlan.to_string()
+            },
+            f.backend
+                .map_or_else(|| format!("id {}", f.backend_id), |a| a.to_string()),
+            format!("{:.1}s", f.idle_ms as f64 / 1000.0),
+        ]);
+    }
+    let mut out = t.render("");
+    out += &format!("{} flows\n", flows.len());
     out
 }

@@ -129,6 +129,22 @@ pub struct VipStatus {
     pub backends: Vec<BackendStatus>,
 }
 
+/// One tracked flow (`dsr flows`). Fields the VIP does not hash on are not kept by the flow
+/// table, and are `None` here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    pub vip: String,
+    pub client: Option<IpAddr>,
+    pub client_port: Option<u16>,
+    pub vip_port: Option<u16>,
+    /// The frame's outer VLAN (0 = untagged).
+    pub vlan: u16,
+    pub backend: Option<IpAddr>,
+    pub backend_id: u32,
+    /// Since its last refresh (the data path refreshes an entry at most once a second).
+    pub idle_ms: u64,
+}
+
 /// A backend reached through another interface than the receiving one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Via {

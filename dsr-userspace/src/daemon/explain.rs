@@ -8,9 +8,68 @@ use dsr_common::{
 };
 
 use super::Daemon;
-use crate::control::explain::{ChosenBy, Explained, FlowQuery};
+use crate::control::{
+    explain::{ChosenBy, Explained, FlowQuery},
+    status::FlowStatus,
+};
+
+/// Keys scanned at most for one `dsr flows` (a filtered listing of a huge table stops here).
+const MAX_FLOWS_SCANNED: usize = 1 << 20;
+
+/// CLOCK_MONOTONIC_COARSE, the data path's clock for flow entries.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn addr_of(words: &[u32; 4]) -> Option<std::net::IpAddr> {
+    if words == &[0; 4] {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    Some(match v6.to_ipv4_mapped() {
+        Some(v4) => v4.into(),
+        None => v6.into(),
+    })
+}
 
 impl Daemon {
+    /// Tracked flows as the kernel's flow table holds them, of one VIP (id) or all.
+    pub(super) fn flows(&self, vip: Option<u32>, limit: usize) -> Vec<FlowStatus> {
+        let now = coarse_now_ns();
+        self.datapath
+            .flow_entries(MAX_FLOWS_SCANNED)
+            .into_iter()
+            .filter(|(k, _)| vip.is_none_or(|id| k.vip == id))
+            .take(limit)
+            .map(|(k, e)| {
+                let owner = self.state.vips.iter().find(|v| v.id == k.vip);
+                let port = |p: u32| (p != 0).then(|| u16::from_be(p as u16));
+                FlowStatus {
+                    vip: owner.map_or(format!("id {}", k.vip), |v| v.spec.name.clone()),
+                    client: addr_of(&k.flow.src),
+                    client_port: port(k.flow.ports & 0xffff),
+                    vip_port: port(k.flow.ports >> 16),
+                    vlan: k.vlan,
+                    backend: owner
+                        .and_then(|v| v.backends.iter().find(|b| b.id == e.backend))
+                        .map(|b| b.spec.address),
+                    backend_id: e.backend,
+                    idle_ms: now.saturating_sub(e.last_seen_ns) / 1_000_000,
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn explain(&self, q: &FlowQuery) -> Explained {
         let mut e = Explained {
             verdict: "pass".into(),

@@ -43,6 +43,8 @@ use crate::{
     },
 };
 
+/// Most flows one `dsr flows` lists (the table can hold millions).
+const MAX_FLOWS_LISTED: usize = 100_000;
 /// How long start-up waits for backends' MACs before going on without the missing ones.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Housekeeping period: neighbour poll (backstop for missed events), rates, map re-sync.
@@ -666,6 +668,7 @@ impl Daemon {
                     message: String::new(),
                     status: Some(self.status()),
                     explained: None,
+                    flows: None,
                 };
             }
             Request::Explain { flow } => {
@@ -674,6 +677,25 @@ impl Daemon {
                     message: String::new(),
                     status: None,
                     explained: Some(self.explain(flow)),
+                    flows: None,
+                };
+            }
+            Request::Flows { vip, limit } => {
+                let vip_id = match vip {
+                    None => None,
+                    Some(name) => match self.state.find_vip(name) {
+                        Some(v) => Some(v.id),
+                        None => {
+                            return Response::error(format!("no VIP named or addressed {name:?}"));
+                        }
+                    },
+                };
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: None,
+                    explained: None,
+                    flows: Some(self.flows(vip_id, (*limit).min(MAX_FLOWS_LISTED))),
                 };
             }
             Request::Reload => {

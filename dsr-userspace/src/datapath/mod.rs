@@ -675,6 +675,16 @@ impl Datapath {
         }
     }
 
+    /// Flow-table entries, at most `max` (in the kernel's hash order).
+    pub fn flow_entries(&self, max: usize) -> Vec<(FlowMapKey, FlowEntry)> {
+        self.flows
+            .keys()
+            .take(max)
+            .filter_map(|k| k.ok())
+            .filter_map(|k| self.flows.get(&k, 0).ok().map(|e| (k, e)))
+            .collect()
+    }
+
     /// Every VIPS entry the kernel holds (fragment aliases included).
     pub fn held_vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
         let keys: Vec<VipKey> = self.vips.keys().collect::<Result<_, _>>()?;
