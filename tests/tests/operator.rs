@@ -324,6 +324,7 @@ fn list_flows_and_watch_views() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1800));
     watch.kill().unwrap();
+    watch.wait().unwrap();
     let mut out = String::new();
     watch.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(out.matches("\x1b[H\x1b[2J").count() >= 2, "{out:?}");
