@@ -130,6 +130,14 @@ enum Command {
     /// Compare two nodes' `dsr status --json` output: which VIPs' tables differ (by their
     /// digests of seed, size and each slot's backend address). Exit 1 if any differ.
     Compare { a: PathBuf, b: PathBuf },
+    /// What a change would do, before it is made: per VIP the table slots (share of new
+    /// flows) that move and the tracked flows that change backend.
+    Plan {
+        #[command(subcommand)]
+        what: PlanCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Re-read the config file (as SIGHUP does); on any error the running config stays.
     Reload {
         #[command(flatten)]
@@ -216,6 +224,30 @@ enum BackendCmd {
     Drain { vip: String, address: IpAddr },
     /// Undo `drain`.
     Enable { vip: String, address: IpAddr },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// A changed config file (as `dsr reload` would apply it).
+    Config {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A backend change, as `dsr backend ...` takes it.
+    Backend {
+        #[command(subcommand)]
+        action: BackendCmd,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A VIP change, as `dsr vip ...` takes it.
+    Vip {
+        #[command(subcommand)]
+        action: VipCmd,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -524,86 +556,53 @@ fn real_main() -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Backend { action, target } => {
-            let request = match action {
-                BackendCmd::Add {
-                    vip,
-                    address,
-                    interface,
-                    weight,
-                    mac,
-                    backup,
-                    sorry,
-                    inhibit_on_failure,
-                    check,
-                } => {
-                    let role = if backup {
-                        Role::Backup
-                    } else if sorry {
-                        Role::Sorry
-                    } else {
-                        Role::Primary
-                    };
-                    let spec = check.spec()?;
-                    Request::BackendAdd {
-                        vip,
-                        inherit_check: spec.is_none(),
-                        backend: BackendSpec {
-                            address,
-                            weight,
-                            mac,
-                            role,
-                            inhibit_on_failure,
-                            check: spec.unwrap_or_else(CheckSpec::none),
-                            drained: false,
-                            interface,
-                        },
-                    }
-                }
-                BackendCmd::Remove { vip, address } => Request::BackendRemove { vip, address },
-                BackendCmd::Weight {
-                    vip,
-                    address,
-                    weight,
-                } => Request::BackendWeight {
-                    vip,
-                    address,
-                    weight,
-                },
-                BackendCmd::Drain { vip, address } => Request::BackendDrain { vip, address },
-                BackendCmd::Enable { vip, address } => Request::BackendEnable { vip, address },
-            };
-            send(&target, request)
-        }
-        Command::Vip { action, target } => {
-            let request = match action {
-                VipCmd::Add {
-                    vip,
-                    fragments,
-                    source_affinity,
-                    name,
-                    no_conntrack,
-                    check,
-                } => Request::VipAdd {
-                    vip: VipSpec {
-                        name: name.unwrap_or_else(|| vip.to_string()),
-                        addr: vip,
-                        conntrack: !no_conntrack,
-                        fragments,
-                        hash_fields: if source_affinity {
-                            dsr_common::HASH_SRC_ADDR
-                        } else if fragments {
-                            dsr_common::HASH_ALL & !dsr_common::HASH_PORTS
-                        } else {
-                            dsr_common::HASH_ALL
-                        },
-                        check: check.spec()?.unwrap_or_else(CheckSpec::none),
-                        backends: Vec::new(),
+        Command::Backend { action, target } => send(&target, backend_request(action)?),
+        Command::Vip { action, target } => send(&target, vip_request(action)?),
+        Command::Plan { what, json } => {
+            let (target, request) = match what {
+                PlanCmd::Config { file, target } => (
+                    target,
+                    Request::Plan {
+                        config: Some(
+                            std::fs::canonicalize(&file)
+                                .with_context(|| format!("{}: cannot read", file.display()))?,
+                        ),
+                        change: None,
                     },
-                },
-                VipCmd::Remove { vip } => Request::VipRemove { vip },
+                ),
+                PlanCmd::Backend { action, target } => (
+                    target,
+                    Request::Plan {
+                        config: None,
+                        change: Some(Box::new(backend_request(action)?)),
+                    },
+                ),
+                PlanCmd::Vip { action, target } => (
+                    target,
+                    Request::Plan {
+                        config: None,
+                        change: Some(Box::new(vip_request(action)?)),
+                    },
+                ),
             };
-            send(&target, request)
+            let (_, socket) = socket(&target)?;
+            let r = runtime()?
+                .block_on(control::call(&socket, &request))
+                .context("is the dsr daemon running? plan works on its state")?;
+            match r.plan {
+                Some(plan) if json => {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                    Ok(true)
+                }
+                Some(plan) => {
+                    print!("{}", control::planning::render(&plan));
+                    Ok(true)
+                }
+                None => {
+                    eprintln!("dsr: {}", r.message);
+                    Ok(false)
+                }
+            }
         }
         Command::Realserver { action } => {
             let rt = runtime()?;
@@ -719,4 +718,87 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The request a `dsr backend ...` command sends.
+fn backend_request(action: BackendCmd) -> Result<Request> {
+    Ok(match action {
+        BackendCmd::Add {
+            vip,
+            address,
+            interface,
+            weight,
+            mac,
+            backup,
+            sorry,
+            inhibit_on_failure,
+            check,
+        } => {
+            let role = if backup {
+                Role::Backup
+            } else if sorry {
+                Role::Sorry
+            } else {
+                Role::Primary
+            };
+            let spec = check.spec()?;
+            Request::BackendAdd {
+                vip,
+                inherit_check: spec.is_none(),
+                backend: BackendSpec {
+                    address,
+                    weight,
+                    mac,
+                    role,
+                    inhibit_on_failure,
+                    check: spec.unwrap_or_else(CheckSpec::none),
+                    drained: false,
+                    interface,
+                },
+            }
+        }
+        BackendCmd::Remove { vip, address } => Request::BackendRemove { vip, address },
+        BackendCmd::Weight {
+            vip,
+            address,
+            weight,
+        } => Request::BackendWeight {
+            vip,
+            address,
+            weight,
+        },
+        BackendCmd::Drain { vip, address } => Request::BackendDrain { vip, address },
+        BackendCmd::Enable { vip, address } => Request::BackendEnable { vip, address },
+    })
+}
+
+/// The request a `dsr vip ...` command sends.
+fn vip_request(action: VipCmd) -> Result<Request> {
+    Ok(match action {
+        VipCmd::Add {
+            vip,
+            fragments,
+            source_affinity,
+            name,
+            no_conntrack,
+            check,
+        } => Request::VipAdd {
+            vip: VipSpec {
+                name: name.unwrap_or_else(|| vip.to_string()),
+                addr: vip,
+                conntrack: !no_conntrack,
+                fragments,
+                hash_fields: if source_affinity {
+                    dsr_common::HASH_SRC_ADDR
+                } else if fragments {
+                    dsr_common::HASH_ALL & !dsr_common::HASH_PORTS
+                } else {
+                    dsr_common::HASH_ALL
+                },
+                check: check.spec()?.unwrap_or_else(CheckSpec::none),
+                backends: Vec::new(),
+            },
+        },
+        VipCmd::Remove { vip } => Request::VipRemove { vip },
+    })
 }

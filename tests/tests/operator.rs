@@ -293,13 +293,20 @@ fn list_flows_and_watch_views() {
         let who = lab.udp_request(sport).unwrap();
         answered.insert(sport, lab.index_of(&who));
     }
-    for args in [vec!["list"], vec!["list", "--rate"], vec!["list", "--stats"]] {
+    for args in [
+        vec!["list"],
+        vec!["list", "--rate"],
+        vec!["list", "--stats"],
+    ] {
         let (ok, out) = lab.dsr(&args);
         assert!(ok, "{args:?}: {out}");
         let lines: Vec<&str> = out.lines().collect();
         // A header, then per VIP its line and one per backend.
         assert_eq!(lines.len(), 1 + 2 * 3, "{args:?}:\n{out}");
-        assert!(lines.iter().all(|l| l.chars().count() <= 100), "{args:?}:\n{out}");
+        assert!(
+            lines.iter().all(|l| l.chars().count() <= 100),
+            "{args:?}:\n{out}"
+        );
     }
     let (_, stats) = lab.dsr(&["list", "--stats"]);
     assert!(stats.contains("UDP 198.18.0.100:53"), "{stats}");
@@ -311,7 +318,11 @@ fn list_flows_and_watch_views() {
     for f in &flows {
         assert_eq!(f.client, Some(lab.client_ip.into()));
         let sport = f.client_port.expect("the 5-tuple keeps the port");
-        assert_eq!(f.backend, Some(lab.backends[answered[&sport]].ip.into()), "{f:?}");
+        assert_eq!(
+            f.backend,
+            Some(lab.backends[answered[&sport]].ip.into()),
+            "{f:?}"
+        );
     }
     let (ok, out) = lab.dsr(&["flows", "--limit", "3"]);
     assert!(ok && out.contains("3 flows"), "{out}");
@@ -326,7 +337,103 @@ fn list_flows_and_watch_views() {
     watch.kill().unwrap();
     watch.wait().unwrap();
     let mut out = String::new();
-    watch.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(out.matches("\x1b[H\x1b[2J").count() >= 2, "{out:?}");
     assert!(out.matches("dsr instance").count() >= 2, "{out:?}");
+}
+
+fn plan(lab: &Lab, args: &[&str]) -> dsr::control::planning::PlanReport {
+    let mut all = vec!["plan"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let (ok, out) = lab.dsr(&all);
+    assert!(ok, "dsr {all:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("plan JSON: {e}: {out}"))
+}
+
+/// `dsr plan` says what a change would move before it is made, and changes nothing: a
+/// drained backend's slots (a third of the table) move but its open connections stay; a
+/// removed backend's open connections move; a config adding a fourth backend moves about a
+/// quarter of the slots.
+#[test]
+fn plan_shows_what_a_change_would_move_and_changes_nothing() {
+    let mut lab = Lab::new("plan", &[1, 1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let first = lab.backends[0].ip.to_string();
+    // Open connections, some of them on the first backend.
+    let conns: Vec<_> = (46000..46012u16)
+        .map(|p| {
+            let mut c = lab.tcp_connect(p).unwrap();
+            let who = lab.index_of(&c.ask().unwrap());
+            (c, who)
+        })
+        .collect();
+    let on_first = conns.iter().filter(|(_, w)| *w == 0).count() as u64;
+    assert!(on_first > 0, "no connection landed on the first backend");
+    let before = lab.status();
+
+    let vip_of = |p: &dsr::control::planning::PlanReport, name: &str| {
+        p.vips.iter().find(|v| v.name == name).unwrap().clone()
+    };
+    let drained = vip_of(
+        &plan(&lab, &["backend", "drain", "tcp-80", &first]),
+        "tcp-80",
+    );
+    let third = drained.table_size as f64 / 3.0;
+    assert!(
+        (drained.slots_moved as f64 - third).abs() < third * 0.05,
+        "{drained:?}"
+    );
+    let b = drained
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == first)
+        .unwrap();
+    // Its own slots move, and (Maglev is not perfectly minimal) a few others.
+    assert_eq!(b.slots_after, 0, "{drained:?}");
+    assert!(
+        drained.slots_moved >= b.slots_before && drained.slots_moved < b.slots_before + 200,
+        "{drained:?}"
+    );
+    assert_eq!(drained.tracked_flows, 12, "{drained:?}");
+    assert_eq!(
+        drained.tracked_flows_moving, 0,
+        "a drained backend keeps its flows"
+    );
+
+    let removed = vip_of(
+        &plan(&lab, &["backend", "remove", "tcp-80", &first]),
+        "tcp-80",
+    );
+    assert_eq!(removed.tracked_flows_moving, on_first, "{removed:?}");
+    assert_eq!(removed.slots_moved, drained.slots_moved);
+
+    let config = lab.config().replacen(
+        "  [[vip.backend]]\n",
+        "  [[vip.backend]]\n  address = \"198.18.0.14\"\n  [[vip.backend]]\n",
+        1,
+    );
+    let file = lab.dir.join("more.toml");
+    std::fs::write(&file, config).unwrap();
+    let grown = plan(&lab, &["config", file.to_str().unwrap()]);
+    let tcp = vip_of(&grown, "tcp-80");
+    let quarter = tcp.table_size as f64 / 4.0;
+    assert!(
+        (tcp.slots_moved as f64 - quarter).abs() < quarter * 0.1,
+        "{tcp:?}"
+    );
+    assert_eq!(vip_of(&grown, "udp-53").slots_moved, 0);
+
+    // Nothing was applied.
+    let after = lab.status();
+    assert_eq!(after.runtime_changes, 0);
+    for (x, y) in before.vips.iter().zip(&after.vips) {
+        assert_eq!(x.table_digest, y.table_digest);
+    }
+    drop(conns);
 }

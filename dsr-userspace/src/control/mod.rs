@@ -5,12 +5,18 @@
 
 pub mod explain;
 pub mod metrics;
+pub mod planning;
 pub mod render;
 pub mod status;
 
 pub use status::{BackendStatus, DaemonState, HealthState, Status, VipStatus};
 
-use std::{net::IpAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -63,6 +69,12 @@ pub enum Request {
         vip: Option<String>,
         limit: usize,
     },
+    /// What a config file (`config`) or a change (`change`, one of the VIP/backend requests)
+    /// would do, without doing it.
+    Plan {
+        config: Option<PathBuf>,
+        change: Option<Box<Request>>,
+    },
     /// Which backend a flow gets, and why.
     Explain {
         flow: explain::FlowQuery,
@@ -87,6 +99,8 @@ pub struct Response {
     pub explained: Option<explain::Explained>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<Vec<status::FlowStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<planning::PlanReport>,
 }
 
 impl Response {
@@ -97,6 +111,7 @@ impl Response {
             status: None,
             explained: None,
             flows: None,
+            plan: None,
         }
     }
     pub fn error(message: impl Into<String>) -> Self {
@@ -106,6 +121,7 @@ impl Response {
             status: None,
             explained: None,
             flows: None,
+            plan: None,
         }
     }
 }

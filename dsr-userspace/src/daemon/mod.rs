@@ -8,6 +8,7 @@
 
 mod explain;
 mod placement;
+mod planning;
 
 use std::{
     collections::HashMap,
@@ -43,6 +44,8 @@ use crate::{
     },
 };
 
+/// Flow-table keys `dsr plan` reads at most (its flow counts are then a sample).
+const MAX_FLOWS_SCANNED_FOR_PLAN: usize = 1 << 20;
 /// Most flows one `dsr flows` lists (the table can hold millions).
 const MAX_FLOWS_LISTED: usize = 100_000;
 /// How long start-up waits for backends' MACs before going on without the missing ones.
@@ -654,78 +657,15 @@ impl Daemon {
         Ok(msg)
     }
 
-    async fn handle(&mut self, request: Request) -> Response {
+    /// The change a request asks for (resolving its VIP name), or why it cannot be one.
+    fn change_of(&self, request: &Request) -> Result<Change, String> {
         let vip = |state: &State, name: &str| {
             state
                 .find_vip(name)
                 .map(|v| v.spec.addr)
                 .ok_or_else(|| format!("no VIP named or addressed {name:?}"))
         };
-        let change = match &request {
-            Request::Status => {
-                return Response {
-                    ok: true,
-                    message: String::new(),
-                    status: Some(self.status()),
-                    explained: None,
-                    flows: None,
-                };
-            }
-            Request::Explain { flow } => {
-                return Response {
-                    ok: true,
-                    message: String::new(),
-                    status: None,
-                    explained: Some(self.explain(flow)),
-                    flows: None,
-                };
-            }
-            Request::Flows { vip, limit } => {
-                let vip_id = match vip {
-                    None => None,
-                    Some(name) => match self.state.find_vip(name) {
-                        Some(v) => Some(v.id),
-                        None => {
-                            return Response::error(format!("no VIP named or addressed {name:?}"));
-                        }
-                    },
-                };
-                return Response {
-                    ok: true,
-                    message: String::new(),
-                    status: None,
-                    explained: None,
-                    flows: Some(self.flows(vip_id, (*limit).min(MAX_FLOWS_LISTED))),
-                };
-            }
-            Request::Reload => {
-                return match self.reload_logged("dsr reload").await {
-                    Ok(m) => Response::ok(m),
-                    Err(e) => Response::error(format!(
-                        "reload refused, still running the previous config: {e:#}"
-                    )),
-                };
-            }
-            Request::Reset => {
-                // The config alone must be able to apply completely, as any change must.
-                if let Err(e) = self.can_apply(&self.config.vips.clone()).await {
-                    return Response::error(format!("reset refused, nothing was changed: {e}"));
-                }
-                let n = self.journal.len();
-                self.journal.clear();
-                let notes = self.resync().await;
-                let mut msg = format!(
-                    "dropped {n} runtime changes: back to {}",
-                    self.config_path.display()
-                );
-                for note in notes {
-                    msg += &format!("; {note}");
-                }
-                log::info!("dsr reset: {msg}");
-                return Response::ok(msg);
-            }
-            // Answered by run() once the data path is gone.
-            Request::Stop { .. } => return Response::error("stop is handled by the main loop"),
+        match request {
             Request::VipAdd { vip } => {
                 let (iface, tags) = (&self.config.interface, self.config.vlan_tags);
                 crate::datapath::offload::check(iface, vip.addr.vlan != 0, tags)
@@ -777,6 +717,93 @@ impl Daemon {
                     address: *address,
                 })
             }
+            _ => Err("not a change".into()),
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> Response {
+        let change = match &request {
+            Request::Status => {
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: Some(self.status()),
+                    explained: None,
+                    flows: None,
+                    plan: None,
+                };
+            }
+            Request::Explain { flow } => {
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: None,
+                    explained: Some(self.explain(flow)),
+                    flows: None,
+                    plan: None,
+                };
+            }
+            Request::Flows { vip, limit } => {
+                let vip_id = match vip {
+                    None => None,
+                    Some(name) => match self.state.find_vip(name) {
+                        Some(v) => Some(v.id),
+                        None => {
+                            return Response::error(format!("no VIP named or addressed {name:?}"));
+                        }
+                    },
+                };
+                return Response {
+                    ok: true,
+                    message: String::new(),
+                    status: None,
+                    explained: None,
+                    flows: Some(self.flows(vip_id, (*limit).min(MAX_FLOWS_LISTED))),
+                    plan: None,
+                };
+            }
+            Request::Reload => {
+                return match self.reload_logged("dsr reload").await {
+                    Ok(m) => Response::ok(m),
+                    Err(e) => Response::error(format!(
+                        "reload refused, still running the previous config: {e:#}"
+                    )),
+                };
+            }
+            Request::Reset => {
+                // The config alone must be able to apply completely, as any change must.
+                if let Err(e) = self.can_apply(&self.config.vips.clone()).await {
+                    return Response::error(format!("reset refused, nothing was changed: {e}"));
+                }
+                let n = self.journal.len();
+                self.journal.clear();
+                let notes = self.resync().await;
+                let mut msg = format!(
+                    "dropped {n} runtime changes: back to {}",
+                    self.config_path.display()
+                );
+                for note in notes {
+                    msg += &format!("; {note}");
+                }
+                log::info!("dsr reset: {msg}");
+                return Response::ok(msg);
+            }
+            // Answered by run() once the data path is gone.
+            Request::Stop { .. } => return Response::error("stop is handled by the main loop"),
+            Request::Plan { config, change } => {
+                return match self.plan(config.as_deref(), change.as_deref()) {
+                    Ok(report) => Response {
+                        ok: true,
+                        message: String::new(),
+                        status: None,
+                        explained: None,
+                        flows: None,
+                        plan: Some(report),
+                    },
+                    Err(e) => Response::error(e),
+                };
+            }
+            _ => self.change_of(&request),
         };
         let change = match change {
             Ok(c) => c,

@@ -1,0 +1,83 @@
+//! `dsr plan`: what a changed config or a CLI change would do before it is applied: per VIP,
+//! how many table slots (and so what share of new flows) move, per backend its slots before
+//! and after, and how many tracked flows would change backend.
+
+use std::{fmt::Write, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::model::VipAddr;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanReport {
+    pub vips: Vec<VipPlan>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VipChange {
+    Added,
+    Removed,
+    Changed,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipPlan {
+    pub name: String,
+    pub addr: VipAddr,
+    pub change: VipChange,
+    pub table_size: u32,
+    /// Slots whose backend (by address) changes: that share of new flows goes elsewhere.
+    pub slots_moved: u32,
+    pub share_moved: f64,
+    pub backends: Vec<BackendPlan>,
+    /// Flows the flow table tracks for the VIP now, and how many of them would change backend
+    /// (their backend leaves or stops keeping flows).
+    pub tracked_flows: u64,
+    pub tracked_flows_moving: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendPlan {
+    pub address: IpAddr,
+    pub slots_before: u32,
+    pub slots_after: u32,
+}
+
+pub fn render(p: &PlanReport) -> String {
+    let mut out = String::new();
+    let mut any = false;
+    for v in &p.vips {
+        if v.change == VipChange::Unchanged && v.slots_moved == 0 && v.tracked_flows_moving == 0 {
+            continue;
+        }
+        any = true;
+        let _ = writeln!(
+            out,
+            "VIP {} {}: {:?}; {} of {} slots move ({:.1}% of new flows); {} of {} tracked flows change backend",
+            v.name,
+            v.addr,
+            v.change,
+            v.slots_moved,
+            v.table_size,
+            v.share_moved * 100.0,
+            v.tracked_flows_moving,
+            v.tracked_flows
+        );
+        for b in &v.backends {
+            if b.slots_before != b.slots_after {
+                let _ = writeln!(
+                    out,
+                    "  -> {}: {} -> {} slots",
+                    b.address, b.slots_before, b.slots_after
+                );
+            }
+        }
+    }
+    if !any {
+        out += "no VIP changes: no slot and no tracked flow moves\n";
+    }
+    out += "(new backends are counted as resolved and up, as once the change is in effect)\n";
+    out
+}

@@ -1,0 +1,142 @@
+//! `dsr plan`: the tables and flows a change would move, computed on a copy of the state
+//! (nothing is written). Slots are compared by backend address, as nodes are.
+
+use std::{collections::HashMap, net::IpAddr, path::Path, time::SystemTime};
+
+use super::{Daemon, MAX_FLOWS_SCANNED_FOR_PLAN, limits};
+use crate::{
+    control::{
+        Request,
+        planning::{BackendPlan, PlanReport, VipChange, VipPlan},
+    },
+    plan::maglev,
+    runtime::state::Vip,
+    spec::{journal, toml_file},
+};
+
+impl Daemon {
+    pub(super) fn plan(
+        &self,
+        config: Option<&Path>,
+        change: Option<&Request>,
+    ) -> Result<PlanReport, String> {
+        let vips = match (config, change) {
+            (Some(path), None) => {
+                let new = toml_file::load(path).map_err(|e| e.to_string())?;
+                journal::replay(&new.vips, &self.journal, limits(&new)).0
+            }
+            (None, Some(request)) => {
+                let change = self.change_of(request)?;
+                let mut vips = self.desired_vips().0;
+                change.apply(&mut vips, limits(&self.config))?;
+                vips
+            }
+            _ => return Err("plan needs either a config file or one change".into()),
+        };
+        let mut after = self.state.clone();
+        let r = after.reconcile(&vips, SystemTime::now());
+        if !r.errors.is_empty() {
+            return Err(format!("it cannot apply: {}", r.errors.join("; ")));
+        }
+        // A new backend takes flows once its MAC is resolved: planned as if it were (the
+        // plan says where flows go once the change is in effect).
+        for (vip, address) in &r.added {
+            if let Some(b) = after.backend_entry(vip, *address)
+                && b.mac.is_none()
+            {
+                b.mac = Some(crate::spec::model::MacAddr([0x02, 0, 0, 0, 0, 0x01]));
+            }
+        }
+        let size = self.config.table_size;
+        let flows = self.datapath.flow_entries(MAX_FLOWS_SCANNED_FOR_PLAN);
+        let mut report = PlanReport { vips: Vec::new() };
+        let addrs: Vec<_> = {
+            let mut a: Vec<_> = self.state.vips.iter().map(|v| v.spec.addr).collect();
+            a.extend(after.vips.iter().map(|v| v.spec.addr));
+            a.sort();
+            a.dedup();
+            a
+        };
+        for addr in addrs {
+            let (old, new) = (self.state.vip(&addr), after.vip(&addr));
+            let change = match (old, new) {
+                (None, Some(_)) => VipChange::Added,
+                (Some(_), None) => VipChange::Removed,
+                (Some(o), Some(n)) if o.spec != n.spec || backends_differ(o, n) => {
+                    VipChange::Changed
+                }
+                _ => VipChange::Unchanged,
+            };
+            let (before_slots, after_slots) = (slots(old, size), slots(new, size));
+            let moved = before_slots
+                .iter()
+                .zip(&after_slots)
+                .filter(|(a, b)| a != b)
+                .count() as u32;
+            let mut per_backend: HashMap<IpAddr, (u32, u32)> = HashMap::new();
+            for a in before_slots.iter().flatten() {
+                per_backend.entry(*a).or_default().0 += 1;
+            }
+            for a in after_slots.iter().flatten() {
+                per_backend.entry(*a).or_default().1 += 1;
+            }
+            let mut backends: Vec<BackendPlan> = per_backend
+                .into_iter()
+                .map(|(address, (b, a))| BackendPlan {
+                    address,
+                    slots_before: b,
+                    slots_after: a,
+                })
+                .collect();
+            backends.sort_by_key(|b| b.address);
+            // A tracked flow stays while its backend is still this VIP's and keeps flows.
+            let (mut tracked, mut moving) = (0, 0);
+            if let Some(o) = old {
+                for (_, e) in flows.iter().filter(|(k, _)| k.vip == o.id) {
+                    tracked += 1;
+                    let keeps = new
+                        .and_then(|n| n.backends.iter().find(|b| b.id == e.backend))
+                        .is_some_and(|b| b.keeps_flows());
+                    moving += u64::from(!keeps);
+                }
+            }
+            let name = new
+                .or(old)
+                .map_or(addr.to_string(), |v| v.spec.name.clone());
+            report.vips.push(VipPlan {
+                name,
+                addr,
+                change,
+                table_size: size,
+                slots_moved: moved,
+                share_moved: moved as f64 / size as f64,
+                backends,
+                tracked_flows: tracked,
+                tracked_flows_moving: moving,
+            });
+        }
+        Ok(report)
+    }
+}
+
+fn backends_differ(a: &Vip, b: &Vip) -> bool {
+    a.backends.len() != b.backends.len()
+        || a.backends
+            .iter()
+            .zip(&b.backends)
+            .any(|(x, y)| x.spec != y.spec)
+}
+
+/// Each slot's backend address (`None`: no backend), as the VIP's table would hold it.
+fn slots(vip: Option<&Vip>, size: u32) -> Vec<Option<IpAddr>> {
+    let Some(vip) = vip else {
+        return vec![None; size as usize];
+    };
+    let (_, entries) = vip.serving();
+    let table = maglev::build(&entries, size);
+    if table.is_empty() {
+        return vec![None; size as usize];
+    }
+    let address: HashMap<u32, IpAddr> = entries.iter().map(|e| (e.id, e.address)).collect();
+    table.iter().map(|id| address.get(id).copied()).collect()
+}
