@@ -922,3 +922,96 @@ hash = ["src_addr", "dst_port"]
         assert!(!is_prime(65536) && !is_prime(1) && !is_prime(9));
     }
 }
+
+/// The README's config block documents every key the parser accepts, and nothing else: the
+/// accepted keys are read from the parser itself (serde names them when it refuses an
+/// unknown one), so the docs cannot drift from the types.
+#[cfg(test)]
+mod docs {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// The keys a section accepts, from the parser's own "unknown field" message.
+    fn accepted(prefix: &str, suffix: &str) -> BTreeSet<String> {
+        let text = format!("{prefix}zzz_not_a_key = 1\n{suffix}");
+        let e = parse(&text, Path::new("x")).expect_err("an unknown key is refused");
+        let expected = e
+            .message
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("no key list in {e}"))
+            .1;
+        // The message quotes the offending line after the list.
+        let expected = expected.split(" (in ").next().unwrap_or(expected);
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            // Sub-tables are documented by their [headers].
+            .filter(|k| !matches!(k.as_str(), "vip" | "backend" | "check"))
+            .collect()
+    }
+
+    fn documented() -> BTreeMap<&'static str, BTreeSet<String>> {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split_once("## Config\n\n```toml\n")
+            .expect("README has a config block")
+            .1
+            .split_once("```")
+            .unwrap()
+            .0;
+        let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut section = "top";
+        for line in block.lines() {
+            let line = line.trim_start();
+            match line.split_whitespace().next() {
+                Some("[[vip]]") => section = "vip",
+                Some("[vip.check]") | Some("[vip.backend.check]") => section = "check",
+                Some("[[vip.backend]]") => section = "backend",
+                _ => {}
+            }
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    out.entry(section).or_default().insert(key.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn readme_documents_every_config_key() {
+        let vip = "[[vip]]\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\n";
+        let sections = [
+            ("top", accepted("interface = \"eth0\"\n", "")),
+            ("vip", accepted(&format!("interface = \"eth0\"\n{vip}"), "")),
+            (
+                "backend",
+                accepted(
+                    &format!(
+                        "interface = \"eth0\"\n{vip}[[vip.backend]]\naddress = \"192.0.2.2\"\n"
+                    ),
+                    "",
+                ),
+            ),
+            (
+                "check",
+                accepted(&format!("interface = \"eth0\"\n{vip}[vip.check]\n"), ""),
+            ),
+        ];
+        let docs = documented();
+        for (name, keys) in sections {
+            let doc = docs.get(name).cloned().unwrap_or_default();
+            let missing: Vec<_> = keys.difference(&doc).collect();
+            let unknown: Vec<_> = doc.difference(&keys).collect();
+            assert!(
+                missing.is_empty() && unknown.is_empty(),
+                "README config block, section {name}: undocumented {missing:?}, not accepted {unknown:?}"
+            );
+        }
+    }
+}
