@@ -1128,7 +1128,11 @@ impl Converter<'_> {
             let _ = writeln!(out, "inhibit_on_failure = true");
         }
         // One check for the VIP when every (non-sorry) real server has the same one.
-        let checked: Vec<&Backend> = vip.backends.iter().filter(|b| !b.sorry).collect();
+        let checked: Vec<&Backend> = vip
+            .backends
+            .iter()
+            .filter(|b| !b.sorry && b.address != t.address)
+            .collect();
         let shared = match checked.first() {
             Some(first) if checked.iter().all(|b| b.check == first.check) => {
                 Some(first.check.clone())
@@ -1142,6 +1146,18 @@ impl Converter<'_> {
         }
         for b in &vip.backends {
             out.push('\n');
+            if b.address == t.address {
+                comment(
+                    &mut out,
+                    "  ",
+                    &format!(
+                        "{}: real server {}: left out: the VIP's own address is this node \
+                         (IPVS local delivery), and a DSR backend needs an address of its own",
+                        b.at, b.address
+                    ),
+                );
+                continue;
+            }
             b.notes.render(&mut out, "  ");
             if let Some(p) = b.port
                 && p != t.port
