@@ -251,11 +251,9 @@ virtual_server 203.0.113.10 443 {
     );
     assert!(flat.contains("`lb_algo wrr`: dsr places new flows by weighted consistent hashing"));
     // One check for both: the VIP's, keepalived's timings.
-    for line in
-        ["[vip.check]\ntype = \"tcp\"\ninterval = \"3s\"\ntimeout = \"2s\"\nrise = 1\nfall = 3\n"]
-    {
-        assert!(out.contains(line), "{out}");
-    }
+    let check =
+        "[vip.check]\ntype = \"tcp\"\ninterval = \"3s\"\ntimeout = \"2s\"\nrise = 1\nfall = 3\n";
+    assert!(out.contains(check), "{out}");
     let toml = dir.join("dsr.toml");
     std::fs::write(&toml, &out).unwrap();
     let toml = toml.to_str().unwrap();
