@@ -56,6 +56,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also check this host: the interfaces the config names exist (`run` and reload
+        /// refuse unknown ones).
+        #[arg(long)]
+        host: bool,
     },
     /// VIPs and backends: health, weights, roles, rates and counters.
     Status {
@@ -158,6 +162,38 @@ enum Command {
         #[command(subcommand)]
         action: RealserverCmd,
     },
+    /// Convert another load balancer's config into a dsr config (review its comments).
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// The LVS-DR virtual servers of a keepalived.conf (and the files it includes).
+    Keepalived {
+        file: PathBuf,
+        /// Interface for VIPs that no vrrp_instance holds in its virtual_ipaddress.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Write the dsr config here (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Virtual servers that are not lb_kind DR (NAT, keepalived's default, or TUN).
+        #[arg(long, value_enum, default_value = "refuse")]
+        non_dr: NonDrArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NonDrArg {
+    /// An error naming the file and line.
+    Refuse,
+    /// Left out, with a comment.
+    Skip,
+    /// Converted as DR, with a comment (the real servers must then be DSR backends).
+    AsDr,
 }
 
 #[derive(Subcommand)]
@@ -476,8 +512,13 @@ fn show(target: &Target, view: View) -> Result<bool> {
 fn real_main() -> Result<bool> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => {
+        Command::Check { config, host } => {
             let model = toml_file::load(&config)?;
+            if host {
+                runtime()?
+                    .block_on(daemon::check_host(&model))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            }
             println!(
                 "{}: ok: instance {}, interface {}, {} VIPs, {} backends",
                 config.display(),
@@ -629,6 +670,32 @@ fn real_main() -> Result<bool> {
                     Ok(items.iter().all(|(_, ok, _)| *ok))
                 }
             }
+        }
+        Command::Import {
+            what:
+                ImportCmd::Keepalived {
+                    file,
+                    interface,
+                    output,
+                    non_dr,
+                },
+        } => {
+            use dsr::spec::keepalived::{self, NonDr};
+            let opts = keepalived::Options {
+                interface,
+                non_dr: match non_dr {
+                    NonDrArg::Refuse => NonDr::Refuse,
+                    NonDrArg::Skip => NonDr::Skip,
+                    NonDrArg::AsDr => NonDr::AsDr,
+                },
+            };
+            let text = keepalived::convert(&file, &opts)?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(true)
         }
         Command::Reload { target } => send(&target, Request::Reload),
         Command::Explain {

@@ -32,6 +32,10 @@ const BPF_PACKAGES: [&str; 5] = [
 ];
 /// Debian packages the namespace lab uses (util-linux provides nsenter).
 const LAB_PACKAGES: [&str; 5] = ["iproute2", "ethtool", "nftables", "procps", "util-linux"];
+/// Debian packages other tests read: keepalived's sample configs
+/// (/usr/share/doc/keepalived/samples) for `dsr import keepalived`. Its service does not start
+/// without an /etc/keepalived/keepalived.conf (the unit's ConditionFileNotEmpty).
+const TEST_PACKAGES: [&str; 1] = ["keepalived"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -300,7 +304,12 @@ impl Xtask {
     }
 
     fn ensure_packages(&self) -> Result<()> {
-        let wanted: Vec<&str> = BPF_PACKAGES.iter().chain(&LAB_PACKAGES).copied().collect();
+        let wanted: Vec<&str> = BPF_PACKAGES
+            .iter()
+            .chain(&LAB_PACKAGES)
+            .chain(&TEST_PACKAGES)
+            .copied()
+            .collect();
         // One query for all of them; an unknown package only adds a line to stderr.
         let out = Command::new("dpkg-query")
             .args(["-W", "-f=${Package} ${Status}\n"])
@@ -427,7 +436,12 @@ fn cargo_bin_dir() -> Option<PathBuf> {
 }
 
 fn print_manual_steps() {
-    let packages: Vec<&str> = BPF_PACKAGES.iter().chain(&LAB_PACKAGES).copied().collect();
+    let packages: Vec<&str> = BPF_PACKAGES
+        .iter()
+        .chain(&LAB_PACKAGES)
+        .chain(&TEST_PACKAGES)
+        .copied()
+        .collect();
     println!("[xtask] not Debian: set the machine up by hand (as root), then rerun:");
     println!(
         "[xtask]   1. install the equivalents of the Debian packages: {}",

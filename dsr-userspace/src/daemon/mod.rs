@@ -920,6 +920,17 @@ impl Daemon {
     }
 }
 
+/// `dsr check --host`: the interfaces the config names exist on this host, as `run` and a
+/// reload require (a plain `dsr check` validates only the file).
+pub async fn check_host(config: &Model) -> Result<(), String> {
+    let netlink = Netlink::new().map_err(|e| format!("{e:#}"))?;
+    netlink
+        .link(&config.interface)
+        .await
+        .map_err(|e| format!("{e:#} (interface = {:?})", config.interface))?;
+    check_interfaces(&netlink, &config.vips).await
+}
+
 /// Every interface a backend is configured behind must exist (a typo would otherwise send
 /// the backend's frames out of the wrong interface).
 async fn check_interfaces(netlink: &Netlink, vips: &[VipSpec]) -> Result<(), String> {

@@ -4,6 +4,7 @@
 //! control-socket message and a journal replay all end in the same [`validate::vips`].
 
 pub mod journal;
+pub mod keepalived;
 pub mod model;
 pub mod toml_file;
 pub mod validate;
