@@ -167,6 +167,12 @@ enum Command {
         #[command(subcommand)]
         what: ImportCmd,
     },
+    /// Print shell completions for SHELL (used to build the package).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (dsr.1, dsr-SUBCOMMAND.1) into DIR (used to build the package).
+    #[command(hide = true)]
+    Manpage { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -784,6 +790,27 @@ fn real_main() -> Result<bool> {
             }
             Ok(true)
         }
+        Command::Completions { shell } => {
+            // Without the hidden commands (clap_complete would offer them).
+            let cli = <Cli as clap::CommandFactory>::command();
+            let mut cmd = clap::Command::new("dsr")
+                .about(cli.get_about().cloned().unwrap_or_default())
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommand_required(true)
+                .subcommands(cli.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+            clap_complete::generate(shell, &mut cmd, "dsr", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Manpage { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+            clap_mangen::generate_to(cmd.clone(), &dir)?;
+            // dsr.1 again, with what clap does not describe.
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            page.extend_from_slice(MANPAGE_EXTRA.as_bytes());
+            std::fs::write(dir.join("dsr.1"), page)?;
+            Ok(true)
+        }
     }
 }
 
@@ -869,3 +896,16 @@ fn vip_request(action: VipCmd) -> Result<Request> {
         VipCmd::Remove { vip } => Request::VipRemove { vip },
     })
 }
+/// Appended to the generated man page: what clap does not describe.
+const MANPAGE_EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/dsr/dsr.toml\fR
+The configuration the packaged systemd unit (\fBdsr.service\fR) runs with.
+.TP
+\fI/sys/fs/bpf/dsr/INSTANCE\fR, \fI/run/dsr/INSTANCE.sock\fR, \fI/var/lib/dsr/INSTANCE\fR
+The pinned data path, the control socket, the state directory (defaults).
+.SH SIGNALS
+SIGTERM and SIGINT stop the daemon and leave the data path forwarding (so does
+\fBsystemctl stop dsr\fR); the next \fBdsr run\fR adopts it. \fBdsr stop\fR also removes
+the data path. SIGHUP reloads the config.
+"#;
