@@ -244,6 +244,10 @@ fn explain_agrees_with_the_data_path_and_digests_compare_nodes() {
         let answered = lab.tcp_request(sport, 1).unwrap();
         assert_eq!(lab.index_of(&answered[0]), predicted, "flow {sport}");
     }
+    // The text view, as an operator reads it.
+    let (ok, text) = lab.dsr(&["explain", &format!("{client}:44100"), &vip]);
+    assert!(ok && text.contains("=> forward to 198.18.0."), "{text}");
+    println!("{text}");
     let e = explain(&lab, &format!("{client}:1"), &format!("{VIP}:81/tcp"));
     assert_eq!((e.verdict.as_str(), e.vip), ("pass", None));
 

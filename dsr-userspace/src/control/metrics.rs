@@ -311,4 +311,34 @@ d"#),
             assert!(line.contains("} "), "bad sample line {line:?}");
         }
     }
+
+    /// The shipped Grafana dashboard queries only metrics that dsr exports.
+    #[test]
+    fn every_metric_the_dashboard_queries_exists() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../dist/grafana/dsr.json")).unwrap();
+        let exported = render(&Status::default());
+        let mut queried = Vec::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(i) = rest.find("dsr_") {
+                    let name: String = rest[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    rest = &rest[i + name.len()..];
+                    queried.push(name);
+                }
+            }
+        }
+        assert!(queried.len() >= 15, "{queried:?}");
+        for name in &queried {
+            assert!(
+                exported.contains(&format!("# TYPE {name} ")),
+                "the dashboard queries {name}, which dsr does not export"
+            );
+        }
+    }
 }
