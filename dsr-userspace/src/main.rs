@@ -395,13 +395,35 @@ impl CheckArgs {
     }
 }
 
-fn main() -> std::process::ExitCode {
+/// Logs go through tracing (the code's `log` records too): to the journal, with its fields,
+/// when systemd connected stderr to it (JOURNAL_STREAM), else as text on stderr. RUST_LOG
+/// selects what (default `info`).
+fn init_logging() {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
     // netlink-packet-route warns about every kernel attribute newer than itself; not ours to fix.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
-    )
-    .format_target(false)
-    .init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok());
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match journald {
+        Some(journal) => registry.with(journal).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("dsr: logging not set up: {e}");
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    init_logging();
     match real_main() {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
