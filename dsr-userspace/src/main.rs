@@ -403,8 +403,7 @@ fn init_logging() {
     // netlink-packet-route warns about every kernel attribute newer than itself; not ours to fix.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok());
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match journald {
         Some(journal) => registry.with(journal).try_init(),

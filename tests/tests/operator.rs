@@ -175,10 +175,7 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
     }
     let text = get(&lab, "/metrics");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.contains("# TYPE dsr_vip_packets_total counter"),
-        "{text}"
-    );
+    assert!(text.contains("# TYPE dsr_vip_packets counter"), "{text}");
     let vip = format!("dsr_vip_packets_total{{vip=\"udp-53\",address=\"{VIP}:53/udp\"}}");
     assert!(sample(&text, &vip) >= 40.0);
     assert_eq!(sample(&text, "dsr_vip_flows_total{vip=\"udp-53\""), 40.0);
@@ -187,7 +184,9 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
         .map(|b| {
             sample(
                 &text,
-                &format!("dsr_backend_packets_total{{vip=\"udp-53\",backend=\"{b}\""),
+                &format!(
+                    "dsr_backend_packets_total{{vip=\"udp-53\",address=\"{VIP}:53/udp\",backend=\"{b}\""
+                ),
             )
         })
         .sum();
@@ -195,7 +194,9 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
     assert_eq!(
         sample(
             &text,
-            "dsr_backend_up{vip=\"udp-53\",backend=\"198.18.0.11\"}"
+            &format!(
+                "dsr_backend_up{{vip=\"udp-53\",address=\"{VIP}:53/udp\",backend=\"198.18.0.11\"}}"
+            )
         ),
         1.0
     );
@@ -205,6 +206,14 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
             "dsr_verdict_packets_total{reason=\"forwarded\",verdict=\"forward\"}"
         ) >= 40.0
     );
+    // The daemon's own families.
+    assert_eq!(sample(&text, "dsr_up "), 1.0);
+    assert!(text.contains("dsr_build_info{version="), "{text}");
+    assert!(
+        text.contains("dsr_reloads_total{result=\"applied\"} 0"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     assert!(get(&lab, "/").starts_with("HTTP/1.1 404"));
 }
 

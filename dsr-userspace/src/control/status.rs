@@ -75,6 +75,9 @@ pub struct Status {
     pub map_writes_pending: usize,
     /// Map writes that failed since the daemon started.
     pub map_write_failures: u64,
+    /// Reloads (SIGHUP or `dsr reload`) since the daemon started, applied and refused.
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
     pub vips: Vec<VipStatus>,
     pub reasons: Vec<ReasonStatus>,
     /// Counted besides verdicts: failed flow inserts, adopted connections, untracked closes.
@@ -178,6 +181,8 @@ pub struct BackendStatus {
     /// The HTTP check's path.
     pub check_path: Option<String>,
     pub last_check: Option<LastCheck>,
+    /// Checks that failed since the backend was added.
+    pub checks_failed: u64,
     pub weight: u32,
     pub effective_weight: u32,
     pub drained: bool,
@@ -244,6 +249,8 @@ pub struct Source<'a> {
     pub rates: Option<&'a Rates>,
     pub writes_pending: usize,
     pub write_failures: u64,
+    /// Reloads applied and refused (a running daemon's).
+    pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
 }
 
@@ -267,6 +274,8 @@ pub fn build(src: Source<'_>) -> Status {
         runtime_changes: 0,
         map_writes_pending: src.writes_pending,
         map_write_failures: src.write_failures,
+        reloads_applied: src.reloads.0,
+        reloads_refused: src.reloads.1,
         vips: Vec::new(),
         reasons: src.counters.map_or_else(Vec::new, |c| {
             c.reasons()
@@ -401,6 +410,7 @@ fn backend(
             latency_us: r.latency_us,
             message: r.message.clone(),
         }),
+        checks_failed: b.health.checks_failed,
         weight: b.spec.weight,
         effective_weight: b.effective_weight(),
         drained: b.spec.drained,

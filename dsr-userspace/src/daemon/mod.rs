@@ -66,6 +66,8 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
+    /// Reloads applied and refused since start.
+    reloads: (u64, u64),
     /// Who got each VIP's new flows when last logged.
     serving: HashMap<VipAddr, Option<Role>>,
     checks: health::Supervisor,
@@ -206,6 +208,7 @@ impl Daemon {
             ports: HashMap::new(),
             writer,
             serving: HashMap::new(),
+            reloads: (0, 0),
             checks: health::Supervisor::new(reports),
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
@@ -571,8 +574,12 @@ impl Daemon {
     async fn reload_logged(&mut self, by: &str) -> Result<String> {
         let result = self.reload().await;
         match &result {
-            Ok(msg) => log::info!("{by}: {msg}"),
+            Ok(msg) => {
+                self.reloads.0 += 1;
+                log::info!("{by}: {msg}")
+            }
             Err(e) => {
+                self.reloads.1 += 1;
                 log::error!("{by}: reload refused, still running the previous config: {e:#}")
             }
         }
@@ -848,6 +855,7 @@ impl Daemon {
             rates: Some(&self.rates),
             writes_pending: self.writer.pending,
             write_failures: self.writer.failures,
+            reloads: self.reloads,
             digests: Some(&self.writer.digests),
         })
     }
@@ -994,6 +1002,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         rates: None,
         writes_pending: 0,
         write_failures: 0,
+        reloads: (0, 0),
         digests: None,
     }))
 }

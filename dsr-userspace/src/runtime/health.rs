@@ -41,6 +41,9 @@ pub struct Health {
     pub ok_streak: u32,
     pub fail_streak: u32,
     pub last: Option<CheckResult>,
+    /// Checks that failed since the backend was added (for the metrics).
+    #[serde(default)]
+    pub checks_failed: u64,
 }
 
 impl Default for Health {
@@ -52,6 +55,7 @@ impl Default for Health {
             ok_streak: 0,
             fail_streak: 0,
             last: None,
+            checks_failed: 0,
         }
     }
 }
@@ -74,6 +78,7 @@ impl Health {
         } else {
             self.fail_streak += 1;
             self.ok_streak = 0;
+            self.checks_failed += 1;
         }
         if self.unchecked {
             self.up = result.ok;
