@@ -508,6 +508,9 @@ fn show(target: &Target, view: View) -> Result<bool> {
     let rt = runtime()?;
     let status = if rt.block_on(control::probe(&socket))? {
         let r = rt.block_on(control::call(&socket, &Request::Status))?;
+        if !r.ok {
+            anyhow::bail!("{}", r.message);
+        }
         r.status.context("the daemon sent no status")?
     } else {
         let (path, model) = resolve(target)?;

@@ -642,3 +642,42 @@ fn a_second_daemon_changes_nothing_and_commands_find_the_first() {
     );
     assert!(err.contains("permission denied"), "{err}");
 }
+
+/// The control socket under abuse: a request never finished is answered "malformed" after
+/// the read timeout and closed; a flood of idle connections gets "busy" beyond the limit,
+/// never a hang, and the daemon answers again once they time out; the data path and the
+/// daemon's state are untouched.
+#[test]
+fn control_socket_survives_idle_floods_and_unfinished_requests() {
+    let mut lab = Lab::new("sockflood", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let before = state_of(&lab);
+
+    let mut partial = UnixStream::connect(lab.socket()).unwrap();
+    partial.write_all(b"{\"cmd\":\"sta").unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    BufReader::new(partial.try_clone().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+    assert!(answer.contains("no complete request line"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    let idle: Vec<UnixStream> = (0..dsr::control::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(lab.socket()).unwrap())
+        .collect();
+    // Let the daemon accept them all.
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = lab.dsr(&["status"]);
+    assert!(!ok && out.contains("busy"), "{out}");
+    // The data path does not care.
+    lab.udp_request(47000)
+        .expect("forwarding while the socket is flooded");
+    lab.wait_for(
+        "the idle connections time out",
+        Duration::from_secs(10),
+        || lab.dsr(&["status"]).0,
+    );
+    drop(idle);
+    assert_eq!(before, state_of(&lab));
+}

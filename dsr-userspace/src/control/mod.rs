@@ -30,6 +30,12 @@ use crate::spec::model::{BackendSpec, VipSpec};
 
 /// Largest request accepted, in bytes (a VIP with many backends fits easily).
 pub const MAX_REQUEST: usize = 1 << 20;
+/// A client has this long to send its request line, and to take the answer: a connection
+/// that never finishes must not hold a task and a file descriptor forever.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are answered "busy" at once (a flood of clients must
+/// not starve the daemon of file descriptors).
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -148,14 +154,28 @@ pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(async move {
+                    let _ = answer(
+                        stream,
+                        &Response::error("busy: too many connections; retry"),
+                    )
+                    .await;
+                });
                 continue;
             };
             let calls = calls.clone();
             tokio::spawn(async move {
                 let _ = handle(stream, calls).await;
+                drop(permit);
             });
         }
     }))
@@ -166,7 +186,13 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = String::new();
-    let n = reader.read_line(&mut line).await;
+    let n = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(n) => n,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete request line within {IO_TIMEOUT:?}"),
+        )),
+    };
     let response = match n {
         _ if !authorised => Response::error("unauthorised: the control socket is for root only"),
         Err(e) => Response::error(format!("malformed request: {e}")),
@@ -188,7 +214,19 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
-    write.write_all(&out).await?;
+    tokio::time::timeout(IO_TIMEOUT, write.write_all(&out))
+        .await
+        .context("the client did not take the answer")??;
+    Ok(())
+}
+
+/// Answers a connection without reading it.
+async fn answer(mut stream: UnixStream, response: &Response) -> Result<()> {
+    let mut out = serde_json::to_vec(response)?;
+    out.push(b'\n');
+    tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out))
+        .await
+        .context("the client did not take the answer")??;
     Ok(())
 }
 
@@ -218,14 +256,19 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response> {
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    write.write_all(&line).await?;
+    // A daemon may answer before reading ("busy") and close: its answer still counts.
+    let written = write.write_all(&line).await;
     let mut answer = String::new();
-    tokio::time::timeout(
+    let read = tokio::time::timeout(
         Duration::from_secs(30),
         BufReader::new(read).read_line(&mut answer),
     )
     .await
-    .context("no answer from the daemon within 30 s")??;
+    .context("no answer from the daemon within 30 s")?;
+    if answer.trim().is_empty() {
+        written?;
+        read?;
+    }
     serde_json::from_str(answer.trim()).context("malformed answer from the daemon")
 }
 

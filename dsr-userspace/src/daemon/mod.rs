@@ -387,8 +387,17 @@ impl Daemon {
         self.log_serving();
         let desired = plan::desired(&self.state);
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
-        for (addr, n) in applied.tables {
-            log::debug!("VIP {addr}: table of {n} backends written");
+        for t in applied.tables {
+            match t.moved {
+                Some(moved) => log::info!(
+                    "VIP {}: table rebuilt for {} backends: {moved} of {} slots ({:.2}%) moved",
+                    t.vip,
+                    t.backends,
+                    t.size,
+                    moved as f64 * 100.0 / t.size.max(1) as f64
+                ),
+                None => log::debug!("VIP {}: table of {} backends written", t.vip, t.backends),
+            }
         }
         Ok(())
     }
@@ -638,25 +647,39 @@ impl Daemon {
         }
         self.journal = journal::prune(&self.config.vips, &self.journal, limits(&self.config));
         let notes = self.resync().await;
-        let added = self
+        let names = |vips: Vec<&VipSpec>| -> String {
+            let list: Vec<&str> = vips.iter().map(|v| v.name.as_str()).collect();
+            if list.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list.join(", "))
+            }
+        };
+        let added: Vec<&VipSpec> = self
             .config
             .vips
             .iter()
             .filter(|v| !before.iter().any(|b| b.addr == v.addr))
-            .count();
-        let removed = before
+            .collect();
+        let removed: Vec<&VipSpec> = before
             .iter()
             .filter(|b| !self.config.vips.iter().any(|v| v.addr == b.addr))
-            .count();
-        let changed = self
+            .collect();
+        let changed: Vec<&VipSpec> = self
             .config
             .vips
             .iter()
             .filter(|v| before.iter().any(|b| b.addr == v.addr && b != *v))
-            .count();
+            .collect();
         let mut msg = format!(
-            "reloaded {}: {added} VIPs added, {removed} removed, {changed} changed",
-            self.config_path.display()
+            "reloaded {}: {} VIPs added{}, {} removed{}, {} changed{}",
+            self.config_path.display(),
+            added.len(),
+            names(added.clone()),
+            removed.len(),
+            names(removed.clone()),
+            changed.len(),
+            names(changed.clone())
         );
         for n in notes {
             msg += &format!("; {n}");

@@ -44,11 +44,23 @@ pub struct Writer {
     pub pending: usize,
 }
 
+/// A VIP switched to a new table.
+#[derive(Debug)]
+pub struct TableSwitch {
+    pub vip: VipAddr,
+    /// Backends in the new table.
+    pub backends: usize,
+    pub size: usize,
+    /// Slots whose backend (by address) changed; `None` when the old table's backends are
+    /// not known (the first write after adopting a running data path).
+    pub moved: Option<usize>,
+}
+
 /// What one apply did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// VIPs whose table was rebuilt and switched, with the number of backends in it.
-    pub tables: Vec<(VipAddr, usize)>,
+    /// VIPs whose table was rebuilt and switched.
+    pub tables: Vec<TableSwitch>,
     /// Writes that failed (retried by the next apply).
     pub errors: Vec<String>,
 }
@@ -146,12 +158,21 @@ impl Writer {
                 continue;
             }
             let table = maglev::build(&vip.entries, dp.sizes().table_size);
+            let moved = self.built.get(addr).and_then(|old_entries| {
+                let old = dp.table(addr).ok()?;
+                Some(slots_moved(&old, old_entries, &table, &vip.entries))
+            });
             match dp.set_vip(addr, vip.id, &table, vip.options) {
                 Ok(()) => {
                     self.built.insert(*addr, vip.entries.clone());
                     self.digests
                         .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
-                    out.tables.push((*addr, vip.entries.len()));
+                    out.tables.push(TableSwitch {
+                        vip: *addr,
+                        backends: vip.entries.len(),
+                        size: table.len(),
+                        moved,
+                    });
                 }
                 Err(e) => {
                     vip_failed = true;
@@ -265,6 +286,40 @@ impl Writer {
             ))
         }
     }
+}
+
+/// Slots whose backend address differs between two tables (an empty table has none).
+fn slots_moved(
+    old: &[u32],
+    old_entries: &[maglev::Entry],
+    new: &[u32],
+    new_entries: &[maglev::Entry],
+) -> usize {
+    let address =
+        |entries: &[maglev::Entry], id: u32| entries.iter().find(|e| e.id == id).map(|e| e.address);
+    let n = old.len().max(new.len());
+    let mut cache: (u32, Option<std::net::IpAddr>, u32, Option<std::net::IpAddr>) =
+        (u32::MAX, None, u32::MAX, None);
+    (0..n)
+        .filter(|&i| {
+            let (o, w) = (old.get(i).copied(), new.get(i).copied());
+            let oa = o.and_then(|id| {
+                if cache.0 != id {
+                    cache.0 = id;
+                    cache.1 = address(old_entries, id);
+                }
+                cache.1
+            });
+            let na = w.and_then(|id| {
+                if cache.2 != id {
+                    cache.2 = id;
+                    cache.3 = address(new_entries, id);
+                }
+                cache.3
+            });
+            oa != na
+        })
+        .count()
 }
 
 fn out_errors(errors: &mut Vec<String>, what: String, e: anyhow::Error) {
