@@ -515,7 +515,7 @@ fn show(target: &Target, view: View) -> Result<bool> {
     } else {
         let (path, model) = resolve(target)?;
         let known = dsr::runtime::instance::locked(&instance)
-            || datapath::pin_dir(&instance).exists()
+            || datapath::is_pinned(&datapath::pin_dir(&instance))
             || model.state_dir.join("state.json").exists()
             || target.config.is_some();
         if !known {
@@ -561,7 +561,9 @@ fn real_main() -> Result<bool> {
         }
         Command::Run { config, clean } => {
             let model = toml_file::load(&config)?;
-            // Before anything is touched: a second daemon for the instance changes nothing.
+            // Before anything is touched: with too few privileges, or with a second daemon for
+            // the instance, nothing changes.
+            dsr::datapath::privileges::check_for_run()?;
             let _lock = dsr::runtime::instance::lock(&model.instance)?;
             runtime()?.block_on(async {
                 let daemon = Daemon::start(&config, model, clean).await?;

@@ -576,6 +576,8 @@ pub struct Lab {
     dsr: Option<Child>,
     /// The config dsr runs with (written to `dir/dsr.toml`).
     config_text: Option<String>,
+    /// A command dsr is started under (e.g. `setpriv ...`), before its path.
+    pub wrapper: Vec<String>,
     /// Keeps the XDP_PASS program on the switch-side peer of the LB's veth attached.
     _peer_xdp: Option<Ebpf>,
     /// The same for the LB's second interface.
@@ -630,6 +632,7 @@ impl Lab {
             extra_ns: Vec::new(),
             dsr: None,
             config_text: None,
+            wrapper: Vec::new(),
             _peer_xdp: None,
             _peer_xdp2: None,
         };
@@ -1044,6 +1047,7 @@ impl Lab {
         let bin = dsr_bin();
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.lb_ns))
+            .args(&self.wrapper)
             .arg(&bin)
             .args(["run", "--config"])
             .arg(self.config_path());

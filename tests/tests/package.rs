@@ -149,6 +149,20 @@ fn package_installs_runs_and_verifies() {
     assert_eq!(key("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(key("KillSignal"), ["SIGTERM"]);
     assert!(key("ExecStop").is_empty(), "the unit has an ExecStop");
+    // The capabilities the privilege test measured, and the usual hardening.
+    let caps = ["CAP_BPF CAP_PERFMON CAP_NET_ADMIN".to_owned()];
+    assert_eq!(key("CapabilityBoundingSet"), caps);
+    assert_eq!(key("AmbientCapabilities"), caps);
+    for (k, v) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectKernelTunables", "yes"),
+        ("ReadWritePaths", "/sys/fs/bpf"),
+        ("RuntimeDirectory", "dsr"),
+        ("StateDirectory", "dsr"),
+    ] {
+        assert_eq!(key(k), [v], "{k}");
+    }
     let rebase = |s: &str| {
         s.replace(BIN, &bin.display().to_string())
             .replace(CONFIG, &config.display().to_string())

@@ -115,7 +115,8 @@ impl Daemon {
         }
         // Adopting maps needs the saved ids: without them a flow entry could name the wrong
         // backend. Start fresh instead (established flows are re-placed once).
-        if pin_dir.exists() && saved.as_ref().and_then(|s| s.state.as_ref()).is_none() {
+        if datapath::is_pinned(&pin_dir) && saved.as_ref().and_then(|s| s.state.as_ref()).is_none()
+        {
             log::warn!(
                 "a pinned data path exists in {} but no saved state in {}: starting it afresh",
                 pin_dir.display(),
@@ -333,6 +334,8 @@ impl Daemon {
         drop(self.datapath);
         datapath::remove_pinned(&pin_dir)?;
         crate::datapath::offload::restore_logged(&self.config.state_dir);
+        // Nothing of the instance runs any more: its record goes (the lock with the process).
+        crate::runtime::instance::remove_record(&self.config.instance);
         let msg = format!(
             "stopped: detached from {interface} and removed {}",
             pin_dir.display()

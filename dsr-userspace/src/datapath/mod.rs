@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod ethtool;
 pub mod offload;
+pub mod privileges;
 mod tables;
 pub mod writer;
 
@@ -186,6 +187,7 @@ pub fn remove_pinned(dir: &Path) -> Result<bool> {
     if !dir.exists() {
         return Ok(false);
     }
+    let had_pins = is_pinned(dir);
     let link = dir.join(LINK_PIN);
     if link.exists() {
         detach_link(&link)?;
@@ -194,8 +196,18 @@ pub fn remove_pinned(dir: &Path) -> Result<bool> {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
     }
-    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(true)
+    // An unprivileged daemon may own its pin directory but not the directory above it
+    // (the service manager made it): then the empty directory stays, which is harmless.
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+        other => other.with_context(|| format!("removing {}", dir.display()))?,
+    }
+    Ok(had_pins)
+}
+
+/// Whether a data path is pinned in `dir` (not merely the directory made for it).
+pub fn is_pinned(dir: &Path) -> bool {
+    dir.join(names::SETTINGS).exists()
 }
 
 /// BPF_LINK_DETACH on a pinned link: the program leaves the interface now. aya 0.14 has no
@@ -239,6 +251,13 @@ pub fn ensure_bpffs() -> Result<()> {
         .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf "))
     {
         return Ok(());
+    }
+    if !privileges::may_mount() {
+        bail!(
+            "bpffs is not mounted at {BPFFS}, and mounting it needs CAP_SYS_ADMIN, which this \
+             process lacks: run `mount -t bpf bpf {BPFFS}` as root first (the unit does, in \
+             ExecStartPre=+); nothing was changed"
+        );
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "bpf", "bpf", BPFFS])
