@@ -115,7 +115,7 @@ fn runs_with_cap_bpf_perfmon_and_net_admin_only() {
     assert!(who.starts_with("backend-"), "{who}");
     let status = lab.status();
     assert_eq!(status.vips.len(), 2);
-    assert_eq!(status.pid.map(|p| uid_of(p)), Some(UID.parse().unwrap()));
+    assert_eq!(status.pid.map(uid_of), Some(UID.parse().unwrap()));
     std::thread::sleep(Duration::from_millis(100));
 }
 
