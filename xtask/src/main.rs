@@ -33,6 +33,8 @@ const BPF_PACKAGES: [&str; 5] = [
 /// Debian packages the namespace lab uses (util-linux provides nsenter).
 const LAB_PACKAGES: [&str; 5] = ["iproute2", "ethtool", "nftables", "procps", "util-linux"];
 
+/// cargo-fuzz for `cargo xtask fuzz` (builds on stable; run with `-s none`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_RUSTC: &str = "/usr/bin/rustc";
@@ -78,6 +80,16 @@ enum Cmd {
         /// Also accepted after `--`: `cargo xtask run -- --config FILE`.
         #[arg(last = true)]
         rest: Vec<OsString>,
+    },
+    /// Differential fuzzing of the data path (`fuzz/`, cargo-fuzz on stable, no sanitizer):
+    /// installs cargo-fuzz if missing, seeds the corpus from the hostile-frame generator, runs
+    /// for `--seconds`. CI runs a short one.
+    Fuzz {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Extra arguments for libFuzzer (after `--`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
     },
     /// Run the benchmark binary (`dsr-bench`) with the given arguments.
     Bench {
@@ -165,6 +177,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cmd.env("DSR_BIN", &dsr);
                 x.run_status(&mut cmd)
             }
+        }
+        Cmd::Fuzz { seconds, args } => {
+            x.ensure_cargo_fuzz()?;
+            let corpus = x.root.join("fuzz/corpus/differential");
+            let seeded = fs::read_dir(&corpus).is_ok_and(|mut d| d.next().is_some());
+            if !seeded {
+                println!(
+                    "[xtask] seeding {} from the hostile-frame generator",
+                    corpus.display()
+                );
+                x.run_checked(
+                    x.cargo()
+                        .args(["test", "-p", TESTS_PACKAGE, "--test", "hostile"])
+                        .env("DSR_HOSTILE_SEED", "1")
+                        .env("DSR_HOSTILE_FRAMES", "2000")
+                        .env("DSR_HOSTILE_CORPUS", &corpus),
+                )?;
+            }
+            let mut cmd = x.cargo();
+            cmd.args(["fuzz", "run", "-s", "none", "differential", "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-max_len=1600")
+                .args(&args);
+            x.run_status(&mut cmd)
         }
         Cmd::Bench { args } => {
             let mut cmd = x.cargo();
@@ -366,6 +402,30 @@ impl Xtask {
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )
         .context("installing bpf-linker failed")?;
+        Ok(())
+    }
+
+    fn ensure_cargo_fuzz(&self) -> Result<()> {
+        let found = self
+            .cargo()
+            .args(["fuzz", "--version"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        if let Some(out) = found {
+            let version = String::from_utf8_lossy(&out.stdout);
+            println!("[xtask] cargo-fuzz: present ({})", version.trim());
+            return Ok(());
+        }
+        println!("[xtask] cargo-fuzz: missing, installing {CARGO_FUZZ_VERSION} (about 40 s)");
+        self.run_checked(self.cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .context("installing cargo-fuzz failed")?;
         Ok(())
     }
 
