@@ -10,7 +10,6 @@
 mod flows;
 mod headers;
 mod maps;
-mod parse;
 mod stats;
 mod vip;
 
@@ -18,12 +17,13 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
     BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey, LAYOUT_VERSION,
     Reason, Settings, TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo, flow_hash,
+    headers::{EthHdr, IPPROTO_TCP},
+    parse::{self, Kind, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    headers::{EthHdr, IPPROTO_TCP, ptr_at_mut, read_at},
+    headers::{Xdp, ptr_at_mut, read_at},
     maps::{BACKENDS, IFACES, SETTINGS, TABLES, TX_PORTS},
-    parse::{Kind, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[xdp]
@@ -68,7 +68,7 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     if eth.dst != iface.mac {
         return stop(Reason::NotOurMac);
     }
-    let packet = match parse::parse(ctx) {
+    let packet = match parse::parse(&Xdp(ctx)) {
         Ok(p) => p,
         Err(reason) => return stop(reason),
     };

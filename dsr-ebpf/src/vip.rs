@@ -5,13 +5,10 @@
 
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, FlowKey, VIP_F_FRAGMENT_ALIAS, VipAddrKey, VipInfo,
-    VipKey, vip_filter_bit,
+    VipKey, parse::Kind, vip_filter_bit,
 };
 
-use crate::{
-    maps::{VIP_ADDRS, VIP_FILTER, VIPS},
-    parse::Kind,
-};
+use crate::maps::{VIP_ADDRS, VIP_FILTER, VIPS};
 
 #[inline(always)]
 fn lookup(addr: [u32; 4], port: u16, proto: u8, vlan: u16) -> Option<VipInfo> {

@@ -41,6 +41,8 @@ const TEST_PACKAGES: [&str; 1] = ["keepalived"];
 /// systemd need not be running; man-db lets it check the unit's Documentation=man:dsr(1)).
 const DEB_PACKAGES: [&str; 4] = ["dpkg-dev", "binutils", "systemd", "man-db"];
 
+/// cargo-fuzz for `cargo xtask fuzz` (builds on stable; run with `-s none`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-deb builds the .deb (3.8.0: rust-version 1.85, builds with the rustup 1.95 here).
 const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -92,6 +94,16 @@ enum Cmd {
     /// Build the Debian package target/debian/dsr_VERSION_ARCH.deb (release binary, systemd
     /// unit, /etc/dsr/dsr.toml, completions, man page) with cargo-deb.
     Deb,
+    /// Differential fuzzing of the data path (`fuzz/`, cargo-fuzz on stable, no sanitizer):
+    /// installs cargo-fuzz if missing, seeds the corpus from the hostile-frame generator, runs
+    /// for `--seconds`. CI runs a short one.
+    Fuzz {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Extra arguments for libFuzzer (after `--`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Run the benchmark binary (`dsr-bench`) with the given arguments.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -185,6 +197,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let deb = x.build_deb()?;
             println!("[xtask] package: {}", deb.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fuzz { seconds, args } => {
+            x.ensure_cargo_fuzz()?;
+            let corpus = x.root.join("fuzz/corpus/differential");
+            let seeded = fs::read_dir(&corpus).is_ok_and(|mut d| d.next().is_some());
+            if !seeded {
+                println!(
+                    "[xtask] seeding {} from the hostile-frame generator",
+                    corpus.display()
+                );
+                x.run_checked(
+                    x.cargo()
+                        .args(["test", "-p", TESTS_PACKAGE, "--test", "hostile"])
+                        .env("DSR_HOSTILE_SEED", "1")
+                        .env("DSR_HOSTILE_FRAMES", "2000")
+                        .env("DSR_HOSTILE_CORPUS", &corpus),
+                )?;
+            }
+            let mut cmd = x.cargo();
+            cmd.args(["fuzz", "run", "-s", "none", "differential", "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-max_len=1600")
+                .args(&args);
+            x.run_status(&mut cmd)
         }
         Cmd::Bench { args } => {
             let mut cmd = x.cargo();
@@ -488,6 +524,30 @@ impl Xtask {
             .rfind(|l| l.ends_with(".deb"))
             .with_context(|| format!("cargo-deb printed no .deb path: {stdout}"))?;
         Ok(self.root.join(deb))
+    }
+
+    fn ensure_cargo_fuzz(&self) -> Result<()> {
+        let found = self
+            .cargo()
+            .args(["fuzz", "--version"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        if let Some(out) = found {
+            let version = String::from_utf8_lossy(&out.stdout);
+            println!("[xtask] cargo-fuzz: present ({})", version.trim());
+            return Ok(());
+        }
+        println!("[xtask] cargo-fuzz: missing, installing {CARGO_FUZZ_VERSION} (about 40 s)");
+        self.run_checked(self.cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .context("installing cargo-fuzz failed")?;
+        Ok(())
     }
 
     fn ensure_bpffs(&self) -> Result<()> {

@@ -1,13 +1,18 @@
 //! From a frame to the facts the decision needs: the flow, its VLAN, and what kind of packet
 //! it is (plain TCP/UDP, a fragment, an ICMP "packet too big" about a flow).
 
-use aya_ebpf::programs::XdpContext;
-use dsr_common::{FlowKey, Reason};
+//!
+//! One source for both sides: the XDP program parses its context through
+//! [`Frame`](crate::headers::Frame) (bounds checked against `data_end`), the host parses a
+//! `&[u8]` (tests, the differential fuzz target) with the very same code.
 
-use crate::headers::{
-    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_FRAGMENT, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, Ipv6FragHdr, Ipv6Hdr, Ports,
-    VlanHdr, read_at,
+use crate::{
+    FlowKey, Reason,
+    headers::{
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EthHdr, Frame, IPPROTO_FRAGMENT,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, Ipv6FragHdr,
+        Ipv6Hdr, Ports, VlanHdr,
+    },
 };
 
 const TCP_MIN_HDR: usize = 20;
@@ -18,7 +23,7 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A whole TCP/UDP packet.
     Plain,
@@ -28,7 +33,7 @@ pub enum Kind {
     TooBig,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub key: FlowKey,
     /// Outer VLAN id (0 = untagged).
@@ -44,8 +49,8 @@ pub const TCP_RST: u8 = 0x04;
 
 /// Parses Ethernet (with up to two VLAN tags) and IPv4/IPv6. Errors are the reason to pass.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let eth: EthHdr = read_at(ctx, 0).ok_or(Reason::Malformed)?;
+pub fn parse<F: Frame>(ctx: &F) -> Result<Packet, Reason> {
+    let eth: EthHdr = ctx.read(0).ok_or(Reason::Malformed)?;
     let mut ethertype = u16::from_be_bytes(eth.ethertype);
     let mut offset = EthHdr::LEN;
     let mut vlan = 0u16;
@@ -55,7 +60,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag: VlanHdr = read_at(ctx, offset).ok_or(Reason::Malformed)?;
+        let tag: VlanHdr = ctx.read(offset).ok_or(Reason::Malformed)?;
         if depth == 0 {
             vlan = u16::from_be_bytes(tag.tci) & 0x0fff;
         }
@@ -70,9 +75,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     };
     // `ports` checked that a TCP header's first 20 bytes are there whenever l4 is set.
     let tcp_flags = match l4 {
-        Some(off) if key.proto == IPPROTO_TCP as u32 => {
-            read_at::<u8>(ctx, off + TCP_FLAGS_OFFSET).ok_or(Reason::Malformed)?
-        }
+        Some(off) if key.proto == IPPROTO_TCP as u32 => ctx
+            .read::<u8>(off + TCP_FLAGS_OFFSET)
+            .ok_or(Reason::Malformed)?,
         _ => 0,
     };
     Ok(Packet {
@@ -88,16 +93,16 @@ const TCP_FLAGS_OFFSET: usize = 13;
 
 /// Reads the ports of a TCP/UDP header at `offset`, checking that the minimum header is there.
 #[inline(always)]
-fn ports(ctx: &XdpContext, offset: usize, proto: u8) -> Result<u32, Reason> {
+fn ports<F: Frame>(ctx: &F, offset: usize, proto: u8) -> Result<u32, Reason> {
     let min = if proto == IPPROTO_TCP {
         TCP_MIN_HDR
     } else {
         UDP_HDR
     };
-    if ctx.data() + offset + min > ctx.data_end() {
+    if !ctx.has(offset, min) {
         return Err(Reason::Malformed);
     }
-    let p: Ports = read_at(ctx, offset).ok_or(Reason::Malformed)?;
+    let p: Ports = ctx.read(offset).ok_or(Reason::Malformed)?;
     Ok(p.src as u32 | (p.dst as u32) << 16)
 }
 
@@ -111,8 +116,8 @@ fn v4_words(addr: u32) -> [u32; 4] {
 
 /// IPv4 with any IHL (options are skipped, not refused).
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
-    let ip: Ipv4Hdr = read_at(ctx, offset).ok_or(Reason::Malformed)?;
+fn ipv4<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
+    let ip: Ipv4Hdr = ctx.read(offset).ok_or(Reason::Malformed)?;
     if ip.ver_ihl >> 4 != 4 {
         return Err(Reason::Malformed);
     }
@@ -153,13 +158,13 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
 /// ICMP "fragmentation needed" quoting a packet a backend sent from a VIP: the flow it
 /// belongs to, seen from the client (source = the quoted destination, and so on).
 #[inline(always)]
-fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<Parsed, Reason> {
-    let icmp: IcmpHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
+fn icmp4_too_big<F: Frame>(ctx: &F, l4: usize, outer: &Ipv4Hdr) -> Result<Parsed, Reason> {
+    let icmp: IcmpHdr = ctx.read(l4).ok_or(Reason::Malformed)?;
     if icmp.kind != ICMP_DEST_UNREACH || icmp.code != ICMP_FRAG_NEEDED {
         return Err(Reason::NotTcpUdp);
     }
     let inner_off = l4 + IcmpHdr::LEN;
-    let inner: Ipv4Hdr = read_at(ctx, inner_off).ok_or(Reason::Malformed)?;
+    let inner: Ipv4Hdr = ctx.read(inner_off).ok_or(Reason::Malformed)?;
     let ihl = (inner.ver_ihl & 0x0f) as usize;
     if inner.ver_ihl >> 4 != 4 || ihl < 5 {
         return Err(Reason::Malformed);
@@ -172,7 +177,7 @@ fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<Parsed,
         return Err(Reason::NotTcpUdp);
     }
     // RFC 792: the error quotes the IP header and at least 8 bytes of its payload.
-    let quoted: Ports = read_at(ctx, inner_off + ihl * 4).ok_or(Reason::Malformed)?;
+    let quoted: Ports = ctx.read(inner_off + ihl * 4).ok_or(Reason::Malformed)?;
     let key = FlowKey {
         src: v4_words(inner.daddr),
         dst: v4_words(inner.saddr),
@@ -186,8 +191,8 @@ fn icmp4_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv4Hdr) -> Result<Parsed,
 /// too big". Other extension headers are passed: walking them costs a bounded loop on every
 /// packet and real VIP traffic rarely carries them.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
-    let ip: Ipv6Hdr = read_at(ctx, offset).ok_or(Reason::Malformed)?;
+fn ipv6<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
+    let ip: Ipv6Hdr = ctx.read(offset).ok_or(Reason::Malformed)?;
     if ip.version() != 6 {
         return Err(Reason::Malformed);
     }
@@ -210,7 +215,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
             Ok((key, Kind::Plain, Some(l4)))
         }
         IPPROTO_FRAGMENT => {
-            let frag: Ipv6FragHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
+            let frag: Ipv6FragHdr = ctx.read(l4).ok_or(Reason::Malformed)?;
             if frag.nexthdr != IPPROTO_TCP && frag.nexthdr != IPPROTO_UDP {
                 return Err(Reason::Ipv6ExtHeader);
             }
@@ -232,20 +237,22 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Reason> {
 }
 
 #[inline(always)]
-fn icmp6_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv6Hdr) -> Result<Parsed, Reason> {
-    let icmp: IcmpHdr = read_at(ctx, l4).ok_or(Reason::Malformed)?;
+fn icmp6_too_big<F: Frame>(ctx: &F, l4: usize, outer: &Ipv6Hdr) -> Result<Parsed, Reason> {
+    let icmp: IcmpHdr = ctx.read(l4).ok_or(Reason::Malformed)?;
     if icmp.kind != ICMPV6_PKT_TOOBIG {
         return Err(Reason::NotTcpUdp);
     }
     let inner_off = l4 + IcmpHdr::LEN;
-    let inner: Ipv6Hdr = read_at(ctx, inner_off).ok_or(Reason::Malformed)?;
+    let inner: Ipv6Hdr = ctx.read(inner_off).ok_or(Reason::Malformed)?;
     if inner.version() != 6
         || inner.saddr != outer.daddr
         || (inner.nexthdr != IPPROTO_TCP && inner.nexthdr != IPPROTO_UDP)
     {
         return Err(Reason::NotTcpUdp);
     }
-    let quoted: Ports = read_at(ctx, inner_off + Ipv6Hdr::LEN).ok_or(Reason::Malformed)?;
+    let quoted: Ports = ctx
+        .read(inner_off + Ipv6Hdr::LEN)
+        .ok_or(Reason::Malformed)?;
     let key = FlowKey {
         src: inner.daddr,
         dst: inner.saddr,
@@ -253,4 +260,45 @@ fn icmp6_too_big(ctx: &XdpContext, l4: usize, outer: &Ipv6Hdr) -> Result<Parsed,
         proto: inner.nexthdr as u32,
     };
     Ok((key, Kind::TooBig, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet + IPv4 (IHL 5) + a TCP SYN from 10.0.0.1:4660 to 10.0.0.2:80.
+    fn syn() -> [u8; 54] {
+        let mut f = [0u8; 54];
+        f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        f[14] = 0x45;
+        f[23] = IPPROTO_TCP;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&4660u16.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f[47] = TCP_SYN;
+        f
+    }
+
+    #[test]
+    fn a_slice_parses_like_the_wire() {
+        let f = syn();
+        let p = parse(&&f[..]).unwrap();
+        assert_eq!(p.kind, Kind::Plain);
+        assert_eq!(p.tcp_flags, TCP_SYN);
+        assert_eq!(p.key.proto, IPPROTO_TCP as u32);
+        assert_eq!(
+            p.key.ports,
+            4660u16.to_be() as u32 | (80u16.to_be() as u32) << 16
+        );
+        assert_eq!(p.key.dst, v4_words(u32::from_ne_bytes([10, 0, 0, 2])));
+    }
+
+    #[test]
+    fn every_truncation_is_malformed() {
+        let f = syn();
+        for len in 0..f.len() {
+            assert_eq!(parse(&&f[..len]), Err(Reason::Malformed), "{len} bytes");
+        }
+    }
 }
