@@ -91,20 +91,47 @@ pub fn parse<F: Frame>(ctx: &F) -> Result<Packet, Reason> {
 /// Offset of the flags byte in a TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 
-/// Reads the ports of a TCP/UDP header at `offset`, checking that the minimum header is there.
+/// Reads the ports of a TCP/UDP header at `offset`, checking that the minimum header is there,
+/// inside both the frame and the IP packet (which ends at `end`), and for TCP that its data
+/// offset is sane (at least the 5 words of the fixed header, within the packet).
 #[inline(always)]
-fn ports<F: Frame>(ctx: &F, offset: usize, proto: u8) -> Result<u32, Reason> {
+fn ports<F: Frame>(ctx: &F, offset: usize, proto: u8, end: usize) -> Result<u32, Reason> {
     let min = if proto == IPPROTO_TCP {
         TCP_MIN_HDR
     } else {
         UDP_HDR
     };
+    // The frame checks come first, on their own: the compiler must not drop one as implied
+    // by the packet-length checks (it would be right, but the verifier only trusts a
+    // comparison against the frame's end).
     if !ctx.has(offset, min) {
         return Err(Reason::Malformed);
     }
     let p: Ports = ctx.read(offset).ok_or(Reason::Malformed)?;
+    // (Only TCP has a data offset: a short UDP datagram may end right after its header.)
+    let doff = if proto == IPPROTO_TCP {
+        // Through a volatile copy of the offset, so that this read keeps a bounds check of its
+        // own: derived from the check above, the compiler would drop it, and the verifier
+        // does not follow that proof to a second pointer.
+        // SAFETY: a plain read of a local.
+        let at = unsafe { core::ptr::read_volatile(&offset) } + TCP_DOFF_OFFSET;
+        ctx.read::<u8>(at).ok_or(Reason::Malformed)? >> 4
+    } else {
+        5
+    };
+    // Read through a volatile copy, so that the compiler knows nothing that relates `end` to
+    // the frame's length.
+    // SAFETY: a plain read of a local.
+    let end = unsafe { core::ptr::read_volatile(&end) };
+    if offset + min > end || proto == IPPROTO_TCP && (doff < 5 || offset + doff as usize * 4 > end)
+    {
+        return Err(Reason::Malformed);
+    }
     Ok(p.src as u32 | (p.dst as u32) << 16)
 }
+
+/// Offset of the data-offset byte (high nibble, in 32-bit words) in a TCP header.
+const TCP_DOFF_OFFSET: usize = 12;
 
 /// What an IP parser found: the flow, its kind, and where its TCP/UDP header starts (if the
 /// packet carries one).
@@ -125,6 +152,13 @@ fn ipv4<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
     if ihl < 5 {
         return Err(Reason::Malformed);
     }
+    // The packet must hold its own header and lie inside the frame (which may be longer:
+    // Ethernet pads short frames).
+    let tot_len = u16::from_be(ip.tot_len) as usize;
+    if tot_len < ihl * 4 || !ctx.has(offset, tot_len) {
+        return Err(Reason::Malformed);
+    }
+    let end = offset + tot_len;
     let l4 = offset + ihl * 4;
     if ip.proto == IPPROTO_ICMP {
         // Only an unfragmented datagram starts with an ICMP header: a non-first fragment's
@@ -146,12 +180,12 @@ fn ipv4<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
     if ip.is_fragment() {
         let first = ip.is_first_fragment();
         if first {
-            key.ports = ports(ctx, l4, ip.proto)?;
+            key.ports = ports(ctx, l4, ip.proto, end)?;
             return Ok((key, Kind::Fragment { first }, Some(l4)));
         }
         return Ok((key, Kind::Fragment { first }, None));
     }
-    key.ports = ports(ctx, l4, ip.proto)?;
+    key.ports = ports(ctx, l4, ip.proto, end)?;
     Ok((key, Kind::Plain, Some(l4)))
 }
 
@@ -203,6 +237,13 @@ fn ipv6<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
         return Err(Reason::NotVip);
     }
     let l4 = offset + Ipv6Hdr::LEN;
+    // The payload must lie inside the frame. A payload length of 0 means a jumbogram, which
+    // needs a hop-by-hop header: invalid with anything dsr forwards.
+    let payload_len = u16::from_be(ip.payload_len) as usize;
+    if payload_len == 0 && ip.nexthdr != 0 || !ctx.has(l4, payload_len) {
+        return Err(Reason::Malformed);
+    }
+    let end = l4 + payload_len;
     let mut key = FlowKey {
         src: ip.saddr,
         dst: ip.daddr,
@@ -211,7 +252,7 @@ fn ipv6<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
     };
     match ip.nexthdr {
         IPPROTO_TCP | IPPROTO_UDP => {
-            key.ports = ports(ctx, l4, ip.nexthdr)?;
+            key.ports = ports(ctx, l4, ip.nexthdr, end)?;
             Ok((key, Kind::Plain, Some(l4)))
         }
         IPPROTO_FRAGMENT => {
@@ -223,7 +264,7 @@ fn ipv6<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
             let first = frag.offset() == 0;
             if first {
                 let l4 = l4 + Ipv6FragHdr::LEN;
-                key.ports = ports(ctx, l4, frag.nexthdr)?;
+                key.ports = ports(ctx, l4, frag.nexthdr, end)?;
                 return Ok((key, Kind::Fragment { first }, Some(l4)));
             }
             Ok((key, Kind::Fragment { first }, None))
@@ -271,13 +312,41 @@ mod tests {
         let mut f = [0u8; 54];
         f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
         f[14] = 0x45;
+        f[16..18].copy_from_slice(&40u16.to_be_bytes()); // total length: 20 + 20
         f[23] = IPPROTO_TCP;
         f[26..30].copy_from_slice(&[10, 0, 0, 1]);
         f[30..34].copy_from_slice(&[10, 0, 0, 2]);
         f[34..36].copy_from_slice(&4660u16.to_be_bytes());
         f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f[46] = 0x50; // data offset: 5 words
         f[47] = TCP_SYN;
         f
+    }
+
+    #[test]
+    fn lengths_that_lie_are_malformed() {
+        let ok = syn();
+        assert!(parse(&&ok[..]).is_ok());
+        // An IPv4 total length shorter than the headers, or longer than the frame.
+        for tot_len in [4u16, 20, 39, 41, 1500] {
+            let mut f = ok;
+            f[16..18].copy_from_slice(&tot_len.to_be_bytes());
+            assert_eq!(
+                parse(&&f[..]),
+                Err(Reason::Malformed),
+                "total length {tot_len}"
+            );
+        }
+        // A TCP data offset below the fixed header, or past the packet.
+        for doff in [0u8, 4, 6] {
+            let mut f = ok;
+            f[46] = doff << 4;
+            assert_eq!(parse(&&f[..]), Err(Reason::Malformed), "data offset {doff}");
+        }
+        // Ethernet padding after the packet is fine.
+        let mut padded = [0u8; 60];
+        padded[..54].copy_from_slice(&ok);
+        assert!(parse(&&padded[..]).is_ok());
     }
 
     #[test]

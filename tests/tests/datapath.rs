@@ -727,6 +727,42 @@ fn rows() -> Vec<Row> {
             expect: Untouched(XDP_PASS, Reason::NotVip),
         },
         Row {
+            what: "IPv4 total length shorter than its own headers",
+            frame: {
+                let mut f = v4(TCP, VIP4, 80);
+                f[16..18].copy_from_slice(&20u16.to_be_bytes());
+                f
+            },
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv4 total length past the end of the frame",
+            frame: {
+                let mut f = v4(TCP, VIP4, 80);
+                f[16..18].copy_from_slice(&1500u16.to_be_bytes());
+                f
+            },
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "TCP data offset 0",
+            frame: {
+                let mut f = v4(TCP, VIP4, 80);
+                f[14 + 20 + 12] = 0;
+                f
+            },
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
+            what: "IPv6 payload length 0 (a jumbogram without its header)",
+            frame: {
+                let mut f = v6(TCP, 80);
+                f[18..20].copy_from_slice(&0u16.to_be_bytes());
+                f
+            },
+            expect: Untouched(XDP_PASS, Reason::Malformed),
+        },
+        Row {
             what: "TCP RST to a VIP (no flow entry)",
             frame: with_tcp_flags(flow(40100), TCP_RST),
             expect: Tx,
