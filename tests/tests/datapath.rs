@@ -1452,3 +1452,76 @@ fn pins_of_another_layout_are_refused_with_the_remedy() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_syn_flood_filling_the_flow_table_moves_no_established_flow() {
+    // The fixture's flow table holds 4096 flows. Established flows first...
+    let mut f = Fixture::new();
+    let established: Vec<u16> = (20000..20200).collect();
+    let mut first = Vec::new();
+    for &p in &established {
+        first.push(backend_of(&f, &flow(p)).expect("a backend of VIP 0"));
+    }
+    // ...then a flood of SYNs from random sources, five times what the table holds, evicts
+    // (nearly) all of their entries.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..5 * 4096 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let src = Ipv4Addr::from((seed >> 32) as u32 | 0x0a00_0000);
+        let frame = frames::flow_frame(
+            LB_MAC,
+            CLIENT_MAC,
+            src.into(),
+            seed as u16 | 1024,
+            VIP4.into(),
+            80,
+            TCP,
+        );
+        run(f.dp.program(), &frame, LO);
+    }
+    let key = |p: u16| f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+    let evicted = established.iter().filter(|&&p| f.dp.flow(&key(p)).is_none()).count();
+    assert!(evicted > established.len() / 2, "the flood evicted only {evicted} entries");
+    // While the table is unchanged, an evicted flow is placed where it was: nothing moves.
+    for (&p, &was) in established.iter().zip(&first) {
+        assert_eq!(backend_of(&f, &with_tcp_flags(flow(p), TCP_ACK)), Some(was), "flow {p}");
+    }
+    // Full table *and* a backend change: the flows of the drained backend whose entry the
+    // flood evicted move (as for any flow without an entry); the others stay.
+    for _ in 0..5 * 4096 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let frame = frames::flow_frame(
+            LB_MAC,
+            CLIENT_MAC,
+            Ipv4Addr::from((seed >> 32) as u32 | 0x0a00_0000).into(),
+            seed as u16 | 1024,
+            VIP4.into(),
+            80,
+            TCP,
+        );
+        run(f.dp.program(), &frame, LO);
+    }
+    let on_one: Vec<u16> = established
+        .iter()
+        .zip(&first)
+        .filter(|(_, b)| **b == 1)
+        .map(|(p, _)| *p)
+        .collect();
+    let kept_entries = on_one.iter().filter(|&&p| f.dp.flow(&key(p)).is_some()).count();
+    f.set_vip(0, &[1, 0, 1], VipOptions::default());
+    let stayed = on_one
+        .iter()
+        .filter(|&&p| backend_of(&f, &with_tcp_flags(flow(p), TCP_ACK)) == Some(1))
+        .count();
+    assert_eq!(stayed, kept_entries, "exactly the flows that kept their entry stay");
+    println!(
+        "flood: {evicted} of {} established entries evicted; after a drain, {stayed} of {} \
+         flows of the drained backend stayed (the others had lost their entry)",
+        established.len(),
+        on_one.len()
+    );
+}
