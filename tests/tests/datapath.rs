@@ -1482,11 +1482,21 @@ fn a_syn_flood_filling_the_flow_table_moves_no_established_flow() {
         run(f.dp.program(), &frame, LO);
     }
     let key = |p: u16| f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
-    let evicted = established.iter().filter(|&&p| f.dp.flow(&key(p)).is_none()).count();
-    assert!(evicted > established.len() / 2, "the flood evicted only {evicted} entries");
+    let evicted = established
+        .iter()
+        .filter(|&&p| f.dp.flow(&key(p)).is_none())
+        .count();
+    assert!(
+        evicted > established.len() / 2,
+        "the flood evicted only {evicted} entries"
+    );
     // While the table is unchanged, an evicted flow is placed where it was: nothing moves.
     for (&p, &was) in established.iter().zip(&first) {
-        assert_eq!(backend_of(&f, &with_tcp_flags(flow(p), TCP_ACK)), Some(was), "flow {p}");
+        assert_eq!(
+            backend_of(&f, &with_tcp_flags(flow(p), TCP_ACK)),
+            Some(was),
+            "flow {p}"
+        );
     }
     // Full table *and* a backend change: the flows of the drained backend whose entry the
     // flood evicted move (as for any flow without an entry); the others stay.
@@ -1511,13 +1521,19 @@ fn a_syn_flood_filling_the_flow_table_moves_no_established_flow() {
         .filter(|(_, b)| **b == 1)
         .map(|(p, _)| *p)
         .collect();
-    let kept_entries = on_one.iter().filter(|&&p| f.dp.flow(&key(p)).is_some()).count();
+    let kept_entries = on_one
+        .iter()
+        .filter(|&&p| f.dp.flow(&key(p)).is_some())
+        .count();
     f.set_vip(0, &[1, 0, 1], VipOptions::default());
     let stayed = on_one
         .iter()
         .filter(|&&p| backend_of(&f, &with_tcp_flags(flow(p), TCP_ACK)) == Some(1))
         .count();
-    assert_eq!(stayed, kept_entries, "exactly the flows that kept their entry stay");
+    assert_eq!(
+        stayed, kept_entries,
+        "exactly the flows that kept their entry stay"
+    );
     println!(
         "flood: {evicted} of {} established entries evicted; after a drain, {stayed} of {} \
          flows of the drained backend stayed (the others had lost their entry)",

@@ -351,3 +351,75 @@ fn failed_check_reprobes_a_silently_moved_address() {
         "the move should have failed a check first"
     );
 }
+
+/// A backend whose health check flaps faster than its thresholds: with fall 3 (each failing
+/// check waits out its 300 ms timeout) a half-second outage never takes it down, so nothing
+/// changes and nothing is logged; a two-second outage takes it down once and brings it back
+/// once (one line each per VIP checking it), while the other backend serves throughout.
+#[test]
+fn a_flapping_backend_changes_state_boundedly_and_quietly() {
+    let check = format!(
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 3\nfall = 3"
+    );
+    let lab = started("flap", &[1, 1], &check, &[]);
+    wait_health(&lab, "udp", 0, "up");
+    wait_health(&lab, "udp", 1, "up");
+    // The health endpoint flaps by a drop rule on backend 1 (restarting its server is
+    // slower than the flap).
+    let ns = lab.backends[0].ns.clone();
+    let nft = |args: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "nft"])
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft("add table inet flap");
+    nft("add chain inet flap input { type filter hook input priority 0 ; }");
+    let drop_rule = format!("add rule inet flap input tcp dport {HEALTH_PORT} drop");
+    let state_lines = |log: &str, what: &str| {
+        log.lines()
+            .filter(|l| l.contains("backend 198.18.0.11 is") && l.contains(what))
+            .count()
+    };
+
+    let before = lab.dsr_log().len();
+    for i in 0..10 {
+        nft(&drop_rule);
+        std::thread::sleep(Duration::from_millis(250));
+        nft("flush chain inet flap input");
+        std::thread::sleep(Duration::from_millis(250));
+        let who = lab
+            .udp_request(33000 + i * 7)
+            .expect("served while the other flaps");
+        assert!(who.starts_with("backend-"), "{who}");
+    }
+    let log = lab.dsr_log()[before..].to_owned();
+    assert_eq!(
+        state_lines(&log, "DOWN"),
+        0,
+        "a flap shorter than fall x timeout:\n{log}"
+    );
+    assert!(!log.contains("table rebuilt"), "the table changed:\n{log}");
+    assert_eq!(lab.health_of("udp", 0), "up");
+
+    let before = lab.dsr_log().len();
+    nft(&drop_rule);
+    wait_health(&lab, "udp", 0, "down");
+    nft("flush chain inet flap input");
+    wait_health(&lab, "udp", 0, "up");
+    wait_health(&lab, "tcp", 0, "up");
+    let log = lab.dsr_log()[before..].to_owned();
+    // Two VIPs check this backend: one DOWN and one UP line each.
+    assert_eq!(
+        (state_lines(&log, "DOWN"), state_lines(&log, "UP")),
+        (2, 2),
+        "{log}"
+    );
+    assert!(log.lines().count() <= 12, "{log}");
+}
