@@ -681,3 +681,70 @@ fn control_socket_survives_idle_floods_and_unfinished_requests() {
     drop(idle);
     assert_eq!(before, state_of(&lab));
 }
+
+/// Hundreds of checks to black-holed backends under a small file-descriptor limit: checks
+/// run at most a budget at once, so the daemon never runs out of descriptors, the control
+/// socket keeps answering, the black-holed backends are found down and the real one keeps
+/// serving.
+#[test]
+fn many_black_holed_checks_do_not_starve_the_daemon() {
+    let mut lab = Lab::new("fdlimit", &[1]);
+    let real = lab.backends[0].ip;
+    let mut config = lab
+        .header()
+        .replace("max_backends = 64", "max_backends = 1024");
+    for (name, port, proto) in [("udp-53", UDP_PORT, "udp"), ("tcp-80", 80, "tcp")] {
+        config += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n  [[vip.backend]]\n  address = \"{real}\"\n"
+        );
+        // Addresses on the lab's segment that nobody holds: a check waits out its timeout.
+        for last in (30..100u8).chain(101..231) {
+            config += &format!(
+                "  [[vip.backend]]\n  address = \"198.18.0.{last}\"\n  mac = \"02:00:00:00:aa:{last:02x}\"\n"
+            );
+        }
+    }
+    lab.wrapper = vec!["prlimit".into(), "--nofile=256:256".into(), "--".into()];
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lab.dsr_log().contains("at most 48 at once"),
+        "{}",
+        lab.dsr_log()
+    );
+    let pid = lab.status().pid.unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // All 400 black-holed backends are found down, while status keeps answering.
+    lab.wait_for(
+        "the black-holed backends to be down",
+        Duration::from_secs(30),
+        || {
+            let st = lab.status();
+            assert!(fds() < 256, "{} file descriptors open", fds());
+            st.vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .filter(|b| b.address != real)
+                .all(|b| b.health == dsr::control::HealthState::Down)
+        },
+    );
+    let st = lab.status();
+    for v in &st.vips {
+        let b = v.backends.iter().find(|b| b.address == real).unwrap();
+        assert!(b.health.is_up() && b.in_table, "{b:?}");
+        assert!(
+            b.last_check.as_ref().is_some_and(|c| c.ok),
+            "the real backend was never checked: {b:?}"
+        );
+    }
+    assert_eq!(lab.udp_request(47500).unwrap(), "backend-1");
+    assert!(
+        !lab.dsr_log().contains("Too many open files"),
+        "{}",
+        lab.dsr_log()
+    );
+}

@@ -210,7 +210,11 @@ impl Daemon {
             writer,
             serving: HashMap::new(),
             reloads: (0, 0),
-            checks: health::Supervisor::new(reports),
+            checks: {
+                let budget = health::check_budget();
+                log::info!("health checks: at most {budget} at once (file descriptor limit)");
+                health::Supervisor::new(reports, budget)
+            },
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
         };

@@ -238,6 +238,7 @@ pub async fn check_loop(
     default_port: u16,
     spec: CheckSpec,
     reports: mpsc::Sender<Report>,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 ) {
     let jitter = |interval: Duration| {
         let max = (interval.as_micros() as u64 / 10).max(1);
@@ -246,7 +247,14 @@ pub async fn check_loop(
     tokio::time::sleep(jitter(spec.interval)).await;
     loop {
         let started = Instant::now();
+        // A check holds a socket while it runs: at most `in_flight` at once, so that
+        // thousands of checks to black-holed backends cannot use up the file descriptors the
+        // control socket and the other checks need. A check waiting for its turn runs late.
+        let Ok(permit) = in_flight.acquire().await else {
+            return;
+        };
         let result = check_once(address, default_port, &spec).await;
+        drop(permit);
         if reports.send(Report { token, result }).await.is_err() {
             return;
         }
@@ -255,9 +263,36 @@ pub async fn check_loop(
     }
 }
 
+/// File descriptors kept for everything but checks: maps, netlink, the control socket and
+/// its clients, the metrics endpoint.
+const FD_RESERVE: u64 = 160;
+
+/// Raises the soft file-descriptor limit to the hard one and says how many checks may run at
+/// once: half of what is left after the reserve, at least 8 and at most 4096.
+pub fn check_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    (lim.rlim_cur.saturating_sub(FD_RESERVE) / 2).clamp(8, 4096) as usize
+}
+
 /// One check task per checked backend, keyed by the backend's check token (a new token, for
 /// a new or edited check, restarts the check).
 pub struct Supervisor {
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     tasks: std::collections::HashMap<u64, tokio::task::JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
 }
@@ -272,8 +307,10 @@ pub struct Wanted<'a> {
 }
 
 impl Supervisor {
-    pub fn new(reports: mpsc::Sender<Report>) -> Self {
+    /// `max_in_flight`: checks that may run at once (see [`check_budget`]).
+    pub fn new(reports: mpsc::Sender<Report>, max_in_flight: usize) -> Self {
         Supervisor {
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
             tasks: Default::default(),
             reports,
         }
@@ -294,6 +331,7 @@ impl Supervisor {
                     w.default_port,
                     w.spec.clone(),
                     self.reports.clone(),
+                    self.in_flight.clone(),
                 ))
             });
         }
