@@ -976,6 +976,33 @@ impl Lab {
         )
     }
 
+    /// Deletes the load balancer's own interface (eth0): an unplugged NIC, a reloaded driver.
+    /// Its XDP link goes with it.
+    pub fn delete_main_interface(&mut self) -> Result<()> {
+        self._peer_xdp = None;
+        sh(&["ip", "-n", &self.lb_ns, "link", "del", IFACE])?;
+        Ok(())
+    }
+
+    /// Creates eth0 again as the lab first did: same name, MAC and addresses (the VIP too),
+    /// a new index.
+    pub fn create_main_interface(&mut self) -> Result<()> {
+        let (sw, lb) = (self.switch_ns.clone(), self.lb_ns.clone());
+        self.plug(&lb, "port-lb", LB_MAC, LB_IP)?;
+        sh(&[
+            "ip",
+            "-n",
+            &lb,
+            "addr",
+            "add",
+            &format!("{VIP}/32"),
+            "dev",
+            IFACE,
+        ])?;
+        self._peer_xdp = Some(attach_xdp_pass(&sw, "port-lb")?);
+        Ok(())
+    }
+
     /// Deletes the load balancer's second interface (eth1: an unplugged NIC, a reloaded
     /// driver). The kernel deletes its devmap entries with it.
     pub fn delete_second_interface(&mut self) -> Result<()> {

@@ -200,3 +200,37 @@ fn a_recreated_egress_interface_is_followed() {
     assert_eq!((st.map_writes_pending, st.map_write_failures), (0, 0));
     assert!(lab.dsr_log().contains("is back as index"));
 }
+
+/// The load balancer's own interface deleted and created again: nothing is forwarded while
+/// it is gone; once it is back (a new index), dsr attaches to it anew and says so, and the
+/// VIP answers again.
+#[test]
+fn a_recreated_receiving_interface_is_attached_again() {
+    let mut lab = Lab::new("reattach", &[1, 1]);
+    let config = udp_vip(&lab, "");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.udp_request(38000).expect("answered before");
+    lab.delete_main_interface().unwrap();
+    lab.wait_for(
+        "dsr to see eth0 gone",
+        std::time::Duration::from_secs(5),
+        || lab.dsr_log().contains("interface eth0 is gone"),
+    );
+    lab.create_main_interface().unwrap();
+    lab.wait_for(
+        "dsr to re-attach",
+        std::time::Duration::from_secs(5),
+        || lab.dsr_log().contains("re-attached the data path"),
+    );
+    for sport in 38001..38011u16 {
+        let who = lab.udp_request(sport).unwrap_or_else(|e| {
+            panic!("flow {sport} after the re-attach: {e:#}\n{}", lab.dsr_log())
+        });
+        assert_eq!(lab.index_of(&who), lab.predict(17, sport), "flow {sport}");
+    }
+    // A restart adopts the data path on the new interface.
+    lab.stop_dsr();
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.udp_request(38020).expect("answered after a restart");
+}

@@ -66,6 +66,8 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
+    /// The receiving interface was found gone (logged once).
+    interface_gone: bool,
     /// Reloads applied and refused since start.
     reloads: (u64, u64),
     /// Who got each VIP's new flows when last logged.
@@ -210,6 +212,7 @@ impl Daemon {
             writer,
             serving: HashMap::new(),
             reloads: (0, 0),
+            interface_gone: false,
             checks: {
                 let budget = health::check_budget();
                 log::info!("health checks: at most {budget} at once (file descriptor limit)");
@@ -505,6 +508,7 @@ impl Daemon {
     }
 
     async fn housekeeping(&mut self, resolicit: bool) {
+        self.follow_interface().await;
         if self.follow_egress().await {
             self.apply_logged();
             self.save();

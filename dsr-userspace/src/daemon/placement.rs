@@ -177,4 +177,50 @@ impl Daemon {
             }
         }
     }
+
+    /// The receiving interface deleted (its XDP link goes with it) and created again under
+    /// its name: the program is attached to it anew, and the backends on it follow.
+    pub(super) async fn follow_interface(&mut self) {
+        let name = self.config.interface.clone();
+        let (ifindex, mac) = match self.netlink.link(&name).await {
+            Ok(found) => found,
+            Err(_) => {
+                if !self.interface_gone {
+                    self.interface_gone = true;
+                    log::warn!("interface {name} is gone: nothing is forwarded until it returns");
+                }
+                return;
+            }
+        };
+        if ifindex == self.ifindex {
+            return;
+        }
+        let old = self.ifindex;
+        let mode = self.config.xdp_mode;
+        let attached = self
+            .datapath
+            .set_iface(ifindex, mac)
+            .and_then(|()| self.datapath.reattach(ifindex, &name, mode));
+        match attached {
+            Ok(()) => {
+                self.ifindex = ifindex;
+                self.interface_gone = false;
+                for b in self
+                    .state
+                    .vips
+                    .iter_mut()
+                    .flat_map(|v| v.backends.iter_mut())
+                {
+                    if b.ifindex == old {
+                        b.ifindex = ifindex;
+                    }
+                }
+                log::warn!(
+                    "interface {name} is back as index {ifindex} ({mac}): re-attached the data path"
+                );
+                self.save();
+            }
+            Err(e) => log::error!("interface {name} is back as index {ifindex}: {e:#}"),
+        }
+    }
 }

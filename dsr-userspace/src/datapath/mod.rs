@@ -418,13 +418,23 @@ impl Datapath {
                     .with_context(|| format!("opening pinned link {}", link_path.display()))?;
                 let link = XdpLink::try_from(FdLink::from(pinned))
                     .context("the pinned link is not an XDP link")?;
-                let id = self
-                    .program_mut()
-                    .attach_to_link(link)
-                    .context("replacing the program in the pinned XDP link")?;
-                // Closing our fd on drop leaves the pinned link in place.
-                self.links.push(id);
-                return Ok(());
+                match self.program_mut().attach_to_link(link) {
+                    Ok(id) => {
+                        // Closing our fd on drop leaves the pinned link in place.
+                        self.links.push(id);
+                        return Ok(());
+                    }
+                    // The interface the link was made for went away (the link is defunct):
+                    // a new link on the interface as it is now.
+                    Err(e) => {
+                        log::warn!(
+                            "the pinned XDP link cannot take the program ({e}): attaching anew to {ifname}"
+                        );
+                        std::fs::remove_file(&link_path).with_context(|| {
+                            format!("unpinning the defunct link {}", link_path.display())
+                        })?;
+                    }
+                }
             }
             self.attach_new(ifindex, ifname, mode)?;
             let id = self.links.pop().expect("just attached");
@@ -438,6 +448,13 @@ impl Datapath {
             return Ok(());
         }
         self.attach_new(ifindex, ifname, mode)
+    }
+
+    /// Attaches to an interface that was deleted and created again (a new index): the old
+    /// link went with the old interface.
+    pub fn reattach(&mut self, ifindex: u32, ifname: &str, mode: XdpAttachMode) -> Result<()> {
+        self.unpin_link()?;
+        self.attach(ifindex, ifname, mode)
     }
 
     /// Unpins the link (if pinned) so the program detaches when this process lets go of it.
