@@ -174,3 +174,43 @@ fn without_bpffs_it_mounts_it_as_root_and_names_the_command_otherwise() {
     assert!(!dsr::datapath::is_pinned(&dsr::datapath::pin_dir(&lab.tag)));
     lab.stop_dsr();
 }
+
+/// Operators in the `control_group` use the CLI without root (their own group or a
+/// supplementary one); anyone else is refused with the remedy.
+#[test]
+fn the_control_group_uses_the_cli_without_root() {
+    let mut lab = Lab::new("opgroup", &[1, 1]);
+    let config = lab
+        .config()
+        .replace("max_vips = 8", "control_group = \"4243\"\nmax_vips = 8");
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let socket = std::fs::metadata(lab.socket()).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&socket), 4243);
+    let as_user = |gid: &str, groups: Option<&str>| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid", "4244", "--regid", gid]);
+        match groups {
+            Some(g) => cmd.args(["--groups", g]),
+            None => cmd.arg("--clear-groups"),
+        };
+        let out = cmd
+            .arg(dsr_lab::lab::dsr_bin())
+            .args(["status", "--json", "--config"])
+            .arg(lab.config_path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = as_user("4243", None);
+    assert!(ok && out.contains("\"udp-53\""), "{out}");
+    let (ok, out) = as_user("4245", Some("4243"));
+    assert!(ok && out.contains("\"udp-53\""), "{out}");
+    let (ok, out) = as_user("4245", None);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+}

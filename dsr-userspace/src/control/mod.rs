@@ -138,7 +138,11 @@ pub type Call = (Request, oneshot::Sender<Response>);
 /// Serves the socket at `path` until the daemon goes away: each request is parsed, handed to
 /// the daemon loop, and answered. Malformed or unauthorised requests are answered with an
 /// error here and never reach the daemon.
-pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    path: &Path,
+    group: Option<u32>,
+    calls: mpsc::Sender<Call>,
+) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -153,7 +157,15 @@ pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    match group {
+        // Root and the operators' group.
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        }
+        None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?,
+    }
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
@@ -174,15 +186,18 @@ pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task
             };
             let calls = calls.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, calls).await;
+                let _ = handle(stream, group, calls).await;
                 drop(permit);
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
-    let authorised = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+async fn handle(stream: UnixStream, group: Option<u32>, calls: mpsc::Sender<Call>) -> Result<()> {
+    let authorised = stream
+        .peer_cred()
+        .map(|c| c.uid() == 0 || group.is_some_and(|g| in_group(&c, g)))
+        .unwrap_or(false);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = String::new();
@@ -194,7 +209,9 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
         )),
     };
     let response = match n {
-        _ if !authorised => Response::error("unauthorised: the control socket is for root only"),
+        _ if !authorised => Response::error(
+            "unauthorised: the control socket is for root and the control_group only",
+        ),
         Err(e) => Response::error(format!("malformed request: {e}")),
         Ok(n) if n > MAX_REQUEST => {
             Response::error(format!("request larger than {MAX_REQUEST} bytes"))
@@ -218,6 +235,25 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
         .await
         .context("the client did not take the answer")??;
     Ok(())
+}
+
+/// Whether the peer is in group `gid`: its own group, or one of its supplementary groups
+/// (which SO_PEERCRED does not carry: read from its /proc entry).
+fn in_group(c: &tokio::net::unix::UCred, gid: u32) -> bool {
+    if c.gid() == gid {
+        return true;
+    }
+    let Some(pid) = c.pid() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
 }
 
 /// Answers a connection without reading it.

@@ -250,7 +250,12 @@ impl Daemon {
             }
             None => None,
         };
-        let server = control::serve(&self.config.control_socket, calls_tx).await?;
+        let server = control::serve(
+            &self.config.control_socket,
+            self.config.control_group,
+            calls_tx,
+        )
+        .await?;
         // Where `--instance NAME` finds this daemon (kept after exit: it also says where
         // the instance's state lives).
         let record = crate::runtime::instance::Record {

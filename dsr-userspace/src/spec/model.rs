@@ -369,6 +369,8 @@ pub struct Model {
     pub flow_table_size: u32,
     pub flow_idle_timeout: Duration,
     pub control_socket: PathBuf,
+    /// The group (its id) whose members may use the control socket besides root.
+    pub control_group: Option<u32>,
     pub state_dir: PathBuf,
     /// Where the Prometheus endpoint listens; `None` = off.
     pub metrics: Option<std::net::SocketAddr>,

@@ -62,6 +62,8 @@ struct RawConfig {
     flow_table_size: Option<Spanned<u32>>,
     flow_idle_timeout: Option<Spanned<RawDuration>>,
     control_socket: Option<PathBuf>,
+    /// Group (name or number) whose members may use the control socket besides root.
+    control_group: Option<Spanned<String>>,
     state_dir: Option<PathBuf>,
     /// Prometheus endpoint, e.g. "127.0.0.1:9464"; off when absent.
     metrics: Option<std::net::SocketAddr>,
@@ -401,7 +403,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         });
     }
 
+    let control_group = match &raw.control_group {
+        None => None,
+        Some(g) => Some(group_id(g.get_ref()).ok_or_else(|| {
+            err(
+                Some(g.span()),
+                format!(
+                    "control_group {:?}: no such group (a name or a number)",
+                    g.get_ref()
+                ),
+            )
+        })?),
+    };
     Ok(Model {
+        control_group,
         control_socket: raw
             .control_socket
             .unwrap_or_else(|| PathBuf::from(format!("/run/dsr/{instance}.sock"))),
@@ -587,6 +602,17 @@ fn hash_fields(h: &RawHash) -> Result<u32, String> {
         }
     };
     Ok(fields)
+}
+
+/// A group's id from its name (the group database) or its number.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
