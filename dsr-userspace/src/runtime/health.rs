@@ -464,4 +464,89 @@ mod tests {
         assert!(!r.ok, "{r:?}");
         assert!(check_once(lo, 1, &spec(CheckKind::None, 1)).await.ok);
     }
+
+    /// Targets that misbehave: each check fails within its timeout with a message saying
+    /// why, and never hangs, whatever the server does.
+    #[tokio::test]
+    async fn misbehaving_targets_fail_within_the_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    match path.as_str() {
+                        // Accepts and never answers.
+                        "/silent" => tokio::time::sleep(Duration::from_secs(10)).await,
+                        // Not HTTP at all.
+                        "/garbage" => {
+                            let _ = s.write_all(b"\x00\x01garbage\r\n\r\n").await;
+                        }
+                        // A header far larger than any health answer.
+                        "/huge" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Big: ").await;
+                            let _ = s.write_all(&vec![b'a'; 1 << 20]).await;
+                            let _ = s.write_all(b"\r\n\r\n").await;
+                        }
+                        // Resets the connection.
+                        "/reset" => {
+                            let sock = socket2_linger_zero(s);
+                            drop(sock);
+                        }
+                        // Answers, but after the timeout.
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(600)).await;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                .await;
+                        }
+                        _ => {}
+                    }
+                });
+            }
+        });
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let http = |path: &str| CheckKind::Http {
+            path: path.into(),
+            expect_status: 200,
+            host: None,
+            expect_body: None,
+        };
+        for path in ["/silent", "/garbage", "/huge", "/reset", "/slow"] {
+            let started = Instant::now();
+            let r = check_once(lo, 1, &spec(http(path), port)).await;
+            assert!(!r.ok, "{path} passed: {}", r.message);
+            assert!(!r.message.is_empty(), "{path}: no reason given");
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    /// Closes `s` with a RST (SO_LINGER 0) rather than a FIN.
+    fn socket2_linger_zero(s: tokio::net::TcpStream) -> std::net::TcpStream {
+        let std = s.into_std().unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket we own, with a linger struct of the right size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&std),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        std
+    }
 }
