@@ -188,6 +188,7 @@ fn the_control_group_uses_the_cli_without_root() {
     let socket = std::fs::metadata(lab.socket()).unwrap();
     assert_eq!(socket.permissions().mode() & 0o777, 0o660);
     assert_eq!(std::os::unix::fs::MetadataExt::gid(&socket), 4243);
+    let config_path = lab.config_path();
     let as_user = |gid: &str, groups: Option<&str>| {
         let mut cmd = std::process::Command::new("setpriv");
         cmd.args(["--reuid", "4244", "--regid", gid]);
@@ -198,7 +199,7 @@ fn the_control_group_uses_the_cli_without_root() {
         let out = cmd
             .arg(dsr_lab::lab::dsr_bin())
             .args(["status", "--json", "--config"])
-            .arg(lab.config_path())
+            .arg(&config_path)
             .output()
             .unwrap();
         (
@@ -213,4 +214,21 @@ fn the_control_group_uses_the_cli_without_root() {
     assert!(ok && out.contains("\"udp-53\""), "{out}");
     let (ok, out) = as_user("4245", None);
     assert!(!ok && out.contains("permission denied"), "{out}");
+    // With the daemon gone, an operator still reads the status from the pins (opened
+    // read-only) and the saved state (0640 in a 0750 directory, both the group's).
+    let state = lab.dir.join("state");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(&state), mode(&state.join("state.json"))),
+        (0o750, 0o640)
+    );
+    let pins = dsr::datapath::pin_dir(&lab.tag);
+    assert_eq!(mode(&pins.join(dsr_common::names::VIP_STATS)), 0o640);
+    lab.kill_dsr();
+    let (ok, out) = as_user("4243", None);
+    assert!(ok, "{out}");
+    let status: dsr::control::Status =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(status.daemon, dsr::control::DaemonState::Down);
+    assert!(status.data_path_pinned && status.vips.len() == 2, "{out}");
 }

@@ -233,6 +233,11 @@ impl Daemon {
         let iface = daemon.config.interface.clone();
         let mode = daemon.config.xdp_mode;
         daemon.datapath.attach(ifindex, &iface, mode)?;
+        if let Some(gid) = daemon.config.control_group
+            && let Err(e) = datapath::share_pins(&pin_dir, gid)
+        {
+            log::warn!("the control group cannot read the pins: {e:#}");
+        }
         log::info!("attached to {iface} (ifindex {ifindex}, {if_mac}, {mode:?} mode)");
         daemon.log_state();
         daemon.save();

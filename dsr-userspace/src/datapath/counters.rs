@@ -45,10 +45,12 @@ pub struct PinnedCounters {
 
 impl PinnedCounters {
     pub fn open(dir: &Path) -> Result<Self> {
+        // Read-only: an operator of the control group may read the pins (0640), not write.
         let open = |name: &str| -> Result<MapData> {
             let path = dir.join(name);
-            MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))
+            let fd = super::open_pin_readonly(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(MapData::from_fd(fd)?)
         };
         Ok(PinnedCounters {
             vip_stats: Map::PerCpuArray(open(names::VIP_STATS)?).try_into()?,

@@ -210,6 +210,42 @@ pub fn is_pinned(dir: &Path) -> bool {
     dir.join(names::SETTINGS).exists()
 }
 
+/// A pinned object opened read-only (BPF_OBJ_GET with BPF_F_RDONLY): aya 0.14's `from_pin`
+/// always asks for read-write, which a reader without write permission on the pin is denied.
+pub fn open_pin_readonly(pin: &Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_F_RDONLY: u64 = 1 << 3;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    // union bpf_attr, obj variant: { __u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = BPF_F_RDONLY << 32;
+    // SAFETY: the bpf syscall with a valid, zero-padded attr of the size we pass.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 64usize) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: a new descriptor the kernel just gave us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Lets the operators' group read the pins: the directory 0750 and every pin 0640, owned by
+/// the group.
+pub fn share_pins(dir: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(dir, None, Some(gid))
+        .with_context(|| format!("giving {} to group {gid}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        std::os::unix::fs::chown(&path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(())
+}
+
 /// BPF_LINK_DETACH on a pinned link: the program leaves the interface now. aya 0.14 has no
 /// wrapper (its FdLink "detach" only closes the fd) and does not expose a link's fd, so this
 /// is two raw bpf(2) calls: BPF_OBJ_GET on the pin, then BPF_LINK_DETACH.

@@ -75,6 +75,15 @@ pub fn write_saved(config: &Model, saved: &Saved) {
         std::fs::create_dir_all(&config.state_dir)?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
+        // Readable by the operators' group (for `dsr status` while the daemon is down), by
+        // nobody else: it holds the whole runtime state.
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(gid) = config.control_group {
+            std::os::unix::fs::chown(&config.state_dir, None, Some(gid))?;
+            std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o750))?;
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     })();
