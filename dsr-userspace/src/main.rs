@@ -131,6 +131,14 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Exit 0 if a VIP's announcement file says announced and was refreshed within the grace
+    /// (for keepalived's track_script or a routing daemon's watchdog), else 1 with why.
+    AnnounceCheck {
+        /// `<state_dir>/announce/<VIP name>`.
+        file: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: Duration,
+    },
     /// Compare two nodes' `dsr status --json` output: which VIPs' tables differ (by their
     /// digests of seed, size and each slot's backend address). Exit 1 if any differ.
     Compare { a: PathBuf, b: PathBuf },
@@ -315,6 +323,11 @@ enum VipCmd {
     },
     /// Remove a VIP and its backends.
     Remove { vip: String },
+    /// Stop announcing the VIP (its announcement file says withdrawn: keepalived gives up the
+    /// address, the route is withdrawn) while it keeps forwarding what still arrives.
+    Drain { vip: String },
+    /// Undo `vip drain`.
+    Undrain { vip: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -760,6 +773,10 @@ fn real_main() -> Result<bool> {
             }
             Ok(true)
         }
+        Command::AnnounceCheck { file, grace } => {
+            dsr::runtime::announce::check(&file, grace)?;
+            Ok(true)
+        }
         Command::Compare { a, b } => {
             let read = |p: &PathBuf| -> Result<control::Status> {
                 let text = std::fs::read_to_string(p)
@@ -916,10 +933,14 @@ fn vip_request(action: VipCmd) -> Result<Request> {
                     dsr_common::HASH_ALL
                 },
                 check: check.spec()?.unwrap_or_else(CheckSpec::none),
+                min_usable: 1,
+                drained: false,
                 backends: Vec::new(),
             },
         },
         VipCmd::Remove { vip } => Request::VipRemove { vip },
+        VipCmd::Drain { vip } => Request::VipDrain { vip },
+        VipCmd::Undrain { vip } => Request::VipUndrain { vip },
     })
 }
 /// Appended to the generated man page: what clap does not describe.

@@ -214,6 +214,13 @@ pub fn render(s: &Status) -> String {
             .iter()
             .map(|v| (vip_labels(v), v.serving.is_some() as u8 as f64)),
     );
+    m.gauge(
+        "dsr_vip_announced",
+        "1 if the VIP is announced (not drained, at least min_usable backends take new flows).",
+        s.vips
+            .iter()
+            .map(|v| (vip_labels(v), v.announced as u8 as f64)),
+    );
     m.info(
         "dsr_vip_table",
         "The VIP's table digest (seed, size and each slot's backend address): nodes agree on \
@@ -366,6 +373,9 @@ mod tests {
                 serving: Some(crate::spec::model::Role::Primary),
                 runtime: false,
                 removed_backends: Vec::new(),
+                announced: true,
+                min_usable: 1,
+                drained: false,
                 table_digest: Some("0123456789abcdef".into()),
                 traffic: Traffic::default(),
                 backends: vec![backend],

@@ -70,6 +70,12 @@ pub enum Request {
     VipRemove {
         vip: String,
     },
+    VipDrain {
+        vip: String,
+    },
+    VipUndrain {
+        vip: String,
+    },
     /// Tracked flows, at most `limit`, of one VIP or all.
     Flows {
         vip: Option<String>,

@@ -138,11 +138,18 @@ pub fn render_status(s: &Status) -> String {
             });
         let _ = writeln!(
             out,
-            "\nVIP {}{} {}  {}  hash {}{}  conntrack {}{}  now {}  total {}",
+            "\nVIP {}{} {}  {}{}  hash {}{}  conntrack {}{}  now {}  total {}",
             v.name,
             if v.runtime { " *" } else { "" },
             v.addr,
             serving,
+            if v.announced {
+                String::new()
+            } else if v.drained {
+                "  WITHDRAWN (drained)".into()
+            } else {
+                format!("  WITHDRAWN (fewer than {} usable)", v.min_usable)
+            },
             v.hash,
             if v.fragments { "  fragments" } else { "" },
             if v.conntrack { "on" } else { "off" },

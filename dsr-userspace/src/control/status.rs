@@ -124,6 +124,11 @@ pub struct VipStatus {
     pub runtime: bool,
     /// Backends the config gives this VIP that were removed at run time.
     pub removed_backends: Vec<IpAddr>,
+    /// Announced (its announcement file says so): not drained, and at least `min_usable`
+    /// backends take new flows.
+    pub announced: bool,
+    pub min_usable: u32,
+    pub drained: bool,
     /// Digest of the active table: seed, size and each slot's backend address (hex). Two
     /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
     /// only to a running daemon.
@@ -323,6 +328,9 @@ pub fn build(src: Source<'_>) -> Status {
             serving,
             runtime: vip_changed,
             removed_backends,
+            announced: crate::runtime::announce::announced(vip),
+            min_usable: vip.spec.min_usable,
+            drained: vip.spec.drained,
             table_digest: src
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))

@@ -66,6 +66,8 @@ pub struct Daemon {
     /// Other interfaces backends sit behind: ifindex -> (TX_PORTS entry, its MAC).
     ports: HashMap<u32, (u32, MacAddr)>,
     writer: Writer,
+    /// Whether each VIP was announced when last written.
+    announced: HashMap<VipAddr, bool>,
     /// The receiving interface was found gone (logged once).
     interface_gone: bool,
     /// Reloads applied and refused since start.
@@ -213,6 +215,7 @@ impl Daemon {
             serving: HashMap::new(),
             reloads: (0, 0),
             interface_gone: false,
+            announced: HashMap::new(),
             checks: {
                 let budget = health::check_budget();
                 log::info!("health checks: at most {budget} at once (file descriptor limit)");
@@ -338,7 +341,9 @@ impl Daemon {
         }
     }
 
-    fn stop_clean(self) -> Result<String> {
+    fn stop_clean(mut self) -> Result<String> {
+        // Withdrawn at once, not after the grace.
+        self.announce(true);
         let pin_dir = datapath::pin_dir(&self.config.instance);
         let saved = Saved {
             layout_version: dsr_common::LAYOUT_VERSION,
@@ -402,9 +407,40 @@ impl Daemon {
         }
     }
 
+    /// Writes the VIPs' announcement files (logging changes); `withdraw_all` for `dsr stop`.
+    fn announce(&mut self, withdraw_all: bool) {
+        for vip in &self.state.vips {
+            let now = !withdraw_all && crate::runtime::announce::announced(vip);
+            if self.announced.insert(vip.spec.addr, now) != Some(now) {
+                log::info!(
+                    "VIP {}: {}",
+                    vip.spec.name,
+                    match (now, vip.spec.drained) {
+                        (true, _) => "announced".to_owned(),
+                        (false, true) => "withdrawn (drained)".into(),
+                        (false, false) if withdraw_all => "withdrawn (dsr stop)".into(),
+                        (false, false) => format!(
+                            "withdrawn ({} usable backends, min_usable {})",
+                            crate::runtime::announce::usable(vip),
+                            vip.spec.min_usable
+                        ),
+                    }
+                );
+            }
+        }
+        self.announced
+            .retain(|a, _| self.state.vips.iter().any(|v| v.spec.addr == *a));
+        if let Err(e) =
+            crate::runtime::announce::write_all(&self.config.state_dir, &self.state, withdraw_all)
+        {
+            log::error!("announcement files: {e:#}");
+        }
+    }
+
     /// Hands the state's desired data path to the map writer.
     fn apply(&mut self) -> Result<()> {
         self.log_serving();
+        self.announce(false);
         let desired = plan::desired(&self.state);
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
         for t in applied.tables {
@@ -519,6 +555,8 @@ impl Daemon {
 
     async fn housekeeping(&mut self, resolicit: bool) {
         self.follow_interface().await;
+        // The announcement heartbeat.
+        self.announce(false);
         if self.follow_egress().await {
             self.apply_logged();
             self.save();
@@ -725,6 +763,10 @@ impl Daemon {
             }
             Request::VipRemove { vip: name } => {
                 vip(&self.state, name).map(|v| Change::RemoveVip { vip: v })
+            }
+            Request::VipDrain { vip: name } | Request::VipUndrain { vip: name } => {
+                let drained = matches!(request, Request::VipDrain { .. });
+                vip(&self.state, name).map(|v| Change::DrainVip { vip: v, drained })
             }
             Request::BackendAdd {
                 vip: name,

@@ -2,6 +2,7 @@
 //! (`health`), neighbour resolution (`neighbour`), the one-daemon-per-instance lock
 //! (`instance`) and what is saved across restarts (`persistence`).
 
+pub mod announce;
 pub mod health;
 pub mod instance;
 pub mod neighbour;

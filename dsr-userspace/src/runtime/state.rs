@@ -433,6 +433,8 @@ mod tests {
             fragments: false,
             hash_fields: dsr_common::HASH_ALL,
             check: CheckSpec::none(),
+            min_usable: 1,
+            drained: false,
             backends,
         }
     }

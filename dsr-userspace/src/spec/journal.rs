@@ -21,6 +21,11 @@ pub enum Change {
     RemoveVip {
         vip: VipAddr,
     },
+    /// Stop (or resume) announcing the VIP; it keeps forwarding.
+    DrainVip {
+        vip: VipAddr,
+        drained: bool,
+    },
     AddBackend {
         vip: VipAddr,
         backend: BackendSpec,
@@ -49,6 +54,7 @@ impl Change {
     pub fn vip(&self) -> VipAddr {
         match self {
             Change::AddVip { vip } => vip.addr,
+            Change::DrainVip { vip, .. } => *vip,
             Change::RemoveVip { vip }
             | Change::AddBackend { vip, .. }
             | Change::RemoveBackend { vip, .. }
@@ -91,6 +97,19 @@ impl Change {
                 }
                 vips.push(vip.clone());
                 Ok(format!("added VIP {} ({})", vip.name, vip.addr))
+            }
+            Change::DrainVip { vip, drained } => {
+                let i = find(vips, vip)?;
+                vips[i].drained = *drained;
+                Ok(format!(
+                    "VIP {}: {}",
+                    vips[i].name,
+                    if *drained {
+                        "withdrawn (not announced; still forwarding what arrives)"
+                    } else {
+                        "announced again while usable"
+                    }
+                ))
             }
             Change::RemoveVip { vip } => {
                 let i = find(vips, vip)?;
@@ -251,6 +270,8 @@ mod tests {
             fragments: false,
             hash_fields: dsr_common::HASH_ALL,
             check: CheckSpec::none(),
+            min_usable: 1,
+            drained: false,
             backends: vec![backend(11), backend(12)],
         }
     }

@@ -352,7 +352,18 @@ pub struct VipSpec {
     /// The VIP's default check (its `[vip.check]`), for backends added at run time.
     #[serde(default = "CheckSpec::none")]
     pub check: CheckSpec,
+    /// The VIP is announced (its VRRP instance held, its route offered) only while at least
+    /// this many backends take new flows.
+    #[serde(default = "one")]
+    pub min_usable: u32,
+    /// Withdrawn by the operator (`dsr vip drain`): not announced, still forwarding.
+    #[serde(default)]
+    pub drained: bool,
     pub backends: Vec<BackendSpec>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

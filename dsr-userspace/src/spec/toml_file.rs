@@ -90,6 +90,8 @@ struct RawVip {
     #[serde(default)]
     inhibit_on_failure: bool,
     check: Option<RawCheck>,
+    /// Announce the VIP only while this many backends take new flows (default 1).
+    min_usable: Option<Spanned<u32>>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -300,6 +302,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         if let Some(n) = &v.vlan {
             vip_spans.fields.insert("vlan", n.span());
         }
+        if let Some(m) = &v.min_usable {
+            vip_spans.fields.insert("min_usable", m.span());
+        }
         let hash_fields = match &v.hash {
             None if fragments => dsr_common::HASH_ALL & !dsr_common::HASH_PORTS,
             None => dsr_common::HASH_ALL,
@@ -379,6 +384,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             fragments,
             hash_fields,
             check: vip_check,
+            min_usable: v.min_usable.as_ref().map_or(1, |m| *m.get_ref()),
+            drained: false,
             backends,
         });
     }

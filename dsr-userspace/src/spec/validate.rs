@@ -18,6 +18,8 @@ pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Shortest check interval: a shorter one is a busy loop against the backend.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+/// Largest `min_usable` (a VIP cannot have more backends than a table has slots anyway).
+pub const MAX_MIN_USABLE: usize = 1 << 16;
 /// Longest VIP name (it appears in status lines, logs and metrics labels).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -227,6 +229,12 @@ fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)
         ));
     }
     hash(v.hash_fields, v.fragments).map_err(|m| (Some("hash"), m))?;
+    if v.min_usable as usize > MAX_MIN_USABLE {
+        return Err((
+            Some("min_usable"),
+            format!("min_usable {} is above {MAX_MIN_USABLE}", v.min_usable),
+        ));
+    }
     if v.backends.len() >= limits.table_size as usize {
         return Err((
             None,
@@ -435,6 +443,8 @@ mod tests {
             fragments: false,
             hash_fields: HASH_ALL,
             check: CheckSpec::none(),
+            min_usable: 1,
+            drained: false,
             backends: vec![backend(11), backend(12)],
         }
     }

@@ -1,0 +1,100 @@
+//! Whether each VIP should be announced (its VRRP instance held, its route offered), told to
+//! keepalived or a routing daemon through one file per VIP that dsr rewrites every second.
+//!
+//! A VIP is announced while it is not drained (`dsr vip drain`) and at least `min_usable` of
+//! its backends take new flows. The file, `<state_dir>/announce/<VIP name>`, holds `0` when
+//! the VIP is announced and `1` when not: keepalived's `track_file` convention (with
+//! `weight 0`, a non-zero value puts the instance in FAULT). Its modification time is the
+//! heartbeat: `dsr announce-check FILE --grace 10s` (a keepalived `track_script`, or a
+//! routing daemon's watchdog) fails when the file says withdrawn or when dsr has not
+//! refreshed it within the grace, so a dead daemon is withdrawn without its help. SIGTERM
+//! leaves the files (a restart within the grace changes nothing); `dsr stop` withdraws at once.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::runtime::state::{State, Vip};
+
+/// Backends that take the VIP's new flows now.
+pub fn usable(vip: &Vip) -> u32 {
+    vip.serving().1.len() as u32
+}
+
+pub fn announced(vip: &Vip) -> bool {
+    !vip.spec.drained && usable(vip) >= vip.spec.min_usable
+}
+
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("announce")
+}
+
+/// The file of a VIP (its name, with anything but letters, digits, `.`, `-` and `_` as `_`).
+pub fn file(state_dir: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir(state_dir).join(safe)
+}
+
+/// Writes every VIP's file (the heartbeat), withdrawn for all with `withdraw_all`, and
+/// removes the files of VIPs that are gone.
+pub fn write_all(state_dir: &Path, state: &State, withdraw_all: bool) -> Result<()> {
+    let dir = dir(state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut wanted = Vec::new();
+    for vip in &state.vips {
+        let path = file(state_dir, &vip.spec.name);
+        let value = if !withdraw_all && announced(vip) {
+            "0\n"
+        } else {
+            "1\n"
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        wanted.push(path);
+    }
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if !wanted.contains(&path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+/// `dsr announce-check`: whether the file says announced and is fresher than `grace`.
+pub fn check(path: &Path, grace: Duration) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let age = std::fs::metadata(path)?
+        .modified()?
+        .elapsed()
+        .unwrap_or(Duration::ZERO);
+    if text.trim() != "0" {
+        bail!(
+            "{}: withdrawn (no usable backends, or drained, or dsr stopped)",
+            path.display()
+        );
+    }
+    if age > grace {
+        bail!(
+            "{}: not refreshed for {:.1}s (grace {:?}): the dsr daemon is gone",
+            path.display(),
+            age.as_secs_f64(),
+            grace
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The announcement files a VRRP or routing daemon follows: `0` while a VIP is announced
+//! (not drained, at least `min_usable` backends take new flows), `1` when withdrawn; refreshed
+//! every second, so `dsr announce-check --grace` fails once dsr is gone; `dsr stop` withdraws
+//! at once, SIGTERM does not.
+
+use std::{process::Command, time::Duration};
+
+use dsr_lab::lab::{HEALTH_PORT, Lab, dsr_bin};
+
+fn announce_check(lab: &Lab, vip: &str, grace: &str) -> (bool, String) {
+    let file = lab.dir.join("state/announce").join(vip);
+    let out = Command::new(dsr_bin())
+        .args(["announce-check", "--grace", grace])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn file(lab: &Lab, vip: &str) -> String {
+    std::fs::read_to_string(lab.dir.join("state/announce").join(vip))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn announcement_files_follow_usability_drain_and_the_daemon() {
+    let mut lab = Lab::new("announce", &[1, 1]);
+    let check = format!(
+        "[vip.check]\ntype = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n"
+    );
+    // udp-53 needs both backends; tcp-80 one.
+    let config = lab
+        .config()
+        .replacen(
+            "protocol = \"udp\"\n",
+            &format!("protocol = \"udp\"\nmin_usable = 2\n{check}"),
+            1,
+        )
+        .replacen(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\n{check}"),
+            1,
+        );
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let wait = |lab: &Lab, vip: &str, want: &str| {
+        lab.wait_for(
+            &format!("{vip} to be {want}"),
+            Duration::from_secs(5),
+            || file(lab, vip) == want,
+        );
+    };
+    wait(&lab, "udp-53", "0");
+    wait(&lab, "tcp-80", "0");
+    assert!(announce_check(&lab, "udp-53", "3s").0);
+
+    // One backend down: below udp-53's min_usable, still enough for tcp-80.
+    lab.set_health(0, false);
+    wait(&lab, "udp-53", "1");
+    assert_eq!(file(&lab, "tcp-80"), "0");
+    let (ok, why) = announce_check(&lab, "udp-53", "3s");
+    assert!(!ok && why.contains("withdrawn"), "{why}");
+    let st = lab.status();
+    let udp = st.vips.iter().find(|v| v.name == "udp-53").unwrap();
+    assert!(!udp.announced && udp.min_usable == 2, "{udp:?}");
+    lab.set_health(0, true);
+    wait(&lab, "udp-53", "0");
+
+    // Drained: withdrawn at once, and still forwarding what arrives.
+    let (ok, out) = lab.dsr(&["vip", "drain", "tcp-80"]);
+    assert!(ok, "{out}");
+    assert_eq!(file(&lab, "tcp-80"), "1", "drain withdraws at once");
+    lab.tcp_request(44500, 1)
+        .expect("a drained VIP still forwards");
+    let (ok, out) = lab.dsr(&["vip", "undrain", "tcp-80"]);
+    assert!(ok, "{out}");
+    assert_eq!(file(&lab, "tcp-80"), "0");
+
+    // SIGTERM: the files stay as they were, and go stale after the grace.
+    lab.stop_dsr();
+    assert_eq!(file(&lab, "udp-53"), "0");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, why) = announce_check(&lab, "udp-53", "2s");
+    assert!(!ok && why.contains("not refreshed"), "{why}");
+    // A restart refreshes them.
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_for("the heartbeat", Duration::from_secs(5), || {
+        announce_check(&lab, "udp-53", "2s").0
+    });
+    // dsr stop withdraws everything at once.
+    let (ok, out) = lab.dsr(&["stop"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        (file(&lab, "udp-53").as_str(), file(&lab, "tcp-80").as_str()),
+        ("1", "1")
+    );
+}
