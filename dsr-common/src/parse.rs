@@ -258,7 +258,12 @@ fn ipv6<F: Frame>(ctx: &F, offset: usize) -> Result<Parsed, Reason> {
         IPPROTO_FRAGMENT => {
             let frag: Ipv6FragHdr = ctx.read(l4).ok_or(Reason::Malformed)?;
             if frag.nexthdr != IPPROTO_TCP && frag.nexthdr != IPPROTO_UDP {
-                return Err(Reason::Ipv6ExtHeader);
+                // A fragment of something else: an extension header chain, or another
+                // protocol (ICMPv6 included), which is what the reason then says.
+                return Err(match frag.nexthdr {
+                    0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 | 253 | 254 => Reason::Ipv6ExtHeader,
+                    _ => Reason::NotTcpUdp,
+                });
             }
             key.proto = frag.nexthdr as u32;
             let first = frag.offset() == 0;

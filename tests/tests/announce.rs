@@ -45,7 +45,8 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
             "protocol = \"tcp\"\n",
             &format!("protocol = \"tcp\"\n{check}"),
             1,
-        );
+        )
+        + "\n[[announce]]\nname = \"VI_1\"\nvips = [\"udp-53\", \"tcp-80\"]\n\n[[announce]]\nname = \"either\"\nvips = [\"udp-53\", \"tcp-80\"]\nrequire = \"any\"\n";
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let wait = |lab: &Lab, vip: &str, want: &str| {
@@ -65,11 +66,15 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
     assert_eq!(file(&lab, "tcp-80"), "0");
     let (ok, why) = announce_check(&lab, "udp-53", "3s");
     assert!(!ok && why.contains("withdrawn"), "{why}");
+    // A group needing all its VIPs follows; one needing any does not.
+    assert_eq!(file(&lab, "groups/VI_1"), "1");
+    assert_eq!(file(&lab, "groups/either"), "0");
     let st = lab.status();
     let udp = st.vips.iter().find(|v| v.name == "udp-53").unwrap();
     assert!(!udp.announced && udp.min_usable == 2, "{udp:?}");
     lab.set_health(0, true);
     wait(&lab, "udp-53", "0");
+    wait(&lab, "groups/VI_1", "0");
 
     // Drained: withdrawn at once, and still forwarding what arrives.
     let (ok, out) = lab.dsr(&["vip", "drain", "tcp-80"]);

@@ -430,9 +430,12 @@ impl Daemon {
         }
         self.announced
             .retain(|a, _| self.state.vips.iter().any(|v| v.spec.addr == *a));
-        if let Err(e) =
-            crate::runtime::announce::write_all(&self.config.state_dir, &self.state, withdraw_all)
-        {
+        if let Err(e) = crate::runtime::announce::write_all(
+            &self.config.state_dir,
+            &self.state,
+            &self.config.announce,
+            withdraw_all,
+        ) {
             log::error!("announcement files: {e:#}");
         }
     }

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::runtime::state::{State, Vip};
+use crate::{
+    runtime::state::{State, Vip},
+    spec::model::{AnnounceGroup, Require},
+};
 
 /// Backends that take the VIP's new flows now.
 pub fn usable(vip: &Vip) -> u32 {
@@ -47,9 +50,35 @@ pub fn file(state_dir: &Path, name: &str) -> PathBuf {
     dir(state_dir).join(safe)
 }
 
-/// Writes every VIP's file (the heartbeat), withdrawn for all with `withdraw_all`, and
-/// removes the files of VIPs that are gone.
-pub fn write_all(state_dir: &Path, state: &State, withdraw_all: bool) -> Result<()> {
+/// Whether a group is announced: any or all of its VIPs (a VIP that no longer exists counts
+/// as withdrawn).
+pub fn group_announced(group: &AnnounceGroup, state: &State) -> bool {
+    let mut each = group.vips.iter().map(|name| {
+        state
+            .vips
+            .iter()
+            .find(|v| &v.spec.name == name)
+            .is_some_and(announced)
+    });
+    match group.require {
+        Require::All => each.all(|a| a),
+        Require::Any => each.any(|a| a),
+    }
+}
+
+/// The file of an announcement group: `<state_dir>/announce/groups/<name>`.
+pub fn group_file(state_dir: &Path, name: &str) -> PathBuf {
+    dir(state_dir).join("groups").join(name)
+}
+
+/// Writes every VIP's and group's file (the heartbeat), withdrawn for all with
+/// `withdraw_all`, and removes the files of VIPs and groups that are gone.
+pub fn write_all(
+    state_dir: &Path,
+    state: &State,
+    groups: &[AnnounceGroup],
+    withdraw_all: bool,
+) -> Result<()> {
     let dir = dir(state_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut wanted = Vec::new();
@@ -65,10 +94,26 @@ pub fn write_all(state_dir: &Path, state: &State, withdraw_all: bool) -> Result<
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         wanted.push(path);
     }
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if !wanted.contains(&path) {
-            let _ = std::fs::remove_file(&path);
+    let groups_dir = dir.join("groups");
+    std::fs::create_dir_all(&groups_dir)?;
+    for g in groups {
+        let path = group_file(state_dir, &g.name);
+        let value = if !withdraw_all && group_announced(g, state) {
+            "0\n"
+        } else {
+            "1\n"
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        wanted.push(path);
+    }
+    for d in [&dir, &groups_dir] {
+        for entry in std::fs::read_dir(d)? {
+            let path = entry?.path();
+            if path.is_file() && !wanted.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
     Ok(())

@@ -386,6 +386,27 @@ pub struct Model {
     /// Where the Prometheus endpoint listens; `None` = off.
     pub metrics: Option<std::net::SocketAddr>,
     pub vips: Vec<VipSpec>,
+    /// Announcement groups (e.g. one per VRRP instance): one file for several VIPs.
+    pub announce: Vec<AnnounceGroup>,
+}
+
+/// Several VIPs announced together (a VRRP instance holds them all): the group is announced
+/// while any, or all, of its VIPs are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceGroup {
+    pub name: String,
+    pub vips: Vec<String>,
+    pub require: Require,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// Announced while every VIP of the group is.
+    #[default]
+    All,
+    /// Announced while at least one is.
+    Any,
 }
 
 /// Parses "250ms", "2s", "1.5s", "5m" or a bare number of seconds.

@@ -69,6 +69,18 @@ struct RawConfig {
     metrics: Option<std::net::SocketAddr>,
     #[serde(default, rename = "vip")]
     vips: Vec<Spanned<RawVip>>,
+    #[serde(default, rename = "announce")]
+    announce: Vec<Spanned<RawAnnounce>>,
+}
+
+/// `[[announce]]`: an announcement group.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    name: String,
+    vips: Vec<String>,
+    #[serde(default)]
+    require: crate::spec::model::Require,
 }
 
 #[derive(Deserialize)]
@@ -410,6 +422,55 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         });
     }
 
+    let mut announce: Vec<crate::spec::model::AnnounceGroup> = Vec::new();
+    for g in &raw.announce {
+        let group = g.get_ref();
+        let valid_name = !group.name.is_empty()
+            && group.name.len() <= 64
+            && group
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid_name {
+            return Err(err(
+                Some(g.span()),
+                format!(
+                    "announce group name {:?} must be 1-64 letters, digits, '.', '-' or '_' (it names a file)",
+                    group.name
+                ),
+            ));
+        }
+        if announce.iter().any(|a| a.name == group.name) {
+            return Err(err(
+                Some(g.span()),
+                format!("announce group {:?} is configured twice", group.name),
+            ));
+        }
+        if group.vips.is_empty() {
+            return Err(err(
+                Some(g.span()),
+                format!("announce group {:?} names no VIP", group.name),
+            ));
+        }
+        if let Some(unknown) = group
+            .vips
+            .iter()
+            .find(|n| !vips.iter().any(|v| &v.name == *n))
+        {
+            return Err(err(
+                Some(g.span()),
+                format!(
+                    "announce group {:?}: no VIP is named {unknown:?}",
+                    group.name
+                ),
+            ));
+        }
+        announce.push(crate::spec::model::AnnounceGroup {
+            name: group.name.clone(),
+            vips: group.vips.clone(),
+            require: group.require,
+        });
+    }
     let control_group = match &raw.control_group {
         None => None,
         Some(g) => Some(group_id(g.get_ref()).ok_or_else(|| {
@@ -423,6 +484,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         })?),
     };
     Ok(Model {
+        announce,
         control_group,
         control_socket: raw
             .control_socket
@@ -931,6 +993,21 @@ hash = ["src_addr", "dst_port"]
     }
 
     #[test]
+    fn announce_groups_name_configured_vips() {
+        let ok =
+            format!("{GOOD}\n[[announce]]\nname = \"VI_1\"\nvips = [\"web\"]\nrequire = \"any\"\n");
+        let m = parse(&ok, Path::new("x")).unwrap();
+        assert_eq!(m.announce[0].vips, ["web"]);
+        assert_eq!(m.announce[0].require, crate::spec::model::Require::Any);
+        let e = parse_err(&ok.replace("[\"web\"]", "[\"nope\"]"));
+        assert!(e.message.contains("no VIP is named \"nope\""), "{e}");
+        // The [[announce]] table's line.
+        assert_eq!(e.line, Some(23), "{e}");
+        let e = parse_err(&ok.replace("VI_1", "a/b"));
+        assert!(e.message.contains("names a file"), "{e}");
+    }
+
+    #[test]
     fn xdp_mode_is_selectable() {
         let m = parse(&format!("xdp_mode = \"skb\"\n{GOOD}"), Path::new("x")).unwrap();
         assert_eq!(m.xdp_mode, XdpAttachMode::Skb);
@@ -982,7 +1059,7 @@ mod docs {
             .step_by(2)
             .map(str::to_owned)
             // Sub-tables are documented by their [headers].
-            .filter(|k| !matches!(k.as_str(), "vip" | "backend" | "check"))
+            .filter(|k| !matches!(k.as_str(), "vip" | "backend" | "check" | "announce"))
             .collect()
     }
 
@@ -1003,6 +1080,7 @@ mod docs {
                 Some("[[vip]]") => section = "vip",
                 Some("[vip.check]") | Some("[vip.backend.check]") => section = "check",
                 Some("[[vip.backend]]") => section = "backend",
+                Some("[[announce]]") => section = "announce",
                 _ => {}
             }
             let line = line.strip_prefix("# ").unwrap_or(line);
@@ -1034,6 +1112,13 @@ mod docs {
             (
                 "check",
                 accepted(&format!("interface = \"eth0\"\n{vip}[vip.check]\n"), ""),
+            ),
+            (
+                "announce",
+                accepted(
+                    "interface = \"eth0\"\n[[announce]]\nname = \"g\"\nvips = []\n",
+                    "",
+                ),
             ),
         ];
         let docs = documented();
