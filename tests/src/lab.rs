@@ -1595,6 +1595,9 @@ impl Drop for Lab {
         self.stop_dsr();
         // SIGTERM leaves the data path pinned; remove this lab's instance for good.
         let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&self.tag));
+        // And its record and lock in /run/dsr, which outlive a daemon on purpose.
+        dsr::runtime::instance::remove_record(&self.tag);
+        let _ = fs::remove_file(dsr::runtime::instance::lock_path(&self.tag));
         self.services.clear();
         self.health.clear();
         self.moved.clear();

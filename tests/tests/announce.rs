@@ -105,3 +105,137 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
         ("1", "1")
     );
 }
+
+/// keepalived in the load balancer's namespace, killed (and its files left in the lab
+/// directory) when dropped.
+struct Keepalived(std::process::Child);
+
+impl Keepalived {
+    fn start(lab: &Lab, config: &str) -> Keepalived {
+        let conf = lab.dir.join("keepalived.conf");
+        std::fs::write(&conf, config).unwrap();
+        let file = |name: &str| lab.dir.join(name).to_string_lossy().into_owned();
+        // Each keepalived of a namespace needs its own pid files.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.lb_ns, "keepalived"])
+            .args(["--dont-fork", "--log-console", "--vrrp"])
+            .args(["-f", &conf.to_string_lossy()])
+            .args(["-p", &file("keepalived.pid")])
+            .args(["-r", &file("vrrp.pid")])
+            .args(["-c", &file("checkers.pid")])
+            .stdout(std::fs::File::create(lab.dir.join("keepalived.log")).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("keepalived (installed by cargo xtask test)");
+        Keepalived(child)
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it remove the addresses it added.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until keepalived holds the address (`want`) or not, and says how long it took.
+fn wait_held(lab: &Lab, addr: &str, what: &str, secs: u64, want: bool) -> Duration {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if holds(lab, addr) == want {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(lab.dir.join("keepalived.log")).unwrap_or_default();
+    panic!("timed out after {secs} s waiting for {what}\n{log}");
+}
+
+/// Whether keepalived holds the instance's address, i.e. is MASTER.
+fn holds(lab: &Lab, addr: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", &lab.lb_ns, "-4", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/"))
+}
+
+#[test]
+fn keepalived_holds_the_vip_only_while_dsr_announces_it() {
+    // The README's track_script, with a short grace so the test is quick.
+    let mut lab = Lab::new("vrrp", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let addr = "198.18.0.101";
+    let announce = lab.dir.join("state/announce/tcp-80");
+    let config = format!(
+        r#"vrrp_script dsr_web {{
+    script "{dsr} announce-check {file} --grace 2s"
+    interval 1
+    fall 1
+    rise 1
+}}
+vrrp_instance VI_1 {{
+    state BACKUP
+    nopreempt
+    interface eth0
+    virtual_router_id 51
+    priority 100
+    advert_int 1
+    virtual_ipaddress {{
+        {addr}/32 dev eth0
+    }}
+    track_script {{
+        dsr_web
+    }}
+}}
+"#,
+        dsr = dsr_bin().display(),
+        file = announce.display(),
+    );
+    let keepalived = Keepalived::start(&lab, &config);
+    // Alone on the segment, BACKUP becomes MASTER after the master-down interval (~3.6 s).
+    wait_held(&lab, addr, "keepalived to become MASTER", 10, true);
+
+    // Drained: the script fails at its next run, and keepalived gives the address up.
+    let (ok, out) = lab.dsr(&["vip", "drain", "tcp-80"]);
+    assert!(ok, "{out}");
+    let took = wait_held(
+        &lab,
+        addr,
+        "keepalived to leave MASTER after the drain",
+        4,
+        false,
+    );
+    eprintln!("withdrawn {took:?} after dsr vip drain");
+    let (ok, out) = lab.dsr(&["vip", "undrain", "tcp-80"]);
+    assert!(ok, "{out}");
+    wait_held(
+        &lab,
+        addr,
+        "keepalived to be MASTER again after the undrain",
+        10,
+        true,
+    );
+
+    // dsr killed: nothing refreshes the file, and once the grace is over keepalived withdraws.
+    lab.kill_dsr();
+    let took = wait_held(
+        &lab,
+        addr,
+        "keepalived to withdraw after the grace",
+        8,
+        false,
+    );
+    eprintln!("withdrawn {took:?} after kill -9 (grace 2 s)");
+    // A restart over the pinned data path announces again.
+    lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    wait_held(
+        &lab,
+        addr,
+        "keepalived to be MASTER after dsr's restart",
+        10,
+        true,
+    );
+    drop(keepalived);
+}
