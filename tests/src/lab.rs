@@ -12,8 +12,8 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::{Child, Command},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -551,7 +551,13 @@ pub struct Options {
     /// reached by the load balancer through its second interface (eth1); a router joins the
     /// two segments for their direct replies.
     pub second_segment: usize,
+    /// A second load balancer (namespace `<tag>-lb2`, LB2_IP) on the same segment, and no
+    /// static VIP on either: whoever runs the pair (keepalived) places the VIP.
+    pub pair: bool,
 }
+
+pub const LB2_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+pub const LB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 
 pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
@@ -566,6 +572,8 @@ pub struct Lab {
     pub switch_ns: String,
     pub client_ns: String,
     pub lb_ns: String,
+    /// The second load balancer's namespace (with `Options::pair`).
+    pub lb2_ns: String,
     pub backends: Vec<Backend>,
     pub dir: PathBuf,
     services: Vec<Option<Threads>>,
@@ -582,6 +590,10 @@ pub struct Lab {
     _peer_xdp: Option<Ebpf>,
     /// The same for the LB's second interface.
     _peer_xdp2: Option<Ebpf>,
+    /// The same for the second load balancer's interface.
+    _peer_xdp_lb2: Option<Ebpf>,
+    /// The second load balancer's dsr.
+    dsr2: Option<Child>,
 }
 
 impl Lab {
@@ -602,6 +614,7 @@ impl Lab {
             switch_ns: format!("{tag}-sw"),
             client_ns: format!("{tag}-client"),
             lb_ns: format!("{tag}-lb"),
+            lb2_ns: format!("{tag}-lb2"),
             backends: weights
                 .iter()
                 .enumerate()
@@ -635,6 +648,8 @@ impl Lab {
             wrapper: Vec::new(),
             _peer_xdp: None,
             _peer_xdp2: None,
+            _peer_xdp_lb2: None,
+            dsr2: None,
         };
         if let Err(e) = lab.build() {
             panic!("building the lab {}: {e:#}", lab.tag);
@@ -650,6 +665,9 @@ impl Lab {
         ];
         if self.opts.routed_client_mtu.is_some() || self.opts.second_segment > 0 {
             v.push(self.router_ns.clone());
+        }
+        if self.opts.pair {
+            v.push(self.lb2_ns.clone());
         }
         v.extend(self.backends.iter().map(|b| b.ns.clone()));
         v.extend(self.extra_ns.iter().cloned());
@@ -690,6 +708,11 @@ impl Lab {
         let client = self.client_ns.clone();
         let lb = self.lb_ns.clone();
         self.plug(&lb, "port-lb", LB_MAC, LB_IP)?;
+        if self.opts.pair {
+            let lb2 = self.lb2_ns.clone();
+            self.plug(&lb2, "port-lb2", LB2_MAC, LB2_IP)?;
+            self._peer_xdp_lb2 = Some(attach_xdp_pass(&sw, "port-lb2")?);
+        }
         let first_remote = self.backends.len() - self.opts.second_segment.min(self.backends.len());
         if self.opts.second_segment > 0 {
             sh(&["ip", "-n", &sw, "link", "add", "br1", "type", "bridge"])?;
@@ -863,16 +886,18 @@ impl Lab {
         }
         // The LB holds the VIP on its interface, as keepalived's virtual_ipaddress does: the
         // client's ARP for the VIP is answered by the LB.
-        sh(&[
-            "ip",
-            "-n",
-            &lb,
-            "addr",
-            "add",
-            &format!("{VIP}/32"),
-            "dev",
-            IFACE,
-        ])?;
+        if !self.opts.pair {
+            sh(&[
+                "ip",
+                "-n",
+                &lb,
+                "addr",
+                "add",
+                &format!("{VIP}/32"),
+                "dev",
+                IFACE,
+            ])?;
+        }
         // veth hands XDP_TX frames to its peer only if the peer runs XDP (PLATFORM.md #1).
         self._peer_xdp = Some(attach_xdp_pass(&sw, "port-lb")?);
         // veth offloads TX checksums; XDP loses the partial-checksum state (PLATFORM.md #2).
@@ -1069,47 +1094,56 @@ impl Lab {
 
     /// Starts `dsr run` again with the config last written (after a stop or a kill).
     pub fn restart_dsr(&mut self, inherit_output: bool) -> Result<()> {
-        let log = self.dir.join("dsr.log");
-        let seen = fs::read_to_string(&log).map(|l| l.len()).unwrap_or(0);
-        let bin = dsr_bin();
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.lb_ns))
-            .args(&self.wrapper)
-            .arg(&bin)
-            .args(["run", "--config"])
-            .arg(self.config_path());
-        if !inherit_output {
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)?;
-            cmd.stdout(f.try_clone()?).stderr(f);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let log = (!inherit_output).then(|| self.dir.join("dsr.log"));
+        let child = spawn_dsr(
+            &self.lb_ns,
+            &self.wrapper,
+            &self.config_path(),
+            log.as_deref(),
+            &self.socket(),
+        )?;
         self.dsr = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let ready = if inherit_output {
-                // No log to read: wait for the control socket.
-                std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
-            } else {
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                text.get(seen..)
-                    .is_some_and(|t| t.contains("control socket"))
-            };
-            if ready {
-                return Ok(());
-            }
-            if let Some(status) = self.dsr.as_mut().unwrap().try_wait()? {
-                bail!("dsr exited with {status}:\n{}", self.dsr_log());
-            }
-            if Instant::now() > deadline {
-                bail!("dsr did not start within 15 s:\n{}", self.dsr_log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Ok(())
+    }
+
+    /// The second load balancer's config: the first one's, as its own instance.
+    pub fn config2(&self) -> String {
+        let text = self.config_text.clone().unwrap_or_else(|| self.config());
+        text.replacen(
+            &format!("instance = \"{}\"", self.tag),
+            &format!("instance = \"{}-2\"", self.tag),
+            1,
+        )
+        .replacen(
+            &self.socket().display().to_string(),
+            &self.dir.join("dsr2.sock").display().to_string(),
+            1,
+        )
+        .replacen(
+            &self.dir.join("state").display().to_string(),
+            &self.dir.join("state2").display().to_string(),
+            1,
+        )
+    }
+
+    /// Starts `dsr run` on the second load balancer with [`Lab::config2`].
+    pub fn start_dsr2(&mut self) -> Result<()> {
+        let config = self.dir.join("dsr2.toml");
+        fs::write(&config, self.config2())?;
+        let child = spawn_dsr(
+            &self.lb2_ns,
+            &self.wrapper,
+            &config,
+            Some(&self.dir.join("dsr2.log")),
+            &self.dir.join("dsr2.sock"),
+        )?;
+        self.dsr2 = Some(child);
+        Ok(())
+    }
+
+    /// Runs the `dsr` CLI against the second load balancer's daemon.
+    pub fn dsr2(&self, args: &[&str]) -> (bool, String) {
+        run_cli(args, &self.dir.join("dsr2.toml"))
     }
 
     /// Stops dsr with SIGTERM and waits for it; returns its exit status. The data path stays.
@@ -1141,15 +1175,7 @@ impl Lab {
     /// Runs the `dsr` CLI against this lab's daemon (`--config` added); returns
     /// (success, stdout + stderr).
     pub fn dsr(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(dsr_bin())
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .output()
-            .expect("running dsr");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        run_cli(args, &self.config_path())
     }
 
     /// `dsr status --json`, parsed.
@@ -1441,7 +1467,24 @@ pub struct Conn {
     pending: String,
 }
 
+impl From<TcpStream> for Conn {
+    fn from(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            pending: String::new(),
+        }
+    }
+}
+
 impl Conn {
+    /// How long an answer may take (IO_TIMEOUT unless set): a failover outlasting it is
+    /// not a broken connection.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// Sends one request line; returns who answered.
     pub fn ask(&mut self) -> Result<String> {
         self.stream.write_all(b"who are you?\n")?;
@@ -1590,9 +1633,153 @@ pub fn dsr_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsr"))
 }
 
+/// keepalived (VRRP only) in namespace `ns`, its files `<dir>/keepalived-<name>.*`;
+/// stopped with SIGTERM when dropped, so it removes the addresses it added.
+pub struct Keepalived {
+    child: Option<Child>,
+    /// The pid file of its VRRP process (a child of the one we started).
+    vrrp_pid: PathBuf,
+}
+
+impl Keepalived {
+    pub fn start(ns: &str, dir: &Path, name: &str, config: &str) -> Keepalived {
+        let file = |ext: &str| dir.join(format!("keepalived-{name}.{ext}"));
+        fs::write(file("conf"), config).unwrap();
+        // Each keepalived of a namespace needs its own pid files.
+        let arg = |ext: &str| file(ext).to_string_lossy().into_owned();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "keepalived"])
+            .args(["--dont-fork", "--log-console", "--vrrp"])
+            .args(["-f", &arg("conf")])
+            .args(["-p", &arg("pid")])
+            .args(["-r", &arg("vrrp.pid")])
+            .args(["-c", &arg("checkers.pid")])
+            .stdout(fs::File::create(file("log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keepalived (installed by cargo xtask test)");
+        Keepalived {
+            child: Some(child),
+            vrrp_pid: file("vrrp.pid"),
+        }
+    }
+
+    /// Stops keepalived with SIGTERM (a clean stop: it hands over and removes its addresses)
+    /// or kills it with SIGKILL: then its VRRP process dies as it is (its parent's death
+    /// would only make it stop cleanly), and its addresses stay behind.
+    pub fn signal(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            if signal == libc::SIGKILL {
+                let vrrp = fs::read_to_string(&self.vrrp_pid).unwrap_or_default();
+                if let Ok(pid) = vrrp.trim().parse::<i32>() {
+                    // SAFETY: signalling the VRRP process of the keepalived we started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // `ip netns exec` execs keepalived, so the child is keepalived itself.
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+}
+
+/// Whether `addr` is on eth0 in namespace `ns` (keepalived holds it while MASTER).
+pub fn holds_address(ns: &str, addr: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "addr", "show", "dev", IFACE])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/"))
+}
+
+/// Runs the `dsr` CLI with `--config config`; returns (success, stdout + stderr).
+fn run_cli(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(dsr_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("running dsr");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Starts `dsr run --config config` in namespace `ns` (only the network namespace switched,
+/// so it sees the host's bpffs), its output appended to `log` (or ours), and waits until it
+/// has attached.
+fn spawn_dsr(
+    ns: &str,
+    wrapper: &[String],
+    config: &Path,
+    log: Option<&Path>,
+    socket: &Path,
+) -> Result<Child> {
+    let seen = log
+        .and_then(|l| fs::read_to_string(l).ok())
+        .map(|l| l.len())
+        .unwrap_or(0);
+    let bin = dsr_bin();
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .args(wrapper)
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(config);
+    if let Some(log) = log {
+        let f = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdout(f.try_clone()?).stderr(f);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let read_log = || {
+        log.and_then(|l| fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = match log {
+            // No log to read: wait for the control socket.
+            None => std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            Some(_) => read_log()
+                .get(seen..)
+                .is_some_and(|t| t.contains("control socket")),
+        };
+        if ready {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("dsr exited with {status}:\n{}", read_log());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("dsr did not start within 15 s:\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_dsr();
+        if let Some(mut child) = self.dsr2.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            let instance = format!("{}-2", self.tag);
+            let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&instance));
+            dsr::runtime::instance::remove_record(&instance);
+            let _ = fs::remove_file(dsr::runtime::instance::lock_path(&instance));
+        }
         // SIGTERM leaves the data path pinned; remove this lab's instance for good.
         let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&self.tag));
         // And its record and lock in /run/dsr, which outlive a daemon on purpose.
@@ -1603,6 +1790,7 @@ impl Drop for Lab {
         self.moved.clear();
         self._peer_xdp = None;
         self._peer_xdp2 = None;
+        self._peer_xdp_lb2 = None;
         for ns in self.namespaces() {
             let _ = sh(&["ip", "netns", "del", &ns]);
         }

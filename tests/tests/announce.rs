@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use dsr_lab::lab::{HEALTH_PORT, Lab, dsr_bin};
+use dsr_lab::lab::{HEALTH_PORT, Keepalived, Lab, dsr_bin, holds_address};
 
 fn announce_check(lab: &Lab, vip: &str, grace: &str) -> (bool, String) {
     let file = lab.dir.join("state/announce").join(vip);
@@ -106,39 +106,6 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
     );
 }
 
-/// keepalived in the load balancer's namespace, killed (and its files left in the lab
-/// directory) when dropped.
-struct Keepalived(std::process::Child);
-
-impl Keepalived {
-    fn start(lab: &Lab, config: &str) -> Keepalived {
-        let conf = lab.dir.join("keepalived.conf");
-        std::fs::write(&conf, config).unwrap();
-        let file = |name: &str| lab.dir.join(name).to_string_lossy().into_owned();
-        // Each keepalived of a namespace needs its own pid files.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.lb_ns, "keepalived"])
-            .args(["--dont-fork", "--log-console", "--vrrp"])
-            .args(["-f", &conf.to_string_lossy()])
-            .args(["-p", &file("keepalived.pid")])
-            .args(["-r", &file("vrrp.pid")])
-            .args(["-c", &file("checkers.pid")])
-            .stdout(std::fs::File::create(lab.dir.join("keepalived.log")).unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("keepalived (installed by cargo xtask test)");
-        Keepalived(child)
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it remove the addresses it added.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits until keepalived holds the address (`want`) or not, and says how long it took.
 fn wait_held(lab: &Lab, addr: &str, what: &str, secs: u64, want: bool) -> Duration {
     let start = std::time::Instant::now();
@@ -148,17 +115,13 @@ fn wait_held(lab: &Lab, addr: &str, what: &str, secs: u64, want: bool) -> Durati
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = std::fs::read_to_string(lab.dir.join("keepalived.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(lab.dir.join("keepalived-lb.log")).unwrap_or_default();
     panic!("timed out after {secs} s waiting for {what}\n{log}");
 }
 
 /// Whether keepalived holds the instance's address, i.e. is MASTER.
 fn holds(lab: &Lab, addr: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", &lab.lb_ns, "-4", "addr", "show", "dev", "eth0"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/"))
+    holds_address(&lab.lb_ns, addr)
 }
 
 #[test]
@@ -193,7 +156,7 @@ vrrp_instance VI_1 {{
         dsr = dsr_bin().display(),
         file = announce.display(),
     );
-    let keepalived = Keepalived::start(&lab, &config);
+    let keepalived = Keepalived::start(&lab.lb_ns, &lab.dir, "lb", &config);
     // Alone on the segment, BACKUP becomes MASTER after the master-down interval (~3.6 s).
     wait_held(&lab, addr, "keepalived to become MASTER", 10, true);
 

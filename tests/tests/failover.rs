@@ -274,11 +274,20 @@ fn backups_sorry_and_drop() {
     );
     // Each switch was logged once, in order, for both VIPs (TCP and UDP share the backends).
     let log = lab.dsr_log();
-    let switches: Vec<&str> = log
+    let (announcements, switches): (Vec<&str>, Vec<&str>) = log
         .lines()
-        .filter(|l| l.contains("VIP udp:"))
         .filter_map(|l| l.split_once("VIP udp: ").map(|(_, m)| m))
-        .collect();
+        .partition(|m| m.starts_with("announced") || m.starts_with("withdrawn"));
+    // Announced at start, withdrawn while nothing is usable, announced again.
+    assert_eq!(
+        announcements,
+        [
+            "announced",
+            "withdrawn (0 usable backends, min_usable 1)",
+            "announced"
+        ],
+        "{log}"
+    );
     assert_eq!(
         switches,
         [

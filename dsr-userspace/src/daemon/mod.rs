@@ -448,12 +448,16 @@ impl Daemon {
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
         for t in applied.tables {
             match t.moved {
+                // An empty table has no slots to count moves against.
+                Some(_) if t.size == 0 => {
+                    log::info!("VIP {}: table emptied (no backend takes new flows)", t.vip)
+                }
                 Some(moved) => log::info!(
                     "VIP {}: table rebuilt for {} backends: {moved} of {} slots ({:.2}%) moved",
                     t.vip,
                     t.backends,
                     t.size,
-                    moved as f64 * 100.0 / t.size.max(1) as f64
+                    moved as f64 * 100.0 / t.size as f64
                 ),
                 None => log::debug!("VIP {}: table of {} backends written", t.vip, t.backends),
             }
