@@ -139,6 +139,25 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         grace: Duration,
     },
+    /// Follow an announcement file and run a command each time it changes between announced
+    /// and withdrawn (by `announce-check`'s rule, grace included), e.g. `birdc enable` /
+    /// `birdc disable` of the protocol that exports the VIP's route. It needs nothing of a
+    /// running dsr, so a dead daemon is withdrawn; run it as a service of its own.
+    AnnounceWatch {
+        /// `<state_dir>/announce/<VIP name>` or `.../announce/groups/<name>`.
+        file: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: Duration,
+        /// Run (by `sh -c`) when the file turns announced, and at start if it is.
+        #[arg(long = "on-announce", value_name = "COMMAND")]
+        on_announce: String,
+        /// Run (by `sh -c`) when the file turns withdrawn or stale, and at start if it is.
+        #[arg(long = "on-withdraw", value_name = "COMMAND")]
+        on_withdraw: String,
+        /// How often the file is read; a failed command is retried at the next read.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
     /// Compare two nodes' `dsr status --json` output: which VIPs' tables differ (by their
     /// digests of seed, size and each slot's backend address). Exit 1 if any differ.
     Compare { a: PathBuf, b: PathBuf },
@@ -776,6 +795,18 @@ fn real_main() -> Result<bool> {
         Command::AnnounceCheck { file, grace } => {
             dsr::runtime::announce::check(&file, grace)?;
             Ok(true)
+        }
+        Command::AnnounceWatch {
+            file,
+            grace,
+            on_announce,
+            on_withdraw,
+            interval,
+        } => {
+            if interval < Duration::from_millis(100) {
+                anyhow::bail!("--interval {interval:?}: at least 100ms");
+            }
+            dsr::runtime::announce::watch(&file, grace, interval, &on_announce, &on_withdraw);
         }
         Command::Compare { a, b } => {
             let read = |p: &PathBuf| -> Result<control::Status> {

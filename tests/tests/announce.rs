@@ -202,3 +202,63 @@ vrrp_instance VI_1 {{
     );
     drop(keepalived);
 }
+
+#[test]
+fn announce_watch_runs_the_commands_of_each_change() {
+    // What a bird2 node runs: `--on-announce "birdc enable vips" --on-withdraw "birdc disable
+    // vips"`; here the commands append to a file, so each run is seen.
+    let mut lab = Lab::new("watch", &[1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let runs = lab.dir.join("runs");
+    let file = lab.dir.join("state/announce/tcp-80");
+    lab.wait_for("the announcement file", Duration::from_secs(5), || {
+        file.exists()
+    });
+    let mut watch = Command::new(dsr_bin())
+        .arg("announce-watch")
+        .arg(&file)
+        .args(["--grace", "2s", "--interval", "200ms"])
+        .args(["--on-announce", &format!("echo up >> {}", runs.display())])
+        // The first withdrawal fails, and is run again at the next read.
+        .args([
+            "--on-withdraw",
+            &format!(
+                "if [ -e {once} ]; then echo down >> {runs}; else touch {once}; exit 1; fi",
+                once = lab.dir.join("failed-once").display(),
+                runs = runs.display()
+            ),
+        ])
+        .stderr(std::fs::File::create(lab.dir.join("watch.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let seen = |want: &[&str]| {
+        let text = std::fs::read_to_string(&runs).unwrap_or_default();
+        text.lines().collect::<Vec<_>>() == want
+    };
+    lab.wait_for("up at start", Duration::from_secs(2), || seen(&["up"]));
+    let (ok, out) = lab.dsr(&["vip", "drain", "tcp-80"]);
+    assert!(ok, "{out}");
+    lab.wait_for("down after the drain", Duration::from_secs(2), || {
+        seen(&["up", "down"])
+    });
+    let (ok, out) = lab.dsr(&["vip", "undrain", "tcp-80"]);
+    assert!(ok, "{out}");
+    lab.wait_for("up after the undrain", Duration::from_secs(2), || {
+        seen(&["up", "down", "up"])
+    });
+    // Only changes run a command: nothing more while the state holds.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(seen(&["up", "down", "up"]));
+    // dsr killed: withdrawn once the grace is over, by the watcher alone.
+    lab.kill_dsr();
+    lab.wait_for("down after the grace", Duration::from_secs(5), || {
+        seen(&["up", "down", "up", "down"])
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let log = std::fs::read_to_string(lab.dir.join("watch.log")).unwrap();
+    assert!(
+        log.contains("not refreshed") && log.contains("failed"),
+        "{log}"
+    );
+}

@@ -143,3 +143,38 @@ pub fn check(path: &Path, grace: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// `dsr announce-watch`: runs `on_announce` or `on_withdraw` (by `sh -c`) at start and at
+/// every change of [`check`]'s verdict, reading the file every `interval`. A command that
+/// fails is run again at the next read, until it succeeds. Runs until killed.
+pub fn watch(
+    path: &Path,
+    grace: Duration,
+    interval: Duration,
+    on_announce: &str,
+    on_withdraw: &str,
+) -> ! {
+    // What the last successful command made true; None until one succeeded.
+    let mut done: Option<bool> = None;
+    loop {
+        let verdict = check(path, grace);
+        let announce = verdict.is_ok();
+        if done != Some(announce) {
+            let (what, cmd) = if announce {
+                ("announced", on_announce)
+            } else {
+                ("withdrawn", on_withdraw)
+            };
+            match verdict {
+                Ok(()) => log::info!("{}: {what}: running {cmd:?}", path.display()),
+                Err(e) => log::warn!("{e:#}: running {cmd:?}"),
+            }
+            match std::process::Command::new("sh").arg("-c").arg(cmd).status() {
+                Ok(status) if status.success() => done = Some(announce),
+                Ok(status) => log::error!("{cmd:?} failed ({status}); retrying in {interval:?}"),
+                Err(e) => log::error!("running {cmd:?}: {e}; retrying in {interval:?}"),
+            }
+        }
+        std::thread::sleep(interval);
+    }
+}
