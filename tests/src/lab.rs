@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -111,7 +111,7 @@ fn enter_netns(path: &str) {
     assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
-fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+pub fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     let (key, value) = (key.to_owned(), value.to_owned());
     in_netns(ns, move || {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -1141,6 +1141,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills the second load balancer's dsr with SIGKILL; its pinned data path stays.
+    pub fn kill_dsr2(&mut self) {
+        if let Some(mut child) = self.dsr2.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs the `dsr` CLI against the second load balancer's daemon.
     pub fn dsr2(&self, args: &[&str]) -> (bool, String) {
         run_cli(args, &self.dir.join("dsr2.toml"))
@@ -1633,6 +1641,108 @@ pub fn dsr_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsr"))
 }
 
+/// Long-lived connections the [`Traffic`] keeps open.
+pub const LONG_LIVED: usize = 10;
+
+/// One sample: when, which stream (0..LONG_LIVED: a long-lived connection; LONG_LIVED: a
+/// new connection), and whether it was answered.
+pub type Sample = (Instant, usize, bool);
+
+/// The client's traffic, in its namespace: each long-lived connection asks once per round,
+/// then one new connection asks once; a round every 50 ms.
+pub struct Traffic {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Option<String>>>>,
+}
+
+impl Traffic {
+    pub fn start(lab: &Lab) -> Traffic {
+        let conns: Vec<Conn> = (0..LONG_LIVED)
+            .map(|i| {
+                let conn = lab
+                    .tcp_connect(45000 + i as u16)
+                    .expect("a long-lived connection");
+                // Longer than any failover (keepalived's default adverts take ~3.6 s).
+                conn.set_timeout(Duration::from_secs(10)).unwrap();
+                conn
+            })
+            .collect();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, client) = (format!("/run/netns/{}", lab.client_ns), lab.client_ip);
+        let (s, st) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            in_netns_path(&ns);
+            let mut conns: Vec<Option<Conn>> = conns.into_iter().map(Some).collect();
+            // Who answered each connection first: a connection must stay on its backend.
+            let mut first: Vec<Option<String>> = vec![None; LONG_LIVED];
+            // Bounded: at most 3000 rounds (150 s), and new connections from 3000 ports.
+            for round in 0..3000u16 {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                for (i, slot) in conns.iter_mut().enumerate() {
+                    let Some(conn) = slot else { continue };
+                    let answer = conn.ask().ok();
+                    let ok = answer.is_some() && (first[i].is_none() || first[i] == answer);
+                    if first[i].is_none() {
+                        first[i] = answer.clone();
+                    }
+                    if !ok {
+                        eprintln!("connection {i}: {answer:?}, first {:?}", first[i]);
+                        *slot = None;
+                    }
+                    s.lock().unwrap().push((Instant::now(), i, ok));
+                }
+                let fresh = connect_with_timeout(client, 46000 + round, Duration::from_secs(1))
+                    .map(Conn::from)
+                    .and_then(|mut c| c.ask());
+                s.lock()
+                    .unwrap()
+                    .push((Instant::now(), LONG_LIVED, fresh.is_ok()));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            conns
+                .iter()
+                .zip(first)
+                .map(|(c, f)| c.as_ref().and(f))
+                .collect()
+        });
+        Traffic {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Since `from`: the longest gap between answers of any long-lived connection, the
+    /// longest of the new connections, and the long-lived connections that broke.
+    pub fn since(&self, from: Instant) -> (Duration, Duration, usize) {
+        let samples = self.samples.lock().unwrap();
+        let mut last = [from; LONG_LIVED + 1];
+        let mut gap = [Duration::ZERO; LONG_LIVED + 1];
+        let mut broken = 0;
+        for &(t, i, ok) in samples.iter().filter(|s| s.0 >= from) {
+            if ok {
+                gap[i] = gap[i].max(t - last[i]);
+                last[i] = t;
+            } else if i < LONG_LIVED {
+                broken += 1;
+            }
+        }
+        let long = gap[..LONG_LIVED].iter().max().copied().unwrap_or_default();
+        (long, gap[LONG_LIVED], broken)
+    }
+
+    /// Stops the traffic; returns the long-lived connections still on their first backend.
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let kept = self.thread.take().unwrap().join().unwrap();
+        kept.iter().filter(|k| k.is_some()).count()
+    }
+}
+
 /// keepalived (VRRP only) in namespace `ns`, its files `<dir>/keepalived-<name>.*`;
 /// stopped with SIGTERM when dropped, so it removes the addresses it added.
 pub struct Keepalived {
@@ -1687,6 +1797,58 @@ impl Keepalived {
 impl Drop for Keepalived {
     fn drop(&mut self) {
         self.signal(libc::SIGTERM);
+    }
+}
+
+/// bird2 in namespace `ns`, its files `<dir>/bird-<name>.*`; killed when dropped.
+pub struct Bird {
+    child: Option<Child>,
+    pub socket: PathBuf,
+}
+
+impl Bird {
+    pub fn start(ns: &str, dir: &Path, name: &str, config: &str) -> Bird {
+        let file = |ext: &str| dir.join(format!("bird-{name}.{ext}"));
+        fs::write(file("conf"), config).unwrap();
+        let arg = |ext: &str| file(ext).to_string_lossy().into_owned();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f"])
+            .args(["-c", &arg("conf")])
+            .args(["-s", &arg("ctl")])
+            .args(["-P", &arg("pid")])
+            .stdout(fs::File::create(file("log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bird (installed by cargo xtask test)");
+        Bird {
+            child: Some(child),
+            socket: file("ctl"),
+        }
+    }
+
+    /// `birdc -s <socket> args...`, its output.
+    pub fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn signal(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child (`ip netns exec` execs bird).
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
     }
 }
 

@@ -6,21 +6,10 @@
 //! place every flow alike (same seed, same tables), so no connection may break; the longest
 //! gap of each failover is measured and printed, never asserted.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use dsr_lab::lab::{
-    Conn, Keepalived, Lab, Options, VIP, connect_with_timeout, dsr_bin, holds_address,
-    in_netns_path,
-};
+use dsr_lab::lab::{Keepalived, Lab, Options, Traffic, VIP, dsr_bin, holds_address};
 
-const LONG_LIVED: usize = 10;
 const GRACE: &str = "2s";
 /// VRRPv3 advertisement interval in seconds: a master is declared dead after about 3.4 of
 /// them. `DSR_HA_ADVERT=1` measures keepalived's default.
@@ -61,105 +50,6 @@ vrrp_instance VI_1 {{
         dir = lab.dir.display(),
         advert = advert(),
     )
-}
-
-/// One sample: when, which stream (0..LONG_LIVED: a long-lived connection; LONG_LIVED: a
-/// new connection), and whether it was answered.
-type Sample = (Instant, usize, bool);
-
-/// The client's traffic, in its namespace: each long-lived connection asks once per round,
-/// then one new connection asks once; a round every 50 ms.
-struct Traffic {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Option<String>>>>,
-}
-
-impl Traffic {
-    fn start(lab: &Lab) -> Traffic {
-        let conns: Vec<Conn> = (0..LONG_LIVED)
-            .map(|i| {
-                let conn = lab
-                    .tcp_connect(45000 + i as u16)
-                    .expect("a long-lived connection");
-                // Longer than any failover (keepalived's default adverts take ~3.6 s).
-                conn.set_timeout(Duration::from_secs(10)).unwrap();
-                conn
-            })
-            .collect();
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, client) = (format!("/run/netns/{}", lab.client_ns), lab.client_ip);
-        let (s, st) = (samples.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            in_netns_path(&ns);
-            let mut conns: Vec<Option<Conn>> = conns.into_iter().map(Some).collect();
-            // Who answered each connection first: a connection must stay on its backend.
-            let mut first: Vec<Option<String>> = vec![None; LONG_LIVED];
-            // Bounded: at most 3000 rounds (150 s), and new connections from 3000 ports.
-            for round in 0..3000u16 {
-                if st.load(Ordering::Relaxed) {
-                    break;
-                }
-                for (i, slot) in conns.iter_mut().enumerate() {
-                    let Some(conn) = slot else { continue };
-                    let answer = conn.ask().ok();
-                    let ok = answer.is_some() && (first[i].is_none() || first[i] == answer);
-                    if first[i].is_none() {
-                        first[i] = answer.clone();
-                    }
-                    if !ok {
-                        eprintln!("connection {i}: {answer:?}, first {:?}", first[i]);
-                        *slot = None;
-                    }
-                    s.lock().unwrap().push((Instant::now(), i, ok));
-                }
-                let fresh = connect_with_timeout(client, 46000 + round, Duration::from_secs(1))
-                    .map(Conn::from)
-                    .and_then(|mut c| c.ask());
-                s.lock()
-                    .unwrap()
-                    .push((Instant::now(), LONG_LIVED, fresh.is_ok()));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            conns
-                .iter()
-                .zip(first)
-                .map(|(c, f)| c.as_ref().and(f))
-                .collect()
-        });
-        Traffic {
-            samples,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Since `from`: the longest gap between answers of any long-lived connection, the
-    /// longest of the new connections, and the long-lived connections that broke.
-    fn since(&self, from: Instant) -> (Duration, Duration, usize) {
-        let samples = self.samples.lock().unwrap();
-        let mut last = [from; LONG_LIVED + 1];
-        let mut gap = [Duration::ZERO; LONG_LIVED + 1];
-        let mut broken = 0;
-        for &(t, i, ok) in samples.iter().filter(|s| s.0 >= from) {
-            if ok {
-                gap[i] = gap[i].max(t - last[i]);
-                last[i] = t;
-            } else if i < LONG_LIVED {
-                broken += 1;
-            }
-        }
-        let long = gap[..LONG_LIVED].iter().max().copied().unwrap_or_default();
-        (long, gap[LONG_LIVED], broken)
-    }
-
-    /// Stops the traffic; returns the long-lived connections still on their first backend.
-    fn stop(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        let kept = self.thread.take().unwrap().join().unwrap();
-        kept.iter().filter(|k| k.is_some()).count()
-    }
 }
 
 /// Waits (at most 2 s past `from`) until `ns` holds the VIP and the other does not; then
@@ -339,6 +229,10 @@ fn a_vrrp_pair_keeps_every_connection_through_each_failover() {
     );
 
     let kept = traffic.stop();
-    assert_eq!(kept, LONG_LIVED, "connections kept on their first backend");
+    assert_eq!(
+        kept,
+        dsr_lab::lab::LONG_LIVED,
+        "connections kept on their first backend"
+    );
     k1.signal(libc::SIGTERM);
 }

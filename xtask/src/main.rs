@@ -32,10 +32,11 @@ const BPF_PACKAGES: [&str; 5] = [
 ];
 /// Debian packages the namespace lab uses (util-linux provides nsenter).
 const LAB_PACKAGES: [&str; 5] = ["iproute2", "ethtool", "nftables", "procps", "util-linux"];
-/// Debian packages other tests read: keepalived's sample configs
-/// (/usr/share/doc/keepalived/samples) for `dsr import keepalived`. Its service does not start
-/// without an /etc/keepalived/keepalived.conf (the unit's ConditionFileNotEmpty).
-const TEST_PACKAGES: [&str; 1] = ["keepalived"];
+/// Debian packages other tests run or read: keepalived (the VRRP pair lab, and its sample
+/// configs in /usr/share/doc/keepalived/samples for `dsr import keepalived`; its service does
+/// not start without an /etc/keepalived/keepalived.conf, the unit's ConditionFileNotEmpty) and
+/// bird2 (the BGP ECMP lab; the tests run their own birds in the lab's namespaces).
+const TEST_PACKAGES: [&str; 2] = ["keepalived", "bird2"];
 /// Debian packages `cargo xtask deb` and its test use: dpkg-dev (dpkg-shlibdeps, for the
 /// package's dependencies), binutils (strip), systemd (`systemd-analyze verify` of the unit;
 /// systemd need not be running; man-db lets it check the unit's Documentation=man:dsr(1)).
