@@ -1141,6 +1141,28 @@ impl Lab {
         Ok(())
     }
 
+    /// `dsr compare` of both nodes' `dsr status --json`: the same seed, sizes and slots.
+    pub fn assert_same_tables(&self) {
+        let (a, b) = (self.dir.join("lb1.json"), self.dir.join("lb2.json"));
+        for (path, (ok, out)) in [
+            (&a, self.dsr(&["status", "--json"])),
+            (&b, self.dsr2(&["status", "--json"])),
+        ] {
+            assert!(ok, "{out}");
+            fs::write(path, out).unwrap();
+        }
+        let out = Command::new(dsr_bin())
+            .arg("compare")
+            .args([&a, &b])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the nodes' tables differ: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     /// Kills the second load balancer's dsr with SIGKILL; its pinned data path stays.
     pub fn kill_dsr2(&mut self) {
         if let Some(mut child) = self.dsr2.take() {

@@ -182,6 +182,7 @@ fn an_ecmp_pair_keeps_every_connection_through_each_failure() {
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
     lab.start_dsr2().unwrap_or_else(|e| panic!("{e:#}"));
+    lab.assert_same_tables();
 
     let _router = Bird::start(&lab.router_ns, &lab.dir, "rtr", &router_config());
     let mut bird1 = Bird::start(&lab.lb_ns, &lab.dir, "lb1", &node_config(LB_IP, 65001));

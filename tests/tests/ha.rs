@@ -109,26 +109,8 @@ fn a_vrrp_pair_keeps_every_connection_through_each_failover() {
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
     lab.start_dsr2().unwrap_or_else(|e| panic!("{e:#}"));
-    // Both nodes must place every flow alike: `dsr compare` of their status finds the same
-    // table digests.
-    let (a, b) = (lab.dir.join("lb1.json"), lab.dir.join("lb2.json"));
-    for (path, (ok, out)) in [
-        (&a, lab.dsr(&["status", "--json"])),
-        (&b, lab.dsr2(&["status", "--json"])),
-    ] {
-        assert!(ok, "{out}");
-        std::fs::write(path, out).unwrap();
-    }
-    let out = std::process::Command::new(dsr_bin())
-        .arg("compare")
-        .args([&a, &b])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the nodes' tables differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // Both nodes must place every flow alike.
+    lab.assert_same_tables();
 
     let (lb1, lb2) = (lab.lb_ns.clone(), lab.lb2_ns.clone());
     let mut k1 = Keepalived::start(
