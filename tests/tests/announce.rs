@@ -46,6 +46,11 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
             &format!("protocol = \"tcp\"\n{check}"),
             1,
         )
+        .replacen(
+            "flow_table_size",
+            "metrics = \"127.0.0.1:9464\"\nflow_table_size",
+            1,
+        )
         + "\n[[announce]]\nname = \"VI_1\"\nvips = [\"udp-53\", \"tcp-80\"]\n\n[[announce]]\nname = \"either\"\nvips = [\"udp-53\", \"tcp-80\"]\nrequire = \"any\"\n";
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -72,6 +77,34 @@ fn announcement_files_follow_usability_drain_and_the_daemon() {
     let st = lab.status();
     let udp = st.vips.iter().find(|v| v.name == "udp-53").unwrap();
     assert!(!udp.announced && udp.min_usable == 2, "{udp:?}");
+    let groups: Vec<(&str, bool)> = st
+        .announce_groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.announced))
+        .collect();
+    assert_eq!(groups, [("VI_1", false), ("either", true)]);
+    let (_, view) = lab.dsr(&["status"]);
+    assert!(
+        view.contains("announce group VI_1 (all of udp-53, tcp-80): WITHDRAWN")
+            && view.contains("announce group either (any of udp-53, tcp-80): announced"),
+        "{view}"
+    );
+    let metrics = {
+        use std::io::{Read, Write};
+        dsr_lab::lab::in_netns(&lab.lb_ns, || {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+    };
+    assert!(
+        metrics.contains("dsr_announce_group_announced{group=\"VI_1\"} 0"),
+        "{metrics}"
+    );
     lab.set_health(0, true);
     wait(&lab, "udp-53", "0");
     wait(&lab, "groups/VI_1", "0");

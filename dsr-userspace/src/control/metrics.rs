@@ -221,6 +221,13 @@ pub fn render(s: &Status) -> String {
             .iter()
             .map(|v| (vip_labels(v), v.announced as u8 as f64)),
     );
+    m.gauge(
+        "dsr_announce_group_announced",
+        "1 if the [[announce]] group is announced (all, or any, of its VIPs are).",
+        s.announce_groups
+            .iter()
+            .map(|g| (vec![("group", g.name.clone())], g.announced as u8 as f64)),
+    );
     m.info(
         "dsr_vip_table",
         "The VIP's table digest (seed, size and each slot's backend address): nodes agree on \

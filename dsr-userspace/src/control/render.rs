@@ -228,6 +228,23 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(out, "  removed at run time: {}", list.join(", "));
         }
     }
+    if !s.announce_groups.is_empty() {
+        out += "\n";
+    }
+    for g in &s.announce_groups {
+        let _ = writeln!(
+            out,
+            "announce group {} ({} of {}): {}",
+            g.name,
+            g.require,
+            g.vips.join(", "),
+            if g.announced {
+                "announced"
+            } else {
+                "WITHDRAWN"
+            }
+        );
+    }
     if s.vips
         .iter()
         .any(|v| v.runtime || v.backends.iter().any(|b| b.runtime))

@@ -82,6 +82,19 @@ pub struct Status {
     pub reasons: Vec<ReasonStatus>,
     /// Counted besides verdicts: failed flow inserts, adopted connections, untracked closes.
     pub events: Vec<EventStatus>,
+    /// The config's `[[announce]]` groups (a VRRP instance's VIPs) and whether each is
+    /// announced, as its file `<state_dir>/announce/groups/<name>` says.
+    #[serde(default)]
+    pub announce_groups: Vec<GroupStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    /// "all" or "any" of its VIPs must be announced.
+    pub require: String,
+    pub vips: Vec<String>,
+    pub announced: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -257,6 +270,7 @@ pub struct Source<'a> {
     /// Reloads applied and refused (a running daemon's).
     pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
+    pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
 }
 
 /// The one status builder.
@@ -302,10 +316,25 @@ pub fn build(src: Source<'_>) -> Status {
                 })
                 .collect()
         }),
+        announce_groups: Vec::new(),
     };
     let Some(state) = src.state else {
         return status;
     };
+    status.announce_groups = src
+        .announce_groups
+        .iter()
+        .map(|g| GroupStatus {
+            name: g.name.clone(),
+            require: match g.require {
+                crate::spec::model::Require::All => "all",
+                crate::spec::model::Require::Any => "any",
+            }
+            .into(),
+            vips: g.vips.clone(),
+            announced: crate::runtime::announce::group_announced(g, state),
+        })
+        .collect();
     let mut differences = 0;
     for vip in &state.vips {
         let config = src.config_vips.iter().find(|c| c.addr == vip.spec.addr);

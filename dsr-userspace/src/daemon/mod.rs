@@ -950,6 +950,7 @@ impl Daemon {
             write_failures: self.writer.failures,
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
+            announce_groups: &self.config.announce,
         })
     }
 
@@ -1097,5 +1098,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         write_failures: 0,
         reloads: (0, 0),
         digests: None,
+        announce_groups: &model.announce,
     }))
 }
