@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -69,13 +69,62 @@ pub struct Settings {
 pub const MAX_IFINDEX: u32 = 1 << 16;
 
 /// IFACES value, indexed by ifindex: the MAC of an interface the program is attached to
-/// (all zero: not one of ours).
+/// (all zero: not one of ours), and the VRRP virtual MACs of instances this node takes part
+/// in (all-zero slots are unused), each received for only while `vmac_master` says this
+/// node is master of it.
 /// XDP cannot read its own interface's MAC, so userspace writes it here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    pub vmacs: [[u8; 6]; MAX_VMACS],
+    /// 1: master of `vmacs[i]`'s instance.
+    pub vmac_master: [u8; MAX_VMACS],
+}
+
+/// Most VRRP virtual MACs (instances with `use_vmac`) one interface takes part in.
+pub const MAX_VMACS: usize = 4;
+
+/// Whom a frame's destination MAC names, for [`Iface::addressee`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressee {
+    /// This node: its own MAC, or a virtual MAC it is master of.
+    Us,
+    /// A virtual MAC of an instance this node is not master of.
+    Standby,
+    Other,
+}
+
+impl Iface {
+    /// Written out slot by slot with constant indices: the verifier then sees no loop and
+    /// no pointer arithmetic on a computed index (which it refuses).
+    #[inline(always)]
+    pub fn addressee(&self, dst: &[u8; 6]) -> Addressee {
+        if *dst == self.mac {
+            return Addressee::Us;
+        }
+        // An unused (all-zero) slot names nobody; no frame is sent to 00:00:00:00:00:00.
+        if *dst == [0; 6] {
+            return Addressee::Other;
+        }
+        let master = if *dst == self.vmacs[0] {
+            self.vmac_master[0]
+        } else if *dst == self.vmacs[1] {
+            self.vmac_master[1]
+        } else if *dst == self.vmacs[2] {
+            self.vmac_master[2]
+        } else if *dst == self.vmacs[3] {
+            self.vmac_master[3]
+        } else {
+            return Addressee::Other;
+        };
+        if master == 1 {
+            Addressee::Us
+        } else {
+            Addressee::Standby
+        }
+    }
 }
 
 /// Most TX_PORTS entries (interfaces other than the receiving one that backends sit behind).
@@ -300,10 +349,15 @@ pub enum Reason {
     /// Dropped: the backend sits behind another interface and TX_PORTS has no entry for it
     /// (the interface went away). Not counted on the backend.
     NoTxPort = 13,
+    /// Dropped: addressed to the virtual MAC of a VRRP instance this node is not master of.
+    /// Passing it would let the local stack answer for the VIP that a killed keepalived
+    /// left on its vmac interface (with resets); dropped, the client retransmits to the
+    /// new master.
+    NotMaster = 14,
 }
 
 /// Number of [`Reason`]s; REASON_STATS has this many entries.
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 15;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -321,6 +375,7 @@ impl Reason {
         Reason::IcmpForwarded,
         Reason::TooManyVlanTags,
         Reason::NoTxPort,
+        Reason::NotMaster,
     ];
 
     /// Short name for counters and metrics.
@@ -340,6 +395,7 @@ impl Reason {
             Reason::IcmpForwarded => "forwarded_icmp",
             Reason::TooManyVlanTags => "too_many_vlan_tags",
             Reason::NoTxPort => "no_tx_port",
+            Reason::NotMaster => "not_vrrp_master",
         }
     }
 
@@ -348,7 +404,7 @@ impl Reason {
     pub const fn verdict(self) -> &'static str {
         match self {
             Reason::Forwarded | Reason::FragmentForwarded | Reason::IcmpForwarded => "forward",
-            Reason::NoBackend | Reason::NoTxPort => "drop",
+            Reason::NoBackend | Reason::NoTxPort | Reason::NotMaster => "drop",
             _ => "pass",
         }
     }
@@ -422,7 +478,7 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 24);
         assert_eq!(size_of::<FlowEntry>(), 16);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
-        assert_eq!(size_of::<Iface>(), 8);
+        assert_eq!(size_of::<Iface>(), 36);
         assert_eq!(size_of::<VipKey>(), 24);
         assert_eq!(size_of::<VipAddrKey>(), 20);
         assert_eq!(size_of::<VipInfo>(), 20);

@@ -15,8 +15,9 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
-    BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey, LAYOUT_VERSION,
-    Reason, Settings, TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo, flow_hash,
+    Addressee, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey,
+    LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo,
+    flow_hash,
     headers::{EthHdr, IPPROTO_TCP},
     parse::{self, Kind, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -37,7 +38,7 @@ pub fn dsr(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn stop(reason: Reason) -> (Reason, u32) {
     let action = match reason {
-        Reason::NoBackend | Reason::NoTxPort => xdp_action::XDP_DROP,
+        Reason::NoBackend | Reason::NoTxPort | Reason::NotMaster => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     };
     (reason, action)
@@ -65,8 +66,10 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     };
     // On a shared segment a switch floods frames for unknown MACs to every port: forwarding
     // one meant for another host (a peer load balancer) would deliver it twice.
-    if eth.dst != iface.mac {
-        return stop(Reason::NotOurMac);
+    match iface.addressee(&eth.dst) {
+        Addressee::Us => {}
+        Addressee::Standby => return stop(Reason::NotMaster),
+        Addressee::Other => return stop(Reason::NotOurMac),
     }
     let packet = match parse::parse(&Xdp(ctx)) {
         Ok(p) => p,

@@ -158,6 +158,24 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
     },
+    /// For keepalived's `notify` of a `use_vmac` instance: records the instance's state so
+    /// that dsr receives for its virtual MAC while (and only while) keepalived is alive and
+    /// says MASTER. keepalived appends TYPE NAME STATE PRIORITY; NAME is the `[[announce]]`
+    /// group (named as the vrrp_instance). Works while the daemon is down: it reads the
+    /// record when it starts.
+    VrrpNotify {
+        /// INSTANCE (GROUP notifies are ignored).
+        kind: String,
+        name: String,
+        /// MASTER, BACKUP, FAULT, STOP or DELETED.
+        state: String,
+        priority: Option<String>,
+        /// The keepalived process (default: found among the parent processes).
+        #[arg(long)]
+        pid: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Compare two nodes' `dsr status --json` output: which VIPs' tables differ (by their
     /// digests of seed, size and each slot's backend address). Exit 1 if any differ.
     Compare { a: PathBuf, b: PathBuf },
@@ -807,6 +825,44 @@ fn real_main() -> Result<bool> {
                 anyhow::bail!("--interval {interval:?}: at least 100ms");
             }
             dsr::runtime::announce::watch(&file, grace, interval, &on_announce, &on_withdraw);
+        }
+        Command::VrrpNotify {
+            kind,
+            name,
+            state,
+            priority: _,
+            pid,
+            target,
+        } => {
+            if kind != "INSTANCE" {
+                println!("ignoring a {kind} notify: dsr follows vrrp_instances");
+                return Ok(true);
+            }
+            let (path, model) = resolve(&target)?;
+            let group = model.announce.iter().find(|g| g.name == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no [[announce]] group is named {name:?} (name it as the vrrp_instance)",
+                    path.display()
+                )
+            })?;
+            if group.vmac_vrid.is_none() {
+                anyhow::bail!(
+                    "{}: announce group {name:?} has no vmac_vrid (only use_vmac instances need notifies)",
+                    path.display()
+                );
+            }
+            let pid = pid
+                .or_else(dsr::runtime::vrrp::keepalived_ancestor)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no keepalived among the parent processes: give --pid")
+                })?;
+            dsr::runtime::vrrp::record(&model.state_dir, &name, &state, pid)?;
+            // The daemon also reads the record every second; this makes it act now. A daemon
+            // that is down reads it when it starts.
+            if let Ok((_, socket)) = socket(&target) {
+                let _ = runtime()?.block_on(control::call(&socket, &Request::VrrpNotified));
+            }
+            Ok(true)
         }
         Command::Compare { a, b } => {
             let read = |p: &PathBuf| -> Result<control::Status> {

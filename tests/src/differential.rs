@@ -22,6 +22,11 @@ use crate::{
 };
 
 pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
+/// VRRP virtual MACs of the receiving interface: master of VRID 51, backup of VRID 52.
+pub const VMACS: [([u8; 6], bool); 2] = [
+    ([0x00, 0x00, 0x5e, 0x00, 0x01, 51], true),
+    ([0x00, 0x00, 0x5e, 0x00, 0x01, 52], false),
+];
 pub const LO: u32 = 1;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
@@ -103,6 +108,8 @@ pub fn setup() -> Setup {
     })
     .expect("load (are you root?)");
     dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();
+    dp.set_vmacs(LO, &VMACS.map(|(m, master)| (MacAddr(m), master)))
+        .unwrap();
     let mut writer = Writer::read(&dp).unwrap();
     let mut desired = Desired::default();
     let mut backends = Vec::new();
@@ -173,7 +180,8 @@ pub fn setup() -> Setup {
             }
         })
         .collect();
-    let model = Model::new(LB_MAC, DEFAULT_HASH_SEED, vips);
+    let mut model = Model::new(LB_MAC, DEFAULT_HASH_SEED, vips);
+    model.vmacs = VMACS.to_vec();
     Setup { dp, model }
 }
 
@@ -181,6 +189,7 @@ pub fn setup() -> Setup {
 pub fn targets(model: &Model) -> Targets {
     let mut t = Targets {
         our_mac: LB_MAC,
+        vmacs: model.vmacs.iter().map(|(m, _)| *m).collect(),
         ..Targets::default()
     };
     for v in &model.vips {
@@ -224,8 +233,11 @@ pub fn check(
         }
         return Ok(());
     }
-    if frame[..6] != LB_MAC {
-        return Err("transmitted a frame not addressed to our MAC".into());
+    let master_vmac = VMACS.iter().any(|(m, master)| *master && frame[..6] == *m);
+    if frame[..6] != LB_MAC && !master_vmac {
+        return Err(
+            "transmitted a frame not addressed to our MAC or a vmac we are master of".into(),
+        );
     }
     let (Some(vip), Some(backend)) = (want.vip, want.backend) else {
         return Err("transmitted a frame for no VIP with a usable backend".into());

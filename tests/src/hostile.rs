@@ -58,6 +58,8 @@ impl Rng {
 #[derive(Clone, Debug, Default)]
 pub struct Targets {
     pub our_mac: [u8; 6],
+    /// VRRP virtual MACs the interface knows (master of some, not of others).
+    pub vmacs: Vec<[u8; 6]>,
     pub v4: Vec<[u8; 4]>,
     pub v6: Vec<[u8; 16]>,
     /// VIP ports (host order).
@@ -127,7 +129,9 @@ impl Generator {
         let r = &mut self.rng;
         let mut f = Vec::with_capacity(160);
         let dst = match r.below(100) {
-            0..85 => self.t.our_mac,
+            0..82 => self.t.our_mac,
+            82..85 if !self.t.vmacs.is_empty() => self.t.vmacs[r.below(self.t.vmacs.len())],
+            82..85 => self.t.our_mac,
             85..90 => [0xff; 6],
             90..94 => [0x01, 0x00, 0x5e, r.u8() & 0x7f, r.u8(), r.u8()],
             94..97 => [0x33, 0x33, r.u8(), r.u8(), r.u8(), r.u8()],

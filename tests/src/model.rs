@@ -50,7 +50,7 @@ pub struct Decision {
 impl Decision {
     fn stop(reason: Reason, vip: Option<u32>) -> Self {
         let verdict = match reason {
-            Reason::NoBackend | Reason::NoTxPort => XDP_DROP,
+            Reason::NoBackend | Reason::NoTxPort | Reason::NotMaster => XDP_DROP,
             _ => XDP_PASS,
         };
         Decision {
@@ -67,6 +67,8 @@ pub struct Model {
     pub mac: [u8; 6],
     pub hash_seed: u32,
     pub vips: Vec<ModelVip>,
+    /// The interface's VRRP virtual MACs, and whether this node is master of each.
+    pub vmacs: Vec<([u8; 6], bool)>,
     /// VIPS keys -> (index in `vips`, fragment alias).
     keys: HashMap<VipKey, (usize, bool)>,
 }
@@ -95,6 +97,7 @@ impl Model {
             mac,
             hash_seed,
             vips,
+            vmacs: Vec::new(),
             keys,
         }
     }
@@ -137,7 +140,11 @@ impl Model {
             return Decision::stop(Reason::Malformed, None);
         }
         if frame[..6] != self.mac {
-            return Decision::stop(Reason::NotOurMac, None);
+            match self.vmacs.iter().find(|(m, _)| frame[..6] == *m) {
+                Some((_, true)) => {}
+                Some((_, false)) => return Decision::stop(Reason::NotMaster, None),
+                None => return Decision::stop(Reason::NotOurMac, None),
+            }
         }
         let packet = match parse::parse(&frame) {
             Ok(p) => p,

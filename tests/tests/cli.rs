@@ -77,3 +77,41 @@ fn run_names_a_missing_interface() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("interface \"nosuchif0\" not found"), "{out}");
 }
+
+#[test]
+fn vrrp_notify_names_what_is_wrong_and_records_a_good_notify() {
+    let state = std::env::temp_dir().join(format!("dsr-cli-{}-vrrp-state", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let text = format!(
+        "instance = \"cli-vrrp-{}\"\nstate_dir = \"{}\"\n{GOOD}\n[[announce]]\nname = \"VI_1\"\nvips = [\"198.18.0.100:80/tcp\"]\nvmac_vrid = 51\n\n[[announce]]\nname = \"plain\"\nvips = [\"198.18.0.100:80/tcp\"]\n",
+        std::process::id(),
+        state.display()
+    );
+    let path = write_config("vrrp", &text);
+    let notify = |args: &[&str]| {
+        let mut all = vec!["vrrp-notify", "--config", &path];
+        all.extend_from_slice(args);
+        dsr(&all)
+    };
+    let (code, out) = notify(&["INSTANCE", "VI_9", "MASTER", "100", "--pid", "1"]);
+    assert!(
+        code != 0 && out.contains("no [[announce]] group is named \"VI_9\""),
+        "{out}"
+    );
+    let (code, out) = notify(&["INSTANCE", "plain", "MASTER", "100", "--pid", "1"]);
+    assert!(code != 0 && out.contains("has no vmac_vrid"), "{out}");
+    let (code, out) = notify(&["INSTANCE", "VI_1", "LEADER", "100", "--pid", "1"]);
+    assert!(code != 0 && out.contains("one of MASTER, BACKUP"), "{out}");
+    // Not run by keepalived, and no --pid.
+    let (code, out) = notify(&["INSTANCE", "VI_1", "MASTER", "100"]);
+    assert!(code != 0 && out.contains("give --pid"), "{out}");
+    // GROUP notifies are not ours.
+    let (code, out) = notify(&["GROUP", "G", "MASTER", "100"]);
+    assert!(code == 0 && out.contains("ignoring"), "{out}");
+    // A good one is recorded, with no daemon running.
+    let (code, out) = notify(&["INSTANCE", "VI_1", "BACKUP", "100", "--pid", "1"]);
+    assert_eq!(code, 0, "{out}");
+    let record = std::fs::read_to_string(state.join("vrrp/VI_1")).unwrap();
+    assert_eq!(record, "BACKUP 1\n");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -91,6 +91,8 @@ pub enum Request {
     Explain {
         flow: explain::FlowQuery,
     },
+    /// keepalived notified a VRRP state (recorded by `dsr vrrp-notify`): act on it now.
+    VrrpNotified,
     /// Re-read the config file (as SIGHUP does).
     Reload,
     /// Drop every runtime change: back to the config.

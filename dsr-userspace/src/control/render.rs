@@ -234,7 +234,7 @@ pub fn render_status(s: &Status) -> String {
     for g in &s.announce_groups {
         let _ = writeln!(
             out,
-            "announce group {} ({} of {}): {}",
+            "announce group {} ({} of {}): {}{}",
             g.name,
             g.require,
             g.vips.join(", "),
@@ -242,6 +242,17 @@ pub fn render_status(s: &Status) -> String {
                 "announced"
             } else {
                 "WITHDRAWN"
+            },
+            match (&g.vmac, &g.vrrp) {
+                (Some(vmac), Some(why)) => format!(
+                    "; vmac {vmac} {} ({why})",
+                    if g.vrrp_master {
+                        "received"
+                    } else {
+                        "not received"
+                    }
+                ),
+                _ => String::new(),
             }
         );
     }

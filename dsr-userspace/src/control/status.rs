@@ -95,6 +95,14 @@ pub struct GroupStatus {
     pub require: String,
     pub vips: Vec<String>,
     pub announced: bool,
+    /// The VRRP virtual MAC (with `vmac_vrid`), received for while `vrrp_master`.
+    #[serde(default)]
+    pub vmac: Option<String>,
+    #[serde(default)]
+    pub vrrp_master: bool,
+    /// Why (not) master: keepalived's last notify, or that it is gone.
+    #[serde(default)]
+    pub vrrp: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -271,6 +279,7 @@ pub struct Source<'a> {
     pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
     pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
+    pub state_dir: &'a std::path::Path,
 }
 
 /// The one status builder.
@@ -333,6 +342,12 @@ pub fn build(src: Source<'_>) -> Status {
             .into(),
             vips: g.vips.clone(),
             announced: crate::runtime::announce::group_announced(g, state),
+            vmac: g.vmac().map(|m| crate::spec::model::MacAddr(m).to_string()),
+            vrrp_master: g.vmac().is_some()
+                && crate::runtime::vrrp::master(src.state_dir, &g.name).0,
+            vrrp: g
+                .vmac()
+                .map(|_| crate::runtime::vrrp::master(src.state_dir, &g.name).1),
         })
         .collect();
     let mut differences = 0;

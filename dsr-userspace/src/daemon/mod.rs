@@ -440,6 +440,52 @@ impl Daemon {
         }
     }
 
+    /// Receives for the virtual MAC of each VRRP instance this node is master of, and drops
+    /// frames to the others': compared with what the kernel's IFACES entry holds, changes
+    /// logged.
+    fn sync_vmacs(&mut self) {
+        let mut want = Vec::new();
+        let mut why = Vec::new();
+        for g in &self.config.announce {
+            let Some(vmac) = g.vmac() else { continue };
+            let (master, reason) = crate::runtime::vrrp::master(&self.config.state_dir, &g.name);
+            want.push((MacAddr(vmac), master));
+            why.push((g.name.clone(), MacAddr(vmac), master, reason));
+        }
+        let mut have = match self.datapath.vmacs(self.ifindex) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!(
+                    "reading the virtual MACs of interface {}: {e:#}",
+                    self.ifindex
+                );
+                return;
+            }
+        };
+        have.sort_by_key(|(m, _)| m.0);
+        want.sort_by_key(|(m, _)| m.0);
+        if have == want {
+            return;
+        }
+        if let Err(e) = self.datapath.set_vmacs(self.ifindex, &want) {
+            log::error!("writing the virtual MACs: {e:#}");
+            return;
+        }
+        for (group, vmac, master, reason) in why {
+            let was = have
+                .iter()
+                .find(|(m, _)| *m == vmac)
+                .is_some_and(|(_, on)| *on);
+            match (was, master) {
+                (false, true) => log::info!("VRRP {group}: {reason}: receiving for {vmac}"),
+                (true, false) => {
+                    log::warn!("VRRP {group}: {reason}: dropping frames for {vmac}")
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Hands the state's desired data path to the map writer.
     fn apply(&mut self) -> Result<()> {
         self.log_serving();
@@ -564,6 +610,8 @@ impl Daemon {
         self.follow_interface().await;
         // The announcement heartbeat.
         self.announce(false);
+        // A keepalived that died is master no more.
+        self.sync_vmacs();
         if self.follow_egress().await {
             self.apply_logged();
             self.save();
@@ -862,6 +910,10 @@ impl Daemon {
                     plan: None,
                 };
             }
+            Request::VrrpNotified => {
+                self.sync_vmacs();
+                return Response::ok(String::new());
+            }
             Request::Reload => {
                 return match self.reload_logged("dsr reload").await {
                     Ok(m) => Response::ok(m),
@@ -951,6 +1003,7 @@ impl Daemon {
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
             announce_groups: &self.config.announce,
+            state_dir: &self.config.state_dir,
         })
     }
 
@@ -1099,5 +1152,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         reloads: (0, 0),
         digests: None,
         announce_groups: &model.announce,
+        state_dir: &model.state_dir,
     }))
 }

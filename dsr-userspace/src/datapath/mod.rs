@@ -35,9 +35,10 @@ use aya::{
 };
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, Backend, Counter, EVENT_COUNT, Event, FlowEntry,
-    FlowMapKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, PROGRAM_NAME, REASON_COUNT,
-    Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk, VIP_F_FRAGMENT_ALIAS,
-    VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names, vip_filter_bit,
+    FlowMapKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, MAX_VMACS, PROGRAM_NAME,
+    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk,
+    VIP_F_FRAGMENT_ALIAS, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names,
+    vip_filter_bit,
 };
 
 use crate::{
@@ -531,14 +532,51 @@ impl Datapath {
                 MAX_IFINDEX - 1
             );
         }
+        // The virtual MACs it holds stay (a re-attach or restart does not drop them).
+        let old = self.ifaces.get(&ifindex, 0).unwrap_or_default();
         self.ifaces.set(
             ifindex,
             Iface {
                 mac: mac.0,
                 _pad: [0; 2],
+                vmacs: old.vmacs,
+                vmac_master: old.vmac_master,
             },
             0,
         )?;
+        Ok(())
+    }
+
+    /// The VRRP virtual MACs of `ifindex`, each with whether it is received for (master),
+    /// as the kernel's map has them.
+    pub fn vmacs(&self, ifindex: u32) -> Result<Vec<(MacAddr, bool)>> {
+        let iface = self.ifaces.get(&ifindex, 0)?;
+        Ok(iface
+            .vmacs
+            .iter()
+            .zip(iface.vmac_master)
+            .filter(|(m, _)| **m != [0; 6])
+            .map(|(m, master)| (MacAddr(*m), master == 1))
+            .collect())
+    }
+
+    /// Sets the virtual MACs of `ifindex` (at most MAX_VMACS; its own MAC stays): frames to
+    /// one are received while it is marked master, dropped otherwise.
+    pub fn set_vmacs(&mut self, ifindex: u32, vmacs: &[(MacAddr, bool)]) -> Result<()> {
+        if vmacs.len() > MAX_VMACS {
+            bail!(
+                "at most {MAX_VMACS} virtual MACs per interface, not {}",
+                vmacs.len()
+            );
+        }
+        let mut iface = self.ifaces.get(&ifindex, 0)?;
+        iface.vmacs = [[0; 6]; MAX_VMACS];
+        iface.vmac_master = [0; MAX_VMACS];
+        for (i, (m, master)) in vmacs.iter().enumerate() {
+            iface.vmacs[i] = m.0;
+            iface.vmac_master[i] = *master as u8;
+        }
+        self.ifaces.set(ifindex, iface, 0)?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! What is true now: the runtime state and its decisions (`state`), health checks
 //! (`health`), neighbour resolution (`neighbour`), the one-daemon-per-instance lock
-//! (`instance`) and what is saved across restarts (`persistence`).
+//! (`instance`), what is saved across restarts (`persistence`), what dsr tells VRRP and
+//! routing daemons (`announce`) and what they tell it (`vrrp`).
 
 pub mod announce;
 pub mod health;
@@ -8,3 +9,4 @@ pub mod instance;
 pub mod neighbour;
 pub mod persistence;
 pub mod state;
+pub mod vrrp;

@@ -397,6 +397,17 @@ pub struct AnnounceGroup {
     pub name: String,
     pub vips: Vec<String>,
     pub require: Require,
+    /// The VRID of the group's keepalived instance if it runs with `use_vmac`: the node then
+    /// receives for the virtual MAC 00:00:5e:00:01:VRID while keepalived says it is MASTER.
+    #[serde(default)]
+    pub vmac_vrid: Option<u8>,
+}
+
+impl AnnounceGroup {
+    /// The VRRP virtual MAC of the group's instance (RFC 5798 IPv4: 00-00-5E-00-01-VRID).
+    pub fn vmac(&self) -> Option<[u8; 6]> {
+        self.vmac_vrid.map(|v| [0x00, 0x00, 0x5e, 0x00, 0x01, v])
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

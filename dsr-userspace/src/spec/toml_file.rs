@@ -81,6 +81,7 @@ struct RawAnnounce {
     vips: Vec<String>,
     #[serde(default)]
     require: crate::spec::model::Require,
+    vmac_vrid: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -465,10 +466,47 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 ),
             ));
         }
+        let vmac_vrid = match group.vmac_vrid {
+            None => None,
+            Some(v @ 1..=255) => Some(v as u8),
+            Some(v) => {
+                return Err(err(
+                    Some(g.span()),
+                    format!(
+                        "announce group {:?}: vmac_vrid = {v}: a VRRP virtual router id is 1-255",
+                        group.name
+                    ),
+                ));
+            }
+        };
+        if let Some(v) = vmac_vrid
+            && let Some(other) = announce.iter().find(|a| a.vmac_vrid == Some(v))
+        {
+            return Err(err(
+                Some(g.span()),
+                format!(
+                    "announce groups {:?} and {:?} both have vmac_vrid = {v}: one virtual MAC, one instance",
+                    other.name, group.name
+                ),
+            ));
+        }
+        if vmac_vrid.is_some()
+            && announce.iter().filter(|a| a.vmac_vrid.is_some()).count() >= dsr_common::MAX_VMACS
+        {
+            return Err(err(
+                Some(g.span()),
+                format!(
+                    "announce group {:?}: at most {} groups can have a vmac_vrid (virtual MACs per interface)",
+                    group.name,
+                    dsr_common::MAX_VMACS
+                ),
+            ));
+        }
         announce.push(crate::spec::model::AnnounceGroup {
             name: group.name.clone(),
             vips: group.vips.clone(),
             require: group.require,
+            vmac_vrid,
         });
     }
     let control_group = match &raw.control_group {
@@ -1005,6 +1043,24 @@ hash = ["src_addr", "dst_port"]
         assert_eq!(e.line, Some(23), "{e}");
         let e = parse_err(&ok.replace("VI_1", "a/b"));
         assert!(e.message.contains("names a file"), "{e}");
+    }
+
+    #[test]
+    fn vmac_vrids_are_valid_unique_and_few() {
+        let group = |name: &str, vrid: i64| {
+            format!("\n[[announce]]\nname = \"{name}\"\nvips = [\"web\"]\nvmac_vrid = {vrid}\n")
+        };
+        let m = parse(&format!("{GOOD}{}", group("VI_1", 51)), Path::new("x")).unwrap();
+        assert_eq!(m.announce[0].vmac(), Some([0, 0, 0x5e, 0, 1, 51]));
+        for bad in [0, 256, -1] {
+            let e = parse_err(&format!("{GOOD}{}", group("VI_1", bad)));
+            assert!(e.message.contains("1-255"), "{e}");
+        }
+        let e = parse_err(&format!("{GOOD}{}{}", group("A", 7), group("B", 7)));
+        assert!(e.message.contains("both have vmac_vrid = 7"), "{e}");
+        let five: String = (1..=5).map(|i| group(&format!("G{i}"), i)).collect();
+        let e = parse_err(&format!("{GOOD}{five}"));
+        assert!(e.message.contains("at most 4"), "{e}");
     }
 
     #[test]
