@@ -274,7 +274,7 @@ fn an_ecmp_pair_keeps_every_connection_through_each_failure() {
         Duration::from_secs(2),
     );
     drop(_w1);
-    let bird1 = Bird::start(&lab.lb_ns, &lab.dir, "lb1", &node_config(LB_IP, 65001));
+    let mut bird1 = Bird::start(&lab.lb_ns, &lab.dir, "lb1", &node_config(LB_IP, 65001));
     let _w1 = Watch::start(&lab, "state", &bird1, "lb1");
     wait_hops(
         &lab,
@@ -284,7 +284,29 @@ fn an_ecmp_pair_keeps_every_connection_through_each_failure() {
     );
     std::thread::sleep(Duration::from_secs(1));
 
-    // 4. lb2's dsr killed: its pinned data path forwards on, and after the grace its
+    // 4. lb1's bird stopped cleanly (SIGTERM): it closes its sessions.
+    let t = Instant::now();
+    bird1.signal(libc::SIGTERM);
+    failover(
+        &lab,
+        &traffic,
+        "lb1 bird stop",
+        t,
+        LB2_IP,
+        Duration::from_secs(2),
+    );
+    drop(_w1);
+    let bird1 = Bird::start(&lab.lb_ns, &lab.dir, "lb1", &node_config(LB_IP, 65001));
+    let _w1 = Watch::start(&lab, "state", &bird1, "lb1");
+    wait_hops(
+        &lab,
+        &[LB_IP, LB2_IP],
+        "lb1's bird back again",
+        Duration::from_secs(15),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 5. lb2's dsr killed: its pinned data path forwards on, and after the grace its
     //    watcher withdraws the route.
     let t = Instant::now();
     lab.kill_dsr2();

@@ -2,7 +2,7 @@
 //! 50 ms adverts), each holding the VIP only while its dsr announces the instance's group.
 //! Ten long-lived TCP connections and a stream of new connections run through every
 //! failover: the master's link going down, `dsr vip drain` on the master, the master's dsr
-//! killed past the announcement grace, and the master's keepalived SIGKILLed. The two nodes
+//! killed past the announcement grace, the master's keepalived stopped, and SIGKILLed. The two nodes
 //! place every flow alike (same seed, same tables), so no connection may break; the longest
 //! gap of each failover is measured and printed, never asserted. With `use_vmac`, only the
 //! live master receives for the virtual MAC.
@@ -217,25 +217,48 @@ fn a_vrrp_pair_keeps_every_connection_through_each_failover() {
     lab.restart_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
     std::thread::sleep(Duration::from_secs(2));
 
-    // 4. The master's keepalived SIGKILLed: its VIP address stays behind, but the other
-    //    node becomes MASTER and its gratuitous ARP moves the client.
-    assert!(
-        holds_address(&lb2, &VIP.to_string()) && !holds_address(&lb1, &VIP.to_string()),
-        "lb2 is MASTER before its keepalived dies"
-    );
+    // 4. The master's keepalived stopped cleanly (SIGTERM): it hands over at once.
     let t = Instant::now();
-    k2.signal(libc::SIGKILL);
+    k2.signal(libc::SIGTERM);
+    failover(
+        &lab,
+        &traffic,
+        "lb2 keepalived stop",
+        t,
+        &lb1,
+        Duration::ZERO,
+    );
+    let _k2 = Keepalived::start(
+        &lb2,
+        &lab.dir,
+        "lb2",
+        &keepalived_config(&lab, "state2", 90),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        holds_address(&lb1, &VIP.to_string()) && !holds_address(&lb2, &VIP.to_string()),
+        "nopreempt: lb1 stays MASTER while lb2's keepalived returns"
+    );
+
+    // 5. The master's keepalived SIGKILLed: its VIP address stays behind, but the other
+    //    node becomes MASTER and its gratuitous ARP moves the client.
+    let t = Instant::now();
+    k1.signal(libc::SIGKILL);
     let deadline =
         Instant::now() + Duration::from_secs(2) + Duration::from_secs_f64(4.0 * advert());
-    while !holds_address(&lb1, &VIP.to_string()) {
+    while !holds_address(&lb2, &VIP.to_string()) {
         assert!(
             Instant::now() < deadline,
-            "lb1 did not take over from a dead keepalived"
+            "lb2 did not take over from a dead keepalived"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("lb2 keepalived SIGKILL: lb1 MASTER after {:?}", t.elapsed());
-    // lb2 still holds the address, but lb1's gratuitous ARP moved the client to it.
+    eprintln!("lb1 keepalived SIGKILL: lb2 MASTER after {:?}", t.elapsed());
+    assert!(
+        holds_address(&lb1, &VIP.to_string()),
+        "a killed keepalived leaves its address behind"
+    );
+    // lb1 still holds the address, but lb2's gratuitous ARP moved the client to it.
     let neigh = dsr_lab::lab::sh(&[
         "ip",
         "-n",
@@ -246,13 +269,13 @@ fn a_vrrp_pair_keeps_every_connection_through_each_failover() {
     ])
     .unwrap();
     assert!(
-        neigh.contains(&dsr_lab::lab::mac_str(dsr_lab::lab::LB_MAC)),
+        neigh.contains(&dsr_lab::lab::mac_str(dsr_lab::lab::LB2_MAC)),
         "the client still sends to {neigh}"
     );
     std::thread::sleep(Duration::from_secs(1));
     let (long, fresh, broken) = traffic.since(t);
     eprintln!(
-        "lb2 keepalived SIGKILL: longest gap: long-lived {long:?}, new connections {fresh:?}; {broken} long-lived broke"
+        "lb1 keepalived SIGKILL: longest gap: long-lived {long:?}, new connections {fresh:?}; {broken} long-lived broke"
     );
     assert_eq!(
         broken, 0,
