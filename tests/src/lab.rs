@@ -1959,6 +1959,9 @@ impl Drop for Lab {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
+        }
+        // The second node's pins and records, also after it was killed.
+        if self.opts.pair {
             let instance = format!("{}-2", self.tag);
             let _ = dsr::datapath::remove_pinned(&dsr::datapath::pin_dir(&instance));
             dsr::runtime::instance::remove_record(&instance);
