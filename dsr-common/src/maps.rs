@@ -5,7 +5,7 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
 /// M = 65537 (a prime, so every backend's skip walks the whole table).
@@ -44,10 +44,15 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const EVENT_STATS: &str = "EVENT_STATS";
+    pub const TRACE: &str = "TRACE";
+    pub const TRACE_FILTER: &str = "TRACE_FILTER";
+    pub const TRACE_PROG: &str = "TRACE_PROG";
 }
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "dsr";
+/// Name of the program `dsr` tail-calls to write a trace record.
+pub const TRACE_PROGRAM_NAME: &str = "dsr_trace";
 
 /// SETTINGS[0]: deployment-wide values, written by userspace before the program is attached.
 /// A zero `layout_version` means "not configured": the program passes everything.
@@ -58,7 +63,10 @@ pub struct Settings {
     pub hash_seed: u32,
     /// TABLES elements per table row (`ceil(max table size / TABLE_CHUNK)`).
     pub row_chunks: u32,
-    pub _pad: u32,
+    /// Non-zero: `dsr trace` is listening, so each frame's decision is offered to TRACE
+    /// (subject to TRACE_FILTER). Read per packet with the rest of SETTINGS: when off, tracing
+    /// costs one predictable branch.
+    pub trace: u32,
     /// Flows idle longer than this are treated as new (CLOCK_MONOTONIC_COARSE nanoseconds).
     pub flow_idle_ns: u64,
 }
@@ -430,15 +438,18 @@ pub enum Event {
     /// A TCP RST or FIN found no flow entry (often the last packet of a connection another
     /// node carried): forwarded by the table, not remembered, not a new flow.
     UntrackedClose = 2,
+    /// A trace record was not written: TRACE was full (the reader is behind).
+    TraceLost = 3,
 }
 
-pub const EVENT_COUNT: u32 = 3;
+pub const EVENT_COUNT: u32 = 4;
 
 impl Event {
     pub const ALL: [Event; EVENT_COUNT as usize] = [
         Event::FlowInsertFailed,
         Event::Adopted,
         Event::UntrackedClose,
+        Event::TraceLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -446,7 +457,88 @@ impl Event {
             Event::FlowInsertFailed => "flow_insert_failed",
             Event::Adopted => "adopted",
             Event::UntrackedClose => "untracked_close",
+            Event::TraceLost => "trace_lost",
         }
+    }
+}
+
+/// Bytes of the TRACE ring buffer (a power of two, a multiple of the page size): about 2,500
+/// records, a few milliseconds of a busy interface, while the reader drains it continuously.
+pub const TRACE_RING_BYTES: u32 = 1 << 18;
+
+/// TraceRecord::flags: which fields hold something.
+/// `flow` holds the packet's flow (it was parsed as TCP/UDP or an ICMP error about one).
+pub const TRACE_F_FLOW: u32 = 1 << 0;
+/// `vip` holds the VIP id the packet matched.
+pub const TRACE_F_VIP: u32 = 1 << 1;
+/// `backend` holds the backend id the packet was sent to (or would have been: no_tx_port).
+pub const TRACE_F_BACKEND: u32 = 1 << 2;
+/// The backend came from the flow table (an established flow).
+pub const TRACE_F_FLOW_HIT: u32 = 1 << 3;
+/// The backend came from the VIP's table: `slot` holds the slot.
+pub const TRACE_F_SLOT: u32 = 1 << 4;
+/// The flow was remembered in the flow table by this packet.
+pub const TRACE_F_REMEMBERED: u32 = 1 << 5;
+
+/// One TRACE record: what the program decided for one frame and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// The flow as parsed (ports not masked by the VIP's hash fields); see `TRACE_F_FLOW`.
+    pub flow: crate::FlowKey,
+    pub flags: u32,
+    /// A [`Reason`].
+    pub reason: u32,
+    /// The XDP action returned.
+    pub action: u32,
+    pub ifindex: u32,
+    pub vip: u32,
+    pub backend: u32,
+    pub slot: u32,
+    /// Frame length in bytes.
+    pub len: u32,
+    /// Outer VLAN id (0 = untagged).
+    pub vlan: u16,
+    /// The destination MAC the frame arrived with.
+    pub dst_mac: [u8; 6],
+    /// TCP flags (`parse::TCP_*`) of a TCP packet with its header; 0 otherwise.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// TraceFilter::flags: which conditions apply (none: every frame).
+pub const TRACE_FILTER_VIP: u32 = 1 << 0;
+pub const TRACE_FILTER_CLIENT: u32 = 1 << 1;
+
+/// TRACE_FILTER[0]: which frames are traced. Checked in the data path so that a filtered
+/// trace of a busy node does not overflow the ring with frames nobody asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    pub flags: u32,
+    /// VIP id (`TRACE_FILTER_VIP`).
+    pub vip: u32,
+    /// Client address as the flow key holds it (`TRACE_FILTER_CLIENT`).
+    pub client: [u32; 4],
+}
+
+impl TraceFilter {
+    /// Whether a frame with these fields is traced.
+    #[inline(always)]
+    pub fn admits(&self, record: &TraceRecord) -> bool {
+        if self.flags & TRACE_FILTER_VIP != 0
+            && (record.flags & TRACE_F_VIP == 0 || record.vip != self.vip)
+        {
+            return false;
+        }
+        if self.flags & TRACE_FILTER_CLIENT != 0
+            && (record.flags & TRACE_F_FLOW == 0 || record.flow.src != self.client)
+        {
+            return false;
+        }
+        true
     }
 }
 
@@ -466,6 +558,8 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for crate::FlowKey {}
     unsafe impl aya::Pod for FlowMapKey {}
+    unsafe impl aya::Pod for TraceFilter {}
+    unsafe impl aya::Pod for TraceRecord {}
 }
 
 #[cfg(test)]
@@ -486,6 +580,8 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 28);
         assert_eq!(size_of::<FlowMapKey>(), 48);
         assert_eq!(size_of::<Counter>(), 24);
+        assert_eq!(size_of::<TraceRecord>(), 96);
+        assert_eq!(size_of::<TraceFilter>(), 24);
     }
 
     #[test]

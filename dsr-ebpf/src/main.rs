@@ -11,12 +11,14 @@ mod flows;
 mod headers;
 mod maps;
 mod stats;
+mod trace;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dsr_common::{
     Addressee, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey,
-    LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo,
+    LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, TRACE_F_BACKEND, TRACE_F_FLOW_HIT,
+    TRACE_F_REMEMBERED, TRACE_F_SLOT, TRACE_F_VIP, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo,
     flow_hash,
     headers::{EthHdr, IPPROTO_TCP},
     parse::{self, Kind, TCP_FIN, TCP_RST, TCP_SYN},
@@ -25,12 +27,20 @@ use dsr_common::{
 use crate::{
     headers::{Xdp, ptr_at_mut, read_at},
     maps::{BACKENDS, IFACES, SETTINGS, TABLES, TX_PORTS},
+    trace::Notes,
 };
 
 #[xdp]
 pub fn dsr(ctx: XdpContext) -> u32 {
-    let (reason, action) = forward(&ctx);
-    stats::count_reason(reason, ctx.data_end() - ctx.data());
+    let Some(notes) = trace::notes() else {
+        return xdp_action::XDP_PASS;
+    };
+    let (reason, action) = forward(&ctx, notes);
+    let len = ctx.data_end() - ctx.data();
+    stats::count_reason(reason, len);
+    if notes.tracing != 0 {
+        return trace::hand_over(&ctx, notes, reason as u32, action, len);
+    }
     action
 }
 
@@ -45,15 +55,17 @@ fn stop(reason: Reason) -> (Reason, u32) {
 }
 
 /// The whole decision: why the frame is forwarded, passed or dropped, and the XDP action.
-/// The frame is only modified on the forwarding path.
+/// The frame is only modified on the forwarding path. What it learns on the way is noted in
+/// `notes`, for `dsr trace`.
 #[inline(always)]
-fn forward(ctx: &XdpContext) -> (Reason, u32) {
+fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
     let Some(settings) = SETTINGS.get(0) else {
         return stop(Reason::NotConfigured);
     };
     if settings.layout_version != LAYOUT_VERSION {
         return stop(Reason::NotConfigured);
     }
+    notes.tracing = settings.trace;
     let ifindex = ctx.ingress_ifindex() as u32;
     let Some(iface) = IFACES.get(ifindex).copied() else {
         return stop(Reason::NotConfigured);
@@ -64,6 +76,7 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
         return stop(Reason::Malformed);
     };
+    notes.dst_mac = eth.dst;
     // On a shared segment a switch floods frames for unknown MACs to every port: forwarding
     // one meant for another host (a peer load balancer) would deliver it twice.
     match iface.addressee(&eth.dst) {
@@ -83,6 +96,8 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
             Kind::TooBig => Reason::NotTcpUdp,
         });
     };
+    notes.flags |= TRACE_F_VIP;
+    notes.vip = vip.id;
     if fragment && vip.flags & VIP_F_FRAGMENTS == 0 {
         return stop(Reason::Fragment);
     }
@@ -115,12 +130,21 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     });
     let placed = kept.is_none();
     let (backend_id, backend) = match kept {
-        Some(found) => found,
+        Some(found) => {
+            notes.flags |= TRACE_F_FLOW_HIT;
+            found
+        }
         None => match from_table(&vip, &key, settings) {
-            Some(found) => found,
+            Some((slot, found)) => {
+                notes.flags |= TRACE_F_SLOT;
+                notes.slot = slot;
+                found
+            }
             None => return stop(Reason::NoBackend),
         },
     };
+    notes.flags |= TRACE_F_BACKEND;
+    notes.backend = backend_id;
 
     let action = if backend.tx_port != 0 {
         // The devmap entry goes when its interface goes: drop (counted), never count the
@@ -145,6 +169,7 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
             stats::count_event(Event::UntrackedClose);
         } else {
             flows::remember(&flow_key, backend_id, now);
+            notes.flags |= TRACE_F_REMEMBERED;
             if is_tcp && flags & TCP_SYN == 0 {
                 // A connection taken over mid-stream: pinned from now on, but not new.
                 stats::count_event(Event::Adopted);
@@ -177,9 +202,9 @@ fn forward(ctx: &XdpContext) -> (Reason, u32) {
     (reason, action)
 }
 
-/// The backend the VIP's Maglev table gives this flow, if it has one with a MAC.
+/// The slot of the VIP's Maglev table for this flow and the backend it gives, if any.
 #[inline(always)]
-fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32, Backend)> {
+fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32, (u32, Backend))> {
     if vip.table_size == 0 {
         return None;
     }
@@ -190,7 +215,8 @@ fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32,
     let backend = BACKENDS.get(id)?;
     // A slot can only name one of this VIP's backends; checked all the same, so that a table
     // row left over from another VIP (an id reused too early) never sends its traffic there.
-    (backend.flags & BACKEND_F_VALID != 0 && backend.vip == vip.id).then_some((id, *backend))
+    (backend.flags & BACKEND_F_VALID != 0 && backend.vip == vip.id)
+        .then_some((slot, (id, *backend)))
 }
 
 #[cfg(not(test))]

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dsr_common::{
     Backend, Counter, EVENT_COUNT, FlowEntry, FlowMapKey, Iface, MAX_IFINDEX, MAX_TX_PORTS,
-    REASON_COUNT, Settings, TableChunk, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey,
+    REASON_COUNT, Settings, TRACE_RING_BYTES, TableChunk, TraceFilter, VIP_FILTER_WORDS,
+    VipAddrInfo, VipAddrKey, VipInfo, VipKey,
 };
 
 /// Deployment-wide settings (layout version, hash seed, table row size); one entry.
@@ -73,3 +74,20 @@ pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RE
 /// Per [`dsr_common::Event`]: things counted besides verdicts (failed flow inserts, ...).
 #[map(name = "EVENT_STATS")]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+
+/// `dsr trace` records ([`dsr_common::TraceRecord`]), written only while SETTINGS.trace is set.
+#[map(name = "TRACE")]
+pub static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+/// Which frames are traced (one entry; flags 0: all).
+#[map(name = "TRACE_FILTER")]
+pub static TRACE_FILTER: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// Entry 0: the `dsr_trace` program, which `dsr` tail-calls while tracing. Not pinned: each
+/// daemon installs its own, and the entry goes with the daemon that traced.
+#[map(name = "TRACE_PROG")]
+pub static TRACE_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What `dsr` learnt about the frame this CPU handles, for `dsr_trace`.
+#[map(name = "TRACE_NOTES")]
+pub static TRACE_NOTES: PerCpuArray<crate::trace::Notes> = PerCpuArray::with_max_entries(1, 0);

@@ -1541,3 +1541,125 @@ fn a_syn_flood_filling_the_flow_table_moves_no_established_flow() {
         on_one.len()
     );
 }
+
+#[test]
+fn trace_records_each_decision_only_while_switched_on_and_as_filtered() {
+    use dsr_common::{
+        TRACE_F_BACKEND, TRACE_F_FLOW, TRACE_F_FLOW_HIT, TRACE_F_REMEMBERED, TRACE_F_SLOT,
+        TRACE_F_VIP, TRACE_FILTER_CLIENT, TRACE_FILTER_VIP, TraceFilter, addr_words,
+    };
+    let mut f = Fixture::new();
+    let (mut switch, mut ring) = f.dp.take_trace().expect("the trace maps");
+    let drain = |ring: &mut dsr::datapath::trace::TraceRing| {
+        std::iter::from_fn(|| ring.read().unwrap()).collect::<Vec<_>>()
+    };
+    let p = flows_on(&f, 1, 1)[0];
+
+    // Off: the program writes nothing.
+    run(f.dp.program(), &flow(p), LO);
+    assert!(drain(&mut ring).is_empty(), "records while tracing is off");
+
+    switch.set(Some(TraceFilter::default())).unwrap();
+    let q = flows_on(&f, 2, 1)[0];
+    run(f.dp.program(), &flow(q), LO); // new flow: placed by the table
+    run(f.dp.program(), &flow(q), LO); // established: the flow table
+    let not_vip = v4(TCP, VIP4, 8080);
+    run(f.dp.program(), &not_vip, LO);
+    let mut other = flow(q);
+    other[..6].copy_from_slice(&OTHER_MAC);
+    run(f.dp.program(), &other, LO);
+    let records = drain(&mut ring);
+    assert_eq!(records.len(), 4, "{records:?}");
+
+    let key = FlowKey::new(CLIENT4.into(), q, VIP4.into(), 80, TCP);
+    let (placed, hit) = (records[0], records[1]);
+    assert_eq!(placed.reason, Reason::Forwarded as u32);
+    assert_eq!(placed.action, XDP_TX);
+    assert_eq!(placed.flow, key);
+    assert_eq!(
+        placed.flags,
+        TRACE_F_FLOW | TRACE_F_VIP | TRACE_F_BACKEND | TRACE_F_SLOT | TRACE_F_REMEMBERED
+    );
+    assert_eq!((placed.vip, placed.backend), (0, 2));
+    assert_eq!(
+        placed.slot,
+        flow_hash(&key, DEFAULT_HASH_SEED) % DEFAULT_TABLE_SIZE,
+        "the slot the data path read"
+    );
+    assert_eq!(placed.ifindex, LO);
+    assert_eq!(placed.len as usize, flow(q).len());
+    assert_eq!(placed.dst_mac, LB_MAC);
+    assert_eq!(
+        placed.tcp_flags,
+        dsr_common::parse::TCP_SYN,
+        "frames::tcp sends a SYN"
+    );
+    assert_eq!(
+        hit.flags,
+        TRACE_F_FLOW | TRACE_F_VIP | TRACE_F_BACKEND | TRACE_F_FLOW_HIT
+    );
+    assert_eq!(hit.backend, 2);
+    assert!(hit.time_ns >= placed.time_ns);
+    assert_eq!(records[2].reason, Reason::NotVip as u32);
+    assert_eq!(records[2].action, XDP_PASS);
+    assert_eq!(records[2].flags, TRACE_F_FLOW);
+    assert_eq!(records[3].reason, Reason::NotOurMac as u32);
+    // Not ours, but its flow is shown all the same (what was it?).
+    assert_eq!(
+        (records[3].flags, records[3].dst_mac),
+        (TRACE_F_FLOW, OTHER_MAC)
+    );
+    assert_eq!(records[3].flow, key);
+
+    // Filtered by VIP: only the IPv6 VIP's frames (VIP id 2).
+    switch
+        .set(Some(TraceFilter {
+            flags: TRACE_FILTER_VIP,
+            vip: 2,
+            client: [0; 4],
+        }))
+        .unwrap();
+    run(f.dp.program(), &flow(q), LO);
+    run(f.dp.program(), &v6(TCP, 80), LO);
+    run(f.dp.program(), &not_vip, LO);
+    let records = drain(&mut ring);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0].vip, records[0].reason),
+        (2, Reason::Forwarded as u32)
+    );
+
+    // Filtered by client: the IPv6 client only, whatever it sends.
+    switch
+        .set(Some(TraceFilter {
+            flags: TRACE_FILTER_CLIENT,
+            vip: 0,
+            client: addr_words(CLIENT6.into()),
+        }))
+        .unwrap();
+    run(f.dp.program(), &flow(q), LO);
+    run(f.dp.program(), &v6(TCP, 80), LO);
+    run(f.dp.program(), &v6(TCP, 8080), LO);
+    let records = drain(&mut ring);
+    let reasons: Vec<u32> = records.iter().map(|r| r.reason).collect();
+    assert_eq!(
+        reasons,
+        [Reason::Forwarded as u32, Reason::NotVip as u32],
+        "{records:?}"
+    );
+
+    // Off again.
+    switch.set(None).unwrap();
+    run(f.dp.program(), &v6(TCP, 80), LO);
+    assert!(drain(&mut ring).is_empty());
+}
+
+#[test]
+fn verifier_headroom_is_reported() {
+    let dp = Datapath::load(&options(2, 2, 251, Duration::from_secs(300))).expect("load");
+    let n = dp
+        .verified_instructions()
+        .expect("the kernel reports verified_insns");
+    eprintln!("verifier: {n} instructions processed of 1000000");
+    assert!(n > 0 && n <= 1_000_000);
+}

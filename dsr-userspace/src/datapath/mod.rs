@@ -10,6 +10,7 @@ pub mod ethtool;
 pub mod offload;
 pub mod privileges;
 mod tables;
+pub mod trace;
 pub mod writer;
 
 use counters::sum;
@@ -36,9 +37,9 @@ use aya::{
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, Backend, Counter, EVENT_COUNT, Event, FlowEntry,
     FlowMapKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, MAX_VMACS, PROGRAM_NAME,
-    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TableChunk,
-    VIP_F_FRAGMENT_ALIAS, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names,
-    vip_filter_bit,
+    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TRACE_PROGRAM_NAME,
+    TRACE_RING_BYTES, TableChunk, VIP_F_FRAGMENT_ALIAS, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey,
+    VipInfo, VipKey, names, vip_filter_bit,
 };
 
 use crate::{
@@ -103,10 +104,14 @@ pub struct Datapath {
     flows: HashMap<MapData, FlowMapKey, FlowEntry>,
     event_stats: PerCpuArray<MapData, u64>,
     links: Vec<XdpLinkId>,
+    /// Handed to `dsr trace`'s server once (see [`Datapath::take_trace`]).
+    trace: Option<(trace::TraceSwitch, trace::TraceRing)>,
+    /// Holds `dsr_trace` in the tail-call slot for as long as this process runs.
+    _trace_prog: aya::maps::ProgramArray<MapData>,
 }
 
 /// Every map with the size it must have.
-fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 13]> {
+fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 15]> {
     let table_elems = sizes
         .max_vips
         .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
@@ -126,7 +131,16 @@ fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 13]> {
         (names::FLOWS, sizes.flow_table_size),
         (names::REASON_STATS, REASON_COUNT),
         (names::EVENT_STATS, EVENT_COUNT),
+        (names::TRACE, TRACE_RING_BYTES),
+        (names::TRACE_FILTER, 1),
     ])
+}
+
+/// How many instructions the verifier processed for the loaded program (its limit is 1M):
+/// the headroom left for data-path changes.
+fn program_info_verified(ebpf: &Ebpf) -> Option<u32> {
+    let program: &Xdp = ebpf.program(PROGRAM_NAME)?.try_into().ok()?;
+    program.info().ok()?.verified_instruction_count()
 }
 
 /// Where an instance's maps and link are pinned: bpffs is one for all network namespaces, so
@@ -359,12 +373,40 @@ impl Datapath {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
+        let tracer: &mut Xdp = ebpf
+            .program_mut(TRACE_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {TRACE_PROGRAM_NAME} missing from the object"))?
+            .try_into()?;
+        tracer
+            .load()
+            .context("loading the trace program (verifier)")?;
+        let trace_fd = tracer.fd()?.try_clone()?;
+        let mut trace_prog: aya::maps::ProgramArray<MapData> = ebpf
+            .take_map(names::TRACE_PROG)
+            .ok_or_else(|| anyhow!("map {} missing from the object", names::TRACE_PROG))?
+            .try_into()?;
+        trace_prog
+            .set(0, &trace_fd, 0)
+            .context("installing the trace program")?;
 
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the object"))
         };
-        let mut settings: Array<MapData, Settings> = take(names::SETTINGS)?.try_into()?;
+        let settings_map = take(names::SETTINGS)?;
+        // A second handle on SETTINGS for the trace switch (the fd duplicated).
+        let Map::Array(settings_data) = &settings_map else {
+            bail!("map {} is not an array", names::SETTINGS);
+        };
+        let settings_dup = MapData::from_fd(settings_data.fd().as_fd().try_clone_to_owned()?)?;
+        let mut settings: Array<MapData, Settings> = settings_map.try_into()?;
+        let trace_switch = trace::TraceSwitch {
+            settings: Map::Array(settings_dup).try_into()?,
+            filter: take(names::TRACE_FILTER)?.try_into()?,
+        };
+        let mut trace_ring = trace::TraceRing {
+            ring: take(names::TRACE)?.try_into()?,
+        };
         let vips = take(names::VIPS)?.try_into()?;
         let backends = take(names::BACKENDS)?.try_into()?;
         let ifaces = take(names::IFACES)?.try_into()?;
@@ -395,11 +437,21 @@ impl Datapath {
                 layout_version: LAYOUT_VERSION,
                 hash_seed: opts.hash_seed,
                 row_chunks,
-                _pad: 0,
+                // A trace session does not outlive the daemon that served it.
+                trace: 0,
                 flow_idle_ns: opts.flow_idle.as_nanos().min(u64::MAX as u128) as u64,
             },
             0,
         )?;
+        let stale = trace_ring.discard();
+        if stale > 0 {
+            log::info!("dropped {stale} trace records a previous daemon left unread");
+        }
+        if let Some(n) = program_info_verified(&ebpf) {
+            log::info!(
+                "the verifier processed {n} instructions of dsr's XDP program (limit 1000000)"
+            );
+        }
         Ok(Datapath {
             ebpf,
             sizes,
@@ -421,7 +473,19 @@ impl Datapath {
             tx_ports_fd,
             hash_seed: opts.hash_seed,
             links: Vec::new(),
+            trace: Some((trace_switch, trace_ring)),
+            _trace_prog: trace_prog,
         })
+    }
+
+    /// Instructions the verifier processed for the forwarding program (its limit is 1M).
+    pub fn verified_instructions(&self) -> Option<u32> {
+        program_info_verified(&self.ebpf)
+    }
+
+    /// The trace switch and ring, for the one trace server (`None` once taken).
+    pub fn take_trace(&mut self) -> Option<(trace::TraceSwitch, trace::TraceRing)> {
+        self.trace.take()
     }
 
     /// Whether `load` found and adopted a pinned data path.
