@@ -36,6 +36,19 @@ pub fn addr_words(addr: core::net::IpAddr) -> [u32; 4] {
     [w(0), w(4), w(8), w(12)]
 }
 
+/// The address [`addr_words`] made these words from.
+pub fn words_addr(words: &[u32; 4]) -> core::net::IpAddr {
+    let mut bytes = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = core::net::Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.into(),
+        None => v6.into(),
+    }
+}
+
 impl FlowKey {
     /// The key the data path builds for a packet from `src:sport` to `dst:dport`.
     pub fn new(

@@ -11,5 +11,5 @@ pub mod headers;
 pub mod maps;
 pub mod parse;
 
-pub use hash::{DEFAULT_HASH_SEED, FlowKey, addr_words, flow_hash, jhash2};
+pub use hash::{DEFAULT_HASH_SEED, FlowKey, addr_words, flow_hash, jhash2, words_addr};
 pub use maps::*;

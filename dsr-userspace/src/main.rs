@@ -94,6 +94,28 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Live per-frame decisions of the data path (like `cilium monitor`): verdict and
+    /// reason, flow, VIP, backend, and whether the flow table or the VIP's table chose it.
+    /// Stops after --count frames or --for, whichever comes first.
+    Trace {
+        /// Only frames that matched this VIP (name or ADDRESS:PORT/PROTOCOL).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Only frames from this client address.
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// Stop after this many frames (at most 1000000).
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this long (at most 1h).
+        #[arg(long = "for", default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// One JSON object per frame.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Counters: per-reason verdicts (forwarded, passed, dropped and why), per VIP, per backend.
     Stats {
         #[command(flatten)]
@@ -677,6 +699,43 @@ fn real_main() -> Result<bool> {
             } else {
                 print!("{}", render::render_flows(&flows));
             }
+            Ok(true)
+        }
+        Command::Trace {
+            vip,
+            client,
+            count,
+            duration,
+            json,
+            target,
+        } => {
+            let (_, socket) = socket(&target)?;
+            let query = control::trace::TraceQuery {
+                vip,
+                client,
+                count,
+                duration_ms: duration.as_millis().min(u64::MAX as u128) as u64,
+            };
+            // Checked here as the daemon checks it, to fail before connecting.
+            if let Err(e) = query.validate() {
+                eprintln!("dsr: {e}");
+                return Ok(false);
+            }
+            let print = |e: &control::trace::TraceEvent| {
+                if json {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                } else {
+                    println!("{}", render::render_trace_event(e));
+                }
+            };
+            let r = runtime()?
+                .block_on(control::trace::call(&socket, &query, print))
+                .context("is the dsr daemon running? frames are traced through it")?;
+            if !r.ok {
+                eprintln!("dsr: {}", r.message);
+                return Ok(false);
+            }
+            eprintln!("{}", r.message);
             Ok(true)
         }
         Command::Backend { action, target } => send(&target, backend_request(action)?),

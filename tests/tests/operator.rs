@@ -450,3 +450,175 @@ fn plan_shows_what_a_change_would_move_and_changes_nothing() {
     }
     drop(conns);
 }
+
+/// Whether the data path's trace switch is on (SETTINGS.trace, read from the pins).
+fn tracing_on(lab: &Lab) -> bool {
+    let pin = dsr::datapath::pin_dir(&lab.tag).join(dsr_common::names::SETTINGS);
+    let data = aya::maps::MapData::from_pin(pin).expect("pinned SETTINGS");
+    let settings: aya::maps::Array<_, dsr_common::Settings> =
+        aya::maps::Map::Array(data).try_into().unwrap();
+    settings.get(&0, 0).unwrap().trace != 0
+}
+
+/// Starts `dsr trace ARGS --json` and waits until the data path traces.
+fn start_trace(lab: &Lab, args: &[&str]) -> std::process::Child {
+    let child = Command::new(dsr_bin())
+        .arg("trace")
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(lab.config_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for("the trace switch to go on", Duration::from_secs(5), || {
+        tracing_on(lab)
+    });
+    child
+}
+
+/// Waits for a `dsr trace` to end by itself; returns its success, events and summary.
+fn end_of_trace(
+    child: std::process::Child,
+) -> (bool, Vec<dsr::control::trace::TraceEvent>, String) {
+    let out = child.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("trace JSON {e}: {l}")))
+        .collect();
+    (
+        out.status.success(),
+        events,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `dsr trace` shows the data path's decision for each frame of real traffic, live: a new
+/// connection's SYN placed by the VIP's table (the slot the shared hash predicts) and
+/// remembered, its later segments by the flow table, to the backend that answered; filters
+/// by client and by VIP; stops at its count; and the switch is off again when no one traces.
+#[test]
+fn trace_shows_each_frame_decision_live() {
+    use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
+    let mut lab = Lab::new("trace", &[1, 1, 1]);
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!tracing_on(&lab), "tracing before anyone asked");
+    let client = lab.client_ip.to_string();
+
+    let trace = start_trace(&lab, &["--client", &client, "--count", "3", "--for", "20s"]);
+    let sport = 45000;
+    let answered = lab.tcp_request(sport, 1).unwrap();
+    let (ok, events, summary) = end_of_trace(trace);
+    assert!(ok && summary.contains("3 frames traced"), "{summary}");
+    assert!(summary.contains("count reached"), "{summary}");
+    let who = lab.index_of(&answered[0]);
+    assert_eq!(who, lab.predict(6, sport));
+    let backend = std::net::IpAddr::V4(lab.backends[who].ip);
+    let flow = |e: &dsr::control::trace::TraceEvent| {
+        (
+            e.client.map(|c| c.to_string()),
+            e.destination.map(|d| d.to_string()),
+        )
+    };
+    for e in &events {
+        assert_eq!(
+            flow(e),
+            (Some(format!("{client}:{sport}")), Some(format!("{VIP}:80"))),
+            "{e:?}"
+        );
+        assert_eq!(
+            (e.verdict.as_str(), e.reason.as_str(), e.vip.as_deref()),
+            ("forward", "forwarded", Some("tcp-80"))
+        );
+        assert_eq!(e.backend, Some(backend), "{e:?}");
+    }
+    let syn = &events[0];
+    let key = FlowKey::new(lab.client_ip.into(), sport, VIP.into(), 80, 6);
+    assert_eq!(syn.tcp_flags.as_deref(), Some("S"), "{syn:?}");
+    assert_eq!(syn.chosen_by.as_deref(), Some("table"));
+    assert_eq!(
+        syn.slot,
+        Some(flow_hash(&key, DEFAULT_HASH_SEED) % DEFAULT_TABLE_SIZE)
+    );
+    assert!(syn.remembered);
+    for e in &events[1..] {
+        assert_eq!(e.chosen_by.as_deref(), Some("flow_table"), "{e:?}");
+        assert_eq!(e.slot, None);
+    }
+    lab.wait_for(
+        "the trace switch to go off with the last session",
+        Duration::from_secs(5),
+        || !tracing_on(&lab),
+    );
+
+    // By VIP: the UDP VIP's frame only, though TCP comes first.
+    let trace = start_trace(&lab, &["--vip", "udp-53", "--count", "1", "--for", "20s"]);
+    lab.tcp_request(45001, 1).unwrap();
+    lab.udp_request(45002).unwrap();
+    let (ok, events, summary) = end_of_trace(trace);
+    assert!(ok, "{summary}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].vip.as_deref(), events[0].protocol.as_deref()),
+        (Some("udp-53"), Some("udp"))
+    );
+    assert_eq!(
+        events[0].client.map(|c| c.port()),
+        Some(45002),
+        "{events:?}"
+    );
+
+    // The time bound, with nothing to show; the text view.
+    let started = std::time::Instant::now();
+    let out = Command::new(dsr_bin())
+        .args([
+            "trace",
+            "--client",
+            "198.51.100.99",
+            "--for",
+            "300ms",
+            "--config",
+        ])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("0 frames traced"),
+        "{text}"
+    );
+    assert!(text.contains("time is up"), "{text}");
+    println!("trace of nothing ended after {:?}", started.elapsed());
+    let trace = Command::new(dsr_bin())
+        .args([
+            "trace", "--count", "1", "--for", "20s", "--client", &client, "--config",
+        ])
+        .arg(lab.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for("the trace switch to go on", Duration::from_secs(5), || {
+        tracing_on(&lab)
+    });
+    lab.udp_request(45003).unwrap();
+    let out = trace.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    println!("{line}");
+    assert!(
+        line.contains("forward forwarded")
+            && line.contains(&format!("udp {client}:45003 > {VIP}:53 vip udp-53 -> ")),
+        "{line}"
+    );
+
+    // Refusals name what is wrong.
+    for (args, want) in [
+        (vec!["--vip", "nope"], "no VIP named or addressed \"nope\""),
+        (vec!["--count", "0"], "trace count 0 is out of range"),
+        (vec!["--for", "2h"], "out of range: 1 ms to 3600 s"),
+    ] {
+        let (ok, out) = lab.dsr(&[&["trace"], &args[..]].concat());
+        assert!(!ok && out.contains(want), "dsr trace {args:?}: {out}");
+    }
+    assert!(!tracing_on(&lab));
+}

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod planning;
 pub mod render;
 pub mod status;
+pub mod trace;
 
 pub use status::{BackendStatus, DaemonState, HealthState, Status, VipStatus};
 
@@ -91,6 +92,11 @@ pub enum Request {
     Explain {
         flow: explain::FlowQuery,
     },
+    /// Live per-frame decisions (`dsr trace`): answered with a stream of events, then a
+    /// summary (see `trace`).
+    Trace {
+        query: trace::TraceQuery,
+    },
     /// keepalived notified a VRRP state (recorded by `dsr vrrp-notify`): act on it now.
     VrrpNotified,
     /// Re-read the config file (as SIGHUP does).
@@ -115,6 +121,13 @@ pub struct Response {
     pub flows: Option<Vec<status::FlowStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<planning::PlanReport>,
+    /// A trace request as the daemon resolved it (between the daemon and the socket task;
+    /// the client sees the events instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<trace::TraceGrant>,
+    /// One frame of a trace stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<trace::TraceEvent>>,
 }
 
 impl Response {
@@ -122,20 +135,14 @@ impl Response {
         Response {
             ok: true,
             message: message.into(),
-            status: None,
-            explained: None,
-            flows: None,
-            plan: None,
+            ..Response::default()
         }
     }
     pub fn error(message: impl Into<String>) -> Self {
         Response {
             ok: false,
             message: message.into(),
-            status: None,
-            explained: None,
-            flows: None,
-            plan: None,
+            ..Response::default()
         }
     }
 }
@@ -150,6 +157,7 @@ pub async fn serve(
     path: &Path,
     group: Option<u32>,
     calls: mpsc::Sender<Call>,
+    tracer: Option<trace::Tracer>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -193,15 +201,21 @@ pub async fn serve(
                 continue;
             };
             let calls = calls.clone();
+            let tracer = tracer.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, group, calls).await;
+                let _ = handle(stream, group, calls, tracer).await;
                 drop(permit);
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, group: Option<u32>, calls: mpsc::Sender<Call>) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    group: Option<u32>,
+    calls: mpsc::Sender<Call>,
+    tracer: Option<trace::Tracer>,
+) -> Result<()> {
     let authorised = stream
         .peer_cred()
         .map(|c| c.uid() == 0 || group.is_some_and(|g| in_group(&c, g)))
@@ -226,6 +240,32 @@ async fn handle(stream: UnixStream, group: Option<u32>, calls: mpsc::Sender<Call
         }
         Ok(_) => match parse_request(line.trim()) {
             Err(e) => Response::error(format!("malformed request: {e}")),
+            Ok(Request::Trace { query }) => match tracer {
+                None => {
+                    Response::error("this daemon cannot trace (its data path has no trace ring)")
+                }
+                Some(tracer) => {
+                    let (tx, rx) = oneshot::channel();
+                    let request = Request::Trace {
+                        query: query.clone(),
+                    };
+                    if calls.send((request, tx)).await.is_err() {
+                        Response::error("the daemon is shutting down")
+                    } else {
+                        match rx.await {
+                            Ok(Response {
+                                ok: true,
+                                trace: Some(grant),
+                                ..
+                            }) => {
+                                return trace::stream(&tracer, grant, &query, reader, write).await;
+                            }
+                            Ok(refused) => refused,
+                            Err(_) => Response::error("the daemon dropped the request"),
+                        }
+                    }
+                }
+            },
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send((request, tx)).await.is_err() {

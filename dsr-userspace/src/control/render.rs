@@ -463,3 +463,52 @@ pub fn render_flows(flows: &[FlowStatus]) -> String {
     out += &format!("{} flows\n", flows.len());
     out
 }
+
+/// `dsr trace`: one line per frame, tcpdump-like: time (UTC), verdict and reason, the flow,
+/// then where it went and why.
+pub fn render_trace_event(e: &super::trace::TraceEvent) -> String {
+    let secs = e.time_ns / 1_000_000_000;
+    let mut out = format!(
+        "{:02}:{:02}:{:02}.{:06} {:<7} {:<18}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        e.time_ns % 1_000_000_000 / 1000,
+        e.verdict,
+        e.reason
+    );
+    match (&e.protocol, e.client, e.destination) {
+        (Some(p), Some(c), Some(d)) => out += &format!(" {p} {c} > {d}"),
+        _ => out += &format!(" to {}", e.dst_mac),
+    }
+    if let Some(f) = &e.tcp_flags {
+        out += &format!(" [{f}]");
+    }
+    if e.vlan != 0 {
+        out += &format!(" vlan {}", e.vlan);
+    }
+    if let Some(vip) = &e.vip {
+        out += &format!(" vip {vip}");
+    }
+    if let Some(id) = e.backend_id {
+        out += &format!(
+            " -> {}",
+            e.backend
+                .map_or_else(|| format!("backend id {id}"), |a| a.to_string())
+        );
+    }
+    let mut why = Vec::new();
+    match (e.chosen_by.as_deref(), e.slot) {
+        (Some("flow_table"), _) => why.push("flow table".to_string()),
+        (Some("table"), Some(slot)) => why.push(format!("table slot {slot}")),
+        _ => {}
+    }
+    if e.remembered {
+        why.push("remembered".into());
+    }
+    if !why.is_empty() {
+        out += &format!(" ({})", why.join(", "));
+    }
+    out += &format!(" {} bytes", e.len);
+    out
+}

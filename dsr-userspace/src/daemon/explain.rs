@@ -28,18 +28,7 @@ fn coarse_now_ns() -> u64 {
 }
 
 fn addr_of(words: &[u32; 4]) -> Option<std::net::IpAddr> {
-    if words == &[0; 4] {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let v6 = std::net::Ipv6Addr::from(bytes);
-    Some(match v6.to_ipv4_mapped() {
-        Some(v4) => v4.into(),
-        None => v6.into(),
-    })
+    (words != &[0; 4]).then(|| dsr_common::words_addr(words))
 }
 
 impl Daemon {

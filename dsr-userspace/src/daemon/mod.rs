@@ -77,6 +77,8 @@ pub struct Daemon {
     checks: health::Supervisor,
     reports_rx: Option<mpsc::Receiver<Report>>,
     rates: Rates,
+    /// Names of the data-path ids, for `dsr trace`'s records.
+    trace_names: tokio::sync::watch::Sender<std::sync::Arc<control::trace::Names>>,
 }
 
 impl Daemon {
@@ -223,6 +225,7 @@ impl Daemon {
             },
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
+            trace_names: tokio::sync::watch::Sender::new(Default::default()),
         };
         daemon.after_reconcile();
         daemon.restore_ports();
@@ -258,10 +261,19 @@ impl Daemon {
             }
             None => None,
         };
+        let tracer = match self.datapath.take_trace() {
+            Some((switch, ring)) => Some(control::trace::Tracer::start(
+                switch,
+                ring,
+                self.trace_names.subscribe(),
+            )?),
+            None => None,
+        };
         let server = control::serve(
             &self.config.control_socket,
             self.config.control_group,
             calls_tx,
+            tracer,
         )
         .await?;
         // Where `--instance NAME` finds this daemon (kept after exit: it also says where
@@ -382,6 +394,21 @@ impl Daemon {
             .map(|b| b.ifindex)
             .collect();
         self.ports.retain(|ifindex, _| used.contains(ifindex));
+        self.trace_names
+            .send_replace(std::sync::Arc::new(control::trace::Names {
+                vips: self
+                    .state
+                    .vips
+                    .iter()
+                    .map(|v| (v.id, v.spec.name.clone()))
+                    .collect(),
+                backends: self
+                    .state
+                    .vips
+                    .iter()
+                    .flat_map(|v| v.backends.iter().map(|b| (b.id, b.spec.address)))
+                    .collect(),
+            }));
         self.checks.sync(self.state.vips.iter().flat_map(|vip| {
             vip.backends.iter().map(move |b| health::Wanted {
                 token: b.check_token,
@@ -874,21 +901,15 @@ impl Daemon {
             Request::Status => {
                 return Response {
                     ok: true,
-                    message: String::new(),
                     status: Some(self.status()),
-                    explained: None,
-                    flows: None,
-                    plan: None,
+                    ..Response::default()
                 };
             }
             Request::Explain { flow } => {
                 return Response {
                     ok: true,
-                    message: String::new(),
-                    status: None,
                     explained: Some(self.explain(flow)),
-                    flows: None,
-                    plan: None,
+                    ..Response::default()
                 };
             }
             Request::Flows { vip, limit } => {
@@ -903,11 +924,30 @@ impl Daemon {
                 };
                 return Response {
                     ok: true,
-                    message: String::new(),
-                    status: None,
-                    explained: None,
                     flows: Some(self.flows(vip_id, (*limit).min(MAX_FLOWS_LISTED))),
-                    plan: None,
+                    ..Response::default()
+                };
+            }
+            Request::Trace { query } => {
+                if let Err(e) = query.validate() {
+                    return Response::error(e);
+                }
+                let vip = match &query.vip {
+                    None => None,
+                    Some(name) => match self.state.find_vip(name) {
+                        Some(v) => Some(v.id),
+                        None => {
+                            return Response::error(format!("no VIP named or addressed {name:?}"));
+                        }
+                    },
+                };
+                return Response {
+                    ok: true,
+                    trace: Some(control::trace::TraceGrant {
+                        vip,
+                        client: query.client,
+                    }),
+                    ..Response::default()
                 };
             }
             Request::VrrpNotified => {
@@ -946,11 +986,8 @@ impl Daemon {
                 return match self.plan(config.as_deref(), change.as_deref()) {
                     Ok(report) => Response {
                         ok: true,
-                        message: String::new(),
-                        status: None,
-                        explained: None,
-                        flows: None,
                         plan: Some(report),
+                        ..Response::default()
                     },
                     Err(e) => Response::error(e),
                 };

@@ -1,7 +1,7 @@
 //! The kernel side of `dsr trace`: the switch (SETTINGS.trace), the filter (TRACE_FILTER)
 //! and the ring of records (TRACE). Sessions and their streams live in `control::trace`.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{Array, MapData, RingBuf};
@@ -68,5 +68,11 @@ impl AsFd for TraceRing {
     /// Readable when records are waiting (epoll on a ring buffer map).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for TraceRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
     }
 }
