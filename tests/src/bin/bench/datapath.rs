@@ -96,17 +96,25 @@ enum Case {
     DsrMaglev,
     /// Conntrack on, the flow is in the flow table.
     DsrHit,
+    /// DsrHit with `dsr trace` on for another client: the tail call to dsr_trace, which
+    /// parses the frame and finds that the filter leaves it out.
+    DsrHitTraceFiltered,
+    /// DsrHit with `dsr trace` on for every frame: each becomes a record in the ring (a
+    /// thread reads them meanwhile, as the daemon does).
+    DsrHitTraced,
     /// Conntrack on, a flow never seen: the Maglev lookup plus the flow-table insert.
     DsrNew,
     DsrPass,
 }
 
 impl Case {
-    const ALL: [Case; 6] = [
+    const ALL: [Case; 8] = [
         Case::Empty,
         Case::Baseline,
         Case::DsrMaglev,
         Case::DsrHit,
+        Case::DsrHitTraceFiltered,
+        Case::DsrHitTraced,
         Case::DsrNew,
         Case::DsrPass,
     ];
@@ -117,6 +125,8 @@ impl Case {
             Case::Baseline => "baseline (xdp_macswap, XDP_TX)",
             Case::DsrMaglev => "dsr, Maglev lookup (conntrack off)",
             Case::DsrHit => "dsr, flow-table hit",
+            Case::DsrHitTraceFiltered => "dsr, flow-table hit, trace on (filtered out)",
+            Case::DsrHitTraced => "dsr, flow-table hit, trace on (recorded)",
             Case::DsrNew => "dsr, new flow (Maglev + insert)",
             Case::DsrPass => "dsr, non-VIP packet (passed)",
         }
@@ -142,7 +152,9 @@ impl Case {
     fn conntrack(self) -> Option<bool> {
         match self {
             Case::DsrMaglev => Some(false),
-            Case::DsrHit | Case::DsrNew => Some(true),
+            Case::DsrHit | Case::DsrHitTraceFiltered | Case::DsrHitTraced | Case::DsrNew => {
+                Some(true)
+            }
             _ => None,
         }
     }
@@ -267,6 +279,11 @@ struct Counts {
 struct Programs {
     reference: Ebpf,
     dp: Datapath,
+    /// The trace switch, and the filter set now (None: off).
+    trace: dsr::datapath::trace::TraceSwitch,
+    tracing: Option<dsr_common::TraceFilter>,
+    /// Records the ring's reader has taken.
+    traced: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The table every VIP has (16 backends, equal weights).
     table: Vec<u32>,
     /// VIPs installed now, and their conntrack setting.
@@ -323,9 +340,24 @@ impl Programs {
             };
             dp.set_backend(id, entry)?;
         }
+        let (trace, mut ring) = dp.take_trace().ok_or_else(|| anyhow!("no trace maps"))?;
+        let traced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = traced.clone();
+        // The daemon's reader, in short: drain the ring while the bench runs.
+        std::thread::spawn(move || {
+            loop {
+                while let Ok(Some(_)) = ring.read() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
         Ok(Programs {
             reference,
             dp,
+            trace,
+            tracing: None,
+            traced,
             table: maglev::build(&entries, DEFAULT_TABLE_SIZE),
             vips: Vec::new(),
             conntrack: true,
@@ -375,6 +407,38 @@ impl Programs {
             self.dp.set_vip_addr(key.key(), flags)?;
         }
         Ok(())
+    }
+
+    /// Switches `dsr trace` on or off as `case` needs.
+    fn set_trace(&mut self, case: Case) -> Result<()> {
+        let want = match case {
+            Case::DsrHitTraced => Some(dsr_common::TraceFilter::default()),
+            Case::DsrHitTraceFiltered => Some(dsr_common::TraceFilter {
+                flags: dsr_common::TRACE_FILTER_CLIENT,
+                vip: 0,
+                client: dsr_common::addr_words(Ipv4Addr::new(203, 0, 113, 77).into()),
+            }),
+            _ => None,
+        };
+        if want != self.tracing {
+            self.trace.set(want)?;
+            self.tracing = want;
+        }
+        Ok(())
+    }
+
+    /// Trace records read, and records the program could not write (ring full).
+    fn trace_counts(&self) -> Result<(u64, u64)> {
+        let lost = self
+            .dp
+            .event_totals()?
+            .iter()
+            .find(|(e, _)| *e == dsr_common::Event::TraceLost)
+            .map_or(0, |(_, n)| *n);
+        Ok((
+            self.traced.load(std::sync::atomic::Ordering::Relaxed),
+            lost,
+        ))
     }
 
     /// Switches every installed VIP's conntrack (a VIPS update each; tables unchanged).
@@ -639,7 +703,28 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
         }
     }
     report.tables.push(table);
+    progs.set_trace(Case::DsrHit)?;
+    let (traced, lost) = progs.trace_counts()?;
+    let pos = |case: Case| Case::ALL.iter().position(|c| *c == case).expect("case");
+    let trace_costs: Vec<String> = results
+        .iter()
+        .filter(|(sc, _)| sc.flows == 1)
+        .map(|(sc, figs)| {
+            let hit = figs[pos(Case::DsrHit)].per_call;
+            format!(
+                "{}: filtered out {} / recorded {} of the hit with trace off",
+                sc.label(),
+                ratio(figs[pos(Case::DsrHitTraceFiltered)].per_call / hit),
+                ratio(figs[pos(Case::DsrHitTraced)].per_call / hit)
+            )
+        })
+        .collect();
     report.notes = vec![
+        format!("hit path with trace on, per call: {}", trace_costs.join("; ")),
+        format!(
+            "trace: {traced} records read by a thread while the bench ran, {lost} lost \
+             (trace_lost: the ring was full)"
+        ),
         "Katran, by the per-call method (its numbers, its machine): 4.1x the baseline for a \
          flow-table hit, 8x for a new flow, 2.0x for a pass."
             .into(),
@@ -729,9 +814,13 @@ impl Measure<'_> {
         if let Some(on) = case.conntrack() {
             self.progs.set_conntrack(on)?;
         }
-        if case == Case::DsrHit {
+        if matches!(
+            case,
+            Case::DsrHit | Case::DsrHitTraceFiltered | Case::DsrHitTraced
+        ) {
             self.progs.warm_flows(self.flows)?;
         }
+        self.progs.set_trace(case)?;
         self.progs.counts()
     }
 
