@@ -1,7 +1,8 @@
 //! Connection tracking: the backend each flow was given, so that it keeps it while the Maglev
 //! table changes (a backend drains, another is added).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_log_ebpf::warn;
 use dsr_common::{Event, FLOW_REFRESH_NS, FlowEntry, FlowMapKey};
 
 use crate::{maps::FLOWS, stats};
@@ -36,13 +37,19 @@ pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64) -> Option<u32> {
 /// Records the backend a new flow was given. A full table evicts its least recently used
 /// flow; a failed insert (counted) only means the next packet is placed by the table again.
 #[inline(always)]
-pub fn remember(key: &FlowMapKey, backend: u32, now: u64) {
+pub fn remember(ctx: &XdpContext, key: &FlowMapKey, backend: u32, now: u64) {
     let entry = FlowEntry {
         backend,
         _pad: 0,
         last_seen_ns: now,
     };
-    if FLOWS.insert(key, &entry, 0).is_err() {
+    if let Err(e) = FLOWS.insert(key, &entry, 0) {
         stats::count_event(Event::FlowInsertFailed);
+        warn!(
+            ctx,
+            "flow table insert failed (error {}): VIP id {}'s flow will be placed by its table again",
+            e,
+            key.vip
+        );
     }
 }

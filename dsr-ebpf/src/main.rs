@@ -15,6 +15,7 @@ mod trace;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_log_ebpf::{debug, warn};
 use dsr_common::{
     Addressee, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey,
     LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, TRACE_F_BACKEND, TRACE_F_FLOW_HIT,
@@ -126,7 +127,16 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
     let kept = established.and_then(|id| {
         let b = BACKENDS.get(id)?;
         let keep = BACKEND_F_VALID | BACKEND_F_KEEP_FLOWS;
-        (b.flags & keep == keep && b.vip == vip.id).then_some((id, *b))
+        let kept = (b.flags & keep == keep && b.vip == vip.id).then_some((id, *b));
+        if kept.is_none() {
+            debug!(
+                ctx,
+                "VIP id {}: the flow entry's backend {} keeps no flows now; the table places the flow",
+                vip.id,
+                id
+            );
+        }
+        kept
     });
     let placed = kept.is_none();
     let (backend_id, backend) = match kept {
@@ -134,7 +144,7 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
             notes.flags |= TRACE_F_FLOW_HIT;
             found
         }
-        None => match from_table(&vip, &key, settings) {
+        None => match from_table(ctx, &vip, &key, settings) {
             Some((slot, found)) => {
                 notes.flags |= TRACE_F_SLOT;
                 notes.slot = slot;
@@ -151,7 +161,15 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
         // frame as forwarded.
         match TX_PORTS.redirect(backend.tx_port, 0) {
             Ok(action) => action,
-            Err(_) => return stop(Reason::NoTxPort),
+            Err(_) => {
+                warn!(
+                    ctx,
+                    "backend {} is behind TX port {}, which has no interface now: dropped",
+                    backend_id,
+                    backend.tx_port
+                );
+                return stop(Reason::NoTxPort);
+            }
         }
     } else {
         xdp_action::XDP_TX
@@ -168,7 +186,7 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
             // elsewhere, or it was forgotten): remembering it would only pin a dead flow.
             stats::count_event(Event::UntrackedClose);
         } else {
-            flows::remember(&flow_key, backend_id, now);
+            flows::remember(ctx, &flow_key, backend_id, now);
             notes.flags |= TRACE_F_REMEMBERED;
             if is_tcp && flags & TCP_SYN == 0 {
                 // A connection taken over mid-stream: pinned from now on, but not new.
@@ -204,7 +222,12 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
 
 /// The slot of the VIP's Maglev table for this flow and the backend it gives, if any.
 #[inline(always)]
-fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32, (u32, Backend))> {
+fn from_table(
+    ctx: &XdpContext,
+    vip: &VipInfo,
+    key: &FlowKey,
+    settings: &Settings,
+) -> Option<(u32, (u32, Backend))> {
     if vip.table_size == 0 {
         return None;
     }
@@ -215,8 +238,17 @@ fn from_table(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Option<(u32,
     let backend = BACKENDS.get(id)?;
     // A slot can only name one of this VIP's backends; checked all the same, so that a table
     // row left over from another VIP (an id reused too early) never sends its traffic there.
-    (backend.flags & BACKEND_F_VALID != 0 && backend.vip == vip.id)
-        .then_some((slot, (id, *backend)))
+    if backend.flags & BACKEND_F_VALID == 0 || backend.vip != vip.id {
+        debug!(
+            ctx,
+            "VIP id {}: table slot {} names backend {}, not one of its usable backends",
+            vip.id,
+            slot,
+            id
+        );
+        return None;
+    }
+    Some((slot, (id, *backend)))
 }
 
 #[cfg(not(test))]

@@ -105,6 +105,7 @@ pub fn setup() -> Setup {
         hash_seed: DEFAULT_HASH_SEED,
         flow_idle: Duration::from_secs(300),
         pin_dir: None,
+        datapath_log: dsr::spec::model::DatapathLog::Off,
     })
     .expect("load (are you root?)");
     dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();

@@ -43,6 +43,7 @@ fn options(max_vips: u32, max_backends: u32, table_size: u32, flow_idle: Duratio
         hash_seed: DEFAULT_HASH_SEED,
         flow_idle,
         pin_dir: None,
+        datapath_log: dsr::spec::model::DatapathLog::Off,
     }
 }
 
@@ -97,8 +98,11 @@ impl Fixture {
     }
 
     fn with_idle(flow_idle: Duration) -> Self {
-        let mut dp = Datapath::load(&options(16, 64, DEFAULT_TABLE_SIZE, flow_idle))
-            .expect("load (are you root?)");
+        Self::with_options(options(16, 64, DEFAULT_TABLE_SIZE, flow_idle))
+    }
+
+    fn with_options(options: LoadOptions) -> Self {
+        let mut dp = Datapath::load(&options).expect("load (are you root?)");
         dp.set_iface(LO, MacAddr(LB_MAC)).unwrap();
         let writer = Writer::read(&dp).unwrap();
         let plain = VipOptions::default();
@@ -1662,4 +1666,85 @@ fn verifier_headroom_is_reported() {
         .expect("the kernel reports verified_insns");
     eprintln!("verifier: {n} instructions processed of 1000000");
     assert!(n > 0 && n <= 1_000_000);
+}
+
+/// Log records the data path's logger hands to `log` (the daemon's log, in production).
+struct Captured(std::sync::Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        // aya-log names the program's module as the target; the loader's own debug lines
+        // are aya's.
+        if record.target().starts_with("dsr_ebpf") {
+            self.0
+                .lock()
+                .unwrap()
+                .push((record.level(), record.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+
+/// The data path's own diagnostics (aya-log) cost the verifier nothing when off (the level
+/// is a constant of the loaded program) and still fit when on; a warning reaches userspace:
+/// a redirect to a TX port that has no interface.
+#[test]
+fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
+    use dsr::spec::model::DatapathLog;
+    let mut counts = Vec::new();
+    for level in [DatapathLog::Off, DatapathLog::Warn, DatapathLog::Debug] {
+        let mut opts = options(2, 2, 251, Duration::from_secs(300));
+        opts.datapath_log = level;
+        let mut dp = Datapath::load(&opts).unwrap_or_else(|e| panic!("{level:?}: {e:#}"));
+        let n = dp.verified_instructions().expect("verified_insns");
+        eprintln!("datapath_log {level:?}: the verifier processed {n} instructions");
+        counts.push(n);
+        assert_eq!(dp.take_logger().is_some(), level != DatapathLog::Off);
+    }
+    assert!(
+        counts[0] <= counts[1] && counts[1] <= counts[2],
+        "{counts:?}"
+    );
+
+    // Only this test sets a logger in this binary.
+    log::set_logger(&CAPTURED).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let logged = |level: DatapathLog| {
+        CAPTURED.0.lock().unwrap().clear();
+        let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+        opts.datapath_log = level;
+        let mut f = Fixture::with_options(opts);
+        let mut logger = f.dp.take_logger().expect("a logger");
+        f.set_backend(1, |b| {
+            b.egress = Some(Egress {
+                port: 7,
+                src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
+            })
+        });
+        let (verdict, _) = run(f.dp.program(), &flow(flows_on(&f, 1, 1)[0]), LO);
+        assert_eq!(verdict_name(verdict), "DROP");
+        // An established flow whose backend then fails: a debug message.
+        let on_two = flow(flows_on(&f, 2, 1)[0]);
+        run(f.dp.program(), &on_two, LO);
+        f.set_backend(2, |b| b.keep_flows = false);
+        run(f.dp.program(), &on_two, LO);
+        logger.flush();
+        CAPTURED.0.lock().unwrap().clone()
+    };
+    let warning = (
+        log::Level::Warn,
+        "backend 1 is behind TX port 7, which has no interface now: dropped".to_string(),
+    );
+    let debug = (
+        log::Level::Debug,
+        "VIP id 0: the flow entry's backend 2 keeps no flows now; the table places the flow"
+            .to_string(),
+    );
+    assert_eq!(logged(DatapathLog::Warn), [warning.clone()]);
+    assert_eq!(logged(DatapathLog::Debug), [warning, debug]);
 }

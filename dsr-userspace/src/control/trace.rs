@@ -567,6 +567,9 @@ mod tests {
         assert_eq!((e.client, e.protocol.clone()), (None, None));
         assert_eq!(e.vip.as_deref(), Some("id 9"));
         let line = super::super::render::render_trace_event(&e);
-        assert!(line.contains("pass    not_our_mac        to 02:00:00:00:00:09"), "{line}");
+        assert!(
+            line.contains("pass    not_our_mac        to 02:00:00:00:00:09"),
+            "{line}"
+        );
     }
 }

@@ -135,6 +135,7 @@ impl Daemon {
             hash_seed: config.hash_seed,
             flow_idle: config.flow_idle_timeout,
             pin_dir: Some(pin_dir.clone()),
+            datapath_log: config.datapath_log,
         })?;
         // The data path can be had: now keep VLAN tags in band (checked above, so this only
         // turns RX tag stripping off and saves the old values).
@@ -261,6 +262,9 @@ impl Daemon {
             }
             None => None,
         };
+        if let Some(logger) = self.datapath.take_logger() {
+            forward_datapath_log(logger)?;
+        }
         let tracer = match self.datapath.take_trace() {
             Some((switch, ring)) => Some(control::trace::Tracer::start(
                 switch,
@@ -746,6 +750,7 @@ impl Daemon {
             ("interface", self.config.interface != new.interface),
             ("xdp_mode", self.config.xdp_mode != new.xdp_mode),
             ("vlan_tags", self.config.vlan_tags != new.vlan_tags),
+            ("datapath_log", self.config.datapath_log != new.datapath_log),
             ("table_size", self.config.table_size != new.table_size),
             ("max_vips", self.config.max_vips != new.max_vips),
             ("max_backends", self.config.max_backends != new.max_backends),
@@ -1110,6 +1115,27 @@ impl Daemon {
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+/// Forwards the data path's own log messages (aya-log) to the daemon's log, as they come.
+fn forward_datapath_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
+    // SAFETY: the logger owns its ring's fd for as long as the AsyncFd holds it, and
+    // as_raw_fd always returns that one.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow!("polling the data path's log: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = logger.readable_mut().await else {
+                log::warn!("the data path's log cannot be read any more");
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
+    Ok(())
 }
 
 /// `dsr check --host`: the interfaces the config names exist on this host, as `run` and a

@@ -45,7 +45,7 @@ use dsr_common::{
 use crate::{
     ebpf::DSR_OBJECT,
     plan::VipOptions,
-    spec::model::{MacAddr, Protocol, VipAddr, XdpAttachMode},
+    spec::model::{DatapathLog, MacAddr, Protocol, VipAddr, XdpAttachMode},
 };
 
 /// How big the maps are; fixed when the program is loaded.
@@ -106,6 +106,8 @@ pub struct Datapath {
     links: Vec<XdpLinkId>,
     /// Handed to `dsr trace`'s server once (see [`Datapath::take_trace`]).
     trace: Option<(trace::TraceSwitch, trace::TraceRing)>,
+    /// The data path's own log messages (aya-log), for the daemon to forward to its log.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Holds `dsr_trace` in the tail-call slot for as long as this process runs.
     _trace_prog: aya::maps::ProgramArray<MapData>,
 }
@@ -330,6 +332,9 @@ pub struct LoadOptions {
     /// Pin maps and link here and adopt what is already pinned; `None` = nothing outlives
     /// this process (tests).
     pub pin_dir: Option<PathBuf>,
+    /// Which of the program's own diagnostic messages are compiled in (by the verifier:
+    /// the level is a constant of the loaded program).
+    pub datapath_log: DatapathLog,
 }
 
 impl Datapath {
@@ -357,6 +362,8 @@ impl Datapath {
             None => false,
         };
         let mut loader = EbpfLoader::new();
+        let log_level = opts.datapath_log.level();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         for (name, size) in map_sizes {
             loader.map_max_entries(name, size);
             if let Some(dir) = &opts.pin_dir {
@@ -381,6 +388,11 @@ impl Datapath {
             .load()
             .context("loading the trace program (verifier)")?;
         let trace_fd = tracer.fd()?.try_clone()?;
+        // aya-log reads its ring through the object: taken now, polled by the daemon.
+        let logger = match opts.datapath_log {
+            DatapathLog::Off => None,
+            _ => Some(aya_log::EbpfLogger::init(&mut ebpf).context("reading the data path's log")?),
+        };
         let mut trace_prog: aya::maps::ProgramArray<MapData> = ebpf
             .take_map(names::TRACE_PROG)
             .ok_or_else(|| anyhow!("map {} missing from the object", names::TRACE_PROG))?
@@ -475,12 +487,18 @@ impl Datapath {
             links: Vec::new(),
             trace: Some((trace_switch, trace_ring)),
             _trace_prog: trace_prog,
+            logger,
         })
     }
 
     /// Instructions the verifier processed for the forwarding program (its limit is 1M).
     pub fn verified_instructions(&self) -> Option<u32> {
         program_info_verified(&self.ebpf)
+    }
+
+    /// The reader of the program's log messages, if `datapath_log` is on (`None` once taken).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// The trace switch and ring, for the one trace server (`None` once taken).

@@ -123,6 +123,31 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// Which of the data path's own diagnostic messages reach the log (aya-log; the level is
+/// fixed when the program is loaded, so that "off" costs nothing per packet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathLog {
+    #[default]
+    Off,
+    /// Failures: a flow-table insert that failed, a backend whose egress interface is gone.
+    Warn,
+    /// Also per-packet decisions worth a look: a flow entry whose backend keeps no flows
+    /// now, a table slot that names no usable backend of its VIP.
+    Debug,
+}
+
+impl DatapathLog {
+    /// aya-log's level number for AYA_LOG_LEVEL (0: nothing).
+    pub fn level(self) -> u8 {
+        match self {
+            DatapathLog::Off => 0,
+            DatapathLog::Warn => 2,
+            DatapathLog::Debug => 4,
+        }
+    }
+}
+
 /// Whether VLAN tags reach the program in the frame. `Auto`: dsr decides from the interface
 /// (driver and offloads) and refuses `vlan` VIPs where it cannot be sure; `InBand`: the
 /// operator vouches for it (e.g. a veth whose peer has its tx-vlan offloads off).
@@ -373,6 +398,7 @@ pub struct Model {
     pub interface: String,
     pub xdp_mode: XdpAttachMode,
     pub vlan_tags: VlanTags,
+    pub datapath_log: DatapathLog,
     pub hash_seed: u32,
     pub table_size: u32,
     pub max_vips: u32,

@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::spec::{
     model::{
         BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-        DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags,
-        XdpAttachMode, parse_duration,
+        DEFAULT_FALL, DEFAULT_RISE, DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec,
+        VlanTags, XdpAttachMode, parse_duration,
     },
     validate::{self, Limits, MAX_TABLE_SIZE, Place},
 };
@@ -54,6 +54,9 @@ struct RawConfig {
     /// "auto" or "in-band" (see `VlanTags`).
     #[serde(default)]
     vlan_tags: VlanTags,
+    /// "off", "warn" or "debug" (see `DatapathLog`).
+    #[serde(default)]
+    datapath_log: DatapathLog,
     #[serde(default = "default_seed")]
     hash_seed: u32,
     table_size: Option<Spanned<u32>>,
@@ -534,6 +537,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         instance,
         interface,
         xdp_mode: raw.xdp_mode,
+        datapath_log: raw.datapath_log,
         vlan_tags: raw.vlan_tags,
         hash_seed: raw.hash_seed,
         table_size,

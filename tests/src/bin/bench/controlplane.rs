@@ -114,6 +114,7 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
         hash_seed: DEFAULT_HASH_SEED,
         flow_idle: std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS),
         pin_dir: None,
+        datapath_log: dsr::spec::model::DatapathLog::Off,
     })
     .context("loading dsr")?;
     let memory = map_memory(&maps_before)?;

@@ -318,6 +318,7 @@ impl Programs {
             hash_seed: DEFAULT_HASH_SEED,
             flow_idle: std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS),
             pin_dir: None,
+            datapath_log: dsr::spec::model::DatapathLog::Off,
         })
         .context("loading dsr")?;
         dp.set_iface(LO, MacAddr(LB_MAC))?;
@@ -435,10 +436,7 @@ impl Programs {
             .iter()
             .find(|(e, _)| *e == dsr_common::Event::TraceLost)
             .map_or(0, |(_, n)| *n);
-        Ok((
-            self.traced.load(std::sync::atomic::Ordering::Relaxed),
-            lost,
-        ))
+        Ok((self.traced.load(std::sync::atomic::Ordering::Relaxed), lost))
     }
 
     /// Switches every installed VIP's conntrack (a VIPS update each; tables unchanged).
@@ -720,7 +718,10 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
         })
         .collect();
     report.notes = vec![
-        format!("hit path with trace on, per call: {}", trace_costs.join("; ")),
+        format!(
+            "hit path with trace on, per call: {}",
+            trace_costs.join("; ")
+        ),
         format!(
             "trace: {traced} records read by a thread while the bench ran, {lost} lost \
              (trace_lost: the ring was full)"
