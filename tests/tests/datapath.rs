@@ -1745,6 +1745,6 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
         "VIP id 0: the flow entry's backend 2 keeps no flows now; the table places the flow"
             .to_string(),
     );
-    assert_eq!(logged(DatapathLog::Warn), [warning.clone()]);
+    assert_eq!(logged(DatapathLog::Warn), std::slice::from_ref(&warning));
     assert_eq!(logged(DatapathLog::Debug), [warning, debug]);
 }
