@@ -1748,3 +1748,39 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
     assert_eq!(logged(DatapathLog::Warn), std::slice::from_ref(&warning));
     assert_eq!(logged(DatapathLog::Debug), [warning, debug]);
 }
+
+#[test]
+fn the_flow_table_walk_counts_live_and_expired_entries_per_vip_and_backend() {
+    let idle = Duration::from_secs(2);
+    let f = Fixture::with_idle(idle);
+    let counter = f.dp.flow_counter(idle).unwrap();
+    assert_eq!(counter.count().unwrap().live, 0);
+    // More flows than one batch of the walk (and fewer than the table's 4096), to two VIPs.
+    let table = f.table(&[1, 2, 1]);
+    let mut want = std::collections::HashMap::<u32, u64>::new();
+    for p in 10000..13000u16 {
+        let k = FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let b = table[(flow_hash(&k, DEFAULT_HASH_SEED) % table.len() as u32) as usize];
+        *want.entry(b).or_default() += 1;
+    }
+    for p in 10000..13000u16 {
+        run(f.dp.program(), &flow(p), LO);
+    }
+    run(f.dp.program(), &v4(UDP, VIP4, 53), LO);
+    let c = counter.count().unwrap();
+    assert_eq!((c.live, c.expired), (3001, 0), "{c:?}");
+    assert_eq!(c.per_vip.get(&0), Some(&3000));
+    assert_eq!(
+        c.per_vip.get(&1),
+        Some(&1),
+        "one UDP flow (one source port)"
+    );
+    for (b, n) in &want {
+        assert_eq!(c.per_backend.get(b), Some(n), "backend {b}");
+    }
+    println!("walked {} entries in {:?}", c.live, c.took);
+    // Idle past the timeout: still in the LRU, no longer flows.
+    std::thread::sleep(idle + Duration::from_millis(100));
+    let c = counter.count().unwrap();
+    assert_eq!((c.live, c.expired), (0, 3001), "{c:?}");
+}

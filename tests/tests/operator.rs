@@ -166,14 +166,39 @@ fn prometheus_endpoint_reports_traffic_health_and_verdicts() {
     let mut lab = Lab::new("metrics", &[1, 1]);
     let config = lab.config().replace(
         "flow_table_size",
-        "metrics = \"127.0.0.1:9464\"\nflow_table_size",
+        "metrics = \"127.0.0.1:9464\"\nflow_count_interval = \"1s\"\nflow_table_size",
     );
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
     for p in 48000..48040u16 {
         lab.udp_request(p).unwrap();
     }
+    lab.wait_for("the flow count", Duration::from_secs(5), || {
+        lab.status().flow_table.is_some_and(|t| t.live == 40)
+    });
     let text = get(&lab, "/metrics");
+    assert_eq!(sample(&text, "dsr_flow_table_capacity "), 65536.0);
+    assert_eq!(
+        sample(&text, "dsr_flow_table_entries{state=\"live\"}"),
+        40.0
+    );
+    assert_eq!(
+        sample(&text, "dsr_vip_tracked_flows{vip=\"udp-53\""),
+        40.0,
+        "{text}"
+    );
+    let tracked: f64 = ["198.18.0.11", "198.18.0.12"]
+        .iter()
+        .map(|b| {
+            sample(
+                &text,
+                &format!(
+                    "dsr_backend_tracked_flows{{vip=\"udp-53\",address=\"{VIP}:53/udp\",backend=\"{b}\""
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(tracked, 40.0, "{text}");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("# TYPE dsr_vip_packets counter"), "{text}");
     let vip = format!("dsr_vip_packets_total{{vip=\"udp-53\",address=\"{VIP}:53/udp\"}}");
@@ -300,12 +325,37 @@ fn explain_agrees_with_the_data_path_and_digests_compare_nodes() {
 #[test]
 fn list_flows_and_watch_views() {
     let mut lab = Lab::new("views", &[1, 1]);
-    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let config = format!("flow_count_interval = \"1s\"\n{}", lab.config());
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut answered = std::collections::HashMap::new();
     for sport in 45000..45010u16 {
         let who = lab.udp_request(sport).unwrap();
         answered.insert(sport, lab.index_of(&who));
     }
+    // The flow table's count: per VIP and backend, what the clients saw (ipvsadm's
+    // active connections), and the table's fill.
+    lab.wait_for(
+        "a flow count with the 10 flows",
+        Duration::from_secs(5),
+        || {
+            lab.status()
+                .flow_table
+                .is_some_and(|t| t.live == 10 && t.capacity == 65536)
+        },
+    );
+    let status = lab.status();
+    let udp = status.vips.iter().find(|v| v.name == "udp-53").unwrap();
+    assert_eq!(udp.tracked_flows, Some(10));
+    for (i, b) in udp.backends.iter().enumerate() {
+        let want = answered.values().filter(|&&w| w == i).count() as u64;
+        assert_eq!(b.tracked_flows, Some(want), "backend {i}: {b:?}");
+    }
+    let (ok, text) = lab.dsr(&["status"]);
+    assert!(
+        ok && text.contains("flow table: 10 live + 0 expired of 65536 entries"),
+        "{text}"
+    );
     for args in [
         vec!["list"],
         vec!["list", "--rate"],

@@ -271,8 +271,31 @@ pub fn render(s: &Status) -> String {
             l
         }),
     );
+    m.gauge(
+        "dsr_vip_tracked_flows",
+        "The VIP's live flow-table entries, as last counted (every flow_count_interval)",
+        s.vips
+            .iter()
+            .filter_map(|v| Some((vip_labels(v), v.tracked_flows? as f64))),
+    );
+    if let Some(t) = &s.flow_table {
+        m.gauge(
+            "dsr_flow_table_capacity",
+            "Entries the flow table holds at most (flow_table_size)",
+            [(vec![], t.capacity as f64)],
+        );
+        m.gauge(
+            "dsr_flow_table_entries",
+            "Flow-table entries as last counted: live (seen within the idle timeout) or \
+             expired (idle; reused first)",
+            [
+                (vec![("state", "live".to_owned())], t.live as f64),
+                (vec![("state", "expired".to_owned())], t.expired as f64),
+            ],
+        );
+    }
     type Pick = fn(&crate::control::status::BackendStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Pick); 5] = [
+    let gauges: [(&str, &str, Pick); 6] = [
         (
             "dsr_backend_up",
             "1 if the backend passes its health check (or has none)",
@@ -295,6 +318,12 @@ pub fn render(s: &Status) -> String {
             "dsr_backend_check_latency_seconds",
             "Duration of the last health check",
             |b| b.last_check.as_ref().map(|c| c.latency_us as f64 / 1e6),
+        ),
+        (
+            "dsr_backend_tracked_flows",
+            "The backend's live flow-table entries, as last counted (ipvsadm's active \
+             connections)",
+            |b| b.tracked_flows.map(|n| n as f64),
         ),
     ];
     for (name, help, pick) in gauges {
@@ -368,6 +397,7 @@ mod tests {
             in_table: true,
             keeps_flows: true,
             runtime: false,
+            tracked_flows: Some(3),
             traffic: Traffic::default(),
         };
         Status {
@@ -384,6 +414,7 @@ mod tests {
                 min_usable: 1,
                 drained: false,
                 table_digest: Some("0123456789abcdef".into()),
+                tracked_flows: Some(3),
                 traffic: Traffic::default(),
                 backends: vec![backend],
             }],
@@ -397,6 +428,13 @@ mod tests {
                 event: "adopted".into(),
                 count: 1,
             }],
+            flow_table: Some(crate::control::status::FlowTableStatus {
+                capacity: 1024,
+                live: 3,
+                expired: 1,
+                counted_at_unix_ms: 0,
+                count_ms: 0.5,
+            }),
             ..Default::default()
         }
     }

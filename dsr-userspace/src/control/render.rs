@@ -130,6 +130,18 @@ pub fn render_status(s: &Status) -> String {
     if s.daemon == DaemonState::Down && !s.vips.is_empty() {
         out += "HEALTH is the last state the daemon saved: nobody checks the backends now.\n";
     }
+    if let Some(t) = &s.flow_table {
+        let _ = writeln!(
+            out,
+            "flow table: {} live + {} expired of {} entries ({:.1}% full), counted {} ago in {:.0} ms",
+            t.live,
+            t.expired,
+            t.capacity,
+            (t.live + t.expired) as f64 * 100.0 / t.capacity.max(1) as f64,
+            ago(t.counted_at_unix_ms),
+            t.count_ms
+        );
+    }
     for v in &s.vips {
         let serving = v
             .serving
@@ -169,6 +181,7 @@ pub fn render_status(s: &Status) -> String {
             "WEIGHT",
             "NEW FLOWS",
             "KEEPS FLOWS",
+            "TRACKED",
             "MAC",
             "NOW",
             "TOTAL",
@@ -211,6 +224,7 @@ pub fn render_status(s: &Status) -> String {
                 ),
                 if b.in_table { "yes" } else { "no" }.into(),
                 if b.keeps_flows { "yes" } else { "no" }.into(),
+                b.tracked_flows.map_or("-".into(), |n| n.to_string()),
                 match (&b.mac, b.via) {
                     (None, _) => "unresolved".into(),
                     (Some(m), None) => m.to_string(),
@@ -265,6 +279,8 @@ pub fn render_status(s: &Status) -> String {
     }
     out += "\nWEIGHT is configured/effective. ";
     out += "NEW FLOWS: in the VIP's table now. KEEPS FLOWS: its established flows stay on it.\n";
+    out +=
+        "TRACKED: its live flow-table entries (ipvsadm's active connections), as last counted.\n";
     out
 }
 
@@ -370,6 +386,7 @@ pub fn render_list(s: &Status, columns: ListColumns) -> String {
             "WEIGHT",
             "NEW",
             "KEEP",
+            "FLOWS",
         ],
         ListColumns::Rate => &["PROT VIP / -> BACKEND", "PPS", "BPS", "FLOWS/S"],
         ListColumns::Stats => &["PROT VIP / -> BACKEND", "PACKETS", "BYTES", "FLOWS"],
@@ -406,6 +423,7 @@ pub fn render_list(s: &Status, columns: ListColumns) -> String {
                 String::new(),
                 String::new(),
                 String::new(),
+                v.tracked_flows.map_or("-".into(), |n| n.to_string()),
             ]),
             _ => row.extend(traffic(&v.traffic)),
         }
@@ -427,6 +445,7 @@ pub fn render_list(s: &Status, columns: ListColumns) -> String {
                     format!("{}/{}", b.weight, b.effective_weight),
                     if b.in_table { "yes" } else { "no" }.into(),
                     if b.keeps_flows { "yes" } else { "no" }.into(),
+                    b.tracked_flows.map_or("-".into(), |n| n.to_string()),
                 ]),
                 _ => row.extend(traffic(&b.traffic)),
             }

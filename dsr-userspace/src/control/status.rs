@@ -86,6 +86,23 @@ pub struct Status {
     /// announced, as its file `<state_dir>/announce/groups/<name>` says.
     #[serde(default)]
     pub announce_groups: Vec<GroupStatus>,
+    /// How full the flow table is, as last counted (a running daemon walks it every
+    /// `flow_count_interval`).
+    #[serde(default)]
+    pub flow_table: Option<FlowTableStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    /// Entries the table holds at most (`flow_table_size`).
+    pub capacity: u32,
+    /// Entries of flows seen within the idle timeout.
+    pub live: u64,
+    /// Entries of flows idle longer: their next packet is a new flow; reused first.
+    pub expired: u64,
+    pub counted_at_unix_ms: u64,
+    /// How long the walk took.
+    pub count_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,6 +171,9 @@ pub struct VipStatus {
     /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
     /// only to a running daemon.
     pub table_digest: Option<String>,
+    /// Live flow-table entries of this VIP, as last counted (`None`: not counted).
+    #[serde(default)]
+    pub tracked_flows: Option<u64>,
     pub traffic: Traffic,
     pub backends: Vec<BackendStatus>,
 }
@@ -219,6 +239,10 @@ pub struct BackendStatus {
     pub keeps_flows: bool,
     /// Added or changed at run time.
     pub runtime: bool,
+    /// Live flow-table entries on this backend, as last counted (ipvsadm's active
+    /// connections; `None`: not counted).
+    #[serde(default)]
+    pub tracked_flows: Option<u64>,
     pub traffic: Traffic,
 }
 
@@ -280,6 +304,9 @@ pub struct Source<'a> {
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
     pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
     pub state_dir: &'a std::path::Path,
+    /// The last count of the flow table, if one was made.
+    pub flow_count: Option<std::sync::Arc<crate::datapath::flowcount::FlowCount>>,
+    pub flow_capacity: u32,
 }
 
 /// The one status builder.
@@ -326,6 +353,13 @@ pub fn build(src: Source<'_>) -> Status {
                 .collect()
         }),
         announce_groups: Vec::new(),
+        flow_table: src.flow_count.as_ref().map(|c| FlowTableStatus {
+            capacity: src.flow_capacity,
+            live: c.live,
+            expired: c.expired,
+            counted_at_unix_ms: c.at.map_or(0, unix_ms),
+            count_ms: c.took.as_secs_f64() * 1000.0,
+        }),
     };
     let Some(state) = src.state else {
         return status;
@@ -333,23 +367,32 @@ pub fn build(src: Source<'_>) -> Status {
     status.announce_groups = src
         .announce_groups
         .iter()
-        .map(|g| GroupStatus {
-            name: g.name.clone(),
-            require: match g.require {
-                crate::spec::model::Require::All => "all",
-                crate::spec::model::Require::Any => "any",
-            }
-            .into(),
-            vips: g.vips.clone(),
-            announced: crate::runtime::announce::group_announced(g, state),
-            vmac: g.vmac().map(|m| crate::spec::model::MacAddr(m).to_string()),
-            vrrp_master: g.vmac().is_some()
-                && crate::runtime::vrrp::master(src.state_dir, &g.name).0,
-            vrrp: g
+        .map(|g| {
+            // Read once: the record may change between two reads.
+            let vrrp = g
                 .vmac()
-                .map(|_| crate::runtime::vrrp::master(src.state_dir, &g.name).1),
+                .map(|_| crate::runtime::vrrp::master(src.state_dir, &g.name));
+            GroupStatus {
+                name: g.name.clone(),
+                require: match g.require {
+                    crate::spec::model::Require::All => "all",
+                    crate::spec::model::Require::Any => "any",
+                }
+                .into(),
+                vips: g.vips.clone(),
+                announced: crate::runtime::announce::group_announced(g, state),
+                vmac: g.vmac().map(|m| crate::spec::model::MacAddr(m).to_string()),
+                vrrp_master: vrrp.as_ref().is_some_and(|v| v.0),
+                vrrp: vrrp.map(|v| v.1),
+            }
         })
         .collect();
+    let tracked = |per: fn(&crate::datapath::flowcount::FlowCount) -> &HashMap<u32, u64>,
+                   id: u32| {
+        src.flow_count
+            .as_ref()
+            .map(|c| per(c).get(&id).copied().unwrap_or(0))
+    };
     let mut differences = 0;
     for vip in &state.vips {
         let config = src.config_vips.iter().find(|c| c.addr == vip.spec.addr);
@@ -379,6 +422,7 @@ pub fn build(src: Source<'_>) -> Status {
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))
                 .map(|d| format!("{d:016x}")),
+            tracked_flows: tracked(|c| &c.per_vip, vip.id),
             traffic: rates.traffic(true, vip.id, totals(true, vip.id)),
             backends: Vec::new(),
         };
@@ -387,13 +431,15 @@ pub fn build(src: Source<'_>) -> Status {
                 config.and_then(|c| c.backends.iter().find(|x| x.address == b.spec.address));
             let runtime = from_config.is_none_or(|c| c != &b.spec);
             differences += runtime as usize;
-            vs.backends.push(backend(
+            let mut bs = backend(
                 b,
                 live,
                 runtime,
                 entries.iter().any(|e| e.id == b.id),
                 rates.traffic(false, b.id, totals(false, b.id)),
-            ));
+            );
+            bs.tracked_flows = tracked(|c| &c.per_backend, b.id);
+            vs.backends.push(bs);
         }
         status.vips.push(vs);
     }
@@ -470,6 +516,7 @@ fn backend(
         in_table,
         keeps_flows: b.keeps_flows(),
         runtime,
+        tracked_flows: None,
         traffic,
     }
 }

@@ -12,20 +12,10 @@ use crate::control::{
     explain::{ChosenBy, Explained, FlowQuery},
     status::FlowStatus,
 };
+use crate::datapath::flowcount::coarse_now_ns;
 
 /// Keys scanned at most for one `dsr flows` (a filtered listing of a huge table stops here).
 const MAX_FLOWS_SCANNED: usize = 1 << 20;
-
-/// CLOCK_MONOTONIC_COARSE, the data path's clock for flow entries.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn addr_of(words: &[u32; 4]) -> Option<std::net::IpAddr> {
     (words != &[0; 4]).then(|| dsr_common::words_addr(words))

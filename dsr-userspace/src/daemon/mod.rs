@@ -77,6 +77,9 @@ pub struct Daemon {
     checks: health::Supervisor,
     reports_rx: Option<mpsc::Receiver<Report>>,
     rates: Rates,
+    /// The last count of the flow table (none yet: `None`).
+    flow_count:
+        tokio::sync::watch::Receiver<Option<std::sync::Arc<datapath::flowcount::FlowCount>>>,
     /// Names of the data-path ids, for `dsr trace`'s records.
     trace_names: tokio::sync::watch::Sender<std::sync::Arc<control::trace::Names>>,
 }
@@ -227,6 +230,7 @@ impl Daemon {
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
             trace_names: tokio::sync::watch::Sender::new(Default::default()),
+            flow_count: tokio::sync::watch::Sender::new(None).subscribe(),
         };
         daemon.after_reconcile();
         daemon.restore_ports();
@@ -262,6 +266,10 @@ impl Daemon {
             }
             None => None,
         };
+        self.flow_count = count_flows(
+            self.datapath.flow_counter(self.config.flow_idle_timeout)?,
+            self.config.flow_count_interval,
+        );
         if let Some(logger) = self.datapath.take_logger() {
             forward_datapath_log(logger)?;
         }
@@ -751,6 +759,10 @@ impl Daemon {
             ("xdp_mode", self.config.xdp_mode != new.xdp_mode),
             ("vlan_tags", self.config.vlan_tags != new.vlan_tags),
             ("datapath_log", self.config.datapath_log != new.datapath_log),
+            (
+                "flow_count_interval",
+                self.config.flow_count_interval != new.flow_count_interval,
+            ),
             ("table_size", self.config.table_size != new.table_size),
             ("max_vips", self.config.max_vips != new.max_vips),
             ("max_backends", self.config.max_backends != new.max_backends),
@@ -1046,6 +1058,8 @@ impl Daemon {
             digests: Some(&self.writer.digests),
             announce_groups: &self.config.announce,
             state_dir: &self.config.state_dir,
+            flow_count: self.flow_count.borrow().clone(),
+            flow_capacity: self.config.flow_table_size,
         })
     }
 
@@ -1115,6 +1129,38 @@ impl Daemon {
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+/// Counts the flow table every `interval`, off the daemon's loop (a walk of a big table
+/// takes a while); the latest count is in the receiver.
+fn count_flows(
+    counter: datapath::flowcount::FlowCounter,
+    interval: Duration,
+) -> tokio::sync::watch::Receiver<Option<std::sync::Arc<datapath::flowcount::FlowCount>>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let counter = std::sync::Arc::new(counter);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let c = counter.clone();
+            match tokio::task::spawn_blocking(move || c.count()).await {
+                Ok(Ok(count)) => {
+                    failing = false;
+                    tx.send_replace(Some(std::sync::Arc::new(count)));
+                }
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    log::warn!("{e:#}; the flow counts in status are stale until it works");
+                }
+                Ok(Err(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
 }
 
 /// Forwards the data path's own log messages (aya-log) to the daemon's log, as they come.
@@ -1216,5 +1262,8 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         digests: None,
         announce_groups: &model.announce,
         state_dir: &model.state_dir,
+        // Counted by a running daemon only.
+        flow_count: None,
+        flow_capacity: model.flow_table_size,
     }))
 }

@@ -7,6 +7,7 @@
 
 pub mod counters;
 pub mod ethtool;
+pub mod flowcount;
 pub mod offload;
 pub mod privileges;
 mod tables;
@@ -102,6 +103,7 @@ pub struct Datapath {
     tx_ports_fd: i32,
     hash_seed: u32,
     flows: HashMap<MapData, FlowMapKey, FlowEntry>,
+    flows_fd: std::os::fd::OwnedFd,
     event_stats: PerCpuArray<MapData, u64>,
     links: Vec<XdpLinkId>,
     /// Handed to `dsr trace`'s server once (see [`Datapath::take_trace`]).
@@ -429,7 +431,13 @@ impl Datapath {
         let backend_stats = take(names::BACKEND_STATS)?.try_into()?;
         let reason_stats = take(names::REASON_STATS)?.try_into()?;
         let event_stats = take(names::EVENT_STATS)?.try_into()?;
-        let flows = take(names::FLOWS)?.try_into()?;
+        let flows_map = take(names::FLOWS)?;
+        let Map::LruHashMap(flows_data) = &flows_map else {
+            bail!("map {} is not an LRU hash", names::FLOWS);
+        };
+        // For walkers on other threads (see flowcount).
+        let flows_fd = flows_data.fd().as_fd().try_clone_to_owned()?;
+        let flows = flows_map.try_into()?;
         let vip_addrs = take(names::VIP_ADDRS)?.try_into()?;
         let vip_filter: Array<MapData, u64> = take(names::VIP_FILTER)?.try_into()?;
         // What the map holds now (non-zero when a pinned data path was adopted).
@@ -488,6 +496,7 @@ impl Datapath {
             trace: Some((trace_switch, trace_ring)),
             _trace_prog: trace_prog,
             logger,
+            flows_fd,
         })
     }
 
@@ -868,6 +877,15 @@ impl Datapath {
     }
 
     /// Flow-table entries, at most `max` (in the kernel's hash order).
+    /// A walker of the flow table that can run on another thread; entries idle longer than
+    /// `idle` count as expired.
+    pub fn flow_counter(&self, idle: Duration) -> Result<flowcount::FlowCounter> {
+        Ok(flowcount::FlowCounter {
+            fd: self.flows_fd.try_clone()?,
+            idle_ns: idle.as_nanos().min(u64::MAX as u128) as u64,
+        })
+    }
+
     pub fn flow_entries(&self, max: usize) -> Vec<(FlowMapKey, FlowEntry)> {
         self.flows
             .keys()

@@ -123,6 +123,10 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// How often the flow table is counted unless the config says otherwise: a walk of a
+/// million entries takes about half a second of one core.
+pub const DEFAULT_FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Which of the data path's own diagnostic messages reach the log (aya-log; the level is
 /// fixed when the program is loaded, so that "off" costs nothing per packet).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -405,6 +409,8 @@ pub struct Model {
     pub max_backends: u32,
     pub flow_table_size: u32,
     pub flow_idle_timeout: Duration,
+    /// How often the flow table is walked to count its flows (status, metrics).
+    pub flow_count_interval: Duration,
     pub control_socket: PathBuf,
     /// The group (its id) whose members may use the control socket besides root.
     pub control_group: Option<u32>,

@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::spec::{
     model::{
         BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-        DEFAULT_FALL, DEFAULT_RISE, DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec,
-        VlanTags, XdpAttachMode, parse_duration,
+        DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_RISE, DatapathLog, MacAddr, Model,
+        Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode, parse_duration,
     },
     validate::{self, Limits, MAX_TABLE_SIZE, Place},
 };
@@ -64,6 +64,7 @@ struct RawConfig {
     max_backends: Option<Spanned<u32>>,
     flow_table_size: Option<Spanned<u32>>,
     flow_idle_timeout: Option<Spanned<RawDuration>>,
+    flow_count_interval: Option<Spanned<RawDuration>>,
     control_socket: Option<PathBuf>,
     /// Group (name or number) whose members may use the control socket besides root.
     control_group: Option<Spanned<String>>,
@@ -273,6 +274,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         return Err(err(
             raw.flow_idle_timeout.as_ref().map(|d| d.span()),
             "flow_idle_timeout must be at least 1s".into(),
+        ));
+    }
+    let flow_count_interval = match &raw.flow_count_interval {
+        None => DEFAULT_FLOW_COUNT_INTERVAL,
+        Some(d) => duration(&errors, d)?,
+    };
+    if flow_count_interval < Duration::from_secs(1) {
+        return Err(err(
+            raw.flow_count_interval.as_ref().map(|d| d.span()),
+            "flow_count_interval must be at least 1s (each count walks the whole flow table)"
+                .into(),
         ));
     }
     let mut vips = Vec::with_capacity(raw.vips.len());
@@ -545,6 +557,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         max_backends,
         flow_table_size,
         flow_idle_timeout,
+        flow_count_interval,
         vips,
     })
 }

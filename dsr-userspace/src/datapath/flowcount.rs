@@ -1,0 +1,110 @@
+//! How full the flow table is, and how many flows each VIP and backend holds (what
+//! `ipvsadm -Ln` calls active connections). An LRU hash does not count its entries, so they
+//! are walked: with BPF_MAP_LOOKUP_BATCH, thousands per system call (aya 0.14 has no batch
+//! wrapper), on a descriptor of its own so the walk can run off the daemon's loop.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, OwnedFd},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Result, bail};
+use dsr_common::{FlowEntry, FlowMapKey};
+
+/// Entries fetched per system call.
+const BATCH: usize = 1024;
+
+/// CLOCK_MONOTONIC_COARSE, the data path's clock for flow entries.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one walk found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    /// Entries of flows seen within the idle timeout.
+    pub live: u64,
+    /// Entries of idle flows: the data path treats their next packet as a new flow, and the
+    /// LRU reuses them first.
+    pub expired: u64,
+    /// Live entries per VIP id and per backend id.
+    pub per_vip: HashMap<u32, u64>,
+    pub per_backend: HashMap<u32, u64>,
+    pub at: Option<SystemTime>,
+    pub took: Duration,
+}
+
+/// Walks FLOWS on a descriptor of its own.
+pub struct FlowCounter {
+    pub(super) fd: OwnedFd,
+    pub(super) idle_ns: u64,
+}
+
+impl FlowCounter {
+    /// One walk of the whole table.
+    pub fn count(&self) -> Result<FlowCount> {
+        let started = Instant::now();
+        let mut count = FlowCount::default();
+        let now = coarse_now_ns();
+        let mut keys = vec![FlowMapKey::default(); BATCH];
+        let mut values = vec![FlowEntry::default(); BATCH];
+        // The batch token (a bucket index for hash maps), in and out.
+        let (mut token, mut next) = (0u64, 0u64);
+        let mut first = true;
+        loop {
+            // union bpf_attr, batch variant: in_batch, out_batch, keys, values (u64 each),
+            // count, map_fd (u32 each), elem_flags, flags (u64 each).
+            let mut attr = [0u64; 8];
+            attr[0] = if first {
+                0
+            } else {
+                &mut token as *mut u64 as u64
+            };
+            attr[1] = &mut next as *mut u64 as u64;
+            attr[2] = keys.as_mut_ptr() as u64;
+            attr[3] = values.as_mut_ptr() as u64;
+            attr[4] = BATCH as u64 | (self.fd.as_raw_fd() as u64) << 32;
+            const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+            // SAFETY: the bpf syscall with a valid attr whose pointers address buffers of
+            // BATCH keys and values of the map's own key and value types.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    attr.as_mut_ptr(),
+                    64usize,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            let got = (attr[4] & 0xffff_ffff) as usize;
+            for (k, v) in keys.iter().zip(&values).take(got.min(BATCH)) {
+                if now.saturating_sub(v.last_seen_ns) > self.idle_ns {
+                    count.expired += 1;
+                    continue;
+                }
+                count.live += 1;
+                *count.per_vip.entry(k.vip).or_default() += 1;
+                *count.per_backend.entry(v.backend).or_default() += 1;
+            }
+            if rc != 0 {
+                match err.raw_os_error() {
+                    // The end of the table.
+                    Some(libc::ENOENT) => break,
+                    _ => bail!("walking the flow table (BPF_MAP_LOOKUP_BATCH): {err}"),
+                }
+            }
+            token = next;
+            first = false;
+        }
+        count.at = Some(SystemTime::now());
+        count.took = started.elapsed();
+        Ok(count)
+    }
+}
