@@ -1215,6 +1215,28 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
     }
 
+    /// Everything a change could alter in `dsr status`: the whole spec and runtime state of
+    /// every VIP and backend (health, since-times, weights, roles, MACs, table membership) and
+    /// the count of runtime differences, without the counters and rates that traffic moves.
+    /// (The maps themselves are checked by the frame-table tests; the journal only through
+    /// this count.)
+    pub fn state_of(&self) -> serde_json::Value {
+        let status = self.status();
+        let mut v = serde_json::to_value(&status.vips).unwrap();
+        fn strip(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    m.remove("traffic");
+                    m.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        strip(&mut v);
+        serde_json::json!({ "vips": v, "runtime_changes": status.runtime_changes })
+    }
+
     /// Health of backend `i` in VIP `vip` as dsr reports it ("up", "down", ...).
     pub fn health_of(&self, vip: &str, i: usize) -> String {
         let st = self.status();

@@ -2,9 +2,9 @@
 //! state directory while the daemon runs. Each is refused with what to change, and nothing
 //! is left half done.
 
-use std::fs;
+use std::{fs, io::Write, path::Path, time::Duration};
 
-use dsr_lab::lab::{Lab, MemoryCgroup, dsr_bin, sh};
+use dsr_lab::lab::{Lab, MemoryCgroup, UDP_PORT, backend_ip, dsr_bin, sh};
 
 /// Sizes `dsr check` accepts but this cgroup cannot hold: the largest flow table the config
 /// allows (134217728 flows, some 16 GiB) against a limit that fits the daemon with the lab's
@@ -61,4 +61,100 @@ fn maps_the_kernel_cannot_create_are_refused_and_leave_nothing() {
         "{out}"
     );
     lab.udp_request(49201).expect("still forwarded");
+}
+
+/// Fills `path`'s file system: writes to it until the kernel says ENOSPC.
+fn fill(path: &Path) {
+    let mut f = fs::File::create(path).unwrap();
+    let page = [0u8; 4096];
+    loop {
+        match f.write_all(&page) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The state directory on a tiny tmpfs, mounted in the daemon's own mount namespace (so
+/// nothing else sees it) and filled while the daemon runs.
+#[test]
+fn a_full_state_dir_refuses_runtime_changes_and_changes_nothing() {
+    let mut lab = Lab::new("fulldisk", &[1, 1]);
+    let state = lab.dir.join("state");
+    fs::create_dir_all(&state).unwrap();
+    lab.wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!(
+            "mount -t tmpfs -o size=64k tmpfs {} && exec \"$@\"",
+            state.display()
+        ),
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let pid = lab.status().pid.unwrap();
+    // The daemon's state directory, seen through its mount namespace.
+    let theirs = Path::new(&format!("/proc/{pid}/root")).join(state.strip_prefix("/").unwrap());
+    assert!(theirs.join("state.json").exists());
+    assert!(
+        !state.join("state.json").exists(),
+        "not on the daemon's tmpfs"
+    );
+    let before = lab.state_of();
+    fill(&theirs.join("filler"));
+
+    let backend = backend_ip(0).to_string();
+    let vip = format!("udp-{UDP_PORT}");
+    for args in [
+        vec!["backend", "drain", vip.as_str(), backend.as_str()],
+        vec!["vip", "drain", vip.as_str()],
+        vec!["reset"],
+    ] {
+        let (ok, out) = lab.dsr(&args);
+        assert!(!ok, "{args:?} succeeded on a full state dir: {out}");
+        assert!(
+            out.contains(&format!("{}/state.json", state.display()))
+                && out.contains("No space left on device")
+                && out.contains("nothing was changed"),
+            "{args:?}: {out}"
+        );
+    }
+    assert_eq!(before, lab.state_of(), "a refused change changed the state");
+    // The data path too: new flows still go where the unchanged tables place them.
+    for sport in 49300..49320u16 {
+        let who = lab.udp_request(sport).expect("forwarded on a full disk");
+        assert_eq!(lab.index_of(&who), lab.predict(17, sport), "sport {sport}");
+    }
+    // The announcement's heartbeat needs no space: it stays fresh.
+    let announce = theirs.join("announce").join(&vip);
+    let mtime = || fs::metadata(&announce).unwrap().modified().unwrap();
+    let first = mtime();
+    lab.wait_for(
+        "a heartbeat on the full disk",
+        Duration::from_secs(3),
+        || mtime() > first,
+    );
+    assert_eq!(fs::read_to_string(&announce).unwrap(), "0\n");
+
+    // Space again: the same change applies and is saved.
+    fs::remove_file(theirs.join("filler")).unwrap();
+    let (ok, out) = lab.dsr(&["backend", "drain", &vip, &backend]);
+    assert!(ok, "{out}");
+    let status = lab.status();
+    let drained = status
+        .vips
+        .iter()
+        .find(|v| v.name == vip)
+        .and_then(|v| v.backends.iter().find(|b| b.address.to_string() == backend))
+        .map(|b| b.drained);
+    assert_eq!(drained, Some(true), "{status:?}");
+    let saved = fs::read_to_string(theirs.join("state.json")).unwrap();
+    assert!(saved.contains("\"op\": \"drain\""), "{saved}");
 }
