@@ -202,6 +202,15 @@ pub fn check_pinned(dir: &Path, sizes: &Sizes) -> Result<bool> {
     })?;
     let version = settings.get(&0, 0)?.layout_version;
     let remedy = "`dsr stop` removes the pinned data path (traffic stops until dsr starts again)";
+    // SETTINGS is written last when loading: a zero layout is a load that never finished
+    // (killed while loading, or left by a dsr that did not clean up a failed one).
+    if version == 0 {
+        bail!(
+            "the data path pinned in {} was never completed (a start killed while loading, \
+             or a failed one of an older dsr) and carries no traffic: `dsr stop` removes it",
+            dir.display()
+        );
+    }
     if version != LAYOUT_VERSION {
         bail!(
             "the data path pinned in {} has map layout {version}, this dsr uses {LAYOUT_VERSION}; {remedy}",
