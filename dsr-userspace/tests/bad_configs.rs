@@ -12,6 +12,7 @@ const BASE: &str = r#"instance = "lb1"
 interface = "eth0"
 xdp_mode = "native"
 vlan_tags = "auto"
+datapath_log = "off"
 hash_seed = 0x64737231
 table_size = 65537
 max_vips = 256
@@ -137,6 +138,8 @@ const ROWS: &[Row] = &[
     row("top.interface", r#"interface = "eth0""#, "", &["missing field `interface`"]).at("instance = \"lb1\""),
     row("top.xdp_mode", r#"xdp_mode = "native""#, r#"xdp_mode = "turbo""#, &["unknown variant `turbo`", "xdp_mode"]),
     row("top.vlan_tags", r#"vlan_tags = "auto""#, r#"vlan_tags = "stripped""#, &["unknown variant `stripped`", "in-band", "vlan_tags"]),
+    row("top.datapath_log", r#"datapath_log = "off""#, r#"datapath_log = "trace""#, &["unknown variant `trace`", "datapath_log"]),
+    row("top.datapath_log", r#"datapath_log = "off""#, "datapath_log = false", &["wanted string or table", "datapath_log = false"]),
     row("top.hash_seed", "hash_seed = 0x64737231", r#"hash_seed = "dsr1""#, &["invalid type: string", "hash_seed"]),
     row("top.hash_seed", "hash_seed = 0x64737231", "hash_seed = -1", &["invalid value: integer `-1`", "hash_seed"]),
     row("top.hash_seed", "hash_seed = 0x64737231", "hash_seed = 0x100000000", &["invalid value: integer `4294967296`", "hash_seed"]),
