@@ -1215,6 +1215,28 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
     }
 
+    /// Everything a change could alter in `dsr status`: the whole spec and runtime state of
+    /// every VIP and backend (health, since-times, weights, roles, MACs, table membership) and
+    /// the count of runtime differences, without the counters and rates that traffic moves.
+    /// (The maps themselves are checked by the frame-table tests; the journal only through
+    /// this count.)
+    pub fn state_of(&self) -> serde_json::Value {
+        let status = self.status();
+        let mut v = serde_json::to_value(&status.vips).unwrap();
+        fn strip(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    m.remove("traffic");
+                    m.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        strip(&mut v);
+        serde_json::json!({ "vips": v, "runtime_changes": status.runtime_changes })
+    }
+
     /// Health of backend `i` in VIP `vip` as dsr reports it ("up", "down", ...).
     pub fn health_of(&self, vip: &str, i: usize) -> String {
         let st = self.status();
@@ -1819,6 +1841,60 @@ impl Keepalived {
 impl Drop for Keepalived {
     fn drop(&mut self) {
         self.signal(libc::SIGTERM);
+    }
+}
+
+/// A memory cgroup of its own with a limit, for a process started under [`MemoryCgroup::wrapper`]
+/// (the kernel charges BPF maps to their creator's cgroup, so map creation fails past the
+/// limit). cgroup v2 where the memory controller is there, else v1's memory hierarchy.
+/// Removed when dropped (after the processes in it are gone).
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub fn new(name: &str, limit_bytes: u64) -> MemoryCgroup {
+        let name = format!("dsr-test-{name}-{}", std::process::id());
+        let v2 = Path::new("/sys/fs/cgroup");
+        let v2_has_memory = fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, limit_file) = if v2_has_memory {
+            // Children of the root may use a controller only once the root hands it down.
+            let control = v2.join("cgroup.subtree_control");
+            if !fs::read_to_string(&control).is_ok_and(|c| c.contains("memory")) {
+                fs::write(&control, "+memory").expect("enabling the memory controller");
+            }
+            (v2.join(&name), "memory.max")
+        } else {
+            let v1 = Path::new("/sys/fs/cgroup/memory");
+            assert!(
+                v1.join("memory.limit_in_bytes").exists(),
+                "no memory cgroup controller (neither v2 nor v1) on this host"
+            );
+            (v1.join(&name), "memory.limit_in_bytes")
+        };
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        fs::write(dir.join(limit_file), limit_bytes.to_string())
+            .unwrap_or_else(|e| panic!("limiting {}: {e}", dir.display()));
+        MemoryCgroup { dir }
+    }
+
+    /// A [`Lab::wrapper`] that moves the process into this cgroup before it runs.
+    pub fn wrapper(&self) -> Vec<String> {
+        let procs = self.dir.join("cgroup.procs");
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo $$ > {} && exec \"$@\"", procs.display()),
+            "sh".into(),
+        ]
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 

@@ -31,40 +31,10 @@ fn check_accepts_a_good_config() {
     assert!(text.contains("1 VIPs, 1 backends"), "{text}");
 }
 
+/// Bad configs key by key are dsr-userspace/tests/bad_configs.rs (the parser, `dsr check`
+/// and `dsr run`); here the file itself.
 #[test]
-fn bad_configs_name_file_line_and_problem() {
-    for (name, text, line, words) in [
-        (
-            "badport",
-            GOOD.replace("port = 80", "port = 70000"),
-            5,
-            "70000",
-        ),
-        (
-            "badmac",
-            GOOD.replace("02:00:00:00:00:11", "02:00:00:00:11"),
-            9,
-            "mac",
-        ),
-        ("badproto", GOOD.replace("\"tcp\"", "\"sctp\""), 6, "sctp"),
-        (
-            "unknownkey",
-            GOOD.replace("port = 80", "port = 80\nprt = 81"),
-            6,
-            "prt",
-        ),
-    ] {
-        let path = write_config(name, &text);
-        for cmd in ["check", "run"] {
-            let (code, out) = dsr(&[cmd, "--config", &path]);
-            assert_eq!(code, 1, "{cmd} {name}: {out}");
-            assert!(
-                out.contains(&format!("{path}:{line}:")),
-                "{cmd} {name}: no file:line in {out}"
-            );
-            assert!(out.contains(words), "{cmd} {name}: {out}");
-        }
-    }
+fn check_names_an_unreadable_file() {
     let (code, out) = dsr(&["check", "--config", "/nonexistent/dsr.toml"]);
     assert_eq!(code, 1);
     assert!(out.contains("/nonexistent/dsr.toml: cannot read"), "{out}");
@@ -93,25 +63,85 @@ fn vrrp_notify_names_what_is_wrong_and_records_a_good_notify() {
         all.extend_from_slice(args);
         dsr(&all)
     };
+    // What the calls recorded so far under <state_dir>/vrrp.
+    let records = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(state.join("vrrp"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
     let (code, out) = notify(&["INSTANCE", "VI_9", "MASTER", "100", "--pid", "1"]);
     assert!(
         code != 0 && out.contains("no [[announce]] group is named \"VI_9\""),
         "{out}"
     );
+    assert_eq!(records(), Vec::<std::path::PathBuf>::new(), "{out}");
     let (code, out) = notify(&["INSTANCE", "plain", "MASTER", "100", "--pid", "1"]);
     assert!(code != 0 && out.contains("has no vmac_vrid"), "{out}");
+    assert_eq!(records(), Vec::<std::path::PathBuf>::new(), "{out}");
     let (code, out) = notify(&["INSTANCE", "VI_1", "LEADER", "100", "--pid", "1"]);
     assert!(code != 0 && out.contains("one of MASTER, BACKUP"), "{out}");
+    assert_eq!(records(), Vec::<std::path::PathBuf>::new(), "{out}");
     // Not run by keepalived, and no --pid.
     let (code, out) = notify(&["INSTANCE", "VI_1", "MASTER", "100"]);
     assert!(code != 0 && out.contains("give --pid"), "{out}");
+    assert_eq!(records(), Vec::<std::path::PathBuf>::new(), "{out}");
     // GROUP notifies are not ours.
     let (code, out) = notify(&["GROUP", "G", "MASTER", "100"]);
     assert!(code == 0 && out.contains("ignoring"), "{out}");
+    assert_eq!(records(), Vec::<std::path::PathBuf>::new(), "{out}");
     // A good one is recorded, with no daemon running.
     let (code, out) = notify(&["INSTANCE", "VI_1", "BACKUP", "100", "--pid", "1"]);
     assert_eq!(code, 0, "{out}");
     let record = std::fs::read_to_string(state.join("vrrp/VI_1")).unwrap();
     assert_eq!(record, "BACKUP 1\n");
+    assert_eq!(records(), [state.join("vrrp/VI_1")], "what `records` sees");
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// `--interval` below 100 ms is refused before the watch starts (a busier loop gains
+/// nothing over a file rewritten every second); 100 ms runs.
+#[test]
+fn announce_watch_refuses_an_interval_below_100ms() {
+    let dir = std::env::temp_dir().join(format!("dsr-cli-{}-watch", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ran = dir.join("withdrawn");
+    let watch = |interval: &str| {
+        let mut child = Command::new(dsr_bin())
+            .arg("announce-watch")
+            .arg(dir.join("no-such-announcement"))
+            .args(["--on-announce", "true", "--on-withdraw"])
+            .arg(format!("touch {}", ran.display()))
+            .args(["--interval", interval])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                return Some((status, err));
+            }
+            if ran.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    };
+    let (status, err) = watch("99ms").expect("a 99 ms watch kept running");
+    assert!(
+        !status.success() && err.contains("--interval 99ms: at least 100ms"),
+        "{status}: {err}"
+    );
+    assert!(!ran.exists(), "the refused watch ran its command");
+    assert!(watch("100ms").is_none(), "a 100 ms watch exited");
+    assert!(
+        ran.exists(),
+        "the 100 ms watch did not run its withdraw command"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -276,29 +276,6 @@ fn reload_applies_differences_and_refuses_bad_configs() {
     assert!(!ok && out.contains("max_vips"), "{out}");
 }
 
-/// The control socket and CLI refuse bad input and change nothing; `status` works while
-/// the daemon is down.
-/// Everything a change could alter in `dsr status`: the whole spec and runtime state of every
-/// VIP and backend (health, since-times, weights, roles, MACs, table membership) and the
-/// count of runtime differences, without the counters and rates that traffic moves. (The maps
-/// themselves are checked by the frame-table tests; the journal only through this count.)
-fn state_of(lab: &Lab) -> serde_json::Value {
-    let status = lab.status();
-    let mut v = serde_json::to_value(&status.vips).unwrap();
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("traffic");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut v);
-    serde_json::json!({ "vips": v, "runtime_changes": status.runtime_changes })
-}
-
 /// The message `dsr check` gives for a config, without its "file:line: " prefix.
 fn config_message(lab: &Lab, config: &str) -> String {
     let path = lab.dir.join("bad.toml");
@@ -323,6 +300,8 @@ fn config_message(lab: &Lab, config: &str) -> String {
         .to_owned()
 }
 
+/// The control socket and CLI refuse bad input and change nothing; `status` works while
+/// the daemon is down.
 #[test]
 fn bad_requests_change_nothing() {
     let mut lab = Lab::new("badreq", &[1, 1]);
@@ -337,7 +316,7 @@ fn bad_requests_change_nothing() {
         "frag",
     ]);
     assert!(ok, "{out}");
-    let before = state_of(&lab);
+    let before = lab.state_of();
 
     // The same rule refuses the same mistake in a config file and on the command line, with
     // the same message.
@@ -476,7 +455,7 @@ fn bad_requests_change_nothing() {
     }
     assert_eq!(
         before,
-        state_of(&lab),
+        lab.state_of(),
         "a refused request changed the state"
     );
     // The socket is root's alone.
@@ -521,7 +500,7 @@ fn reload_that_cannot_fully_apply_changes_nothing() {
         .replace("max_backends = 64", "max_backends = 4");
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let before = state_of(&lab);
+    let before = lab.state_of();
     // Backend .12 of the TCP VIP is replaced by .13: .13 needs a fifth id.
     let (head, udp) = config.split_at(config.find("name = \"udp").unwrap());
     let changed = head.replacen("198.18.0.12", "198.18.0.13", 1) + udp;
@@ -531,7 +510,7 @@ fn reload_that_cannot_fully_apply_changes_nothing() {
     assert!(!ok, "reload succeeded: {out}");
     assert!(out.contains("out of backend ids"), "{out}");
     assert!(out.contains("nothing was changed"), "{out}");
-    assert_eq!(before, state_of(&lab), "a refused reload changed the state");
+    assert_eq!(before, lab.state_of(), "a refused reload changed the state");
 }
 
 /// A config edited while the daemon was down is exactly what runs after the restart: the
@@ -576,7 +555,7 @@ fn a_second_daemon_changes_nothing_and_commands_find_the_first() {
     lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
     let (ok, out) = lab.dsr(&["backend", "weight", "udp-53", "198.18.0.11", "3"]);
     assert!(ok, "{out}");
-    let before = state_of(&lab);
+    let before = lab.state_of();
     let saved = std::fs::read(lab.dir.join("state/state.json")).unwrap();
     let pid = lab.status().pid.expect("a running daemon has a pid");
 
@@ -597,7 +576,7 @@ fn a_second_daemon_changes_nothing_and_commands_find_the_first() {
         "{err}"
     );
     assert_eq!(
-        state_of(&lab),
+        lab.state_of(),
         before,
         "the second daemon changed the state"
     );
@@ -651,7 +630,7 @@ fn a_second_daemon_changes_nothing_and_commands_find_the_first() {
 fn control_socket_survives_idle_floods_and_unfinished_requests() {
     let mut lab = Lab::new("sockflood", &[1, 1]);
     lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
-    let before = state_of(&lab);
+    let before = lab.state_of();
 
     let mut partial = UnixStream::connect(lab.socket()).unwrap();
     partial.write_all(b"{\"cmd\":\"sta").unwrap();
@@ -679,7 +658,7 @@ fn control_socket_survives_idle_floods_and_unfinished_requests() {
         || lab.dsr(&["status"]).0,
     );
     drop(idle);
-    assert_eq!(before, state_of(&lab));
+    assert_eq!(before, lab.state_of());
 }
 
 /// Hundreds of checks to black-holed backends under a small file-descriptor limit: checks

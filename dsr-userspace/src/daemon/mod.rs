@@ -375,7 +375,9 @@ impl Daemon {
             state: None,
             journal: self.journal.clone(),
         };
-        write_saved(&self.config, &saved);
+        if let Err(e) = write_saved(&self.config, &saved) {
+            log::error!("{e:#}");
+        }
         let interface = self.config.interface.clone();
         drop(self.datapath);
         datapath::remove_pinned(&pin_dir)?;
@@ -984,6 +986,9 @@ impl Daemon {
                 if let Err(e) = self.can_apply(&self.config.vips.clone()).await {
                     return Response::error(format!("reset refused, nothing was changed: {e}"));
                 }
+                if let Err(e) = self.save_journal(&[]) {
+                    return Response::error(format!("reset refused, nothing was changed: {e:#}"));
+                }
                 let n = self.journal.len();
                 self.journal.clear();
                 let notes = self.resync().await;
@@ -1025,8 +1030,15 @@ impl Daemon {
         if let Err(e) = self.can_apply(&vips).await {
             return Response::error(format!("refused, nothing was changed: {e}"));
         }
-        self.journal.push(change);
-        self.journal = journal::prune(&self.config.vips, &self.journal, limits(&self.config));
+        let mut journal = self.journal.clone();
+        journal.push(change);
+        let journal = journal::prune(&self.config.vips, &journal, limits(&self.config));
+        // Kept on disk before it runs: a change that could not be saved would be undone by
+        // the next restart.
+        if let Err(e) = self.save_journal(&journal) {
+            return Response::error(format!("refused, nothing was changed: {e:#}"));
+        }
+        self.journal = journal;
         let notes = self.resync().await;
         // The change applied and is kept; map writes that failed are retried.
         log::info!("control: {message}");
@@ -1064,13 +1076,20 @@ impl Daemon {
     }
 
     fn save(&self) {
+        if let Err(e) = self.save_journal(&self.journal) {
+            log::error!("{e:#}");
+        }
+    }
+
+    /// Saves the state with `journal` as its runtime changes.
+    fn save_journal(&self, journal: &[Change]) -> Result<()> {
         let saved = Saved {
             layout_version: dsr_common::LAYOUT_VERSION,
             interface: self.config.interface.clone(),
             state: Some(self.state.clone()),
-            journal: self.journal.clone(),
+            journal: journal.to_vec(),
         };
-        write_saved(&self.config, &saved);
+        write_saved(&self.config, &saved)
     }
 
     fn log_state(&self) {

@@ -147,6 +147,34 @@ fn program_info_verified(ebpf: &Ebpf) -> Option<u32> {
     program.info().ok()?.verified_instruction_count()
 }
 
+/// A map the kernel would not create (ENOMEM: the memory, or the memory cgroup's limit; E2BIG)
+/// said with its size and the setting that sizes it, since only a smaller setting (or more
+/// memory) helps.
+fn explain_map_error(e: anyhow::Error, sizes: &Sizes, map_sizes: &[(&str, u32)]) -> anyhow::Error {
+    let Some(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })) =
+        e.chain().find_map(|c| c.downcast_ref::<aya::EbpfError>())
+    else {
+        return e;
+    };
+    let entries = map_sizes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, n)| *n);
+    let (setting, bytes) = match name.as_str() {
+        names::FLOWS => ("flow_table_size", Some(sizes.flow_bytes())),
+        names::TABLES => ("max_vips or table_size", Some(sizes.table_bytes())),
+        names::VIPS | names::VIP_ADDRS | names::VIP_STATS => ("max_vips", None),
+        names::BACKENDS | names::BACKEND_STATS => ("max_backends", None),
+        _ => return e,
+    };
+    let size = bytes.map_or(String::new(), |b| format!(", about {} MiB", b >> 20));
+    anyhow!(
+        "the kernel refused to create map {name} ({entries} entries{size}): {io_error}; lower \
+         {setting} (or give dsr more memory: its memory cgroup's limit); nothing was pinned or \
+         attached"
+    )
+}
+
 /// Where an instance's maps and link are pinned: bpffs is one for all network namespaces, so
 /// every instance has its own directory.
 pub fn pin_dir(instance: &str) -> PathBuf {
@@ -176,6 +204,15 @@ pub fn check_pinned(dir: &Path, sizes: &Sizes) -> Result<bool> {
     })?;
     let version = settings.get(&0, 0)?.layout_version;
     let remedy = "`dsr stop` removes the pinned data path (traffic stops until dsr starts again)";
+    // SETTINGS is written last when loading: a zero layout is a load that never finished
+    // (killed while loading, or left by a dsr that did not clean up a failed one).
+    if version == 0 {
+        bail!(
+            "the data path pinned in {} was never completed (a start killed while loading, \
+             or a failed one of an older dsr) and carries no traffic: `dsr stop` removes it",
+            dir.display()
+        );
+    }
     if version != LAYOUT_VERSION {
         bail!(
             "the data path pinned in {} has map layout {version}, this dsr uses {LAYOUT_VERSION}; {remedy}",
@@ -341,32 +378,50 @@ pub struct LoadOptions {
 
 impl Datapath {
     /// Loads the program (adopting the maps pinned in `pin_dir`, if any) and writes SETTINGS.
-    /// Nothing is attached yet: fill the maps first, then [`Datapath::attach`].
+    /// Nothing is attached yet: fill the maps first, then [`Datapath::attach`]. A new data
+    /// path that fails to load leaves nothing pinned: the maps pinned before the failing one
+    /// would otherwise be taken, at the next start, for a data path to adopt.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         if DSR_OBJECT.is_empty() {
             bail!("this dsr binary was built with DSR_EBPF_SKIP and carries no XDP program");
         }
-        let sizes = opts.sizes;
-        let row_chunks = sizes.row_chunks();
-        let map_sizes = map_sizes(&sizes)?;
-        let table_elems = map_sizes
-            .iter()
-            .find(|(n, _)| *n == names::TABLES)
-            .expect("TABLES is sized")
-            .1;
+        let map_sizes = map_sizes(&opts.sizes)?;
         let adopted = match &opts.pin_dir {
             Some(dir) => {
                 ensure_bpffs()?;
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating pin directory {}", dir.display()))?;
-                check_pinned(dir, &sizes)?
+                check_pinned(dir, &opts.sizes)?
             }
             None => false,
         };
+        let loaded = Self::load_pinned_at(opts, &map_sizes, adopted);
+        if loaded.is_err()
+            && !adopted
+            && let Some(dir) = &opts.pin_dir
+            && let Err(e) = remove_pinned(dir)
+        {
+            log::error!("removing the half-created data path: {e:#}");
+        }
+        loaded.map_err(|e| explain_map_error(e, &opts.sizes, &map_sizes))
+    }
+
+    fn load_pinned_at(
+        opts: &LoadOptions,
+        map_sizes: &[(&'static str, u32)],
+        adopted: bool,
+    ) -> Result<Self> {
+        let sizes = opts.sizes;
+        let row_chunks = sizes.row_chunks();
+        let table_elems = map_sizes
+            .iter()
+            .find(|(n, _)| *n == names::TABLES)
+            .expect("TABLES is sized")
+            .1;
         let mut loader = EbpfLoader::new();
         let log_level = opts.datapath_log.level();
         loader.override_global(aya_log::LEVEL, &log_level, true);
-        for (name, size) in map_sizes {
+        for &(name, size) in map_sizes {
             loader.map_max_entries(name, size);
             if let Some(dir) = &opts.pin_dir {
                 loader.map_pin_path(name, dir.join(name));

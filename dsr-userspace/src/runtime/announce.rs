@@ -89,9 +89,7 @@ pub fn write_all(
         } else {
             "1\n"
         };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        put(&path, value)?;
         wanted.push(path);
     }
     let groups_dir = dir.join("groups");
@@ -103,9 +101,7 @@ pub fn write_all(
         } else {
             "1\n"
         };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        put(&path, value)?;
         wanted.push(path);
     }
     for d in [&dir, &groups_dir] {
@@ -117,6 +113,29 @@ pub fn write_all(
         }
     }
     Ok(())
+}
+
+/// Writes `value` into `path`, or, when it holds `value` already, only refreshes its
+/// modification time (the heartbeat): that needs no disk space, so a full state directory
+/// does not withdraw a VIP once the grace is over.
+fn put(path: &Path, value: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v == value) {
+        return std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("refreshing {}", path.display()));
+    }
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, value)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// `dsr announce-check`: whether the file says announced and is fresher than `grace`.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -69,12 +69,15 @@ fn journal_of(text: &str) -> Option<Saved> {
     })
 }
 
-pub fn write_saved(config: &Model, saved: &Saved) {
+/// Saves `saved` whole or not at all (written beside, then renamed over the old file), so a
+/// full disk leaves the previous state in place and says so.
+pub fn write_saved(config: &Model, saved: &Saved) -> Result<()> {
     let path = state_file(config);
+    let tmp = path.with_extension("json.tmp");
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         // Readable by the operators' group (for `dsr status` while the daemon is down), by
         // nobody else: it holds the whole runtime state.
         use std::os::unix::fs::PermissionsExt;
@@ -87,7 +90,9 @@ pub fn write_saved(config: &Model, saved: &Saved) {
         std::fs::rename(&tmp, &path)?;
         Ok(())
     })();
-    if let Err(e) = result {
-        log::error!("saving state to {}: {e:#}", path.display());
+    if result.is_err() {
+        // A half-written file would hold on to the space that ran out.
+        let _ = std::fs::remove_file(&tmp);
     }
+    result.with_context(|| format!("saving state to {}", path.display()))
 }

@@ -35,7 +35,6 @@ pub struct Limits {
 /// it (check fields as "check.interval").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    All,
     Vip {
         vip: usize,
         field: Option<&'static str>,
@@ -54,7 +53,7 @@ pub struct Invalid {
     pub message: String,
     /// The earlier item a duplicate collides with.
     pub first: Option<Place>,
-    /// "VIP web: backend 198.18.0.11" (empty for [`Place::All`]), for callers without a file.
+    /// "VIP web: backend 198.18.0.11", for callers without a file.
     pub context: String,
     /// The same for `first`.
     pub first_context: String,
@@ -110,7 +109,13 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
     let mut names: HashMap<&str, usize> = HashMap::new();
     // (address, protocol, VLAN) -> (first VIP, takes fragments) of all-ports and fragment VIPs.
     let mut fragment_owners: HashMap<(IpAddr, Protocol, u16), (usize, bool)> = HashMap::new();
-    let mut total_backends = 0usize;
+    // The first backend past the limit is where the file says too much.
+    let over_limit = vips
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| (0..v.backends.len()).map(move |j| (i, j)))
+        .nth(limits.max_backends as usize);
+    let total_backends: usize = vips.iter().map(|v| v.backends.len()).sum();
     for (i, v) in vips.iter().enumerate() {
         let at = |field| Place::Vip { vip: i, field };
         if let Err((field, message)) = vip(v, limits) {
@@ -129,7 +134,7 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
         seen.insert(v.addr, i);
         if let Some(&first) = names.get(v.name.as_str()) {
             return fail(
-                at(None),
+                at(Some("name")),
                 format!("VIP name {:?} is used twice", v.name),
                 Some(Place::Vip {
                     vip: first,
@@ -169,7 +174,7 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
             };
             if let Some(&first) = seen_backends.get(&b.address) {
                 return fail(
-                    at(None),
+                    at(Some("address")),
                     format!("backend {} appears twice in VIP {}", b.address, v.name),
                     Some(Place::Backend {
                         vip: i,
@@ -183,11 +188,14 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
                 return fail(at(field), message, None);
             }
         }
-        total_backends += v.backends.len();
     }
-    if total_backends > limits.max_backends as usize {
+    if let Some((vip, backend)) = over_limit {
         return fail(
-            Place::All,
+            Place::Backend {
+                vip,
+                backend,
+                field: None,
+            },
             format!(
                 "{total_backends} backends configured but max_backends is {}",
                 limits.max_backends
@@ -220,6 +228,18 @@ fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)
                  use a plain name",
                 v.name, v.addr
             ),
+        ));
+    }
+    // Traffic to these never reaches a VIP: such an entry could only swallow frames that
+    // are not ours (broadcasts, multicast groups).
+    let unicast = match v.addr.address {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+    };
+    if !unicast {
+        return Err((
+            Some("address"),
+            format!("VIP address {} is not a unicast address", v.addr.address),
         ));
     }
     if v.addr.vlan > 4094 {
@@ -339,13 +359,25 @@ pub fn check(c: &CheckSpec) -> Result<(), (&'static str, String)> {
     if let CheckKind::Http {
         path,
         expect_status,
+        host,
         ..
     } = &c.kind
     {
-        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        // Both go into the request as they are: a space or a line break would end the
+        // request line or header early, and the check would fail on every try.
+        let unsafe_char = |c: char| c.is_whitespace() || c.is_control();
+        if !path.starts_with('/') || path.contains(unsafe_char) {
             return Err((
                 "check.path",
                 format!("check path {path:?} must start with '/' and contain no spaces"),
+            ));
+        }
+        if let Some(host) = host
+            && (host.is_empty() || host.contains(unsafe_char))
+        {
+            return Err((
+                "check.host",
+                format!("check host {host:?} must be a non-empty name without spaces"),
             ));
         }
         if !(100..=599).contains(expect_status) {
@@ -373,6 +405,9 @@ pub fn check(c: &CheckSpec) -> Result<(), (&'static str, String)> {
             format!("check timeout {:?} must be at least 1ms", c.timeout),
         ));
     }
+    // A timeout longer than the interval is not refused: a backend's checks run one after
+    // the other, so it only spaces out the checks of a slow backend (keepalived's
+    // connect_timeout may exceed its delay_loop too).
     for (name, n) in [("rise", c.rise), ("fall", c.fall)] {
         if !(1..=100).contains(&n) {
             return Err((
@@ -399,7 +434,6 @@ fn context(vips: &[VipSpec], place: Place) -> String {
             .map_or_else(|| format!("VIP #{}", i + 1), |v| format!("VIP {}", v.name))
     };
     match place {
-        Place::All => String::new(),
         Place::Vip { vip, .. } => vip_name(vip),
         Place::Backend { vip, backend, .. } => {
             let addr = vips
