@@ -233,6 +233,7 @@ const ROWS: &[Row] = &[
     row("check.interval", r#"interval = "1s""#, "interval = -1", &["check interval: -1 is not a duration"]),
     row("check.timeout", r#"timeout = "500ms""#, r#"timeout = "0s""#, &["check timeout 0ns must be at least 1ms"]),
     row("check.timeout", r#"timeout = "500ms""#, r#"timeout = "soon""#, &["check timeout: \"soon\" is not a duration"]),
+    row("check.timeout", r#"timeout = "500ms""#, r#"timeout = "2s""#, &["check timeout 2s is longer than its interval 1s"]),
     row("check.rise", "rise = 2", "rise = 0", &["rise 0 must be 1..=100"]),
     row("check.rise", "rise = 2", "rise = 101", &["rise 101 must be 1..=100"]),
     row("check.rise", "rise = 2", "rise = -1", &["invalid value: integer `-1`", "rise"]),

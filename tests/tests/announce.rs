@@ -31,7 +31,7 @@ fn file(lab: &Lab, vip: &str) -> String {
 fn announcement_files_follow_usability_drain_and_the_daemon() {
     let mut lab = Lab::new("announce", &[1, 1]);
     let check = format!(
-        "[vip.check]\ntype = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n"
+        "[vip.check]\ntype = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n"
     );
     // udp-53 needs both backends; tcp-80 one.
     let config = lab

@@ -36,7 +36,7 @@ fn config(lab: &Lab, check: &str, extra: &[&str]) -> String {
 /// service still answers, so that where traffic goes stays observable).
 fn health_check(fall: u32) -> String {
     format!(
-        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = {fall}"
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = {fall}"
     )
 }
 
@@ -72,7 +72,7 @@ fn wait_health(lab: &Lab, vip: &str, i: usize, want: &str) -> Duration {
 fn failed_backend_only_its_flows_move() {
     // A TCP check on the service port itself: killing the server fails it.
     let check =
-        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2";
+        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2";
     let mut lab = started("fail", &[1, 1, 1], check, &[]);
     for i in 0..3 {
         wait_health(&lab, "udp", i, "up");
@@ -336,7 +336,7 @@ fn mac_follows_a_moved_address() {
 #[test]
 fn failed_check_reprobes_a_silently_moved_address() {
     let check =
-        "type = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2";
+        "type = \"tcp\"\nport = 80\ninterval = \"300ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2";
     let mut lab = started("reprobe", &[1], check, &[]);
     wait_health(&lab, "udp", 0, "up");
     assert_eq!(lab.udp_request(37000).unwrap(), "backend-1");
@@ -368,7 +368,7 @@ fn failed_check_reprobes_a_silently_moved_address() {
 #[test]
 fn a_flapping_backend_changes_state_boundedly_and_quietly() {
     let check = format!(
-        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 3\nfall = 3"
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/health\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\nrise = 3\nfall = 3"
     );
     let lab = started("flap", &[1, 1], &check, &[]);
     wait_health(&lab, "udp", 0, "up");

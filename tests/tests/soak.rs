@@ -37,7 +37,7 @@ fn soak_under_backend_churn_and_reloads() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let mut lab = Lab::new("soak", &[1, 1, 1]);
-    let check = "[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n";
+    let check = "[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\n";
     let config = lab.config().replace(
         "protocol = \"udp\"\n",
         &format!("protocol = \"udp\"\n{check}"),

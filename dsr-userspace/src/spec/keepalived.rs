@@ -1350,6 +1350,9 @@ fn checker(
             .max(1),
         fall: (retry + 1).min(100) as u32,
     };
+    // dsr refuses a timeout longer than the interval (keepalived allows it).
+    let clamped = check.timeout_ms > check.interval_ms;
+    check.timeout_ms = check.timeout_ms.min(check.interval_ms);
     let timing = format!(
         "interval {} (delay_loop{}), timeout {} (connect_timeout{}), fall {} (the first \
          failure and {retry} retr{}), rise 1 (keepalived takes a server up at its first \
@@ -1368,7 +1371,11 @@ fn checker(
         },
         check.fall,
         if retry == 1 { "y" } else { "ies" },
-    );
+    ) + if clamped {
+        "; timeout lowered to the interval (dsr refuses a longer one)"
+    } else {
+        ""
+    };
     match ck.key.as_str() {
         "HTTP_GET" => {
             let (path, status, url_host) = first_url(&urls, notes)?;

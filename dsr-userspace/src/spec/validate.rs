@@ -405,9 +405,19 @@ pub fn check(c: &CheckSpec) -> Result<(), (&'static str, String)> {
             format!("check timeout {:?} must be at least 1ms", c.timeout),
         ));
     }
-    // A timeout longer than the interval is not refused: a backend's checks run one after
-    // the other, so it only spaces out the checks of a slow backend (keepalived's
-    // connect_timeout may exceed its delay_loop too).
+    // A check still waiting when the next one is due would make the interval a lie: a
+    // black-holed backend would be checked every `timeout`, and fall x interval would no
+    // longer say how soon it goes down.
+    if c.timeout > c.interval {
+        return Err((
+            "check.timeout",
+            format!(
+                "check timeout {:?} is longer than its interval {:?}: a check would still be \
+                 waiting when the next is due; make timeout at most the interval",
+                c.timeout, c.interval
+            ),
+        ));
+    }
     for (name, n) in [("rise", c.rise), ("fall", c.fall)] {
         if !(1..=100).contains(&n) {
             return Err((
