@@ -71,8 +71,8 @@ fn package_installs_runs_and_verifies() {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
     fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    // --force-depends: the empty root has no libc6 to satisfy Depends. The package has no
-    // maintainer scripts; --force-script-chrootless is what would let them run without chroot.
+    // --force-depends: the empty root has no libc6 to satisfy Depends.
+    // --force-script-chrootless: the postinst runs without chroot, with DPKG_ROOT set.
     let (ok, out) = run(Command::new("dpkg")
         .arg(format!("--root={}", root.display()))
         .args(["--force-script-chrootless", "--force-depends", "-i"])
@@ -98,6 +98,7 @@ fn package_installs_runs_and_verifies() {
         "usr/share/fish/vendor_completions.d/dsr.fish",
         "usr/share/man/man1/dsr.1.gz",
         "usr/share/man/man1/dsr-run.1.gz",
+        "usr/lib/sysusers.d/dsr.conf",
     ] {
         let p = under(&root, path);
         let len = fs::metadata(&p)
@@ -120,11 +121,26 @@ fn package_installs_runs_and_verifies() {
     );
     let conffiles = fs::read_to_string(root.join("var/lib/dpkg/info/dsr.conffiles")).unwrap();
     assert_eq!(conffiles.trim(), CONFIG, "conffiles");
-    // Installed, not enabled or started: no maintainer scripts, no wants/ symlink.
-    for script in ["preinst", "postinst", "prerm", "postrm"] {
+    // Its one maintainer script made the daemon's user and the operators' group, in the
+    // root (not on this host).
+    for script in ["preinst", "prerm", "postrm"] {
         let p = root.join(format!("var/lib/dpkg/info/dsr.{script}"));
         assert!(!p.exists(), "the package has a {script}");
     }
+    assert!(root.join("var/lib/dpkg/info/dsr.postinst").exists());
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("dsr:") && l.ends_with(":/var/lib/dsr:/usr/sbin/nologin")),
+        "no dsr user in the root's /etc/passwd:\n{passwd}"
+    );
+    assert!(
+        group.lines().any(|l| l.starts_with("dsr:")),
+        "no dsr group in the root's /etc/group:\n{group}"
+    );
+    // Installed, not enabled or started: no wants/ symlink.
     assert!(
         !root.join("etc/systemd").exists(),
         "installing enabled the unit"
@@ -160,6 +176,10 @@ fn package_installs_runs_and_verifies() {
         ("ReadWritePaths", "/sys/fs/bpf"),
         ("RuntimeDirectory", "dsr"),
         ("StateDirectory", "dsr"),
+        // Not root; the daemon's uid running with exactly these capabilities is what
+        // tests/tests/privilege.rs measures (the daemon below runs as root).
+        ("User", "dsr"),
+        ("Group", "dsr"),
     ] {
         assert_eq!(key(k), [v], "{k}");
     }
