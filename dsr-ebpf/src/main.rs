@@ -28,19 +28,17 @@ use dsr_common::{
 use crate::{
     headers::{Xdp, ptr_at_mut, read_at},
     maps::{BACKENDS, IFACES, SETTINGS, TABLES, TX_PORTS},
-    trace::Notes,
+    trace::Seen,
 };
 
 #[xdp]
 pub fn dsr(ctx: XdpContext) -> u32 {
-    let Some(notes) = trace::notes() else {
-        return xdp_action::XDP_PASS;
-    };
-    let (reason, action) = forward(&ctx, notes);
+    let mut seen = Seen::default();
+    let (reason, action) = forward(&ctx, &mut seen);
     let len = ctx.data_end() - ctx.data();
     stats::count_reason(reason, len);
-    if notes.tracing != 0 {
-        return trace::hand_over(&ctx, notes, reason as u32, action, len);
+    if seen.tracing != 0 {
+        return trace::hand_over(&ctx, &seen, reason as u32, action, len);
     }
     action
 }
@@ -57,16 +55,16 @@ fn stop(reason: Reason) -> (Reason, u32) {
 
 /// The whole decision: why the frame is forwarded, passed or dropped, and the XDP action.
 /// The frame is only modified on the forwarding path. What it learns on the way is noted in
-/// `notes`, for `dsr trace`.
+/// `seen`, for `dsr trace`.
 #[inline(always)]
-fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
+fn forward(ctx: &XdpContext, seen: &mut Seen) -> (Reason, u32) {
     let Some(settings) = SETTINGS.get(0) else {
         return stop(Reason::NotConfigured);
     };
     if settings.layout_version != LAYOUT_VERSION {
         return stop(Reason::NotConfigured);
     }
-    notes.tracing = settings.trace;
+    seen.tracing = settings.trace;
     let ifindex = ctx.ingress_ifindex() as u32;
     let Some(iface) = IFACES.get(ifindex).copied() else {
         return stop(Reason::NotConfigured);
@@ -77,7 +75,6 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
     let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
         return stop(Reason::Malformed);
     };
-    notes.dst_mac = eth.dst;
     // On a shared segment a switch floods frames for unknown MACs to every port: forwarding
     // one meant for another host (a peer load balancer) would deliver it twice.
     match iface.addressee(&eth.dst) {
@@ -97,8 +94,8 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
             Kind::TooBig => Reason::NotTcpUdp,
         });
     };
-    notes.flags |= TRACE_F_VIP;
-    notes.vip = vip.id;
+    seen.flags |= TRACE_F_VIP;
+    seen.vip = vip.id;
     if fragment && vip.flags & VIP_F_FRAGMENTS == 0 {
         return stop(Reason::Fragment);
     }
@@ -141,20 +138,20 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
     let placed = kept.is_none();
     let (backend_id, backend) = match kept {
         Some(found) => {
-            notes.flags |= TRACE_F_FLOW_HIT;
+            seen.flags |= TRACE_F_FLOW_HIT;
             found
         }
         None => match from_table(ctx, &vip, &key, settings) {
             Some((slot, found)) => {
-                notes.flags |= TRACE_F_SLOT;
-                notes.slot = slot;
+                seen.flags |= TRACE_F_SLOT;
+                seen.slot = slot;
                 found
             }
             None => return stop(Reason::NoBackend),
         },
     };
-    notes.flags |= TRACE_F_BACKEND;
-    notes.backend = backend_id;
+    seen.flags |= TRACE_F_BACKEND;
+    seen.backend = backend_id;
 
     let action = if backend.tx_port != 0 {
         // The devmap entry goes when its interface goes: drop (counted), never count the
@@ -187,7 +184,7 @@ fn forward(ctx: &XdpContext, notes: &mut Notes) -> (Reason, u32) {
             stats::count_event(Event::UntrackedClose);
         } else {
             flows::remember(ctx, &flow_key, backend_id, now);
-            notes.flags |= TRACE_F_REMEMBERED;
+            seen.flags |= TRACE_F_REMEMBERED;
             if is_tcp && flags & TCP_SYN == 0 {
                 // A connection taken over mid-stream: pinned from now on, but not new.
                 stats::count_event(Event::Adopted);

@@ -1,28 +1,28 @@
 //! `dsr trace`: the decision for one frame, offered to userspace through the TRACE ring
 //! while SETTINGS.trace is set.
 //!
-//! The forwarding code notes what it learns in [`Notes`], a per-CPU map value; the record is
-//! built by a program of its own, `dsr_trace`, reached by a tail call. Both choices keep the
-//! verifier's work flat: it checks `dsr_trace` once, not once per path through the forwarding
-//! code, and it does not track map memory, so the notes do not keep it from merging paths.
-//! (Notes on the stack read by an inline record builder took the program over the verifier's
+//! The forwarding code notes what it learns in [`Seen`] (a few words on the stack, read by
+//! nothing on its way); only while tracing are they copied to this CPU's TRACE_NOTES and a
+//! tail call made to `dsr_trace`, a program of its own that builds, filters and writes the
+//! record. The verifier checks `dsr_trace` once, not once per path through the forwarding
+//! code, and nothing on those paths branches on what was noted, so it still merges them.
+//! (A record builder inline, branching on the notes, took the program over the verifier's
 //! million-instruction limit.)
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use dsr_common::{Event, TRACE_F_FLOW, TraceRecord, parse};
+use dsr_common::{Event, TRACE_F_FLOW, TraceRecord, headers::EthHdr, parse};
 
 use crate::{
-    headers::Xdp,
-    maps::{TRACE, TRACE_FILTER, TRACE_NOTES, TRACE_PROG},
+    headers::{Xdp, read_at},
+    maps::{IFACES, TRACE, TRACE_FILTER, TRACE_NOTES, TRACE_PROG},
     stats,
 };
 
-/// What the decision learnt about the frame this CPU is handling.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Notes {
+/// What the forwarding code learnt about the frame.
+#[derive(Clone, Copy, Default)]
+pub struct Seen {
     /// SETTINGS.trace, as the forwarding code read it.
     pub tracing: u32,
     /// `TRACE_F_*` besides `TRACE_F_FLOW` (which `dsr_trace` finds by parsing the frame).
@@ -30,34 +30,41 @@ pub struct Notes {
     pub vip: u32,
     pub backend: u32,
     pub slot: u32,
+}
+
+/// What `dsr` hands `dsr_trace` (per CPU: the tail call runs at once on the same CPU).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Notes {
+    pub flags: u32,
+    pub vip: u32,
+    pub backend: u32,
+    pub slot: u32,
     pub reason: u32,
     pub action: u32,
     pub len: u32,
-    /// The destination MAC the frame arrived with (forwarding rewrites it).
-    pub dst_mac: [u8; 6],
-}
-
-/// This CPU's notes, cleared for a new frame. `None` cannot happen (index 0 of a per-CPU
-/// array).
-#[inline(always)]
-pub fn notes() -> Option<&'static mut Notes> {
-    let notes = TRACE_NOTES.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU element, only touched by this CPU (see stats::add).
-    let notes = unsafe { &mut *notes };
-    notes.tracing = 0;
-    notes.flags = 0;
-    Some(notes)
 }
 
 /// Hands the frame to `dsr_trace`, which returns `action` in our place. Returns `action`
 /// itself if the tail call cannot be made (the trace program's daemon is gone).
 #[inline(always)]
-pub fn hand_over(ctx: &XdpContext, notes: &mut Notes, reason: u32, action: u32, len: usize) -> u32 {
-    notes.reason = reason;
-    notes.action = action;
-    notes.len = len as u32;
-    // SAFETY: a tail call only returns if it failed.
-    unsafe { TRACE_PROG.tail_call(ctx, 0) };
+pub fn hand_over(ctx: &XdpContext, seen: &Seen, reason: u32, action: u32, len: usize) -> u32 {
+    if let Some(notes) = TRACE_NOTES.get_ptr_mut(0) {
+        // SAFETY: a per-CPU element, only touched by this CPU (see stats::add); a tail call
+        // only returns if it failed.
+        unsafe {
+            *notes = Notes {
+                flags: seen.flags,
+                vip: seen.vip,
+                backend: seen.backend,
+                slot: seen.slot,
+                reason,
+                action,
+                len: len as u32,
+            };
+            TRACE_PROG.tail_call(ctx, 0);
+        }
+    }
     action
 }
 
@@ -74,18 +81,25 @@ pub fn dsr_trace(ctx: XdpContext) -> u32 {
 /// never the frame.
 #[inline(always)]
 fn emit(ctx: &XdpContext, notes: &Notes) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let forwarded = notes.action == xdp_action::XDP_TX || notes.action == xdp_action::XDP_REDIRECT;
+    // Forwarding rewrote the MACs: such a frame was addressed to this interface.
+    let dst_mac = match (forwarded, read_at::<EthHdr>(ctx, 0)) {
+        (false, Some(eth)) => eth.dst,
+        _ => IFACES.get(ifindex).map_or([0; 6], |i| i.mac),
+    };
     let mut record = TraceRecord {
         // SAFETY: a helper without arguments.
         time_ns: unsafe { bpf_ktime_get_ns() },
         flags: notes.flags,
         reason: notes.reason,
         action: notes.action,
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex,
         vip: notes.vip,
         backend: notes.backend,
         slot: notes.slot,
         len: notes.len,
-        dst_mac: notes.dst_mac,
+        dst_mac,
         ..TraceRecord::default()
     };
     // Forwarding rewrote only the MACs: the headers parse as they arrived.
