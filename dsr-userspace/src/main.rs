@@ -1081,6 +1081,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
                 check: check.spec()?.unwrap_or_else(CheckSpec::none),
                 min_usable: 1,
                 drained: false,
+                notify: None,
                 backends: Vec::new(),
             },
         },

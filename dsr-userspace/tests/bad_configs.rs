@@ -24,6 +24,8 @@ metrics = "127.0.0.1:9464"
 control_socket = "/run/dsr/lb1.sock"
 control_group = "0"
 state_dir = "/var/lib/dsr/lb1"
+notify = "/etc/dsr/vip-moved"
+notify_timeout = "10s"
 
 [[vip]]  # web
 name = "web"
@@ -36,6 +38,7 @@ fragments = false
 conntrack = true
 inhibit_on_failure = false
 min_usable = 1
+notify = "/etc/dsr/web-moved --zone a"
 [vip.check]
 type = "http"
 path = "/healthz"
@@ -167,6 +170,12 @@ const ROWS: &[Row] = &[
     row("top.flow_count_interval", r#"flow_count_interval = "10s""#, r#"flow_count_interval = "500ms""#, &["flow_count_interval must be at least 1s"]),
     row("top.flow_count_interval", r#"flow_count_interval = "10s""#, r#"flow_count_interval = "often""#, &["flow_count_interval: \"often\""]),
     row("top.flow_count_interval", r#"flow_count_interval = "10s""#, "flow_count_interval = false", &["expected a duration like \"500ms\"", "flow_count_interval = false"]),
+    row("top.notify_timeout", r#"notify_timeout = "10s""#, r#"notify_timeout = "50ms""#, &["notify_timeout 50ms must be 100ms to 1h"]),
+    row("top.notify_timeout", r#"notify_timeout = "10s""#, r#"notify_timeout = "2h""#, &["notify_timeout 7200s must be 100ms to 1h"]),
+    row("top.notify_timeout", r#"notify_timeout = "10s""#, r#"notify_timeout = "later""#, &["notify_timeout: \"later\""]),
+    row("top.notify", r#"notify = "/etc/dsr/vip-moved""#, "notify = 5", &["invalid type: integer", "notify = 5"]),
+    row("vip.notify", r#"notify = "/etc/dsr/web-moved --zone a""#, r#"notify = "   ""#, &["notify \"   \" must be a command on one line"]),
+    row("vip.notify", r#"notify = "/etc/dsr/web-moved --zone a""#, r#"notify = "a\nb""#, &["must be a command on one line"]),
     row("top.metrics", r#"metrics = "127.0.0.1:9464""#, r#"metrics = "localhost:9464""#, &["invalid socket address syntax", "metrics"]),
     row("top.metrics", r#"metrics = "127.0.0.1:9464""#, r#"metrics = "127.0.0.1""#, &["invalid socket address syntax", "metrics"]),
     row("top.control_socket", r#"control_socket = "/run/dsr/lb1.sock""#, r#"control_socket = "lb1.sock""#, &["control_socket \"lb1.sock\" must be an absolute path"]),

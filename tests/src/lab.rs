@@ -1076,6 +1076,14 @@ impl Lab {
         c
     }
 
+    /// Writes `config` as this lab's config (the second node's is made from it) without
+    /// starting anything.
+    pub fn write_config(&mut self, config: &str) -> Result<()> {
+        fs::write(self.config_path(), config)?;
+        self.config_text = Some(config.to_owned());
+        Ok(())
+    }
+
     /// Starts `dsr run` with the default config (see [`Lab::start_dsr_with`]).
     pub fn start_dsr(&mut self, inherit_output: bool) -> Result<()> {
         let config = self.config();
@@ -1226,7 +1234,10 @@ impl Lab {
         fn strip(v: &mut serde_json::Value) {
             match v {
                 serde_json::Value::Object(m) => {
+                    // Traffic and the flow-table counts move with the clients, not with
+                    // changes of the state.
                     m.remove("traffic");
+                    m.remove("tracked_flows");
                     m.values_mut().for_each(strip);
                 }
                 serde_json::Value::Array(a) => a.iter_mut().for_each(strip),

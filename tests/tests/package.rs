@@ -99,6 +99,8 @@ fn package_installs_runs_and_verifies() {
         "usr/share/man/man1/dsr.1.gz",
         "usr/share/man/man1/dsr-run.1.gz",
         "usr/lib/sysusers.d/dsr.conf",
+        "usr/share/dsr/notify/route-next-hop.sh",
+        "usr/share/dsr/notify/secondary-ip.sh",
     ] {
         let p = under(&root, path);
         let len = fs::metadata(&p)

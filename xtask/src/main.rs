@@ -35,8 +35,9 @@ const LAB_PACKAGES: [&str; 5] = ["iproute2", "ethtool", "nftables", "procps", "u
 /// Debian packages other tests run or read: keepalived (the VRRP pair lab, and its sample
 /// configs in /usr/share/doc/keepalived/samples for `dsr import keepalived`; its service does
 /// not start without an /etc/keepalived/keepalived.conf, the unit's ConditionFileNotEmpty) and
-/// bird2 (the BGP ECMP lab; the tests run their own birds in the lab's namespaces).
-const TEST_PACKAGES: [&str; 2] = ["keepalived", "bird2"];
+/// bird2 (the BGP ECMP lab; the tests run their own birds in the lab's namespaces) and
+/// iputils-arping (the cloud lab's stand-in for a secondary IP moved by the cloud fabric).
+const TEST_PACKAGES: [&str; 3] = ["keepalived", "bird2", "iputils-arping"];
 /// Debian packages `cargo xtask deb` and its test use: dpkg-dev (dpkg-shlibdeps, for the
 /// package's dependencies), binutils (strip), systemd (`systemd-analyze verify` of the unit;
 /// systemd need not be running; man-db lets it check the unit's Documentation=man:dsr(1)).

@@ -271,6 +271,28 @@ pub fn render(s: &Status) -> String {
             l
         }),
     );
+    for (name, help, failures) in [
+        (
+            "dsr_vip_notify_runs",
+            "Runs of the VIP's notify hook since the daemon started",
+            false,
+        ),
+        (
+            "dsr_vip_notify_failures",
+            "Runs of the VIP's notify hook that did not exit 0 (failed, killed at the timeout, \
+             or could not start)",
+            true,
+        ),
+    ] {
+        m.counter(
+            name,
+            help,
+            s.vips.iter().filter_map(|v| {
+                let n = v.notify.as_ref()?;
+                Some((vip_labels(v), if failures { n.failures } else { n.runs }))
+            }),
+        );
+    }
     m.gauge(
         "dsr_vip_tracked_flows",
         "The VIP's live flow-table entries, as last counted (every flow_count_interval)",
@@ -415,6 +437,12 @@ mod tests {
                 drained: false,
                 table_digest: Some("0123456789abcdef".into()),
                 tracked_flows: Some(3),
+                notify: Some(crate::runtime::notify::HookStatus {
+                    command: "/usr/local/bin/vip-moved".into(),
+                    runs: 2,
+                    failures: 1,
+                    ..Default::default()
+                }),
                 traffic: Traffic::default(),
                 backends: vec![backend],
             }],

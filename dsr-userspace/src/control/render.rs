@@ -237,6 +237,34 @@ pub fn render_status(s: &Status) -> String {
             ]);
         }
         out += &t.render("  ");
+        if let Some(n) = &v.notify {
+            let last = n.last.as_ref().map_or("not run yet".to_owned(), |l| {
+                format!(
+                    "last {} {} ago: {} in {} ms",
+                    l.state.name(),
+                    ago(l.started_unix_ms),
+                    l.outcome,
+                    l.duration_ms
+                )
+            });
+            let _ = writeln!(
+                out,
+                "  notify {}: {last}; {} runs, {} failed{}{}",
+                n.command,
+                n.runs,
+                n.failures,
+                if n.pending > 0 {
+                    format!(", {} pending", n.pending)
+                } else {
+                    String::new()
+                },
+                if n.dropped > 0 {
+                    format!(", {} dropped", n.dropped)
+                } else {
+                    String::new()
+                }
+            );
+        }
         if !v.removed_backends.is_empty() {
             let list: Vec<String> = v.removed_backends.iter().map(|a| a.to_string()).collect();
             let _ = writeln!(out, "  removed at run time: {}", list.join(", "));

@@ -174,6 +174,9 @@ pub struct VipStatus {
     /// Live flow-table entries of this VIP, as last counted (`None`: not counted).
     #[serde(default)]
     pub tracked_flows: Option<u64>,
+    /// Its notify hook (`None`: it has none): the command, runs and the last one's outcome.
+    #[serde(default)]
+    pub notify: Option<crate::runtime::notify::HookStatus>,
     pub traffic: Traffic,
     pub backends: Vec<BackendStatus>,
 }
@@ -307,6 +310,8 @@ pub struct Source<'a> {
     /// The last count of the flow table, if one was made.
     pub flow_count: Option<std::sync::Arc<crate::datapath::flowcount::FlowCount>>,
     pub flow_capacity: u32,
+    /// The notify hooks' runs (a running daemon's).
+    pub hooks: Option<&'a HashMap<VipAddr, crate::runtime::notify::HookStatus>>,
 }
 
 /// The one status builder.
@@ -423,6 +428,15 @@ pub fn build(src: Source<'_>) -> Status {
                 .and_then(|d| d.get(&vip.spec.addr))
                 .map(|d| format!("{d:016x}")),
             tracked_flows: tracked(|c| &c.per_vip, vip.id),
+            notify: vip.spec.notify.as_ref().map(|command| {
+                let mut hook = src
+                    .hooks
+                    .and_then(|h| h.get(&vip.spec.addr))
+                    .cloned()
+                    .unwrap_or_default();
+                hook.command = command.clone();
+                hook
+            }),
             traffic: rates.traffic(true, vip.id, totals(true, vip.id)),
             backends: Vec::new(),
         };

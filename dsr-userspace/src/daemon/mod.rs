@@ -80,6 +80,8 @@ pub struct Daemon {
     /// The last count of the flow table (none yet: `None`).
     flow_count:
         tokio::sync::watch::Receiver<Option<std::sync::Arc<datapath::flowcount::FlowCount>>>,
+    /// The VIPs' notify hooks.
+    notifier: crate::runtime::notify::Notifier,
     /// Names of the data-path ids, for `dsr trace`'s records.
     trace_names: tokio::sync::watch::Sender<std::sync::Arc<control::trace::Names>>,
 }
@@ -208,6 +210,8 @@ impl Daemon {
         // What the maps hold (an adopted data path's included): the writer diffs against it.
         let writer = Writer::read(&datapath)?;
         let (reports, reports_rx) = mpsc::channel(1024);
+        let (config_instance, config_notify_timeout) =
+            (config.instance.clone(), config.notify_timeout);
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
             config,
@@ -231,6 +235,10 @@ impl Daemon {
             rates: Rates::default(),
             trace_names: tokio::sync::watch::Sender::new(Default::default()),
             flow_count: tokio::sync::watch::Sender::new(None).subscribe(),
+            notifier: crate::runtime::notify::Notifier::new(
+                &config_instance,
+                config_notify_timeout,
+            ),
         };
         daemon.after_reconcile();
         daemon.restore_ports();
@@ -338,6 +346,14 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.config.control_socket);
         self.checks.stop_all();
         self.log_counters();
+        if clean {
+            // Withdrawn at once, and the WITHDRAWN hooks given their time to run (a cloud
+            // VIP is released before the daemon goes).
+            self.announce(true);
+            self.notifier
+                .settle(self.config.notify_timeout + Duration::from_secs(1))
+                .await;
+        }
         if clean || stop_reply.is_some() {
             let result = if clean {
                 self.stop_clean()
@@ -450,9 +466,19 @@ impl Daemon {
 
     /// Writes the VIPs' announcement files (logging changes); `withdraw_all` for `dsr stop`.
     fn announce(&mut self, withdraw_all: bool) {
+        let mut events = Vec::new();
         for vip in &self.state.vips {
             let now = !withdraw_all && crate::runtime::announce::announced(vip);
             if self.announced.insert(vip.spec.addr, now) != Some(now) {
+                use crate::runtime::notify::State;
+                events.extend(notify_event(
+                    vip,
+                    if now {
+                        State::Announced
+                    } else {
+                        State::Withdrawn
+                    },
+                ));
                 log::info!(
                     "VIP {}: {}",
                     vip.spec.name,
@@ -471,6 +497,12 @@ impl Daemon {
         }
         self.announced
             .retain(|a, _| self.state.vips.iter().any(|v| v.spec.addr == *a));
+        for e in events {
+            self.notifier.send(e);
+        }
+        let vips = &self.state.vips;
+        self.notifier
+            .retain(|a| vips.iter().any(|v| v.spec.addr == *a));
         if let Err(e) = crate::runtime::announce::write_all(
             &self.config.state_dir,
             &self.state,
@@ -557,10 +589,23 @@ impl Daemon {
     /// recorded (its backends may not be resolved yet: no noise at creation).
     fn log_serving(&mut self) {
         let mut now = HashMap::new();
+        let mut events = Vec::new();
         for vip in &self.state.vips {
             let (serving, _) = vip.serving();
             now.insert(vip.spec.addr, serving);
-            match self.serving.get(&vip.spec.addr) {
+            let before = self.serving.get(&vip.spec.addr);
+            if before.is_none_or(|b| b.is_some() != serving.is_some()) {
+                use crate::runtime::notify::State;
+                events.extend(notify_event(
+                    vip,
+                    if serving.is_some() {
+                        State::Usable
+                    } else {
+                        State::Unusable
+                    },
+                ));
+            }
+            match before {
                 Some(before) if *before != serving => match serving {
                     Some(role) => log::warn!(
                         "VIP {}: new flows now go to its {}{}",
@@ -581,6 +626,9 @@ impl Daemon {
             }
         }
         self.serving = now;
+        for e in events {
+            self.notifier.send(e);
+        }
     }
 
     fn apply_logged(&mut self) {
@@ -761,6 +809,10 @@ impl Daemon {
             ("xdp_mode", self.config.xdp_mode != new.xdp_mode),
             ("vlan_tags", self.config.vlan_tags != new.vlan_tags),
             ("datapath_log", self.config.datapath_log != new.datapath_log),
+            (
+                "notify_timeout",
+                self.config.notify_timeout != new.notify_timeout,
+            ),
             (
                 "flow_count_interval",
                 self.config.flow_count_interval != new.flow_count_interval,
@@ -1053,6 +1105,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
+        let hooks = self.notifier.status();
         status::build(status::Source {
             instance: &self.config.instance,
             interface: &self.config.interface,
@@ -1072,6 +1125,7 @@ impl Daemon {
             state_dir: &self.config.state_dir,
             flow_count: self.flow_count.borrow().clone(),
             flow_capacity: self.config.flow_table_size,
+            hooks: Some(&hooks),
         })
     }
 
@@ -1148,6 +1202,21 @@ impl Daemon {
             .collect();
         log::info!("verdicts: {}", line.join(" "));
     }
+}
+
+/// The event for a VIP's notify hook, if it has one.
+fn notify_event(
+    vip: &crate::runtime::state::Vip,
+    state: crate::runtime::notify::State,
+) -> Option<crate::runtime::notify::Event> {
+    Some(crate::runtime::notify::Event {
+        vip: vip.spec.name.clone(),
+        addr: vip.spec.addr,
+        command: vip.spec.notify.clone()?,
+        state,
+        usable_backends: crate::runtime::announce::usable(vip) as usize,
+        at: SystemTime::now(),
+    })
 }
 
 /// Counts the flow table every `interval`, off the daemon's loop (a walk of a big table
@@ -1284,5 +1353,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         // Counted by a running daemon only.
         flow_count: None,
         flow_capacity: model.flow_table_size,
+        hooks: None,
     }))
 }

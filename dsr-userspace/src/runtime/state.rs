@@ -435,6 +435,7 @@ mod tests {
             check: CheckSpec::none(),
             min_usable: 1,
             drained: false,
+            notify: None,
             backends,
         }
     }

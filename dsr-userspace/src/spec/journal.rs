@@ -272,6 +272,7 @@ mod tests {
             check: CheckSpec::none(),
             min_usable: 1,
             drained: false,
+            notify: None,
             backends: vec![backend(11), backend(12)],
         }
     }

@@ -123,6 +123,9 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// A notify hook is killed after this long unless the config says otherwise.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the flow table is counted unless the config says otherwise: a walk of a
 /// million entries takes about half a second of one core.
 pub const DEFAULT_FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(10);
@@ -388,6 +391,9 @@ pub struct VipSpec {
     /// Withdrawn by the operator (`dsr vip drain`): not announced, still forwarding.
     #[serde(default)]
     pub drained: bool,
+    /// Run as `COMMAND VIP NAME STATE` at each change of the VIP's state (runtime::notify).
+    #[serde(default)]
+    pub notify: Option<String>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -411,6 +417,8 @@ pub struct Model {
     pub flow_idle_timeout: Duration,
     /// How often the flow table is walked to count its flows (status, metrics).
     pub flow_count_interval: Duration,
+    /// A notify command still running after this long is killed.
+    pub notify_timeout: Duration,
     pub control_socket: PathBuf,
     /// The group (its id) whose members may use the control socket besides root.
     pub control_group: Option<u32>,

@@ -21,8 +21,9 @@ use toml::Spanned;
 use crate::spec::{
     model::{
         BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-        DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_RISE, DatapathLog, MacAddr, Model,
-        Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode, parse_duration,
+        DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE,
+        DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
+        parse_duration,
     },
     validate::{self, Limits, MAX_TABLE_SIZE, Place},
 };
@@ -65,6 +66,9 @@ struct RawConfig {
     flow_table_size: Option<Spanned<u32>>,
     flow_idle_timeout: Option<Spanned<RawDuration>>,
     flow_count_interval: Option<Spanned<RawDuration>>,
+    /// Every VIP's notify command unless it has its own.
+    notify: Option<Spanned<String>>,
+    notify_timeout: Option<Spanned<RawDuration>>,
     control_socket: Option<Spanned<PathBuf>>,
     /// Group (name or number) whose members may use the control socket besides root.
     control_group: Option<Spanned<String>>,
@@ -109,6 +113,8 @@ struct RawVip {
     check: Option<RawCheck>,
     /// Announce the VIP only while this many backends take new flows (default 1).
     min_usable: Option<Spanned<u32>>,
+    /// Its notify command ("" = none, whatever the top-level `notify` says).
+    notify: Option<Spanned<String>>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -293,6 +299,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 .into(),
         ));
     }
+    let notify_timeout = match &raw.notify_timeout {
+        None => DEFAULT_NOTIFY_TIMEOUT,
+        Some(d) => duration(&errors, "notify_timeout", d)?,
+    };
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&notify_timeout) {
+        return Err(err(
+            raw.notify_timeout.as_ref().map(|d| d.span()),
+            format!("notify_timeout {notify_timeout:?} must be 100ms to 1h"),
+        ));
+    }
     let mut vips = Vec::with_capacity(raw.vips.len());
     // Where each VIP, backend and field is written, to place validation errors.
     let mut spans: Vec<ItemSpans> = Vec::with_capacity(raw.vips.len());
@@ -354,6 +370,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             vlan,
         };
         vip_spans.fields.insert("address", v.address.span());
+        if let Some(n) = v.notify.as_ref().or(raw.notify.as_ref()) {
+            vip_spans.fields.insert("notify", n.span());
+        }
         if let Some(n) = &v.name {
             vip_spans.fields.insert("name", n.span());
         }
@@ -427,6 +446,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             check: vip_check,
             min_usable: v.min_usable.as_ref().map_or(1, |m| *m.get_ref()),
             drained: false,
+            notify: v
+                .notify
+                .as_ref()
+                .or(raw.notify.as_ref())
+                .map(|n| n.get_ref().clone())
+                .filter(|n| !n.is_empty()),
             backends,
         });
     }
@@ -579,6 +604,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         flow_table_size,
         flow_idle_timeout,
         flow_count_interval,
+        notify_timeout,
         vips,
     })
 }

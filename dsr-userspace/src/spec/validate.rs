@@ -266,6 +266,14 @@ fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)
             ),
         ));
     }
+    if let Some(cmd) = &v.notify
+        && (cmd.trim().is_empty() || cmd.chars().any(|c| c == '\0' || c == '\n' || c == '\r'))
+    {
+        return Err((
+            Some("notify"),
+            format!("notify {cmd:?} must be a command on one line (run as COMMAND VIP NAME STATE)"),
+        ));
+    }
     check(&v.check).map_err(|(f, m)| (Some(f), m))?;
     if v.addr.port == 0 && v.check.kind != CheckKind::None && v.check.port.is_none() {
         return Err((
@@ -489,6 +497,7 @@ mod tests {
             check: CheckSpec::none(),
             min_usable: 1,
             drained: false,
+            notify: None,
             backends: vec![backend(11), backend(12)],
         }
     }
