@@ -79,6 +79,12 @@ name = "VI_1"
 vips = ["web"]
 require = "all"
 vmac_vrid = 51
+
+[sync]
+peers = ["198.51.100.3:7947"]
+key_file = "/etc/dsr/sync.key"
+listen = "0.0.0.0:7947"
+interval = "2s"
 "#;
 
 /// One bad input: `key` ("section.key", the sections of `toml_file::accepted_keys`) is
@@ -176,6 +182,13 @@ const ROWS: &[Row] = &[
     row("top.notify", r#"notify = "/etc/dsr/vip-moved""#, "notify = 5", &["invalid type: integer", "notify = 5"]),
     row("vip.notify", r#"notify = "/etc/dsr/web-moved --zone a""#, r#"notify = "   ""#, &["notify \"   \" must be a command on one line"]),
     row("vip.notify", r#"notify = "/etc/dsr/web-moved --zone a""#, r#"notify = "a\nb""#, &["must be a command on one line"]),
+    row("sync.peers", r#"peers = ["198.51.100.3:7947"]"#, "peers = []", &["sync.peers is empty"]),
+    row("sync.peers", r#"peers = ["198.51.100.3:7947"]"#, r#"peers = ["lb2"]"#, &["invalid socket address", "peers"]),
+    row("sync.key_file", r#"key_file = "/etc/dsr/sync.key""#, r#"key_file = "sync.key""#, &["sync.key_file \"sync.key\" must be an absolute path"]),
+    row("sync.listen", r#"listen = "0.0.0.0:7947""#, r#"listen = "0.0.0.0""#, &["invalid socket address", "listen"]),
+    row("sync.interval", r#"interval = "2s""#, r#"interval = "10ms""#, &["sync.interval 10ms must be 100ms to 60s"]),
+    row("sync.interval", r#"interval = "2s""#, r#"interval = "hourly""#, &["sync.interval: \"hourly\""]),
+    row("sync.unknown", r#"key_file = "/etc/dsr/sync.key""#, r#"keyfile = "/etc/dsr/sync.key""#, &["unknown field `keyfile`", "key_file"]),
     row("top.metrics", r#"metrics = "127.0.0.1:9464""#, r#"metrics = "localhost:9464""#, &["invalid socket address syntax", "metrics"]),
     row("top.metrics", r#"metrics = "127.0.0.1:9464""#, r#"metrics = "127.0.0.1""#, &["invalid socket address syntax", "metrics"]),
     row("top.control_socket", r#"control_socket = "/run/dsr/lb1.sock""#, r#"control_socket = "lb1.sock""#, &["control_socket \"lb1.sock\" must be an absolute path"]),

@@ -1136,8 +1136,14 @@ impl Lab {
 
     /// Starts `dsr run` on the second load balancer with [`Lab::config2`].
     pub fn start_dsr2(&mut self) -> Result<()> {
+        let config = self.config2();
+        self.start_dsr2_with(&config)
+    }
+
+    /// Starts the second node with `config` (made from [`Lab::config2`] by the caller).
+    pub fn start_dsr2_with(&mut self, text: &str) -> Result<()> {
         let config = self.dir.join("dsr2.toml");
-        fs::write(&config, self.config2())?;
+        fs::write(&config, text)?;
         let child = spawn_dsr(
             &self.lb2_ns,
             &self.wrapper,

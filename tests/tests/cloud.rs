@@ -286,3 +286,134 @@ fn a_secondary_ip_moves_to_the_announced_node_and_connections_survive() {
     start_pair(&mut lab, &config, |lab| holder(lab) == Some("lb1"));
     moves(&lab, |lab, node| holder(lab) == Some(node));
 }
+
+/// A pair behind a router (lb1 serves, its route set directly), with a fourth backend in the
+/// lab but not in the config, and `[sync]` on or off. Opens ten long-lived connections, of
+/// which exactly three are placed (by the shared hash) on a different backend once the
+/// fourth joins; adds it on both nodes; then fails lb1 (the route moves to lb2, as a cloud
+/// health check would move it; lb1 gets no traffic any more). Returns how many of the ten
+/// broke or changed backend.
+fn backend_change_then_failover(tag: &str, sync: bool) -> usize {
+    let mut lab = Lab::with(
+        tag,
+        &[1, 1, 1, 1],
+        Options {
+            pair: true,
+            routed_client_mtu: Some(1500),
+            ..Options::default()
+        },
+    );
+    let fourth = lab.backends[3].ip.to_string();
+    let block = format!("  [[vip.backend]]\n  address = \"{fourth}\"\n  weight = 1\n");
+    let mut config = lab.config().replace(&block, "");
+    if sync {
+        let key = lab.dir.join("sync.key");
+        std::fs::write(&key, "lab sync key: 32 bytes or so....\n").unwrap();
+        config += &format!(
+            "\n[sync]\npeers = [\"{LB2_IP}:7947\"]\nkey_file = \"{}\"\ninterval = \"200ms\"\n",
+            key.display()
+        );
+    }
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let config2 = lab
+        .config2()
+        .replace(&format!("{LB2_IP}:7947"), &format!("{LB_IP}:7947"));
+    lab.start_dsr2_with(&config2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.assert_same_tables();
+    sh(&[
+        "ip",
+        "-n",
+        &lab.router_ns,
+        "route",
+        "replace",
+        &format!("{VIP}/32"),
+        "via",
+        &LB_IP.to_string(),
+    ])
+    .unwrap();
+
+    // Ten client ports: the first three the fourth backend's arrival moves, then seven it
+    // does not, by the tables both nodes build.
+    let before = [1, 1, 1, 0];
+    let after = [1, 1, 1, 1];
+    let moves = |p: u16| lab.predict_weights(6, p, &before) != lab.predict_weights(6, p, &after);
+    let mut ports: Vec<u16> = (46000..).filter(|&p| moves(p)).take(3).collect();
+    ports.extend((46000..).filter(|&p| !moves(p)).take(7));
+    let mut conns: Vec<(u16, dsr_lab::lab::Conn, String)> = ports
+        .iter()
+        .map(|&p| {
+            let mut c = lab.tcp_connect(p).expect("a connection");
+            c.set_timeout(Duration::from_secs(2)).unwrap();
+            let who = c.ask().expect("an answer");
+            assert_eq!(lab.index_of(&who), lab.predict_weights(6, p, &before));
+            (p, c, who)
+        })
+        .collect();
+
+    for (ok, out) in [
+        lab.dsr(&["backend", "add", "tcp-80", &fourth]),
+        lab.dsr2(&["backend", "add", "tcp-80", &fourth]),
+    ] {
+        assert!(ok, "{out}");
+    }
+    lab.assert_same_tables();
+    // The connections still ask through lb1 (its flow table keeps them on their backends);
+    // with sync, lb2 learns their entries meanwhile.
+    for (p, c, who) in conns.iter_mut() {
+        assert_eq!(
+            &c.ask().expect("an answer"),
+            who,
+            "port {p} before the failover"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    if sync {
+        let (ok, out) = lab.dsr2(&["status", "--json"]);
+        assert!(ok, "{out}");
+        let st: dsr::control::Status = serde_json::from_str(&out).unwrap();
+        let s = st.sync.expect("lb2's sync status");
+        eprintln!("lb2 sync: {s:?}");
+        assert!(s.adopted_flows >= 10, "{s:?}");
+        assert_eq!(s.refused_datagrams, 0, "{s:?}");
+    }
+
+    // lb1 fails: the route goes to lb2.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.router_ns,
+        "route",
+        "replace",
+        &format!("{VIP}/32"),
+        "via",
+        &LB2_IP.to_string(),
+    ])
+    .unwrap();
+    let mut broken = 0;
+    for (_, c, who) in conns.iter_mut() {
+        if c.ask().ok().as_ref() != Some(who) {
+            broken += 1;
+        }
+    }
+    eprintln!(
+        "sync {}: {broken} of 10 long-lived connections broke after a backend was added and \
+         lb1 failed (3 are placed elsewhere by the new table)",
+        if sync { "on" } else { "off" }
+    );
+    broken
+}
+
+/// The gap measured: without the exchange, the three flows the new backend's arrival moves
+/// in the table live only in the failed node's flow table, and break.
+#[test]
+fn without_sync_flows_placed_before_a_backend_change_break_on_failover() {
+    assert_eq!(backend_change_then_failover("nosync", false), 3);
+}
+
+/// With `[sync]`, the survivor holds every flow's entry: none breaks.
+#[test]
+fn with_sync_every_connection_survives_a_backend_change_and_a_failover() {
+    assert_eq!(backend_change_then_failover("sync", true), 0);
+}

@@ -293,6 +293,25 @@ pub fn render(s: &Status) -> String {
             }),
         );
     }
+    if let Some(sync) = &s.sync {
+        m.counter(
+            "dsr_sync_flows",
+            "Flows of the flow-state exchange ([sync]): sent to the peers, received, adopted \
+             into this node's flow table, unknown here (VIP or backend not configured)",
+            [
+                ("sent", sync.sent_flows),
+                ("received", sync.received_flows),
+                ("adopted", sync.adopted_flows),
+                ("unknown", sync.unknown_flows),
+            ]
+            .map(|(what, n)| (vec![("direction", what.to_owned())], n)),
+        );
+        m.counter(
+            "dsr_sync_refused_datagrams",
+            "Datagrams of the flow-state exchange refused (bad MAC or length, too old)",
+            [(vec![], sync.refused_datagrams)],
+        );
+    }
     m.gauge(
         "dsr_vip_tracked_flows",
         "The VIP's live flow-table entries, as last counted (every flow_count_interval)",
@@ -456,6 +475,7 @@ mod tests {
                 event: "adopted".into(),
                 count: 1,
             }],
+            sync: Some(crate::runtime::sync::SyncStatus::default()),
             flow_table: Some(crate::control::status::FlowTableStatus {
                 capacity: 1024,
                 live: 3,

@@ -90,6 +90,9 @@ pub struct Status {
     /// `flow_count_interval`).
     #[serde(default)]
     pub flow_table: Option<FlowTableStatus>,
+    /// The flow-state exchange with the other load balancers (`[sync]`).
+    #[serde(default)]
+    pub sync: Option<crate::runtime::sync::SyncStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -312,6 +315,8 @@ pub struct Source<'a> {
     pub flow_capacity: u32,
     /// The notify hooks' runs (a running daemon's).
     pub hooks: Option<&'a HashMap<VipAddr, crate::runtime::notify::HookStatus>>,
+    /// The flow-state exchange, if configured and running.
+    pub sync: Option<crate::runtime::sync::SyncStatus>,
 }
 
 /// The one status builder.
@@ -365,6 +370,7 @@ pub fn build(src: Source<'_>) -> Status {
             counted_at_unix_ms: c.at.map_or(0, unix_ms),
             count_ms: c.took.as_secs_f64() * 1000.0,
         }),
+        sync: src.sync,
     };
     let Some(state) = src.state else {
         return status;

@@ -6,7 +6,7 @@
 //! with an `event`, then a last one without (the summary, or the error that ended it).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::Path,
     sync::{
@@ -144,12 +144,7 @@ fn is_zero(v: &u16) -> bool {
     *v == 0
 }
 
-/// Names for data-path ids, published by the daemon whenever they change.
-#[derive(Clone, Debug, Default)]
-pub struct Names {
-    pub vips: HashMap<u32, String>,
-    pub backends: HashMap<u32, IpAddr>,
-}
+pub use crate::runtime::state::Names;
 
 /// tcpdump's notation for the flags that matter here.
 fn tcp_flags(f: u8) -> String {
@@ -515,6 +510,7 @@ mod tests {
         let names = Names {
             vips: [(3, "web".to_string())].into(),
             backends: [(7, "10.0.0.7".parse().unwrap())].into(),
+            ..Names::default()
         };
         let record = TraceRecord {
             time_ns: 5_000,

@@ -82,8 +82,11 @@ pub struct Daemon {
         tokio::sync::watch::Receiver<Option<std::sync::Arc<datapath::flowcount::FlowCount>>>,
     /// The VIPs' notify hooks.
     notifier: crate::runtime::notify::Notifier,
+    /// The flow-state exchange's key (read at start) and, once running, its status.
+    sync_key: Option<Vec<u8>>,
+    sync: Option<std::sync::Arc<std::sync::Mutex<crate::runtime::sync::SyncStatus>>>,
     /// Names of the data-path ids, for `dsr trace`'s records.
-    trace_names: tokio::sync::watch::Sender<std::sync::Arc<control::trace::Names>>,
+    trace_names: tokio::sync::watch::Sender<std::sync::Arc<crate::runtime::state::Names>>,
 }
 
 impl Daemon {
@@ -100,6 +103,10 @@ impl Daemon {
         let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
         let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
         crate::datapath::offload::check_start(&config.interface, uses_vlan, config.vlan_tags)?;
+        let sync_key = match &config.sync {
+            Some(s) => Some(crate::runtime::sync::read_key(&s.key_file)?),
+            None => None,
+        };
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,
@@ -239,6 +246,8 @@ impl Daemon {
                 &config_instance,
                 config_notify_timeout,
             ),
+            sync_key,
+            sync: None,
         };
         daemon.after_reconcile();
         daemon.restore_ports();
@@ -278,6 +287,25 @@ impl Daemon {
             self.datapath.flow_counter(self.config.flow_idle_timeout)?,
             self.config.flow_count_interval,
         );
+        if let (Some(spec), Some(key)) = (&self.config.sync, self.sync_key.take()) {
+            self.sync = Some(
+                crate::runtime::sync::start(
+                    spec,
+                    key,
+                    self.datapath.flow_counter(self.config.flow_idle_timeout)?,
+                    self.datapath.flow_adopter()?,
+                    self.trace_names.subscribe(),
+                    self.config.flow_idle_timeout,
+                )
+                .await?,
+            );
+            log::info!(
+                "sync: sending flows to {:?} every {:?}, listening on {}",
+                spec.peers,
+                spec.interval,
+                spec.listen
+            );
+        }
         if let Some(logger) = self.datapath.take_logger() {
             forward_datapath_log(logger)?;
         }
@@ -425,20 +453,9 @@ impl Daemon {
             .collect();
         self.ports.retain(|ifindex, _| used.contains(ifindex));
         self.trace_names
-            .send_replace(std::sync::Arc::new(control::trace::Names {
-                vips: self
-                    .state
-                    .vips
-                    .iter()
-                    .map(|v| (v.id, v.spec.name.clone()))
-                    .collect(),
-                backends: self
-                    .state
-                    .vips
-                    .iter()
-                    .flat_map(|v| v.backends.iter().map(|b| (b.id, b.spec.address)))
-                    .collect(),
-            }));
+            .send_replace(std::sync::Arc::new(crate::runtime::state::Names::of(
+                &self.state,
+            )));
         self.checks.sync(self.state.vips.iter().flat_map(|vip| {
             vip.backends.iter().map(move |b| health::Wanted {
                 token: b.check_token,
@@ -813,6 +830,7 @@ impl Daemon {
                 "notify_timeout",
                 self.config.notify_timeout != new.notify_timeout,
             ),
+            ("sync", self.config.sync != new.sync),
             (
                 "flow_count_interval",
                 self.config.flow_count_interval != new.flow_count_interval,
@@ -1126,6 +1144,10 @@ impl Daemon {
             flow_count: self.flow_count.borrow().clone(),
             flow_capacity: self.config.flow_table_size,
             hooks: Some(&hooks),
+            sync: self
+                .sync
+                .as_ref()
+                .map(|s| s.lock().expect("not poisoned").clone()),
         })
     }
 
@@ -1354,5 +1376,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         flow_count: None,
         flow_capacity: model.flow_table_size,
         hooks: None,
+        sync: None,
     }))
 }

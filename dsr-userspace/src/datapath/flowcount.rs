@@ -52,6 +52,33 @@ impl FlowCounter {
     pub fn count(&self) -> Result<FlowCount> {
         let started = Instant::now();
         let mut count = FlowCount::default();
+        self.walk(|k, v, live| {
+            if !live {
+                count.expired += 1;
+                return;
+            }
+            count.live += 1;
+            *count.per_vip.entry(k.vip).or_default() += 1;
+            *count.per_backend.entry(v.backend).or_default() += 1;
+        })?;
+        count.at = Some(SystemTime::now());
+        count.took = started.elapsed();
+        Ok(count)
+    }
+
+    /// The live entries (seen within the idle timeout), for the flow-state exchange.
+    pub fn live_entries(&self) -> Result<Vec<(FlowMapKey, FlowEntry)>> {
+        let mut out = Vec::new();
+        self.walk(|k, v, live| {
+            if live {
+                out.push((*k, *v));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every entry to `visit` with whether it is live.
+    fn walk(&self, mut visit: impl FnMut(&FlowMapKey, &FlowEntry, bool)) -> Result<()> {
         let now = coarse_now_ns();
         let mut keys = vec![FlowMapKey::default(); BATCH];
         let mut values = vec![FlowEntry::default(); BATCH];
@@ -85,13 +112,7 @@ impl FlowCounter {
             let err = std::io::Error::last_os_error();
             let got = (attr[4] & 0xffff_ffff) as usize;
             for (k, v) in keys.iter().zip(&values).take(got.min(BATCH)) {
-                if now.saturating_sub(v.last_seen_ns) > self.idle_ns {
-                    count.expired += 1;
-                    continue;
-                }
-                count.live += 1;
-                *count.per_vip.entry(k.vip).or_default() += 1;
-                *count.per_backend.entry(v.backend).or_default() += 1;
+                visit(k, v, now.saturating_sub(v.last_seen_ns) <= self.idle_ns);
             }
             if rc != 0 {
                 match err.raw_os_error() {
@@ -103,8 +124,33 @@ impl FlowCounter {
             token = next;
             first = false;
         }
-        count.at = Some(SystemTime::now());
-        count.took = started.elapsed();
-        Ok(count)
+        Ok(())
+    }
+}
+
+/// Inserts flow entries learnt from a peer, on a descriptor of its own; never replaces an
+/// entry this node holds (its own decision stands).
+pub struct FlowAdopter {
+    pub(super) flows: aya::maps::HashMap<aya::maps::MapData, FlowMapKey, FlowEntry>,
+}
+
+impl FlowAdopter {
+    /// Whether the entry was new (false: the flow was already known here).
+    pub fn insert_new(&mut self, key: &FlowMapKey, backend: u32) -> Result<bool> {
+        const BPF_NOEXIST: u64 = 1;
+        let entry = FlowEntry {
+            backend,
+            _pad: 0,
+            last_seen_ns: coarse_now_ns(),
+        };
+        match self.flows.insert(key, entry, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -941,6 +941,13 @@ impl Datapath {
         })
     }
 
+    /// A writer of flow entries learnt from peers, usable on another thread.
+    pub fn flow_adopter(&self) -> Result<flowcount::FlowAdopter> {
+        Ok(flowcount::FlowAdopter {
+            flows: Map::LruHashMap(MapData::from_fd(self.flows_fd.try_clone()?)?).try_into()?,
+        })
+    }
+
     pub fn flow_entries(&self, max: usize) -> Vec<(FlowMapKey, FlowEntry)> {
         self.flows
             .keys()

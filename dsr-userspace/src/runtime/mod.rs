@@ -2,7 +2,8 @@
 //! (`health`), neighbour resolution (`neighbour`), the one-daemon-per-instance lock
 //! (`instance`), what is saved across restarts (`persistence`), what dsr tells VRRP and
 //! routing daemons (`announce`) and what they tell it (`vrrp`), and the commands run at each
-//! change of a VIP's state (`notify`).
+//! change of a VIP's state (`notify`); the flow state exchanged with the other load
+//! balancers (`sync`).
 
 pub mod announce;
 pub mod health;
@@ -11,4 +12,5 @@ pub mod neighbour;
 pub mod notify;
 pub mod persistence;
 pub mod state;
+pub mod sync;
 pub mod vrrp;

@@ -10,7 +10,7 @@
 //!   `inhibit_on_failure` (keepalived's weight-0-on-failure). Drained backends keep theirs.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -105,6 +105,34 @@ impl Vip {
 
     pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
         self.backends.iter().find(|b| b.spec.address == address)
+    }
+}
+
+/// What the data-path ids stand for, published by the daemon whenever they change: for
+/// `dsr trace`'s records and the flow-state exchange (which never sends node-local ids).
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub vips: HashMap<u32, String>,
+    pub backends: HashMap<u32, IpAddr>,
+    pub vip_addrs: HashMap<u32, VipAddr>,
+    /// VIP address -> its id; (VIP id, backend address) -> the backend's id.
+    pub vip_ids: HashMap<VipAddr, u32>,
+    pub backend_ids: HashMap<(u32, IpAddr), u32>,
+}
+
+impl Names {
+    pub fn of(state: &State) -> Names {
+        let mut n = Names::default();
+        for v in &state.vips {
+            n.vips.insert(v.id, v.spec.name.clone());
+            n.vip_addrs.insert(v.id, v.spec.addr);
+            n.vip_ids.insert(v.spec.addr, v.id);
+            for b in &v.backends {
+                n.backends.insert(b.id, b.spec.address);
+                n.backend_ids.insert((v.id, b.spec.address), b.id);
+            }
+        }
+        n
     }
 }
 

@@ -123,6 +123,19 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// `[sync]`: flows sent to, and adopted from, the other load balancers (runtime::sync).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncSpec {
+    pub peers: Vec<std::net::SocketAddr>,
+    pub listen: std::net::SocketAddr,
+    /// The shared secret authenticating the datagrams (at least 16 bytes).
+    pub key_file: PathBuf,
+    pub interval: Duration,
+}
+
+/// The flow-state exchange's port unless the config says otherwise.
+pub const DEFAULT_SYNC_PORT: u16 = 7947;
+
 /// A notify hook is killed after this long unless the config says otherwise.
 pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -419,6 +432,8 @@ pub struct Model {
     pub flow_count_interval: Duration,
     /// A notify command still running after this long is killed.
     pub notify_timeout: Duration,
+    /// The flow-state exchange with the other load balancers (`None`: off).
+    pub sync: Option<SyncSpec>,
     pub control_socket: PathBuf,
     /// The group (its id) whose members may use the control socket besides root.
     pub control_group: Option<u32>,

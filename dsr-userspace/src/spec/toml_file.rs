@@ -79,6 +79,17 @@ struct RawConfig {
     vips: Vec<Spanned<RawVip>>,
     #[serde(default, rename = "announce")]
     announce: Vec<Spanned<RawAnnounce>>,
+    sync: Option<Spanned<RawSync>>,
+}
+
+/// `[sync]`: the flow-state exchange.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    peers: Spanned<Vec<std::net::SocketAddr>>,
+    listen: Option<std::net::SocketAddr>,
+    key_file: Spanned<PathBuf>,
+    interval: Option<Spanned<RawDuration>>,
 }
 
 /// `[[announce]]`: an announcement group.
@@ -309,6 +320,47 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             format!("notify_timeout {notify_timeout:?} must be 100ms to 1h"),
         ));
     }
+    let sync = match &raw.sync {
+        None => None,
+        Some(s) => {
+            let span = s.span();
+            let s = s.get_ref();
+            if s.peers.get_ref().is_empty() {
+                return Err(err(
+                    Some(s.peers.span()),
+                    "sync.peers is empty: name the other load balancers' ADDRESS:PORT".into(),
+                ));
+            }
+            if !s.key_file.get_ref().is_absolute() {
+                return Err(err(
+                    Some(s.key_file.span()),
+                    format!(
+                        "sync.key_file {:?} must be an absolute path",
+                        s.key_file.get_ref()
+                    ),
+                ));
+            }
+            let interval = match &s.interval {
+                None => Duration::from_secs(1),
+                Some(d) => duration(&errors, "sync.interval", d)?,
+            };
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&interval) {
+                return Err(err(
+                    s.interval.as_ref().map(|d| d.span()).or(Some(span)),
+                    format!("sync.interval {interval:?} must be 100ms to 60s"),
+                ));
+            }
+            Some(crate::spec::model::SyncSpec {
+                peers: s.peers.get_ref().clone(),
+                listen: s.listen.unwrap_or(std::net::SocketAddr::from((
+                    [0, 0, 0, 0],
+                    crate::spec::model::DEFAULT_SYNC_PORT,
+                ))),
+                key_file: s.key_file.get_ref().clone(),
+                interval,
+            })
+        }
+    };
     let mut vips = Vec::with_capacity(raw.vips.len());
     // Where each VIP, backend and field is written, to place validation errors.
     let mut spans: Vec<ItemSpans> = Vec::with_capacity(raw.vips.len());
@@ -605,6 +657,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         flow_idle_timeout,
         flow_count_interval,
         notify_timeout,
+        sync,
         vips,
     })
 }
@@ -1076,7 +1129,12 @@ pub fn accepted_keys() -> Vec<(&'static str, std::collections::BTreeSet<String>)
             .skip(1)
             .step_by(2)
             .map(str::to_owned)
-            .filter(|k| !matches!(k.as_str(), "vip" | "backend" | "check" | "announce"))
+            .filter(|k| {
+                !matches!(
+                    k.as_str(),
+                    "vip" | "backend" | "check" | "announce" | "sync"
+                )
+            })
             .collect()
     };
     let top = "interface = \"eth0\"\n";
@@ -1093,6 +1151,7 @@ pub fn accepted_keys() -> Vec<(&'static str, std::collections::BTreeSet<String>)
             "announce",
             accepted(&format!("{top}[[announce]]\nname = \"g\"\nvips = []\n")),
         ),
+        ("sync", accepted(&format!("{top}[sync]\n"))),
     ]
 }
 
@@ -1119,6 +1178,7 @@ mod docs {
                 Some("[vip.check]") | Some("[vip.backend.check]") => section = "check",
                 Some("[[vip.backend]]") => section = "backend",
                 Some("[[announce]]") => section = "announce",
+                Some("[sync]") => section = "sync",
                 _ => {}
             }
             let line = line.strip_prefix("# ").unwrap_or(line);

@@ -1,0 +1,450 @@
+//! Flow-state exchange between load balancers (`[sync]`): each node sends the flows its
+//! flow table holds to its peers, which adopt the ones they do not know. Both nodes place a
+//! new flow alike (same config, same hash), so without this only flows placed before a
+//! backend change are at risk on a failover: the survivor's table now says otherwise, and
+//! only the failed node's flow table knew where they went. With it, the survivor holds the
+//! same entry and the connection keeps its backend.
+//!
+//! What is sent is never a node-local id: the VIP's address, port, protocol and VLAN, the
+//! flow's fields as hashed, and the backend's address; the receiver maps them to its own
+//! ids (and drops what it does not serve). Datagrams are authenticated (HMAC-SHA256 with a
+//! shared key) and carry their sending time, so that old or forged ones are refused; a
+//! node's own are ignored. Bounded: at most `MAX_PER_ROUND` entries per interval, resent
+//! only when new, changed, or due for a refresh before the peer would let them idle out.
+//! A peer never overrides a flow this node already holds.
+//!
+//! The flow table is walked each interval (as the flow count does): flows younger than one
+//! interval are not yet on the peer when a node fails.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use dsr_common::{FlowKey, FlowMapKey, addr_words, words_addr};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::{net::UdpSocket, sync::watch};
+
+use crate::{
+    datapath::flowcount::{FlowAdopter, FlowCounter},
+    runtime::state::Names,
+    spec::model::{Protocol, SyncSpec, VipAddr},
+};
+
+const MAGIC: &[u8; 4] = b"DSR1";
+/// magic, sender id (u64), send time (Unix ms, u64), entry count (u16).
+const HEADER: usize = 4 + 8 + 8 + 2;
+const MAC_LEN: usize = 32;
+/// VIP address (16), port (2), protocol (1), VLAN (2); the frame's VLAN (2); flow src (16),
+/// dst (16), ports (4), protocol (1); backend address (16).
+const ENTRY: usize = 16 + 2 + 1 + 2 + 2 + 16 + 16 + 4 + 1 + 16;
+/// Entries per datagram (it stays under 1,400 bytes: no fragmentation on common paths).
+const PER_DATAGRAM: usize = (1400 - HEADER - MAC_LEN) / ENTRY;
+/// Entries sent per interval at most.
+const MAX_PER_ROUND: usize = 50_000;
+/// A datagram sent longer ago than this (by its own clock) is refused as a replay.
+const MAX_AGE: Duration = Duration::from_secs(30);
+
+/// One flow as it travels: nothing node-local.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireFlow {
+    pub vip: VipAddr,
+    pub vlan: u16,
+    pub flow: FlowKey,
+    pub backend: IpAddr,
+}
+
+/// What the exchange did, for status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub peers: Vec<SocketAddr>,
+    pub sent_flows: u64,
+    pub sent_datagrams: u64,
+    pub received_flows: u64,
+    /// Received flows entered into the flow table (the others were known here already, or
+    /// name a VIP or backend this node does not have).
+    pub adopted_flows: u64,
+    pub unknown_flows: u64,
+    /// Datagrams refused: bad length or MAC, too old, malformed.
+    pub refused_datagrams: u64,
+    pub last_received_unix_ms: Option<u64>,
+    /// The last error (sending, walking), if any.
+    pub last_error: Option<String>,
+}
+
+fn v6(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn ip(bytes: &[u8]) -> IpAddr {
+    let a = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes"));
+    a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+}
+
+fn words_bytes(w: &[u32; 4]) -> [u8; 16] {
+    v6(words_addr(w))
+}
+
+fn encode_entry(f: &WireFlow, out: &mut Vec<u8>) {
+    out.extend_from_slice(&v6(f.vip.address));
+    out.extend_from_slice(&f.vip.port.to_be_bytes());
+    out.push(f.vip.protocol.number());
+    out.extend_from_slice(&f.vip.vlan.to_be_bytes());
+    out.extend_from_slice(&f.vlan.to_be_bytes());
+    out.extend_from_slice(&words_bytes(&f.flow.src));
+    out.extend_from_slice(&words_bytes(&f.flow.dst));
+    // As the data path holds it (both ports, in packet order): copied, not interpreted.
+    out.extend_from_slice(&f.flow.ports.to_ne_bytes());
+    out.push(f.flow.proto as u8);
+    out.extend_from_slice(&v6(f.backend));
+}
+
+fn decode_entry(b: &[u8]) -> Option<WireFlow> {
+    let protocol = match b[18] {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        _ => return None,
+    };
+    let vip = VipAddr {
+        address: ip(&b[0..16]),
+        port: u16::from_be_bytes([b[16], b[17]]),
+        protocol,
+        vlan: u16::from_be_bytes([b[19], b[20]]),
+    };
+    let vlan = u16::from_be_bytes([b[21], b[22]]);
+    let flow = FlowKey {
+        src: addr_words(ip(&b[23..39])),
+        dst: addr_words(ip(&b[39..55])),
+        ports: u32::from_ne_bytes(b[55..59].try_into().ok()?),
+        proto: b[59] as u32,
+    };
+    Some(WireFlow {
+        vip,
+        vlan,
+        flow,
+        backend: ip(&b[60..76]),
+    })
+}
+
+/// Datagrams carrying `flows`, signed with `key`.
+pub fn encode(key: &[u8], sender: u64, sent_at: SystemTime, flows: &[WireFlow]) -> Vec<Vec<u8>> {
+    let ms = sent_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    flows
+        .chunks(PER_DATAGRAM)
+        .map(|chunk| {
+            let mut d = Vec::with_capacity(HEADER + chunk.len() * ENTRY + MAC_LEN);
+            d.extend_from_slice(MAGIC);
+            d.extend_from_slice(&sender.to_be_bytes());
+            d.extend_from_slice(&ms.to_be_bytes());
+            d.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            for f in chunk {
+                encode_entry(f, &mut d);
+            }
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+            mac.update(&d);
+            d.extend_from_slice(&mac.finalize().into_bytes());
+            d
+        })
+        .collect()
+}
+
+/// The sender and flows of a datagram, if it is whole, signed with `key` and recent.
+pub fn decode(
+    key: &[u8],
+    datagram: &[u8],
+    now: SystemTime,
+) -> Result<(u64, Vec<WireFlow>), String> {
+    if datagram.len() < HEADER + MAC_LEN || &datagram[..4] != MAGIC {
+        return Err("not a dsr sync datagram".into());
+    }
+    let (body, tag) = datagram.split_at(datagram.len() - MAC_LEN);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(body);
+    mac.verify_slice(tag)
+        .map_err(|_| "bad MAC (another key?)".to_string())?;
+    let sender = u64::from_be_bytes(body[4..12].try_into().expect("8 bytes"));
+    let sent = SystemTime::UNIX_EPOCH
+        + Duration::from_millis(u64::from_be_bytes(body[12..20].try_into().expect("8")));
+    let skew = now
+        .duration_since(sent)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or_default();
+    if skew > MAX_AGE {
+        return Err(format!(
+            "sent {skew:?} away from now (replayed, or clocks apart)"
+        ));
+    }
+    let count = u16::from_be_bytes([body[20], body[21]]) as usize;
+    if body.len() != HEADER + count * ENTRY {
+        return Err("length does not match its entry count".into());
+    }
+    let flows = body[HEADER..]
+        .chunks(ENTRY)
+        .filter_map(decode_entry)
+        .collect();
+    Ok((sender, flows))
+}
+
+/// Reads the shared key: at least 16 bytes (surrounding whitespace ignored).
+pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>> {
+    let key =
+        std::fs::read(path).with_context(|| format!("reading sync key {}", path.display()))?;
+    let key = key.trim_ascii().to_vec();
+    if key.len() < 16 {
+        bail!(
+            "sync key {} holds {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            path.display(),
+            key.len(),
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+/// Starts the exchange: a socket bound to `spec.listen`, a task that sends every
+/// `spec.interval` and one that receives. The returned status is kept up to date.
+pub async fn start(
+    spec: &SyncSpec,
+    key: Vec<u8>,
+    counter: FlowCounter,
+    adopter: FlowAdopter,
+    names: watch::Receiver<Arc<Names>>,
+    idle: Duration,
+) -> Result<Arc<Mutex<SyncStatus>>> {
+    let socket = Arc::new(
+        UdpSocket::bind(spec.listen)
+            .await
+            .with_context(|| format!("binding the sync socket {}", spec.listen))?,
+    );
+    let mut id = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+        .context("reading /dev/urandom")?;
+    let sender = u64::from_ne_bytes(id);
+    let status = Arc::new(Mutex::new(SyncStatus {
+        peers: spec.peers.clone(),
+        ..SyncStatus::default()
+    }));
+    let key = Arc::new(key);
+    tokio::spawn(send_loop(
+        socket.clone(),
+        key.clone(),
+        sender,
+        spec.peers.clone(),
+        spec.interval,
+        Arc::new(counter),
+        names.clone(),
+        status.clone(),
+        idle,
+    ));
+    tokio::spawn(receive_loop(
+        socket,
+        key,
+        sender,
+        adopter,
+        names,
+        status.clone(),
+    ));
+    Ok(status)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    socket: Arc<UdpSocket>,
+    key: Arc<Vec<u8>>,
+    sender: u64,
+    peers: Vec<SocketAddr>,
+    interval: Duration,
+    counter: Arc<FlowCounter>,
+    names: watch::Receiver<Arc<Names>>,
+    status: Arc<Mutex<SyncStatus>>,
+    idle: Duration,
+) {
+    // What each peer was last sent, per flow: sent again when its backend changes, or
+    // before the peer's copy would idle out.
+    let mut sent: HashMap<FlowMapKey, (u32, Instant)> = HashMap::new();
+    let refresh = (idle / 3).max(interval);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let c = counter.clone();
+        let entries = match tokio::task::spawn_blocking(move || c.live_entries()).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                status.lock().expect("not poisoned").last_error = Some(format!("{e:#}"));
+                continue;
+            }
+            Err(_) => return,
+        };
+        let names = names.borrow().clone();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        for (k, e) in entries {
+            seen.insert(k);
+            let due = sent
+                .get(&k)
+                .is_none_or(|&(b, at)| b != e.backend || now.duration_since(at) >= refresh);
+            if !due || out.len() >= MAX_PER_ROUND {
+                continue;
+            }
+            let (Some(vip), Some(backend)) =
+                (names.vip_addrs.get(&k.vip), names.backends.get(&e.backend))
+            else {
+                continue;
+            };
+            out.push(WireFlow {
+                vip: *vip,
+                vlan: k.vlan,
+                flow: k.flow,
+                backend: *backend,
+            });
+            sent.insert(k, (e.backend, now));
+        }
+        sent.retain(|k, _| seen.contains(k));
+        if out.is_empty() {
+            continue;
+        }
+        let datagrams = encode(&key, sender, SystemTime::now(), &out);
+        let mut error = None;
+        for peer in &peers {
+            for d in &datagrams {
+                if let Err(e) = socket.send_to(d, peer).await {
+                    error = Some(format!("sending to {peer}: {e}"));
+                }
+            }
+        }
+        let mut st = status.lock().expect("not poisoned");
+        st.sent_flows += out.len() as u64;
+        st.sent_datagrams += (datagrams.len() * peers.len()) as u64;
+        if error.is_some() {
+            st.last_error = error;
+        }
+    }
+}
+
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    key: Arc<Vec<u8>>,
+    sender: u64,
+    mut adopter: FlowAdopter,
+    names: watch::Receiver<Arc<Names>>,
+    status: Arc<Mutex<SyncStatus>>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (peer, flows) = match decode(&key, &buf[..n], SystemTime::now()) {
+            Ok(d) => d,
+            Err(e) => {
+                let mut st = status.lock().expect("not poisoned");
+                if st.refused_datagrams == 0 {
+                    log::warn!("sync: refused a datagram from {from}: {e}");
+                }
+                st.refused_datagrams += 1;
+                continue;
+            }
+        };
+        if peer == sender {
+            continue;
+        }
+        let names = names.borrow().clone();
+        let (mut adopted, mut unknown) = (0u64, 0u64);
+        for f in &flows {
+            let Some(&vip_id) = names.vip_ids.get(&f.vip) else {
+                unknown += 1;
+                continue;
+            };
+            let Some(&backend) = names.backend_ids.get(&(vip_id, f.backend)) else {
+                unknown += 1;
+                continue;
+            };
+            let key = FlowMapKey {
+                vip: vip_id,
+                vlan: f.vlan,
+                _pad: 0,
+                flow: f.flow,
+            };
+            if let Ok(true) = adopter.insert_new(&key, backend) {
+                adopted += 1;
+            }
+        }
+        let mut st = status.lock().expect("not poisoned");
+        st.received_flows += flows.len() as u64;
+        st.adopted_flows += adopted;
+        st.unknown_flows += unknown;
+        st.last_received_unix_ms = Some(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(sport: u16) -> WireFlow {
+        WireFlow {
+            vip: "192.0.2.10:80/tcp".parse().unwrap(),
+            vlan: 0,
+            flow: FlowKey::new(
+                "198.51.100.7".parse().unwrap(),
+                sport,
+                "192.0.2.10".parse().unwrap(),
+                80,
+                6,
+            ),
+            backend: "10.0.0.2".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn datagrams_round_trip_and_refuse_forgeries_and_replays() {
+        let key = b"0123456789abcdef0123";
+        let flows: Vec<WireFlow> = (0..50).map(|i| flow(40000 + i)).collect();
+        let now = SystemTime::now();
+        let ds = encode(key, 7, now, &flows);
+        assert_eq!(ds.len(), 50usize.div_ceil(PER_DATAGRAM));
+        assert!(ds.iter().all(|d| d.len() <= 1400));
+        let mut back = Vec::new();
+        for d in &ds {
+            let (sender, f) = decode(key, d, now).unwrap();
+            assert_eq!(sender, 7);
+            back.extend(f);
+        }
+        assert_eq!(back, flows);
+        // Another key, a flipped bit, a cut datagram, a replay a minute later.
+        assert!(
+            decode(b"another key of 16+", &ds[0], now)
+                .unwrap_err()
+                .contains("bad MAC")
+        );
+        let mut forged = ds[0].clone();
+        forged[30] ^= 1;
+        assert!(decode(key, &forged, now).unwrap_err().contains("bad MAC"));
+        assert!(decode(key, &ds[0][..40], now).is_err());
+        assert!(
+            decode(key, &ds[0], now + Duration::from_secs(60))
+                .unwrap_err()
+                .contains("replayed")
+        );
+    }
+}
