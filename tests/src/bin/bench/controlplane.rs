@@ -34,6 +34,8 @@ pub struct Size {
     pub single: usize,
     /// Timed reloads per backend count.
     pub reloads: usize,
+    /// Flows in the flow table for the walk and flow-state exchange costs.
+    pub flows: u32,
 }
 
 pub const FULL: Size = Size {
@@ -41,12 +43,14 @@ pub const FULL: Size = Size {
     pushes: 51,
     single: 3,
     reloads: 21,
+    flows: DEFAULT_FLOW_TABLE_SIZE,
 };
 pub const QUICK: Size = Size {
     builds: 5,
     pushes: 11,
     single: 1,
     reloads: 3,
+    flows: 65536,
 };
 
 const COUNTS: [u32; 3] = [10, 100, 1000];
@@ -119,6 +123,7 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
     .context("loading dsr")?;
     let memory = map_memory(&maps_before)?;
     let pushes = push_times(&mut dp, size.pushes, &mut report.failures)?;
+    let sync = sync_costs(&dp, size.flows)?;
     drop(dp);
     let (per_slot, per_chunk) = one_by_one_times(size.single)?;
     crate::dsr_process::ensure_binary()?;
@@ -202,6 +207,42 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
     ]);
     report.tables.push(t);
 
+    let mut t = Table::new(
+        format!(
+            "flow table walk and flow-state exchange ([sync]) for {} flows",
+            sync.flows
+        ),
+        &["what", "total", "per flow"],
+    );
+    t.row(vec![
+        "walk the flow table (BPF_MAP_LOOKUP_BATCH; the flow count and sync)".into(),
+        ms(sync.walk_ms),
+        format!("{:.0} ns", sync.walk_ms * 1e6 / sync.flows as f64),
+    ]);
+    t.row(vec![
+        "encode and sign (HMAC-SHA256) the datagrams".into(),
+        ms(sync.encode_ms),
+        format!("{:.0} ns", sync.encode_ms * 1e6 / sync.flows as f64),
+    ]);
+    t.row(vec![
+        "verify and decode them".into(),
+        ms(sync.decode_ms),
+        format!("{:.0} ns", sync.decode_ms * 1e6 / sync.flows as f64),
+    ]);
+    t.row(vec![
+        "bytes on the wire, per peer (UDP payload)".into(),
+        bytes(sync.bytes),
+        format!("{:.1} B", sync.bytes as f64 / sync.flows as f64),
+    ]);
+    report.tables.push(t);
+    report.notes.push(format!(
+        "[sync]: 1,000 new flows a second cost {:.0} kB/s per peer (UDP payload), plus a refresh \
+         of each live flow every flow_idle_timeout / 3, and a walk of the whole table per interval \
+         ({:.0} ns per entry here).",
+        sync.bytes as f64 / sync.flows as f64,
+        sync.walk_ms * 1e6 / sync.flows as f64
+    ));
+
     let build_1000 = builds[COUNTS.iter().position(|&n| n == 1000).expect("1000")];
     report.targets.push(Target::new(
         "maglev::build, 1000 backends",
@@ -217,6 +258,75 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
         worst_push < 5.0,
     ));
     Ok(report)
+}
+
+struct SyncCosts {
+    flows: u32,
+    walk_ms: f64,
+    encode_ms: f64,
+    decode_ms: f64,
+    bytes: u64,
+}
+
+/// Fills the flow table with `n` flows (as a peer's would arrive), then times one walk of it
+/// and the encoding and decoding of them all as sync datagrams.
+fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
+    use dsr::runtime::sync::{WireFlow, decode, encode};
+    let mut adopter = dp.flow_adopter()?;
+    let vip: dsr::spec::model::VipAddr = "192.0.2.10:80/tcp".parse().unwrap();
+    let flow = |i: u32| {
+        dsr_common::FlowKey::new(
+            Ipv4Addr::from(0xc633_0000 + (i >> 16)).into(),
+            i as u16,
+            vip.address,
+            80,
+            6,
+        )
+    };
+    for i in 0..n {
+        let key = dsr_common::FlowMapKey {
+            vip: 0,
+            vlan: 0,
+            _pad: 0,
+            flow: flow(i),
+        };
+        adopter.insert_new(&key, i % 16)?;
+    }
+    let counter = dp.flow_counter(std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS))?;
+    let (walk_ms, live) = timed(|| counter.live_entries());
+    let live = live?;
+    if live.len() != n as usize {
+        anyhow::bail!("walked {} of the {n} flows", live.len());
+    }
+    let wire: Vec<WireFlow> = live
+        .iter()
+        .map(|(k, e)| WireFlow {
+            vip,
+            vlan: k.vlan,
+            flow: k.flow,
+            backend: Ipv4Addr::new(10, 0, 0, 1 + e.backend as u8).into(),
+        })
+        .collect();
+    let key = b"bench sync key, 32 bytes or so..";
+    let now = std::time::SystemTime::now();
+    let (encode_ms, datagrams) = timed(|| encode(key, 1, now, &wire));
+    let bytes = datagrams.iter().map(|d| d.len() as u64).sum();
+    let (decode_ms, got) = timed(|| {
+        datagrams
+            .iter()
+            .map(|d| decode(key, d, now).map(|(_, f)| f.len()).unwrap_or(0))
+            .sum::<usize>()
+    });
+    if got != wire.len() {
+        anyhow::bail!("decoded {got} of {} flows", wire.len());
+    }
+    Ok(SyncCosts {
+        flows: n,
+        walk_ms,
+        encode_ms,
+        decode_ms,
+        bytes,
+    })
 }
 
 /// Median time of `maglev::build` per backend count.
