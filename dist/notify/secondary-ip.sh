@@ -46,4 +46,6 @@ esac
 #   --private-ip-address "$DSR_VIP_ADDRESS"  (after deleting it from the peer's NIC)
 # GCP: gcloud compute instances network-interfaces update MY_VM --zone ZONE
 #   --aliases "$DSR_VIP_ADDRESS/32"  (after removing the alias from the peer)
-# On premises without VRRP: ip addr replace, then `arping -U -c 2 -I "$dev" "$DSR_VIP_ADDRESS"`.
+# On premises without VRRP: ip addr replace, then `arping -U -c 2 -I "$dev" "$DSR_VIP_ADDRESS"`
+# (arping needs CAP_NET_RAW and AF_PACKET, which the packaged unit does not grant: add
+# them to its CapabilityBoundingSet/AmbientCapabilities and RestrictAddressFamilies).

@@ -722,10 +722,15 @@ fn real_main() -> Result<bool> {
                 return Ok(false);
             }
             let print = |e: &control::trace::TraceEvent| {
-                if json {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                use std::io::Write;
+                let line = if json {
+                    serde_json::to_string(e).unwrap_or_default()
                 } else {
-                    println!("{}", render::render_trace_event(e));
+                    render::render_trace_event(e)
+                };
+                // A reader that went away (`dsr trace | head`): the trace is over, quietly.
+                if writeln!(std::io::stdout(), "{line}").is_err() {
+                    std::process::exit(0);
                 }
             };
             let r = runtime()?

@@ -290,9 +290,10 @@ fn a_secondary_ip_moves_to_the_announced_node_and_connections_survive() {
 /// A pair behind a router (lb1 serves, its route set directly), with a fourth backend in the
 /// lab but not in the config, and `[sync]` on or off. Opens ten long-lived connections, of
 /// which exactly three are placed (by the shared hash) on a different backend once the
-/// fourth joins; adds it on both nodes; then fails lb1 (the route moves to lb2, as a cloud
-/// health check would move it; lb1 gets no traffic any more). Returns how many of the ten
-/// broke or changed backend.
+/// fourth joins; adds it on both nodes; keeps them talking through lb1 for longer than the
+/// flow idle timeout; then fails lb1 (the route moves to lb2, as a cloud health check would
+/// move it; lb1 gets no traffic any more). Returns how many of the ten broke or changed
+/// backend.
 fn backend_change_then_failover(tag: &str, sync: bool) -> usize {
     let mut lab = Lab::with(
         tag,
@@ -305,7 +306,12 @@ fn backend_change_then_failover(tag: &str, sync: bool) -> usize {
     );
     let fourth = lab.backends[3].ip.to_string();
     let block = format!("  [[vip.backend]]\n  address = \"{fourth}\"\n  weight = 1\n");
-    let mut config = lab.config().replace(&block, "");
+    // A short idle timeout, outlived before the failover: the peer's copies must be kept
+    // fresh while lb1 carries the flows.
+    let mut config = format!(
+        "flow_idle_timeout = \"3s\"\n{}",
+        lab.config().replace(&block, "")
+    );
     if sync {
         let key = lab.dir.join("sync.key");
         std::fs::write(&key, "lab sync key: 32 bytes or so....\n").unwrap();
@@ -361,14 +367,18 @@ fn backend_change_then_failover(tag: &str, sync: bool) -> usize {
     lab.assert_same_tables();
     // The connections still ask through lb1 (its flow table keeps them on their backends);
     // with sync, lb2 learns their entries meanwhile.
-    for (p, c, who) in conns.iter_mut() {
-        assert_eq!(
-            &c.ask().expect("an answer"),
-            who,
-            "port {p} before the failover"
-        );
+    // Longer than the idle timeout, the connections talking through lb1 all along.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for (p, c, who) in conns.iter_mut() {
+            assert_eq!(
+                &c.ask().expect("an answer"),
+                who,
+                "port {p} before the failover"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    std::thread::sleep(Duration::from_secs(1));
     if sync {
         let (ok, out) = lab.dsr2(&["status", "--json"]);
         assert!(ok, "{out}");

@@ -1565,13 +1565,19 @@ fn trace_records_each_decision_only_while_switched_on_and_as_filtered() {
 
     switch.set(Some(TraceFilter::default())).unwrap();
     let q = flows_on(&f, 2, 1)[0];
-    run(f.dp.program(), &flow(q), LO); // new flow: placed by the table
-    run(f.dp.program(), &flow(q), LO); // established: the flow table
+    // While tracing, dsr_trace returns the verdict in dsr's place: it must be dsr's, on
+    // the frame dsr rewrote.
+    for _ in 0..2 {
+        // New flow (placed by the table), then established (the flow table).
+        let (verdict, out) = run(f.dp.program(), &flow(q), LO);
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(out[..6], f.backends[2].mac, "rewritten for backend 2");
+    }
     let not_vip = v4(TCP, VIP4, 8080);
-    run(f.dp.program(), &not_vip, LO);
+    assert_eq!(run(f.dp.program(), &not_vip, LO), (XDP_PASS, not_vip.clone()));
     let mut other = flow(q);
     other[..6].copy_from_slice(&OTHER_MAC);
-    run(f.dp.program(), &other, LO);
+    assert_eq!(run(f.dp.program(), &other, LO), (XDP_PASS, other.clone()));
     let records = drain(&mut ring);
     assert_eq!(records.len(), 4, "{records:?}");
 

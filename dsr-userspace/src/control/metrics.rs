@@ -304,7 +304,7 @@ pub fn render(s: &Status) -> String {
                 ("adopted", sync.adopted_flows),
                 ("unknown", sync.unknown_flows),
             ]
-            .map(|(what, n)| (vec![("direction", what.to_owned())], n)),
+            .map(|(what, n)| (vec![("kind", what.to_owned())], n)),
         );
         m.counter(
             "dsr_sync_refused_datagrams",

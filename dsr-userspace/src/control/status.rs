@@ -315,6 +315,8 @@ pub struct Source<'a> {
     pub flow_capacity: u32,
     /// The notify hooks' runs (a running daemon's).
     pub hooks: Option<&'a HashMap<VipAddr, crate::runtime::notify::HookStatus>>,
+    /// The top-level `notify`, for VIPs without their own.
+    pub notify_default: Option<&'a str>,
     /// The flow-state exchange, if configured and running.
     pub sync: Option<crate::runtime::sync::SyncStatus>,
 }
@@ -434,13 +436,17 @@ pub fn build(src: Source<'_>) -> Status {
                 .and_then(|d| d.get(&vip.spec.addr))
                 .map(|d| format!("{d:016x}")),
             tracked_flows: tracked(|c| &c.per_vip, vip.id),
-            notify: vip.spec.notify.as_ref().map(|command| {
+            notify: crate::runtime::notify::command_of(
+                vip.spec.notify.as_deref(),
+                src.notify_default,
+            )
+            .map(|command| {
                 let mut hook = src
                     .hooks
                     .and_then(|h| h.get(&vip.spec.addr))
                     .cloned()
                     .unwrap_or_default();
-                hook.command = command.clone();
+                hook.command = command.to_owned();
                 hook
             }),
             traffic: rates.traffic(true, vip.id, totals(true, vip.id)),

@@ -46,6 +46,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_SESSIONS: usize = 8;
 /// Records held for a slow session before it loses some (counted and reported).
 const FANOUT: usize = 4096;
+/// Records read from the ring per wake-up of the reader.
+const READ_BATCH: usize = 1024;
 
 /// What a `dsr trace` asks for: frames of one VIP and/or one client, at most `count` of them,
 /// for at most `duration_ms`.
@@ -235,6 +237,8 @@ pub fn decode(r: &TraceRecord, names: &Names, realtime_offset: i128) -> TraceEve
 type Traced = Arc<(TraceRecord, TraceEvent)>;
 
 struct Inner {
+    /// Set when the daemon stops: sessions end with their summary.
+    stopping: watch::Sender<bool>,
     switch: Mutex<TraceSwitch>,
     sessions: Mutex<BTreeMap<u64, TraceFilter>>,
     next_id: AtomicU64,
@@ -258,6 +262,7 @@ impl Tracer {
         switch.set(None)?;
         let (frames, _) = broadcast::channel(FANOUT);
         let inner = Arc::new(Inner {
+            stopping: watch::Sender::new(false),
             switch: Mutex::new(switch),
             sessions: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
@@ -269,6 +274,11 @@ impl Tracer {
             .map_err(|e| anyhow::anyhow!("polling the TRACE ring: {e}"))?;
         tokio::spawn(read_ring(ring, frames, names));
         Ok(Tracer { inner })
+    }
+
+    /// Ends every session (with its summary): the daemon is stopping.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// A new session for `grant`'s frames; tracing stays on while it lives.
@@ -298,6 +308,7 @@ impl Tracer {
             id,
             filter,
             frames,
+            stopping: self.inner.stopping.subscribe(),
             inner: self.inner.clone(),
         })
     }
@@ -325,6 +336,7 @@ pub struct Session {
     id: u64,
     filter: TraceFilter,
     frames: broadcast::Receiver<Traced>,
+    stopping: watch::Receiver<bool>,
     inner: Arc<Inner>,
 }
 
@@ -340,7 +352,14 @@ pub enum Next {
 impl Session {
     pub async fn next(&mut self) -> Next {
         loop {
-            match self.frames.recv().await {
+            if *self.stopping.borrow() {
+                return Next::Closed;
+            }
+            let frame = tokio::select! {
+                frame = self.frames.recv() => frame,
+                _ = self.stopping.changed() => return Next::Closed,
+            };
+            match frame {
                 Ok(traced) if self.filter.admits(&traced.0) => {
                     return Next::Frame(Box::new(traced.1.clone()));
                 }
@@ -378,7 +397,11 @@ async fn read_ring(
         };
         let offset = realtime_offset_ns();
         let names = names.borrow().clone();
-        loop {
+        // A bounded batch per wake-up, then the worker is given back: a busy ring must not
+        // keep other tasks (checks, sessions) from running.
+        let mut more = false;
+        for _ in 0..READ_BATCH {
+            more = true;
             match ready.get_inner_mut().read() {
                 Ok(Some(record)) => {
                     if frames.receiver_count() > 0 {
@@ -386,14 +409,24 @@ async fn read_ring(
                         let _ = frames.send(Arc::new((record, event)));
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    more = false;
+                    break;
+                }
                 Err(e) => {
                     log::warn!("trace: {e:#}");
+                    more = false;
                     break;
                 }
             }
         }
-        ready.clear_ready();
+        if more {
+            // Still readable: no clear, just a turn for the others.
+            drop(ready);
+            tokio::task::yield_now().await;
+        } else {
+            ready.clear_ready();
+        }
     }
 }
 

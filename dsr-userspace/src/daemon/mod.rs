@@ -99,7 +99,8 @@ impl Daemon {
             .await
             .map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
         // Before any map, pin or program: a start refused here changes nothing.
-        let journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
+        let mut journal = read_saved(&config).map(|s| s.journal).unwrap_or_default();
+        journal::upgrade(&mut journal);
         let (vips, _) = journal::replay(&config.vips, &journal, limits(&config));
         let uses_vlan = vips.iter().any(|v| v.addr.vlan != 0);
         crate::datapath::offload::check_start(&config.interface, uses_vlan, config.vlan_tags)?;
@@ -205,6 +206,10 @@ impl Daemon {
         };
         // Freed ids wait out the idle timeout in force now (a restart may change it).
         state.set_quarantine(config.flow_idle_timeout);
+        let mut journal = journal;
+        for note in journal::upgrade(&mut journal) {
+            log::warn!("{note}");
+        }
         let (vips, skipped) = journal::replay(&config.vips, &journal, limits(&config));
         for s in skipped {
             log::warn!("{s}; dropped from the journal");
@@ -293,7 +298,7 @@ impl Daemon {
                     spec,
                     key,
                     self.datapath.flow_counter(self.config.flow_idle_timeout)?,
-                    self.datapath.flow_adopter()?,
+                    self.datapath.flow_adopter(self.config.flow_idle_timeout)?,
                     self.trace_names.subscribe(),
                     self.config.flow_idle_timeout,
                 )
@@ -321,7 +326,7 @@ impl Daemon {
             &self.config.control_socket,
             self.config.control_group,
             calls_tx,
-            tracer,
+            tracer.clone(),
         )
         .await?;
         // Where `--instance NAME` finds this daemon (kept after exit: it also says where
@@ -368,6 +373,11 @@ impl Daemon {
             }
         };
         server.abort();
+        if let Some(t) = &tracer {
+            // Running traces end with their summary, not a cut connection.
+            t.stop();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if let Some(m) = metrics {
             m.abort();
         }
@@ -378,8 +388,9 @@ impl Daemon {
             // Withdrawn at once, and the WITHDRAWN hooks given their time to run (a cloud
             // VIP is released before the daemon goes).
             self.announce(true);
+            // A runner may be busy with an earlier event: two runs' time.
             self.notifier
-                .settle(self.config.notify_timeout + Duration::from_secs(1))
+                .settle(self.config.notify_timeout * 2 + Duration::from_secs(1))
                 .await;
         }
         if clean || stop_reply.is_some() {
@@ -490,6 +501,7 @@ impl Daemon {
                 use crate::runtime::notify::State;
                 events.extend(notify_event(
                     vip,
+                    self.config.notify.as_deref(),
                     if now {
                         State::Announced
                     } else {
@@ -615,6 +627,7 @@ impl Daemon {
                 use crate::runtime::notify::State;
                 events.extend(notify_event(
                     vip,
+                    self.config.notify.as_deref(),
                     if serving.is_some() {
                         State::Usable
                     } else {
@@ -1144,6 +1157,7 @@ impl Daemon {
             flow_count: self.flow_count.borrow().clone(),
             flow_capacity: self.config.flow_table_size,
             hooks: Some(&hooks),
+            notify_default: self.config.notify.as_deref(),
             sync: self
                 .sync
                 .as_ref()
@@ -1229,12 +1243,14 @@ impl Daemon {
 /// The event for a VIP's notify hook, if it has one.
 fn notify_event(
     vip: &crate::runtime::state::Vip,
+    default: Option<&str>,
     state: crate::runtime::notify::State,
 ) -> Option<crate::runtime::notify::Event> {
     Some(crate::runtime::notify::Event {
         vip: vip.spec.name.clone(),
         addr: vip.spec.addr,
-        command: vip.spec.notify.clone()?,
+        command: crate::runtime::notify::command_of(vip.spec.notify.as_deref(), default)?
+            .to_owned(),
         state,
         usable_backends: crate::runtime::announce::usable(vip) as usize,
         at: SystemTime::now(),
@@ -1302,7 +1318,11 @@ pub async fn check_host(config: &Model) -> Result<(), String> {
         .link(&config.interface)
         .await
         .map_err(|e| format!("{e:#} (interface = {:?})", config.interface))?;
-    check_interfaces(&netlink, &config.vips).await
+    check_interfaces(&netlink, &config.vips).await?;
+    if let Some(s) = &config.sync {
+        crate::runtime::sync::read_key(&s.key_file).map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
 }
 
 /// Every interface a backend is configured behind must exist (a typo would otherwise send
@@ -1376,6 +1396,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         flow_count: None,
         flow_capacity: model.flow_table_size,
         hooks: None,
+        notify_default: model.notify.as_deref(),
         sync: None,
     }))
 }

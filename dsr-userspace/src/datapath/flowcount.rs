@@ -128,27 +128,51 @@ impl FlowCounter {
     }
 }
 
-/// Inserts flow entries learnt from a peer, on a descriptor of its own; never replaces an
-/// entry this node holds (its own decision stands).
+/// Enters flow entries learnt from a peer, on a descriptor of its own.
 pub struct FlowAdopter {
     pub(super) flows: aya::maps::HashMap<aya::maps::MapData, FlowMapKey, FlowEntry>,
+    pub(super) idle_ns: u64,
+}
+
+/// What [`FlowAdopter::adopt`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// A new entry (or one that had idled out here).
+    New,
+    /// The same flow on the same backend: refreshed, so that it does not idle out here
+    /// while the peer carries it.
+    Refreshed,
+    /// This node holds the flow, live, on another backend: its own decision stands.
+    Kept,
 }
 
 impl FlowAdopter {
-    /// Whether the entry was new (false: the flow was already known here).
-    pub fn insert_new(&mut self, key: &FlowMapKey, backend: u32) -> Result<bool> {
+    /// Enters `key` -> `backend`, now.
+    pub fn adopt(&mut self, key: &FlowMapKey, backend: u32) -> Result<Adopted> {
+        const BPF_ANY: u64 = 0;
         const BPF_NOEXIST: u64 = 1;
+        let now = coarse_now_ns();
         let entry = FlowEntry {
             backend,
             _pad: 0,
-            last_seen_ns: coarse_now_ns(),
+            last_seen_ns: now,
         };
-        match self.flows.insert(key, entry, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
+        let (flags, outcome) = match self.flows.get(key, 0) {
+            Err(aya::maps::MapError::KeyNotFound) => (BPF_NOEXIST, Adopted::New),
+            Err(e) => return Err(e.into()),
+            Ok(held) if held.backend == backend => (BPF_ANY, Adopted::Refreshed),
+            Ok(held) if now.saturating_sub(held.last_seen_ns) > self.idle_ns => {
+                (BPF_ANY, Adopted::New)
+            }
+            Ok(_) => return Ok(Adopted::Kept),
+        };
+        match self.flows.insert(key, entry, flags) {
+            Ok(()) => Ok(outcome),
+            // The data path entered the flow meanwhile: its decision stands.
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
             {
-                Ok(false)
+                Ok(Adopted::Kept)
             }
             Err(e) => Err(e.into()),
         }

@@ -941,13 +941,16 @@ impl Datapath {
         })
     }
 
-    /// A writer of flow entries learnt from peers, usable on another thread.
-    pub fn flow_adopter(&self) -> Result<flowcount::FlowAdopter> {
+    /// A writer of flow entries learnt from peers, usable on another thread; entries idle
+    /// longer than `idle` may be replaced.
+    pub fn flow_adopter(&self, idle: Duration) -> Result<flowcount::FlowAdopter> {
         Ok(flowcount::FlowAdopter {
             flows: Map::LruHashMap(MapData::from_fd(self.flows_fd.try_clone()?)?).try_into()?,
+            idle_ns: idle.as_nanos().min(u64::MAX as u128) as u64,
         })
     }
 
+    /// Up to `max` entries of the flow table, as the kernel holds them (`dsr flows`).
     pub fn flow_entries(&self, max: usize) -> Vec<(FlowMapKey, FlowEntry)> {
         self.flows
             .keys()

@@ -9,16 +9,21 @@
 //! health checks, map writes and the control socket never wait for a script.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{io::AsyncReadExt, process::Command, sync::mpsc};
+use tokio::{io::AsyncReadExt, process::Command, sync::Notify};
 
 use crate::spec::model::VipAddr;
+
+/// The command a VIP's hook runs: its own, else the top-level one; `""` is none.
+pub fn command_of<'a>(own: Option<&'a str>, default: Option<&'a str>) -> Option<&'a str> {
+    own.or(default).filter(|c| !c.is_empty())
+}
 
 /// Events queued for one VIP at most (a flapping VIP beyond this loses events, counted).
 const QUEUE: usize = 64;
@@ -83,16 +88,23 @@ pub struct HookStatus {
     pub last: Option<LastRun>,
 }
 
+/// One VIP's waiting events, and the wake-up of its runner.
+#[derive(Default)]
 struct Queue {
-    events: mpsc::Sender<Event>,
+    events: Mutex<VecDeque<Event>>,
+    wake: Notify,
+    /// The VIP is gone: the runner ends once the queue is empty.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The hooks of every VIP: one queue and one runner task per VIP.
 pub struct Notifier {
     instance: String,
     timeout: Duration,
-    queues: HashMap<VipAddr, Queue>,
+    queues: HashMap<VipAddr, Arc<Queue>>,
     status: Arc<Mutex<HashMap<VipAddr, HookStatus>>>,
+    /// The last state of each kind sent per VIP, to tell a departing VIP's hook.
+    last: HashMap<VipAddr, (Option<Event>, Option<Event>)>,
 }
 
 impl Notifier {
@@ -102,40 +114,79 @@ impl Notifier {
             timeout,
             queues: HashMap::new(),
             status: Arc::default(),
+            last: HashMap::new(),
         }
     }
 
-    /// Queues `event` for its VIP's runner (started on first use). Never waits.
+    /// Queues `event` for its VIP's runner (started on first use). Never waits. A full
+    /// queue drops its oldest event, never the newest: the hook always ends on the VIP's
+    /// current state.
     pub fn send(&mut self, event: Event) {
         let addr = event.addr;
+        let slot = self.last.entry(addr).or_default();
+        match event.state {
+            State::Usable | State::Unusable => slot.0 = Some(event.clone()),
+            State::Announced | State::Withdrawn => slot.1 = Some(event.clone()),
+        }
         let queue = self.queues.entry(addr).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let q = Arc::new(Queue::default());
             tokio::spawn(runner(
-                rx,
+                q.clone(),
                 self.status.clone(),
                 self.instance.clone(),
                 self.timeout,
             ));
-            Queue { events: tx }
+            q
         });
         let mut status = self.status.lock().expect("not poisoned");
         let entry = status.entry(addr).or_default();
         entry.command = event.command.clone();
-        let (vip, state) = (event.vip.clone(), event.state);
-        match queue.events.try_send(event) {
-            Ok(()) => entry.pending += 1,
-            Err(_) => {
-                entry.dropped += 1;
-                log::warn!(
-                    "VIP {vip}: notify {} dropped: {QUEUE} runs are already waiting",
-                    state.name()
-                );
-            }
+        let mut events = queue.events.lock().expect("not poisoned");
+        if events.len() >= QUEUE {
+            let old = events.pop_front().expect("a full queue");
+            entry.dropped += 1;
+            entry.pending -= 1;
+            log::warn!(
+                "VIP {}: notify {} dropped (superseded): {QUEUE} runs are already waiting",
+                old.vip,
+                old.state.name()
+            );
         }
+        events.push_back(event);
+        entry.pending += 1;
+        drop(events);
+        queue.wake.notify_one();
     }
 
-    /// Forgets the hooks of VIPs that are gone (a runner ends once its queue is done).
+    /// Forgets the hooks of VIPs that are gone, after telling each one's hook that it is
+    /// WITHDRAWN and UNUSABLE here, if it last said otherwise (a cloud VIP must not stay
+    /// pointed at a node that no longer serves it). A runner ends once its queue is done.
     pub fn retain(&mut self, keep: impl Fn(&VipAddr) -> bool) {
+        let gone: Vec<VipAddr> = self.last.keys().filter(|a| !keep(a)).copied().collect();
+        for addr in gone {
+            let (usable, announced) = self.last.remove(&addr).unwrap_or_default();
+            let farewell = [
+                announced
+                    .filter(|e| e.state == State::Announced)
+                    .map(|e| (e, State::Withdrawn)),
+                usable
+                    .filter(|e| e.state == State::Usable)
+                    .map(|e| (e, State::Unusable)),
+            ];
+            for (e, state) in farewell.into_iter().flatten() {
+                self.send(Event {
+                    state,
+                    usable_backends: 0,
+                    at: SystemTime::now(),
+                    ..e
+                });
+            }
+            self.last.remove(&addr);
+            if let Some(q) = self.queues.remove(&addr) {
+                q.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+                q.wake.notify_one();
+            }
+        }
         self.queues.retain(|a, _| keep(a));
         self.status
             .lock()
@@ -169,12 +220,20 @@ impl Notifier {
 }
 
 async fn runner(
-    mut events: mpsc::Receiver<Event>,
+    queue: Arc<Queue>,
     status: Arc<Mutex<HashMap<VipAddr, HookStatus>>>,
     instance: String,
     timeout: Duration,
 ) {
-    while let Some(event) = events.recv().await {
+    loop {
+        let next = queue.events.lock().expect("not poisoned").pop_front();
+        let Some(event) = next else {
+            if queue.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            queue.wake.notified().await;
+            continue;
+        };
         let last = run(&event, &instance, timeout).await;
         let mut status = status.lock().expect("not poisoned");
         let entry = status.entry(event.addr).or_default();
@@ -187,7 +246,7 @@ async fn runner(
 
 /// Reads a pipe to its end, keeping the first MAX_OUTPUT bytes (a chatty command must not
 /// block on a full pipe).
-async fn read_bounded(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+async fn read_bounded(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 1024];
     while let Ok(n) = r.read(&mut buf).await {
@@ -259,17 +318,38 @@ async fn run(event: &Event, instance: &str, timeout: Duration) -> LastRun {
             return last;
         }
     };
-    let pgid = child.id();
-    // Both pipes read to the end (bounded), with the exit, under the one timeout.
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
+    // Kills the command's process group if the run is abandoned before it ended (the
+    // timeout, or the daemon going away mid-run).
+    struct Group(Option<u32>);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            if let Some(pgid) = self.0 {
+                // SAFETY: a signal to the process group the command leads.
+                unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+            }
+        }
+    }
+    let mut group = Group(child.id());
+    // The pipes are read beside the wait; once the command exits, what it left running
+    // (holding them open) gets a moment, then no more.
+    let out = tokio::spawn(read_bounded(child.stdout.take().expect("piped")));
+    let err = tokio::spawn(read_bounded(child.stderr.take().expect("piped")));
     let collect = async {
-        let (a, b) = tokio::join!(read_bounded(&mut out), read_bounded(&mut err));
         let status = child.wait().await;
-        (a, b, status)
+        let grace = Duration::from_millis(200);
+        let a = tokio::time::timeout(grace, out)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let b = tokio::time::timeout(grace, err)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        (a.unwrap_or_default(), b.unwrap_or_default(), status)
     };
     let last = match tokio::time::timeout(timeout, collect).await {
         Ok((a, b, status)) => {
+            group.0 = None;
             for line in String::from_utf8_lossy(&a)
                 .lines()
                 .chain(String::from_utf8_lossy(&b).lines())
@@ -288,10 +368,7 @@ async fn run(event: &Event, instance: &str, timeout: Duration) -> LastRun {
             }
         }
         Err(_) => {
-            if let Some(pgid) = pgid {
-                // SAFETY: a signal to the process group the command leads.
-                unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
-            }
+            drop(group);
             done(None, format!("killed after {timeout:?} (timeout)"))
         }
     };
@@ -381,6 +458,50 @@ mod tests {
                 .unwrap_or_default()
                 .contains(") Z ");
         assert!(!alive, "the hung command's child survived the timeout");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_and_a_departed_vip_is_told() {
+        let dir = std::env::temp_dir().join(format!("dsr-notify2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let _ = std::fs::remove_file(&log);
+        let mut n = Notifier::new("lb1", Duration::from_secs(5));
+        // A shell function takes the arguments dsr appends (VIP NAME STATE).
+        let record = format!("f() {{ sleep 0.01; echo \"$3\" >> {}; }}; f", log.display());
+        // 71 alternating events, the last WITHDRAWN: the hook must end on WITHDRAWN.
+        for i in 0..71 {
+            n.send(event(
+                &record,
+                if i % 2 == 0 {
+                    State::Withdrawn
+                } else {
+                    State::Announced
+                },
+            ));
+        }
+        n.settle(Duration::from_secs(10)).await;
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(lines.lines().last(), Some("WITHDRAWN"), "{lines}");
+        let addr = "192.0.2.10:80/tcp".parse().unwrap();
+        assert!(n.status()[&addr].dropped > 0);
+
+        // Announced and usable, then the VIP goes: its hook hears WITHDRAWN and UNUSABLE.
+        let _ = std::fs::remove_file(&log);
+        n.send(event(&record, State::Usable));
+        n.send(event(&record, State::Announced));
+        n.retain(|_| false);
+        n.settle(Duration::from_secs(5)).await;
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(lines, "USABLE\nANNOUNCED\nWITHDRAWN\nUNUSABLE\n");
+
+        // A hook that exits 0 leaving a child that holds its output: a success.
+        let mut n = Notifier::new("lb1", Duration::from_secs(3));
+        n.send(event("sleep 20 & echo started", State::Usable));
+        n.settle(Duration::from_secs(5)).await;
+        let last = n.status()[&addr].last.clone().unwrap();
+        assert!(last.ok, "{last:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

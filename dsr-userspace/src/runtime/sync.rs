@@ -37,8 +37,9 @@ use crate::{
 };
 
 const MAGIC: &[u8; 4] = b"DSR1";
-/// magic, sender id (u64), send time (Unix ms, u64), entry count (u16).
-const HEADER: usize = 4 + 8 + 8 + 2;
+/// magic, sender id (u64), sequence number (u64), send time (Unix ms, u64), entry count
+/// (u16).
+const HEADER: usize = 4 + 8 + 8 + 8 + 2;
 const MAC_LEN: usize = 32;
 /// VIP address (16), port (2), protocol (1), VLAN (2); the frame's VLAN (2); flow src (16),
 /// dst (16), ports (4), protocol (1); backend address (16).
@@ -66,9 +67,13 @@ pub struct SyncStatus {
     pub sent_flows: u64,
     pub sent_datagrams: u64,
     pub received_flows: u64,
-    /// Received flows entered into the flow table (the others were known here already, or
-    /// name a VIP or backend this node does not have).
+    /// Received flows entered into the flow table (new here, or idle here), ...
     pub adopted_flows: u64,
+    /// ... refreshed (the same flow on the same backend: kept from idling out here), and
+    /// the rest were held here live on another backend (this node's decision stands) or
+    /// name a VIP or backend this node does not have (`unknown_flows`).
+    #[serde(default)]
+    pub refreshed_flows: u64,
     pub unknown_flows: u64,
     /// Datagrams refused: bad length or MAC, too old, malformed.
     pub refused_datagrams: u64,
@@ -134,8 +139,14 @@ fn decode_entry(b: &[u8]) -> Option<WireFlow> {
     })
 }
 
-/// Datagrams carrying `flows`, signed with `key`.
-pub fn encode(key: &[u8], sender: u64, sent_at: SystemTime, flows: &[WireFlow]) -> Vec<Vec<u8>> {
+/// Datagrams carrying `flows`, signed with `key`, numbered from `*seq` on (advanced).
+pub fn encode(
+    key: &[u8],
+    sender: u64,
+    seq: &mut u64,
+    sent_at: SystemTime,
+    flows: &[WireFlow],
+) -> Vec<Vec<u8>> {
     let ms = sent_at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -143,9 +154,11 @@ pub fn encode(key: &[u8], sender: u64, sent_at: SystemTime, flows: &[WireFlow]) 
     flows
         .chunks(PER_DATAGRAM)
         .map(|chunk| {
+            *seq += 1;
             let mut d = Vec::with_capacity(HEADER + chunk.len() * ENTRY + MAC_LEN);
             d.extend_from_slice(MAGIC);
             d.extend_from_slice(&sender.to_be_bytes());
+            d.extend_from_slice(&seq.to_be_bytes());
             d.extend_from_slice(&ms.to_be_bytes());
             d.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
             for f in chunk {
@@ -159,12 +172,17 @@ pub fn encode(key: &[u8], sender: u64, sent_at: SystemTime, flows: &[WireFlow]) 
         .collect()
 }
 
-/// The sender and flows of a datagram, if it is whole, signed with `key` and recent.
-pub fn decode(
-    key: &[u8],
-    datagram: &[u8],
-    now: SystemTime,
-) -> Result<(u64, Vec<WireFlow>), String> {
+/// A datagram as received: who sent it, its number, its flows.
+#[derive(Debug)]
+pub struct Received {
+    pub sender: u64,
+    pub seq: u64,
+    pub flows: Vec<WireFlow>,
+}
+
+/// The sender, number and flows of a datagram, if it is whole, signed with `key` and
+/// recent (a replay within the window is caught by [`Replays`]).
+pub fn decode(key: &[u8], datagram: &[u8], now: SystemTime) -> Result<Received, String> {
     if datagram.len() < HEADER + MAC_LEN || &datagram[..4] != MAGIC {
         return Err("not a dsr sync datagram".into());
     }
@@ -174,8 +192,9 @@ pub fn decode(
     mac.verify_slice(tag)
         .map_err(|_| "bad MAC (another key?)".to_string())?;
     let sender = u64::from_be_bytes(body[4..12].try_into().expect("8 bytes"));
+    let seq = u64::from_be_bytes(body[12..20].try_into().expect("8 bytes"));
     let sent = SystemTime::UNIX_EPOCH
-        + Duration::from_millis(u64::from_be_bytes(body[12..20].try_into().expect("8")));
+        + Duration::from_millis(u64::from_be_bytes(body[20..28].try_into().expect("8")));
     let skew = now
         .duration_since(sent)
         .or_else(|e| Ok::<_, ()>(e.duration()))
@@ -185,7 +204,7 @@ pub fn decode(
             "sent {skew:?} away from now (replayed, or clocks apart)"
         ));
     }
-    let count = u16::from_be_bytes([body[20], body[21]]) as usize;
+    let count = u16::from_be_bytes([body[28], body[29]]) as usize;
     if body.len() != HEADER + count * ENTRY {
         return Err("length does not match its entry count".into());
     }
@@ -193,7 +212,33 @@ pub fn decode(
         .chunks(ENTRY)
         .filter_map(decode_entry)
         .collect();
-    Ok((sender, flows))
+    Ok(Received { sender, seq, flows })
+}
+
+/// Which datagram numbers each sender has used: the highest, and which of the 64 below it
+/// (datagrams of one round may arrive out of order), so a replay is refused.
+#[derive(Default)]
+pub struct Replays {
+    seen: HashMap<u64, (u64, u64)>,
+}
+
+impl Replays {
+    /// Whether `seq` from `sender` is new (and now seen).
+    pub fn fresh(&mut self, sender: u64, seq: u64) -> bool {
+        let (top, mask) = self.seen.entry(sender).or_insert((0, 0));
+        if seq > *top {
+            let shift = seq - *top;
+            *mask = if shift >= 64 { 0 } else { *mask << shift } | 1;
+            *top = seq;
+            return true;
+        }
+        let back = *top - seq;
+        if back >= 64 || *mask & (1 << back) != 0 {
+            return false;
+        }
+        *mask |= 1 << back;
+        true
+    }
 }
 
 /// Reads the shared key: at least 16 bytes (surrounding whitespace ignored).
@@ -248,10 +293,12 @@ pub async fn start(
         status.clone(),
         idle,
     ));
+    let peer_ips = spec.peers.iter().map(|p| p.ip()).collect();
     tokio::spawn(receive_loop(
         socket,
         key,
         sender,
+        peer_ips,
         adopter,
         names,
         status.clone(),
@@ -274,6 +321,7 @@ async fn send_loop(
     // What each peer was last sent, per flow: sent again when its backend changes, or
     // before the peer's copy would idle out.
     let mut sent: HashMap<FlowMapKey, (u32, Instant)> = HashMap::new();
+    let mut seq = 0u64;
     let refresh = (idle / 3).max(interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -317,7 +365,7 @@ async fn send_loop(
         if out.is_empty() {
             continue;
         }
-        let datagrams = encode(&key, sender, SystemTime::now(), &out);
+        let datagrams = encode(&key, sender, &mut seq, SystemTime::now(), &out);
         let mut error = None;
         for peer in &peers {
             for d in &datagrams {
@@ -339,17 +387,42 @@ async fn receive_loop(
     socket: Arc<UdpSocket>,
     key: Arc<Vec<u8>>,
     sender: u64,
+    peers: Vec<IpAddr>,
     mut adopter: FlowAdopter,
     names: watch::Receiver<Arc<Names>>,
     status: Arc<Mutex<SyncStatus>>,
 ) {
     let mut buf = vec![0u8; 65536];
+    let mut replays = Replays::default();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (peer, flows) = match decode(&key, &buf[..n], SystemTime::now()) {
+        // Only the configured peers (by address; IPv4 may arrive mapped on a v6 socket).
+        let from_ip = match from.ip() {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            a => a,
+        };
+        let decoded = if peers.contains(&from_ip) {
+            decode(&key, &buf[..n], SystemTime::now()).and_then(|r| {
+                if r.sender == sender || replays.fresh(r.sender, r.seq) {
+                    Ok(r)
+                } else {
+                    Err(format!(
+                        "datagram {} of this sender was seen before (a replay)",
+                        r.seq
+                    ))
+                }
+            })
+        } else {
+            Err("not from a configured peer".to_string())
+        };
+        let Received {
+            sender: peer,
+            flows,
+            ..
+        } = match decoded {
             Ok(d) => d,
             Err(e) => {
                 let mut st = status.lock().expect("not poisoned");
@@ -364,7 +437,7 @@ async fn receive_loop(
             continue;
         }
         let names = names.borrow().clone();
-        let (mut adopted, mut unknown) = (0u64, 0u64);
+        let (mut adopted, mut refreshed, mut unknown) = (0u64, 0u64, 0u64);
         for f in &flows {
             let Some(&vip_id) = names.vip_ids.get(&f.vip) else {
                 unknown += 1;
@@ -380,13 +453,17 @@ async fn receive_loop(
                 _pad: 0,
                 flow: f.flow,
             };
-            if let Ok(true) = adopter.insert_new(&key, backend) {
-                adopted += 1;
+            match adopter.adopt(&key, backend) {
+                Ok(crate::datapath::flowcount::Adopted::New) => adopted += 1,
+                Ok(crate::datapath::flowcount::Adopted::Refreshed) => refreshed += 1,
+                Ok(crate::datapath::flowcount::Adopted::Kept) => {}
+                Err(_) => {}
             }
         }
         let mut st = status.lock().expect("not poisoned");
         st.received_flows += flows.len() as u64;
         st.adopted_flows += adopted;
+        st.refreshed_flows += refreshed;
         st.unknown_flows += unknown;
         st.last_received_unix_ms = Some(
             SystemTime::now()
@@ -421,16 +498,26 @@ mod tests {
         let key = b"0123456789abcdef0123";
         let flows: Vec<WireFlow> = (0..50).map(|i| flow(40000 + i)).collect();
         let now = SystemTime::now();
-        let ds = encode(key, 7, now, &flows);
+        let mut seq = 0;
+        let ds = encode(key, 7, &mut seq, now, &flows);
         assert_eq!(ds.len(), 50usize.div_ceil(PER_DATAGRAM));
+        assert_eq!(seq, ds.len() as u64);
         assert!(ds.iter().all(|d| d.len() <= 1400));
         let mut back = Vec::new();
+        let mut replays = Replays::default();
         for d in &ds {
-            let (sender, f) = decode(key, d, now).unwrap();
-            assert_eq!(sender, 7);
-            back.extend(f);
+            let r = decode(key, d, now).unwrap();
+            assert_eq!(r.sender, 7);
+            assert!(replays.fresh(r.sender, r.seq));
+            back.extend(r.flows);
         }
         assert_eq!(back, flows);
+        // The same datagram again, inside the time window: a replay. Out of order: fine.
+        let again = decode(key, &ds[0], now + Duration::from_secs(20)).unwrap();
+        assert!(!replays.fresh(again.sender, again.seq));
+        let mut window = Replays::default();
+        assert!(window.fresh(1, 5) && window.fresh(1, 3) && !window.fresh(1, 3));
+        assert!(window.fresh(1, 100) && !window.fresh(1, 36) && window.fresh(1, 37));
         // Another key, a flipped bit, a cut datagram, a replay a minute later.
         assert!(
             decode(b"another key of 16+", &ds[0], now)

@@ -181,6 +181,40 @@ impl Change {
     }
 }
 
+/// Brings runtime changes saved by an earlier dsr up to today's rules, instead of dropping
+/// them at replay: a check timeout longer than its interval (refused since) is lowered to
+/// the interval. Returns what was changed, for the log.
+pub fn upgrade(journal: &mut [Change]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut clamp = |check: &mut crate::spec::model::CheckSpec, what: String| {
+        if check.timeout > check.interval {
+            notes.push(format!(
+                "runtime change: {what}: check timeout {:?} lowered to its interval {:?} \
+                 (a longer timeout is refused now)",
+                check.timeout, check.interval
+            ));
+            check.timeout = check.interval;
+        }
+    };
+    for change in journal.iter_mut() {
+        match change {
+            Change::AddVip { vip } => {
+                let name = vip.name.clone();
+                clamp(&mut vip.check, format!("VIP {name}"));
+                for b in &mut vip.backends {
+                    clamp(&mut b.check, format!("VIP {name} backend {}", b.address));
+                }
+            }
+            Change::AddBackend { vip, backend } => clamp(
+                &mut backend.check,
+                format!("VIP {vip} backend {}", backend.address),
+            ),
+            _ => {}
+        }
+    }
+    notes
+}
+
 /// Replays `journal` over the config's VIPs. Changes that no longer apply (their VIP or
 /// backend left the config) are skipped and reported, not fatal.
 pub fn replay(
@@ -393,5 +427,19 @@ mod tests {
         let mut without = vip(80);
         without.backends.truncate(1);
         assert_eq!(prune(&[without], &journal, LIMITS), vec![weight(5)]);
+    }
+
+    #[test]
+    fn an_earlier_dsrs_long_check_timeouts_are_lowered_not_dropped() {
+        let mut v = vip(8080);
+        v.check.interval = std::time::Duration::from_secs(1);
+        v.check.timeout = std::time::Duration::from_secs(2);
+        let mut journal = vec![Change::AddVip { vip: v }];
+        let notes = upgrade(&mut journal);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let (vips, skipped) = replay(&[vip(80)], &journal, LIMITS);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let added = vips.iter().find(|x| x.addr.port == 8080).expect("kept");
+        assert_eq!(added.check.timeout, std::time::Duration::from_secs(1));
     }
 }

@@ -404,7 +404,8 @@ pub struct VipSpec {
     /// Withdrawn by the operator (`dsr vip drain`): not announced, still forwarding.
     #[serde(default)]
     pub drained: bool,
-    /// Run as `COMMAND VIP NAME STATE` at each change of the VIP's state (runtime::notify).
+    /// Run as `COMMAND VIP NAME STATE` at each change of the VIP's state (runtime::notify);
+    /// `None`: the top-level `notify`; `""`: none.
     #[serde(default)]
     pub notify: Option<String>,
     pub backends: Vec<BackendSpec>,
@@ -432,6 +433,8 @@ pub struct Model {
     pub flow_count_interval: Duration,
     /// A notify command still running after this long is killed.
     pub notify_timeout: Duration,
+    /// The notify command of every VIP that has no `notify` of its own.
+    pub notify: Option<String>,
     /// The flow-state exchange with the other load balancers (`None`: off).
     pub sync: Option<SyncSpec>,
     pub control_socket: PathBuf,

@@ -310,6 +310,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 .into(),
         ));
     }
+    if let Some(n) = &raw.notify
+        && let Err(m) = validate::notify_command(n.get_ref())
+    {
+        return Err(err(Some(n.span()), m));
+    }
     let notify_timeout = match &raw.notify_timeout {
         None => DEFAULT_NOTIFY_TIMEOUT,
         Some(d) => duration(&errors, "notify_timeout", d)?,
@@ -422,7 +427,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             vlan,
         };
         vip_spans.fields.insert("address", v.address.span());
-        if let Some(n) = v.notify.as_ref().or(raw.notify.as_ref()) {
+        if let Some(n) = &v.notify {
             vip_spans.fields.insert("notify", n.span());
         }
         if let Some(n) = &v.name {
@@ -498,12 +503,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             check: vip_check,
             min_usable: v.min_usable.as_ref().map_or(1, |m| *m.get_ref()),
             drained: false,
-            notify: v
-                .notify
-                .as_ref()
-                .or(raw.notify.as_ref())
-                .map(|n| n.get_ref().clone())
-                .filter(|n| !n.is_empty()),
+            // Absent: the top-level `notify` applies (also to VIPs added at run time).
+            notify: v.notify.as_ref().map(|n| n.get_ref().clone()),
             backends,
         });
     }
@@ -657,6 +658,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         flow_idle_timeout,
         flow_count_interval,
         notify_timeout,
+        notify: raw
+            .notify
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .filter(|n| !n.is_empty()),
         sync,
         vips,
     })

@@ -266,13 +266,8 @@ fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)
             ),
         ));
     }
-    if let Some(cmd) = &v.notify
-        && (cmd.trim().is_empty() || cmd.chars().any(|c| c == '\0' || c == '\n' || c == '\r'))
-    {
-        return Err((
-            Some("notify"),
-            format!("notify {cmd:?} must be a command on one line (run as COMMAND VIP NAME STATE)"),
-        ));
+    if let Some(cmd) = &v.notify {
+        notify_command(cmd).map_err(|m| (Some("notify"), m))?;
     }
     check(&v.check).map_err(|(f, m)| (Some(f), m))?;
     if v.addr.port == 0 && v.check.kind != CheckKind::None && v.check.port.is_none() {
@@ -437,6 +432,28 @@ pub fn check(c: &CheckSpec) -> Result<(), (&'static str, String)> {
                 format!("{name} {n} must be 1..=100"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A notify command: "" (none), or a command line that dsr can append `VIP NAME STATE`
+/// to (it runs `sh -c 'COMMAND "$@"'`): one line, and no `#`, or a trailing `;`, `&` or
+/// `|`, which would swallow the arguments or run them as a command of their own.
+pub fn notify_command(cmd: &str) -> Result<(), String> {
+    if cmd.is_empty() {
+        return Ok(());
+    }
+    let end = cmd.trim_end();
+    if end.trim_start().is_empty()
+        || cmd
+            .chars()
+            .any(|c| c == '\0' || c == '\n' || c == '\r' || c == '#')
+        || end.ends_with([';', '&', '|'])
+    {
+        return Err(format!(
+            "notify {cmd:?} must be a command on one line that takes arguments (it runs as \
+             COMMAND VIP NAME STATE): no '#', and no trailing ';', '&' or '|'"
+        ));
     }
     Ok(())
 }

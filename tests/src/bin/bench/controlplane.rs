@@ -272,7 +272,7 @@ struct SyncCosts {
 /// and the encoding and decoding of them all as sync datagrams.
 fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
     use dsr::runtime::sync::{WireFlow, decode, encode};
-    let mut adopter = dp.flow_adopter()?;
+    let mut adopter = dp.flow_adopter(std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS))?;
     let vip: dsr::spec::model::VipAddr = "192.0.2.10:80/tcp".parse().unwrap();
     let flow = |i: u32| {
         dsr_common::FlowKey::new(
@@ -290,7 +290,7 @@ fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
             _pad: 0,
             flow: flow(i),
         };
-        adopter.insert_new(&key, i % 16)?;
+        adopter.adopt(&key, i % 16)?;
     }
     let counter = dp.flow_counter(std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS))?;
     let (walk_ms, live) = timed(|| counter.live_entries());
@@ -309,12 +309,13 @@ fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
         .collect();
     let key = b"bench sync key, 32 bytes or so..";
     let now = std::time::SystemTime::now();
-    let (encode_ms, datagrams) = timed(|| encode(key, 1, now, &wire));
+    let mut seq = 0;
+    let (encode_ms, datagrams) = timed(|| encode(key, 1, &mut seq, now, &wire));
     let bytes = datagrams.iter().map(|d| d.len() as u64).sum();
     let (decode_ms, got) = timed(|| {
         datagrams
             .iter()
-            .map(|d| decode(key, d, now).map(|(_, f)| f.len()).unwrap_or(0))
+            .map(|d| decode(key, d, now).map(|r| r.flows.len()).unwrap_or(0))
             .sum::<usize>()
     });
     if got != wire.len() {
