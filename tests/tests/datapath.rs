@@ -1574,7 +1574,10 @@ fn trace_records_each_decision_only_while_switched_on_and_as_filtered() {
         assert_eq!(out[..6], f.backends[2].mac, "rewritten for backend 2");
     }
     let not_vip = v4(TCP, VIP4, 8080);
-    assert_eq!(run(f.dp.program(), &not_vip, LO), (XDP_PASS, not_vip.clone()));
+    assert_eq!(
+        run(f.dp.program(), &not_vip, LO),
+        (XDP_PASS, not_vip.clone())
+    );
     let mut other = flow(q);
     other[..6].copy_from_slice(&OTHER_MAC);
     assert_eq!(run(f.dp.program(), &other, LO), (XDP_PASS, other.clone()));
@@ -1752,7 +1755,39 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
             .to_string(),
     );
     assert_eq!(logged(DatapathLog::Warn), std::slice::from_ref(&warning));
-    assert_eq!(logged(DatapathLog::Debug), [warning, debug]);
+    assert_eq!(logged(DatapathLog::Debug), [warning.clone(), debug]);
+
+    // A per-packet event at line rate: at most 50 records a second reach the log, then
+    // one line says how many were held back.
+    std::thread::sleep(Duration::from_millis(1100));
+    CAPTURED.0.lock().unwrap().clear();
+    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+    opts.datapath_log = DatapathLog::Warn;
+    let mut f = Fixture::with_options(opts);
+    let mut logger = f.dp.take_logger().expect("a logger");
+    f.set_backend(1, |b| {
+        b.egress = Some(Egress {
+            port: 7,
+            src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
+        })
+    });
+    let frame = flow(flows_on(&f, 1, 1)[0]);
+    for _ in 0..200 {
+        run(f.dp.program(), &frame, LO);
+    }
+    logger.flush();
+    assert_eq!(CAPTURED.0.lock().unwrap().len(), 50);
+    std::thread::sleep(Duration::from_millis(1100));
+    CAPTURED.0.lock().unwrap().clear();
+    run(f.dp.program(), &frame, LO);
+    logger.flush();
+    let got = CAPTURED.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].1.starts_with("150 more data path log records"),
+        "{got:?}"
+    );
+    assert_eq!(got[1], warning);
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod ethtool;
 pub mod flowcount;
 pub mod offload;
 pub mod privileges;
+mod programlog;
 mod tables;
 pub mod trace;
 pub mod writer;
@@ -448,7 +449,13 @@ impl Datapath {
         // aya-log reads its ring through the object: taken now, polled by the daemon.
         let logger = match opts.datapath_log {
             DatapathLog::Off => None,
-            _ => Some(aya_log::EbpfLogger::init(&mut ebpf).context("reading the data path's log")?),
+            _ => Some(
+                aya_log::EbpfLogger::init_with_logger(
+                    &mut ebpf,
+                    &programlog::THROTTLED as &'static dyn log::Log,
+                )
+                .context("reading the data path's log")?,
+            ),
         };
         let mut trace_prog: aya::maps::ProgramArray<MapData> = ebpf
             .take_map(names::TRACE_PROG)
