@@ -419,7 +419,9 @@ fn a_flapping_backend_changes_state_boundedly_and_quietly() {
 
     let before = lab.dsr_log().len();
     nft(&drop_rule);
+    // Both VIPs' checks must see the outage (their checks run out of phase).
     wait_health(&lab, "udp", 0, "down");
+    wait_health(&lab, "tcp", 0, "down");
     nft("flush chain inet flap input");
     wait_health(&lab, "udp", 0, "up");
     wait_health(&lab, "tcp", 0, "up");
