@@ -3,13 +3,7 @@
 //! (the saved state and the pinned maps). The JSON is typed: booleans, numbers, enums and
 //! Unix-millisecond timestamps, never display strings.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    net::IpAddr,
-    path::PathBuf,
-    time::{Instant, SystemTime},
-};
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -490,11 +484,7 @@ fn same_vip(config: &VipSpec, running: &VipSpec) -> bool {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
+use crate::runtime::unix_ms;
 
 fn health_state(h: &Health, spec: &BackendSpec) -> HealthState {
     match (h.up, h.unchecked) {

@@ -126,16 +126,7 @@ fn put(path: &Path, value: &str) -> Result<()> {
             .and_then(|f| f.set_modified(std::time::SystemTime::now()))
             .with_context(|| format!("refreshing {}", path.display()));
     }
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, value)
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    super::write_atomic(path, value)
 }
 
 /// `dsr announce-check`: whether the file says announced and is fresher than `grace`.

@@ -85,12 +85,7 @@ fn record_path(instance: &str) -> PathBuf {
 }
 
 pub fn write_record(instance: &str, record: &Record) -> Result<()> {
-    let path = record_path(instance);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    super::write_atomic(&record_path(instance), serde_json::to_vec_pretty(record)?)
 }
 
 /// The record of the instance's daemon, if one was written and the daemon still holds its

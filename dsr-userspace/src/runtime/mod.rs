@@ -14,3 +14,28 @@ pub mod persistence;
 pub mod state;
 pub mod sync;
 pub mod vrrp;
+
+/// Milliseconds since the Unix epoch (status and saved state carry times so).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Writes `path` whole or not at all: beside it first, then renamed over it. A failed write
+/// removes what it left (on a full disk, that holds on to the space that ran out).
+pub fn write_atomic(path: &std::path::Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, contents)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

@@ -259,12 +259,6 @@ async fn read_bounded(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
     kept
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 /// Runs one event's command: `sh -c 'COMMAND "$@"' dsr-notify VIP NAME STATE`, so the
 /// command may carry its own arguments.
 async fn run(event: &Event, instance: &str, timeout: Duration) -> LastRun {
@@ -299,7 +293,7 @@ async fn run(event: &Event, instance: &str, timeout: Duration) -> LastRun {
         .kill_on_drop(true);
     let done = |exit_code: Option<i32>, outcome: String| LastRun {
         state: event.state,
-        started_unix_ms: unix_ms(started_at),
+        started_unix_ms: super::unix_ms(started_at),
         duration_ms: started.elapsed().as_millis() as u64,
         exit_code,
         ok: exit_code == Some(0),

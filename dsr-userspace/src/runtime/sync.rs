@@ -147,10 +147,7 @@ pub fn encode(
     sent_at: SystemTime,
     flows: &[WireFlow],
 ) -> Vec<Vec<u8>> {
-    let ms = sent_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let ms = super::unix_ms(sent_at);
     flows
         .chunks(PER_DATAGRAM)
         .map(|chunk| {
@@ -465,12 +462,7 @@ async fn receive_loop(
         st.adopted_flows += adopted;
         st.refreshed_flows += refreshed;
         st.unknown_flows += unknown;
-        st.last_received_unix_ms = Some(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
-        );
+        st.last_received_unix_ms = Some(super::unix_ms(SystemTime::now()));
     }
 }
 

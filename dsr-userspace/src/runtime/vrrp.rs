@@ -26,11 +26,7 @@ pub fn record(state_dir: &Path, group: &str, state: &str, pid: u32) -> Result<()
     let path = file(state_dir, group);
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{state} {pid}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    super::write_atomic(&path, format!("{state} {pid}\n"))
 }
 
 /// Whether this node is master of the group's instance, and why (or why not).
