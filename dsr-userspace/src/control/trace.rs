@@ -165,16 +165,8 @@ fn tcp_flags(f: u8) -> String {
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC (the clock records carry), in nanoseconds.
 fn realtime_offset_ns() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we pass.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+    use crate::datapath::flowcount::clock_ns;
+    clock_ns(libc::CLOCK_REALTIME) as i128 - clock_ns(libc::CLOCK_MONOTONIC) as i128
 }
 
 /// A kernel record as an event, ids named.

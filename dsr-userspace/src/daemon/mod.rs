@@ -998,6 +998,19 @@ impl Daemon {
         }
     }
 
+    /// The data-path id of the VIP a request names (by name or address), if it names one;
+    /// why not if it names none there is.
+    fn vip_id(&self, name: Option<&str>) -> Result<Option<u32>, String> {
+        match name {
+            None => Ok(None),
+            Some(name) => self
+                .state
+                .find_vip(name)
+                .map(|v| Some(v.id))
+                .ok_or_else(|| format!("no VIP named or addressed {name:?}")),
+        }
+    }
+
     async fn handle(&mut self, request: Request) -> Response {
         let change = match &request {
             Request::Status => {
@@ -1015,14 +1028,9 @@ impl Daemon {
                 };
             }
             Request::Flows { vip, limit } => {
-                let vip_id = match vip {
-                    None => None,
-                    Some(name) => match self.state.find_vip(name) {
-                        Some(v) => Some(v.id),
-                        None => {
-                            return Response::error(format!("no VIP named or addressed {name:?}"));
-                        }
-                    },
+                let vip_id = match self.vip_id(vip.as_deref()) {
+                    Ok(id) => id,
+                    Err(e) => return Response::error(e),
                 };
                 return Response {
                     ok: true,
@@ -1034,14 +1042,9 @@ impl Daemon {
                 if let Err(e) = query.validate() {
                     return Response::error(e);
                 }
-                let vip = match &query.vip {
-                    None => None,
-                    Some(name) => match self.state.find_vip(name) {
-                        Some(v) => Some(v.id),
-                        None => {
-                            return Response::error(format!("no VIP named or addressed {name:?}"));
-                        }
-                    },
+                let vip = match self.vip_id(query.vip.as_deref()) {
+                    Ok(id) => id,
+                    Err(e) => return Response::error(e),
                 };
                 return Response {
                     ok: true,

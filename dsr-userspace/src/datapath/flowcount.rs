@@ -15,15 +15,20 @@ use dsr_common::{FlowEntry, FlowMapKey};
 /// Entries fetched per system call.
 const BATCH: usize = 1024;
 
-/// CLOCK_MONOTONIC_COARSE, the data path's clock for flow entries.
-pub fn coarse_now_ns() -> u64 {
+/// A clock's reading in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC_COARSE, the data path's clock for flow entries.
+pub fn coarse_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// What one walk found.
