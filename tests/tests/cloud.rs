@@ -23,13 +23,15 @@ fn hook_log(lab: &Lab) -> Vec<String> {
 }
 
 /// Writes the stand-in hook `name` into the lab directory: `claim` runs on ANNOUNCED,
-/// `release` on WITHDRAWN, with `$me`/`$peer` the node's and the other node's namespaces.
+/// `release` on WITHDRAWN, with `$me`/`$peer` the node's and the other node's namespaces
+/// and `ip_of NS` a namespace's address.
 fn hook(lab: &Lab, name: &str, claim: &str, release: &str) -> String {
     let path = lab.dir.join(name);
     let script = format!(
         r#"#!/bin/sh
 # Stand-in for a cloud CLI: see dist/notify/ for the real calls.
 [ "$1" = VIP ] || exit 2
+ip_of() {{ ip -n "$1" -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1 | head -1; }}
 case "$DSR_INSTANCE" in
 *-2) me={lb2}; peer={lb1} ;;
 *) me={lb1}; peer={lb2} ;;
@@ -214,11 +216,10 @@ fn a_route_next_hop_follows_the_announced_node_and_connections_survive() {
     let hook = hook(
         &lab,
         "route-hook",
+        &format!("ip -n {router} route replace \"$DSR_VIP_ADDRESS/32\" via $(ip_of $me)"),
         &format!(
-            "ip -n {router} route replace \"$DSR_VIP_ADDRESS/32\" via $(ip -n $me -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1 | head -1)"
-        ),
-        &format!(
-            "ip -n {router} route show \"$DSR_VIP_ADDRESS/32\" | grep -q \"via $(ip -n $me -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1 | head -1) \" && ip -n {router} route replace \"$DSR_VIP_ADDRESS/32\" via $(ip -n $peer -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1 | head -1)"
+            "ip -n {router} route show \"$DSR_VIP_ADDRESS/32\" | grep -q \"via $(ip_of $me) \" && \
+             ip -n {router} route replace \"$DSR_VIP_ADDRESS/32\" via $(ip_of $peer)"
         ),
     );
     let config = config_with(&lab, &hook);
