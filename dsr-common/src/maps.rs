@@ -5,11 +5,26 @@
 //! Change a layout => bump [`LAYOUT_VERSION`]: userspace refuses to adopt maps of another version.
 
 /// Version of the map layout below. Stored in [`Settings::layout_version`].
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
-/// Slots of one Maglev lookup table unless the config says otherwise: the Maglev paper's
-/// M = 65537 (a prime, so every backend's skip walks the whole table).
+/// The Maglev paper's M = 65537 (a prime, so every backend's skip walks the whole table):
+/// what tests and benchmarks use as a fixed table size. A VIP's own size is chosen per VIP
+/// (dsr-userspace's `plan::sizing`).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Table slots per configured backend of a VIP when its `table_size` is not given: a VIP's
+/// default size is the smallest prime >= this x its backends (backups and sorry included).
+/// Chosen by the distribution bench: removing one of 100 backends then moves <= 1.1x the
+/// ideal 1/N of new flows with equal weights and with weights 1..=4 (the lightest backend
+/// removed), where 65537 slots move 1.55x and 2.0x.
+pub const TABLE_SLOTS_PER_BACKEND: u32 = 32_500;
+/// Largest table a VIP may have unless the config says otherwise (`max_table_slots`;
+/// 16 MiB): its build for 1000 backends stays near 0.2 s, well under a health-check interval.
+pub const DEFAULT_MAX_TABLE_SLOTS: u32 = 4_194_301;
+/// Slots (4 bytes each, 512 KiB) of `table_budget` per VIP of `max_vips` unless the config
+/// says otherwise: what each VIP's two fixed rows of 65537 slots took before per-VIP sizes.
+pub const TABLE_BUDGET_PER_VIP: u32 = 1 << 17;
+/// `table_budget` for the default `max_vips` (128 MiB).
+pub const DEFAULT_TABLE_BUDGET: u32 = DEFAULT_MAX_VIPS * TABLE_BUDGET_PER_VIP;
 /// VIPs the maps hold unless the config says otherwise (the maps are sized at load time).
 pub const DEFAULT_MAX_VIPS: u32 = 256;
 /// Backends (distinct backend ids) the maps hold unless the config says otherwise.
@@ -22,9 +37,6 @@ pub const DEFAULT_FLOW_IDLE_SECS: u64 = 300;
 /// The data path refreshes a flow's `last_seen_ns` at most this often: one shared-memory
 /// write per flow per second instead of one per packet.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
-/// Each VIP owns two table rows: the data path reads the active one while userspace writes
-/// the other, then one VIPS update switches them (no packet sees a half-written table).
-pub const TABLE_ROWS_PER_VIP: u32 = 2;
 /// Slots per TABLES element. Array maps round each element to 8 bytes, so a single-u32 value
 /// would double the memory; 16 slots (64 bytes) per element keep the mmap'ed layout dense.
 pub const TABLE_CHUNK: u32 = 16;
@@ -61,12 +73,11 @@ pub const TRACE_PROGRAM_NAME: &str = "dsr_trace";
 pub struct Settings {
     pub layout_version: u32,
     pub hash_seed: u32,
-    /// TABLES elements per table row (`ceil(max table size / TABLE_CHUNK)`).
-    pub row_chunks: u32,
     /// Non-zero: `dsr trace` is listening, so each frame's decision is offered to TRACE
     /// (subject to TRACE_FILTER). Read per packet with the rest of SETTINGS: when off, tracing
     /// costs one predictable branch.
     pub trace: u32,
+    pub _pad: u32,
     /// Flows idle longer than this are treated as new (CLOCK_MONOTONIC_COARSE nanoseconds).
     pub flow_idle_ns: u64,
 }
@@ -219,11 +230,13 @@ pub const ADDR_F_VLAN: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index into VIP_STATS; the VIP's table rows are `id * TABLE_ROWS_PER_VIP + {0, 1}`.
+    /// Index into VIP_STATS.
     pub id: u32,
-    /// Active table row (index of the row, not of the first element).
-    pub table_row: u32,
-    /// Slots in use in the active row; 0 = no usable backend, packets are dropped.
+    /// TABLES element where the VIP's table starts: its `ceil(table_size / TABLE_CHUNK)`
+    /// elements follow. Userspace writes a new table into free elements, then switches this
+    /// (one VIPS update: no packet sees a half-written table).
+    pub table_base: u32,
+    /// Slots of the table; 0 = no usable backend, packets are dropped.
     pub table_size: u32,
     /// `VIP_F_*`.
     pub flags: u32,

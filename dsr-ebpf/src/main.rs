@@ -229,7 +229,7 @@ fn from_table(
         return None;
     }
     let slot = flow_hash(key, settings.hash_seed) % vip.table_size;
-    let chunk = TABLES.get(vip.table_row * settings.row_chunks + slot / TABLE_CHUNK)?;
+    let chunk = TABLES.get(vip.table_base + slot / TABLE_CHUNK)?;
     // `% TABLE_CHUNK` (a power of two) also bounds the index for the verifier.
     let id = chunk.slots[(slot % TABLE_CHUNK) as usize];
     let backend = BACKENDS.get(id)?;

@@ -40,8 +40,9 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_TX_PORTS, 0);
 
-/// The Maglev lookup tables: two rows per VIP id, each row `row_chunks` chunks of slots
-/// holding backend ids. Mmapable so userspace writes a whole table at memory speed.
+/// The Maglev lookup tables of all VIPs: each VIP's table is a run of chunks from its
+/// `table_base` (userspace allocates them). Mmapable so userspace writes a whole table at
+/// memory speed.
 #[map(name = "TABLES")]
 pub static TABLES: Array<TableChunk> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 

@@ -377,6 +377,10 @@ enum VipCmd {
         /// Do not track flows (cheaper for one-packet flows; drain then has no effect).
         #[arg(long)]
         no_conntrack: bool,
+        /// Slots of its Maglev table (a prime); default: the config's `table_size`, else
+        /// from its backends (each backend added then resizes it).
+        #[arg(long)]
+        table_size: Option<u32>,
         #[command(flatten)]
         check: CheckArgs,
     },
@@ -1069,6 +1073,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
             source_affinity,
             name,
             no_conntrack,
+            table_size,
             check,
         } => Request::VipAdd {
             vip: VipSpec {
@@ -1087,6 +1092,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
                 min_usable: 1,
                 drained: false,
                 notify: None,
+                table_size,
                 backends: Vec::new(),
             },
         },

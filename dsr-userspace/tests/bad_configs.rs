@@ -15,6 +15,8 @@ vlan_tags = "auto"
 datapath_log = "off"
 hash_seed = 0x64737231
 table_size = 65537
+max_table_slots = 4194301
+table_budget = 33554432
 max_vips = 256
 max_backends = 4096
 flow_table_size = 1048576
@@ -38,6 +40,7 @@ fragments = false
 conntrack = true
 inhibit_on_failure = false
 min_usable = 1
+table_size = 130003
 notify = "/etc/dsr/web-moved --zone a"
 [vip.check]
 type = "http"
@@ -155,7 +158,13 @@ const ROWS: &[Row] = &[
     row("top.hash_seed", "hash_seed = 0x64737231", "hash_seed = 0x100000000", &["invalid value: integer `4294967296`", "hash_seed"]),
     row("top.table_size", "table_size = 65537", "table_size = 0", &["table_size 0 must be a prime"]),
     row("top.table_size", "table_size = 65537", "table_size = 65536", &["table_size 65536 must be a prime"]),
-    row("top.table_size", "table_size = 65537", "table_size = 1048583", &["table_size 1048583 must be a prime between 7 and 1048573"]),
+    row("top.table_size", "table_size = 65537", "table_size = 4194319", &["table_size 4194319 must be a prime between 7 and max_table_slots 4194301"]),
+    row("top.max_table_slots", "max_table_slots = 4194301", "max_table_slots = 6", &["max_table_slots 6 must be 7..=134217689"]),
+    row("top.max_table_slots", "max_table_slots = 4194301", "max_table_slots = 65521", &["table_size 65537 must be a prime between 7 and max_table_slots 65521"]).at("table_size = 65537"),
+    row("top.max_table_slots", "max_table_slots = 4194301", "max_table_slots = -1", &["invalid value: integer `-1`", "max_table_slots"]),
+    row("top.table_budget", "table_budget = 33554432", "table_budget = 1000", &["table_budget 1000 must be a multiple of 16"]),
+    row("top.table_budget", "table_budget = 33554432", "table_budget = 536870912", &["table_budget 536870912 must be a multiple of 16 up to 268435456"]),
+    row("top.table_budget", "table_budget = 33554432", "table_budget = 131072", &["the VIPs' tables need", "table_budget is 131072"]).at("[[vip]]  # web"),
     row("top.table_size", "table_size = 65537", "table_size = -7", &["invalid value: integer `-7`", "table_size"]),
     row("top.table_size", "table_size = 65537", "table_size = 3", &["table_size 3"]),
     row("top.max_vips", "max_vips = 256", "max_vips = 0", &["max_vips 0 must be 1..=65536"]),
@@ -237,6 +246,9 @@ const ROWS: &[Row] = &[
     row("vip.inhibit_on_failure", "inhibit_on_failure = false", "inhibit_on_failure = 0", &["invalid type: integer", "inhibit_on_failure"]),
     row("vip.min_usable", "min_usable = 1", "min_usable = 65537", &["min_usable 65537 is above 65536"]),
     row("vip.min_usable", "min_usable = 1", "min_usable = -1", &["invalid value: integer `-1`", "min_usable"]),
+    row("vip.table_size", "table_size = 130003", "table_size = 130000", &["table_size 130000 must be a prime"]),
+    row("vip.table_size", "table_size = 130003", "table_size = 3", &["table_size 3 must be a prime between 7"]),
+    row("vip.table_size", "table_size = 130003", "table_size = 4194319", &["max_table_slots 4194301"]),
     row("vip.unknown", "port = 80", "port = 80\nprot = 81", &["unknown field `prot`", "all_ports"]).at("prot = 81"),
     // A health check (the VIP's, and a backend's override).
     row("check.type", r#"type = "http""#, r#"type = "icmp""#, &["check type \"icmp\" is not one of"]),

@@ -99,7 +99,7 @@ pub fn setup() -> Setup {
         sizes: Sizes {
             max_vips: 16,
             max_backends: 64,
-            table_size: DEFAULT_TABLE_SIZE,
+            table_budget: Sizes::budget_for(16, DEFAULT_TABLE_SIZE),
             flow_table_size: 4096,
         },
         hash_seed: DEFAULT_HASH_SEED,
@@ -151,6 +151,7 @@ pub fn setup() -> Setup {
             addr,
             DesiredVip {
                 id: v,
+                table_size: DEFAULT_TABLE_SIZE,
                 entries,
                 options,
             },

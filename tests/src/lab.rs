@@ -28,7 +28,7 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use dsr::plan::maglev;
-use dsr_common::{DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, FlowKey, flow_hash};
+use dsr_common::{DEFAULT_HASH_SEED, FlowKey, flow_hash};
 
 use crate::ebpf::REFERENCE_OBJECT;
 
@@ -594,7 +594,12 @@ pub struct Lab {
     _peer_xdp_lb2: Option<Ebpf>,
     /// The second load balancer's dsr.
     dsr2: Option<Child>,
+    /// The last tables `predict` built: (weights, size) and their slots.
+    predicted: std::cell::RefCell<Vec<Predicted>>,
 }
+
+/// A table `predict` built: for which (weights, size), and its slots.
+type Predicted = ((Vec<u32>, u32), Vec<u32>);
 
 impl Lab {
     /// Builds the topology with one backend per weight. Panics, after cleaning up, if the
@@ -650,6 +655,7 @@ impl Lab {
             _peer_xdp2: None,
             _peer_xdp_lb2: None,
             dsr2: None,
+            predicted: Default::default(),
         };
         if let Err(e) = lab.build() {
             panic!("building the lab {}: {e:#}", lab.tag);
@@ -1408,7 +1414,7 @@ impl Lab {
     pub fn udp_big_request(&self, sport: u16, size: usize) -> Result<String> {
         let client = self.client_ip;
         in_netns(&self.client_ns, move || -> Result<String> {
-            let sock = UdpSocket::bind((client, sport)).context("bind client socket")?;
+            let sock = client_socket((client, sport).into())?;
             // Let the kernel fragment instead of refusing (EMSGSIZE) a datagram over the MTU.
             let dont: i32 = libc::IP_PMTUDISC_DONT;
             // SAFETY: setting an int socket option on a socket we own.
@@ -1460,7 +1466,7 @@ impl Lab {
     /// One UDP datagram to VIP6 from the client's IPv6 address and `sport`.
     pub fn udp6_request(&self, sport: u16) -> Result<String> {
         in_netns(&self.client_ns, move || -> Result<String> {
-            let sock = UdpSocket::bind((CLIENT6, sport)).context("bind client socket")?;
+            let sock = client_socket((CLIENT6, sport).into())?;
             sock.connect((VIP6, UDP_PORT))?;
             sock.set_read_timeout(Some(Duration::from_millis(500)))?;
             sock.send(b"who are you?")?;
@@ -1508,6 +1514,13 @@ impl Lab {
 
     /// Like [`Lab::predict`], for a table built from these weights (0 = not in the table).
     pub fn predict_weights(&self, proto: u8, sport: u16, weights: &[u32]) -> usize {
+        let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
+        self.predict_sized(proto, sport, weights, self.table_size_of(dport))
+    }
+
+    /// Like [`Lab::predict_weights`], for a table of `size` slots (after a change of the
+    /// configured backends, which resizes it).
+    pub fn predict_sized(&self, proto: u8, sport: u16, weights: &[u32], size: u32) -> usize {
         let entries: Vec<maglev::Entry> = self
             .backends
             .iter()
@@ -1519,10 +1532,51 @@ impl Lab {
                 weight,
             })
             .collect();
-        let table = maglev::build(&entries, DEFAULT_TABLE_SIZE);
         let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
+        let mut cache = self.predicted.borrow_mut();
+        let wanted = (weights.to_vec(), size);
+        let at = match cache.iter().position(|(k, _)| *k == wanted) {
+            Some(i) => i,
+            None => {
+                if cache.len() == 4 {
+                    cache.remove(0);
+                }
+                cache.push((wanted, maglev::build(&entries, size)));
+                cache.len() - 1
+            }
+        };
+        let table = &cache[at].1;
         let key = FlowKey::new(self.client_ip.into(), sport, VIP.into(), dport, proto);
         table[(flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32) as usize] as usize
+    }
+
+    /// The slots dsr gives the lab VIP's table on `dport`, as its config decides them
+    /// (`plan::sizing`: the VIP's own or the top-level `table_size`, else from its configured
+    /// backends); before a config is written, the default for the lab's backends.
+    pub fn table_size_of(&self, dport: u16) -> u32 {
+        let default = || {
+            dsr::plan::sizing::default_size(
+                self.backends.len(),
+                dsr_common::TABLE_SLOTS_PER_BACKEND,
+                dsr_common::DEFAULT_MAX_TABLE_SLOTS,
+            )
+        };
+        let Some(text) = &self.config_text else {
+            return default();
+        };
+        let model = dsr::spec::toml_file::parse(text, Path::new("dsr.toml"))
+            .unwrap_or_else(|e| panic!("the lab's config: {e}"));
+        let sizes = model
+            .tables
+            .sizes(&model.vips)
+            .unwrap_or_else(|e| panic!("the lab's config: {}", e.message))
+            .sizes;
+        model
+            .vips
+            .iter()
+            .zip(sizes)
+            .find(|(v, _)| v.addr.address == IpAddr::V4(VIP) && v.addr.port == dport)
+            .map_or_else(default, |(_, s)| s)
     }
 
     pub fn backend_by_name(&self, name: &str) -> Option<&Backend> {
@@ -1573,8 +1627,23 @@ impl Conn {
 }
 
 /// One UDP datagram to the VIP from `sport` (in the calling thread's namespace).
+/// A client's UDP socket on `addr`. The port of the previous request's socket may still be
+/// held for a moment by a child another test thread forked before exec (the fd is closed on
+/// exec): binding is retried for up to a second.
+fn client_socket(addr: std::net::SocketAddr) -> Result<UdpSocket> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match UdpSocket::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.with_context(|| format!("bind client socket {addr}")),
+        }
+    }
+}
+
 fn udp_once(client: Ipv4Addr, sport: u16) -> Result<String> {
-    let sock = UdpSocket::bind((client, sport)).context("bind client socket")?;
+    let sock = client_socket((client, sport).into())?;
     sock.connect((VIP, UDP_PORT))?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
     sock.send(b"who are you?")?;

@@ -342,10 +342,21 @@ fn backend_change_then_failover(tag: &str, sync: bool) -> usize {
     .unwrap();
 
     // Ten client ports: the first three the fourth backend's arrival moves, then seven it
-    // does not, by the tables both nodes build.
+    // does not, by the tables both nodes build (the fourth configured backend also resizes
+    // the table: most new flows move).
     let before = [1, 1, 1, 0];
     let after = [1, 1, 1, 1];
-    let moves = |p: u16| lab.predict_weights(6, p, &before) != lab.predict_weights(6, p, &after);
+    let sizes = (
+        lab.table_size_of(80),
+        dsr::plan::sizing::default_size(
+            4,
+            dsr_common::TABLE_SLOTS_PER_BACKEND,
+            dsr_common::DEFAULT_MAX_TABLE_SLOTS,
+        ),
+    );
+    let moves = |p: u16| {
+        lab.predict_sized(6, p, &before, sizes.0) != lab.predict_sized(6, p, &after, sizes.1)
+    };
     let mut ports: Vec<u16> = (46000..).filter(|&p| moves(p)).take(3).collect();
     ports.extend((46000..).filter(|&p| !moves(p)).take(7));
     let mut conns: Vec<(u16, dsr_lab::lab::Conn, String)> = ports

@@ -37,7 +37,7 @@ fn options(max_vips: u32, max_backends: u32, table_size: u32, flow_idle: Duratio
         sizes: Sizes {
             max_vips,
             max_backends,
-            table_size,
+            table_budget: Sizes::budget_for(max_vips, table_size),
             flow_table_size: 4096,
         },
         hash_seed: DEFAULT_HASH_SEED,
@@ -199,11 +199,25 @@ impl Fixture {
             self.vips[v].0,
             DesiredVip {
                 id: v as u32,
+                table_size: DEFAULT_TABLE_SIZE,
                 entries,
                 options,
             },
         );
         self.apply();
+    }
+
+    /// Gives VIP `v` a table of `size` slots, through the writer.
+    fn resize(&mut self, v: usize, size: u32) -> anyhow::Result<()> {
+        let addr = self.vips[v].0;
+        self.desired
+            .vips
+            .get_mut(&addr)
+            .expect("a fixture VIP")
+            .table_size = size;
+        self.writer
+            .apply_all(&mut self.dp, &self.desired)
+            .map(|_| ())
     }
 
     /// Changes backend `id`'s entry through the writer.
@@ -276,7 +290,8 @@ impl Fixture {
     ) -> &Backend {
         let (addr, opts) = self.vips[v];
         let key = FlowKey::new(src, sport, dst, dport, proto).masked(opts.hash_fields);
-        let table = maglev::build(&self.desired.vips[&addr].entries, DEFAULT_TABLE_SIZE);
+        let desired = &self.desired.vips[&addr];
+        let table = maglev::build(&desired.entries, desired.table_size);
         let slot = flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32;
         let id = table[slot as usize];
         self.all[v]
@@ -964,6 +979,7 @@ fn unconfigured_interface_passes_everything() {
         vip(VIP4, 80, Protocol::Tcp, 0),
         DesiredVip {
             id: 0,
+            table_size: 251,
             entries: vec![maglev::Entry {
                 address: Ipv4Addr::new(198, 18, 0, 11).into(),
                 id: 0,
@@ -1013,6 +1029,78 @@ fn backend_of(f: &Fixture, frame: &[u8]) -> Option<usize> {
     let (verdict, out) = run(f.dp.program(), frame, LO);
     assert_eq!(verdict, XDP_TX, "flow not forwarded");
     f.backends.iter().position(|b| out[..6] == b.mac)
+}
+
+/// Each VIP's table has a size of its own in the shared TABLES map: a resize is one switch
+/// to a table of the new size, which new flows follow at once, and the elements the old table
+/// took are freed (the VIPS entries are the truth: a data path loaded again sees the same).
+#[test]
+fn each_vip_has_a_table_of_its_own_size() {
+    let mut f = Fixture::new();
+    let addr = f.vips[0].0;
+    let used = |f: &Fixture| f.dp.table_usage().used_slots;
+    let before = used(&f);
+    let mut ports = 20000u16..;
+    for size in [251u32, 1009, 1_300_021, DEFAULT_TABLE_SIZE] {
+        f.resize(0, size).unwrap();
+        let table = f.dp.table(&addr).unwrap();
+        assert_eq!(table.len(), size as usize);
+        assert_eq!(table, maglev::build(&f.desired.vips[&addr].entries, size));
+        let info = f.dp.vip_info(&dsr::datapath::vip_key(&addr)).unwrap();
+        assert_eq!(info.table_size, size);
+        // New flows (fresh ports: tracked flows keep their backends) follow the new table.
+        for p in ports.by_ref().take(48) {
+            let want = f.predict(0, CLIENT4.into(), p, VIP4.into(), 80, TCP).id as usize;
+            assert_eq!(
+                backend_of(&f, &flow(p)),
+                Some(want),
+                "{size} slots, port {p}"
+            );
+        }
+        // The other VIPs' tables are untouched, and only VIP 0's share changed.
+        assert_eq!(
+            f.dp.table(&f.vips[1].0).unwrap().len(),
+            DEFAULT_TABLE_SIZE as usize
+        );
+        let chunk = |s: u32| s.div_ceil(dsr_common::TABLE_CHUNK) as u64 * 16;
+        assert_eq!(
+            used(&f),
+            before - chunk(DEFAULT_TABLE_SIZE) + chunk(size),
+            "{size} slots"
+        );
+    }
+}
+
+/// A table that does not fit what is left of `table_budget` is refused with the reason, and
+/// the VIP keeps forwarding with the table it had.
+#[test]
+fn a_table_beyond_the_budget_changes_nothing() {
+    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+    // Room for the fixture's tables and one more of 65537 slots.
+    opts.sizes.table_budget = (VIPS as u32 + 1) * DEFAULT_TABLE_SIZE.div_ceil(16) * 16;
+    let mut f = Fixture::with_options(opts);
+    let addr = f.vips[0].0;
+    let old = f.dp.table(&addr).unwrap();
+    let e = f.resize(0, 1_300_021).unwrap_err().to_string();
+    assert!(
+        e.contains("no room in TABLES") && e.contains("table_budget"),
+        "{e}"
+    );
+    assert_eq!(f.dp.table(&addr).unwrap(), old);
+    for p in 21000..21016u16 {
+        let id = old[(flow_hash(
+            &FlowKey::new(CLIENT4.into(), p, VIP4.into(), 80, TCP),
+            DEFAULT_HASH_SEED,
+        ) % DEFAULT_TABLE_SIZE) as usize];
+        assert_eq!(backend_of(&f, &flow(p)), Some(id as usize), "port {p}");
+    }
+    // What fits still goes in (the freed run of the old table waits out its cooling).
+    f.resize(0, 65521).unwrap();
+    f.resize(0, DEFAULT_TABLE_SIZE).unwrap();
+    assert_eq!(
+        f.dp.table(&addr).unwrap().len(),
+        DEFAULT_TABLE_SIZE as usize
+    );
 }
 
 #[test]

@@ -208,7 +208,13 @@ fn ipv6_flows_answered_by_predicted_backends() {
             weight: 1,
         })
         .collect();
-    let table = dsr::plan::maglev::build(&entries, dsr_common::DEFAULT_TABLE_SIZE);
+    // Both VIPs have all the lab's backends: the default size for that many.
+    let size = dsr::plan::sizing::default_size(
+        lab.backends.len(),
+        dsr_common::TABLE_SLOTS_PER_BACKEND,
+        dsr_common::DEFAULT_MAX_TABLE_SLOTS,
+    );
+    let table = dsr::plan::maglev::build(&entries, size);
     let predict = |sport: u16, dport: u16, proto: u8| {
         let key = dsr_common::FlowKey::new(CLIENT6.into(), sport, VIP6.into(), dport, proto);
         table[(dsr_common::flow_hash(&key, dsr_common::DEFAULT_HASH_SEED) % table.len() as u32)

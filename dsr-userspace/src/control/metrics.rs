@@ -319,6 +319,21 @@ pub fn render(s: &Status) -> String {
             .iter()
             .filter_map(|v| Some((vip_labels(v), v.tracked_flows? as f64))),
     );
+    m.gauge(
+        "dsr_vip_table_slots",
+        "Slots of the VIP's Maglev table (its table_size, or from its configured backends)",
+        s.vips.iter().map(|v| (vip_labels(v), v.table_size as f64)),
+    );
+    if let Some(t) = &s.tables {
+        m.gauge(
+            "dsr_table_budget_slots",
+            "Slots of the map all VIPs' tables share (table_budget), and those in use",
+            [
+                (vec![("kind", "budget".to_owned())], t.budget_slots as f64),
+                (vec![("kind", "used".to_owned())], t.used_slots as f64),
+            ],
+        );
+    }
     if let Some(t) = &s.flow_table {
         m.gauge(
             "dsr_flow_table_capacity",
@@ -454,6 +469,8 @@ mod tests {
                 announced: true,
                 min_usable: 1,
                 drained: false,
+                table_size: 130003,
+                table_bytes: 520064,
                 table_digest: Some("0123456789abcdef".into()),
                 tracked_flows: Some(3),
                 notify: Some(crate::runtime::notify::HookStatus {

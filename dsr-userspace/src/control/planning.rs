@@ -27,9 +27,14 @@ pub struct VipPlan {
     pub name: String,
     pub addr: VipAddr,
     pub change: VipChange,
+    /// Slots of its table after the change, and before (0: it had none).
     pub table_size: u32,
-    /// Slots whose backend (by address) changes: that share of new flows goes elsewhere.
+    pub table_size_before: u32,
+    /// Slots whose backend (by address) changes; after a size change, the moved share of
+    /// the new size.
     pub slots_moved: u32,
+    /// The share of new flows whose backend (by address) changes. A size change (the config's
+    /// backend count or `table_size` changed) moves nearly all of them.
     pub share_moved: f64,
     pub backends: Vec<BackendPlan>,
     /// Flows the flow table tracks for the VIP now, and how many of them would change backend
@@ -53,6 +58,19 @@ pub fn render(p: &PlanReport) -> String {
             continue;
         }
         any = true;
+        if v.table_size_before != 0 && v.table_size != 0 && v.table_size_before != v.table_size {
+            let _ = writeln!(
+                out,
+                "VIP {} {}: table resized from {} to {} slots (its configured backends or \
+                 table_size changed): nearly all new flows move to other slots ({:.1}% to another \
+                 backend); established flows keep their backends",
+                v.name,
+                v.addr,
+                v.table_size_before,
+                v.table_size,
+                v.share_moved * 100.0
+            );
+        }
         let _ = writeln!(
             out,
             "VIP {} {}: {:?}; {} of {} slots move ({:.1}% of new flows); {} of {} tracked flows change backend",

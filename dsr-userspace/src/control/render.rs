@@ -130,6 +130,17 @@ pub fn render_status(s: &Status) -> String {
     if s.daemon == DaemonState::Down && !s.vips.is_empty() {
         out += "HEALTH is the last state the daemon saved: nobody checks the backends now.\n";
     }
+    if let Some(t) = &s.tables {
+        let mib = |slots: u64| slots as f64 * 4.0 / (1 << 20) as f64;
+        let _ = writeln!(
+            out,
+            "tables: {:.1} of {:.1} MiB of table_budget in use ({:.1}%); the largest table that fits now: {} slots",
+            mib(t.used_slots),
+            mib(t.budget_slots),
+            t.used_slots as f64 * 100.0 / t.budget_slots.max(1) as f64,
+            t.largest_free_slots
+        );
+    }
     if let Some(t) = &s.flow_table {
         let _ = writeln!(
             out,
@@ -165,9 +176,18 @@ pub fn render_status(s: &Status) -> String {
             v.hash,
             if v.fragments { "  fragments" } else { "" },
             if v.conntrack { "on" } else { "off" },
-            v.table_digest
-                .as_ref()
-                .map_or(String::new(), |d| format!("  table {d}")),
+            if v.table_size == 0 {
+                String::new()
+            } else {
+                format!(
+                    "  table {} slots ({:.1} MiB){}",
+                    v.table_size,
+                    v.table_bytes as f64 / (1 << 20) as f64,
+                    v.table_digest
+                        .as_ref()
+                        .map_or(String::new(), |d| format!(" {d}"))
+                )
+            },
             rates(&v.traffic),
             totals(&v.traffic)
         );

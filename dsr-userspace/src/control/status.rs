@@ -84,9 +84,22 @@ pub struct Status {
     /// `flow_count_interval`).
     #[serde(default)]
     pub flow_table: Option<FlowTableStatus>,
+    /// How much of `table_budget` the VIPs' tables take (a running daemon's).
+    #[serde(default)]
+    pub tables: Option<TablesStatus>,
     /// The flow-state exchange with the other load balancers (`[sync]`).
     #[serde(default)]
     pub sync: Option<crate::runtime::sync::SyncStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablesStatus {
+    /// Slots the VIPs' tables take in TABLES (rounded up to whole chunks).
+    pub used_slots: u64,
+    /// Slots of TABLES (`table_budget`).
+    pub budget_slots: u64,
+    /// The largest run of free slots: the largest table that can be built now.
+    pub largest_free_slots: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +177,11 @@ pub struct VipStatus {
     pub announced: bool,
     pub min_usable: u32,
     pub drained: bool,
+    /// Slots of its table (chosen by the config: `plan::sizing`) and the bytes it takes.
+    #[serde(default)]
+    pub table_size: u32,
+    #[serde(default)]
+    pub table_bytes: u64,
     /// Digest of the active table: seed, size and each slot's backend address (hex). Two
     /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
     /// only to a running daemon.
@@ -313,6 +331,7 @@ pub struct Source<'a> {
     pub notify_default: Option<&'a str>,
     /// The flow-state exchange, if configured and running.
     pub sync: Option<crate::runtime::sync::SyncStatus>,
+    pub tables: Option<TablesStatus>,
 }
 
 /// The one status builder.
@@ -366,6 +385,7 @@ pub fn build(src: Source<'_>) -> Status {
             counted_at_unix_ms: c.at.map_or(0, unix_ms),
             count_ms: c.took.as_secs_f64() * 1000.0,
         }),
+        tables: src.tables,
         sync: src.sync,
     };
     let Some(state) = src.state else {
@@ -425,6 +445,9 @@ pub fn build(src: Source<'_>) -> Status {
             announced: crate::runtime::announce::announced(vip),
             min_usable: vip.spec.min_usable,
             drained: vip.spec.drained,
+            table_size: vip.table_size,
+            table_bytes: vip.table_size.div_ceil(dsr_common::TABLE_CHUNK) as u64
+                * std::mem::size_of::<dsr_common::TableChunk>() as u64,
             table_digest: src
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))

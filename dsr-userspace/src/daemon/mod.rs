@@ -52,10 +52,14 @@ const MAX_FLOWS_LISTED: usize = 100_000;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Housekeeping period: neighbour poll (backstop for missed events), rates, map re-sync.
 const TICK: Duration = Duration::from_secs(1);
+/// Check results taken in one go before the tables are rebuilt.
+const MAX_REPORTS_PER_APPLY: usize = 1024;
 /// How often an unresolved backend is solicited again, in ticks.
 const RESOLICIT_TICKS: u64 = 5;
 
 pub struct Daemon {
+    /// The slots per backend the default table sizes got last (logged when it changes).
+    table_slots_per_backend: Option<u32>,
     config_path: PathBuf,
     config: Model,
     journal: Vec<Change>,
@@ -111,7 +115,7 @@ impl Daemon {
         let sizes = Sizes {
             max_vips: config.max_vips,
             max_backends: config.max_backends,
-            table_size: config.table_size,
+            table_budget: config.tables.budget,
             flow_table_size: config.flow_table_size,
         };
         let pin_dir = datapath::pin_dir(&config.instance);
@@ -186,11 +190,11 @@ impl Daemon {
             }
             (_, saved) => {
                 log::info!(
-                    "loaded a new data path: {} VIPs max, {} backends max, {}-slot tables ({} MiB), \
+                    "loaded a new data path: {} VIPs max, {} backends max, {} table slots ({} MiB), \
                      {} flows (about {} MiB), seed {:#010x}",
                     sizes.max_vips,
                     sizes.max_backends,
-                    sizes.table_size,
+                    sizes.table_budget,
                     sizes.table_bytes() >> 20,
                     sizes.flow_table_size,
                     sizes.flow_bytes() >> 20,
@@ -215,7 +219,7 @@ impl Daemon {
             log::warn!("{s}; dropped from the journal");
         }
         let journal = journal::prune(&config.vips, &journal, limits(&config));
-        let reconciled = state.reconcile(&vips, SystemTime::now());
+        let reconciled = state.reconcile(&vips, &config.tables, SystemTime::now());
         for e in &reconciled.errors {
             log::error!("{e}");
         }
@@ -253,6 +257,7 @@ impl Daemon {
             ),
             sync_key,
             sync: None,
+            table_slots_per_backend: None,
         };
         daemon.after_reconcile();
         daemon.restore_ports();
@@ -364,7 +369,22 @@ impl Daemon {
                     let response = self.handle(request).await;
                     let _ = reply.send(response);
                 }
-                Some(report) = reports.recv() => self.on_check(report).await,
+                Some(report) = reports.recv() => {
+                    // Results that arrived together are applied together: one table build
+                    // for a rack going down, not one per backend.
+                    let mut changed = self.on_check(report).await;
+                    let mut more = 0;
+                    while more < MAX_REPORTS_PER_APPLY
+                        && let Ok(report) = reports.try_recv()
+                    {
+                        changed |= self.on_check(report).await;
+                        more += 1;
+                    }
+                    if changed {
+                        self.apply_logged();
+                        self.save();
+                    }
+                }
                 Some(event) = neighbours.recv() => self.on_neighbour(event),
                 _ = tick.tick() => {
                     ticks += 1;
@@ -451,9 +471,27 @@ impl Daemon {
         journal::replay(&self.config.vips, &self.journal, limits(&self.config))
     }
 
-    /// Runs the checks of exactly the backends there are, and frees the TX ports no backend
-    /// uses any more.
+    /// Runs the checks of exactly the backends there are, frees the TX ports no backend uses
+    /// any more, and says when the default table sizes had to shrink to fit the budget.
     fn after_reconcile(&mut self) {
+        let per_backend = self
+            .config
+            .tables
+            .sizes(&self.desired_vips().0)
+            .map(|s| s.per_backend)
+            .ok();
+        if per_backend != self.table_slots_per_backend {
+            if let Some(k) = per_backend.filter(|&k| k < dsr_common::TABLE_SLOTS_PER_BACKEND) {
+                log::warn!(
+                    "the VIPs' default table sizes do not fit table_budget {}: they get {k} slots \
+                     per backend instead of {} (more new flows move when a backend fails); \
+                     raise table_budget (fixed when the data path is created) or set table_size",
+                    self.config.tables.budget,
+                    dsr_common::TABLE_SLOTS_PER_BACKEND
+                );
+            }
+            self.table_slots_per_backend = per_backend;
+        }
         let used: std::collections::HashSet<u32> = self
             .state
             .vips
@@ -595,6 +633,17 @@ impl Daemon {
         let desired = plan::desired(&self.state);
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
         for t in applied.tables {
+            if let Some((old, share)) = t.resized {
+                log::info!(
+                    "VIP {}: table resized from {old} to {} slots for {} backends: {:.1}% of new \
+                     flows move (established flows keep their backends)",
+                    t.vip,
+                    t.size,
+                    t.backends,
+                    share * 100.0
+                );
+                continue;
+            }
             match t.moved {
                 // An empty table has no slots to count moves against.
                 Some(_) if t.size == 0 => {
@@ -667,7 +716,8 @@ impl Daemon {
         }
     }
 
-    async fn on_check(&mut self, report: Report) {
+    /// Records a check result; whether a backend changed state (the caller applies).
+    async fn on_check(&mut self, report: Report) -> bool {
         if let Some((vip, addr, up)) = self.state.record_check(report.token, report.result.clone())
         {
             if up {
@@ -692,9 +742,9 @@ impl Daemon {
                     log::debug!("re-probing {addr}: {e:#}");
                 }
             }
-            self.apply_logged();
-            self.save();
+            return true;
         }
+        false
     }
 
     fn on_neighbour(&mut self, (ifindex, addr, mac): NeighbourEvent) {
@@ -777,7 +827,7 @@ impl Daemon {
     async fn can_apply(&self, vips: &[VipSpec]) -> Result<(), String> {
         check_interfaces(&self.netlink, vips).await?;
         let mut trial = self.state.clone();
-        let r = trial.reconcile(vips, SystemTime::now());
+        let r = trial.reconcile(vips, &self.config.tables, SystemTime::now());
         if !r.errors.is_empty() {
             return Err(r.errors.join("; "));
         }
@@ -787,7 +837,9 @@ impl Daemon {
     /// Brings the state to config + journal and applies it.
     async fn resync(&mut self) -> Vec<String> {
         let (vips, mut notes) = self.desired_vips();
-        let r = self.state.reconcile(&vips, SystemTime::now());
+        let r = self
+            .state
+            .reconcile(&vips, &self.config.tables, SystemTime::now());
         notes.extend(r.errors.iter().cloned());
         self.after_reconcile();
         self.place_backends().await;
@@ -848,7 +900,10 @@ impl Daemon {
                 "flow_count_interval",
                 self.config.flow_count_interval != new.flow_count_interval,
             ),
-            ("table_size", self.config.table_size != new.table_size),
+            (
+                "table_budget",
+                self.config.tables.budget != new.tables.budget,
+            ),
             ("max_vips", self.config.max_vips != new.max_vips),
             ("max_backends", self.config.max_backends != new.max_backends),
             (
@@ -1165,6 +1220,7 @@ impl Daemon {
                 .sync
                 .as_ref()
                 .map(|s| s.lock().expect("not poisoned").clone()),
+            tables: Some(self.datapath.table_usage()),
         })
     }
 
@@ -1356,7 +1412,7 @@ fn limits(config: &Model) -> Limits {
     Limits {
         max_vips: config.max_vips,
         max_backends: config.max_backends,
-        table_size: config.table_size,
+        tables: config.tables,
     }
 }
 
@@ -1401,5 +1457,6 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         hooks: None,
         notify_default: model.notify.as_deref(),
         sync: None,
+        tables: None,
     }))
 }

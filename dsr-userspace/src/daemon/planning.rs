@@ -20,21 +20,22 @@ impl Daemon {
         config: Option<&Path>,
         change: Option<&Request>,
     ) -> Result<PlanReport, String> {
-        let vips = match (config, change) {
+        let (vips, tables) = match (config, change) {
             (Some(path), None) => {
                 let new = toml_file::load(path).map_err(|e| e.to_string())?;
-                journal::replay(&new.vips, &self.journal, limits(&new)).0
+                let vips = journal::replay(&new.vips, &self.journal, limits(&new)).0;
+                (vips, new.tables)
             }
             (None, Some(request)) => {
                 let change = self.change_of(request)?;
                 let mut vips = self.desired_vips().0;
                 change.apply(&mut vips, limits(&self.config))?;
-                vips
+                (vips, self.config.tables)
             }
             _ => return Err("plan needs either a config file or one change".into()),
         };
         let mut after = self.state.clone();
-        let r = after.reconcile(&vips, SystemTime::now());
+        let r = after.reconcile(&vips, &tables, SystemTime::now());
         if !r.errors.is_empty() {
             return Err(format!("it cannot apply: {}", r.errors.join("; ")));
         }
@@ -47,7 +48,6 @@ impl Daemon {
                 b.mac = Some(crate::spec::model::MacAddr([0x02, 0, 0, 0, 0, 0x01]));
             }
         }
-        let size = self.config.table_size;
         let flows = self.datapath.flow_entries(MAX_FLOWS_SCANNED_FOR_PLAN);
         let mut report = PlanReport { vips: Vec::new() };
         let addrs: Vec<_> = {
@@ -67,12 +67,22 @@ impl Daemon {
                 }
                 _ => VipChange::Unchanged,
             };
-            let (before_slots, after_slots) = (slots(old, size), slots(new, size));
-            let moved = before_slots
-                .iter()
-                .zip(&after_slots)
-                .filter(|(a, b)| a != b)
-                .count() as u32;
+            let (size_before, size) = (
+                old.map_or(0, |v| v.table_size),
+                new.map_or(0, |v| v.table_size),
+            );
+            let (before_slots, after_slots) = (slots(old), slots(new));
+            let share_moved = if old.is_some() && new.is_some() && size_before != size {
+                let (o, n) = (tables_of(old), tables_of(new));
+                maglev::moved_share((&o.0, &o.1), (&n.0, &n.1))
+            } else {
+                let moved = before_slots
+                    .iter()
+                    .zip(&after_slots)
+                    .filter(|(a, b)| a != b)
+                    .count();
+                moved as f64 / before_slots.len().max(after_slots.len()).max(1) as f64
+            };
             let mut per_backend: HashMap<IpAddr, (u32, u32)> = HashMap::new();
             for a in before_slots.iter().flatten() {
                 per_backend.entry(*a).or_default().0 += 1;
@@ -108,8 +118,9 @@ impl Daemon {
                 addr,
                 change,
                 table_size: size,
-                slots_moved: moved,
-                share_moved: moved as f64 / size as f64,
+                table_size_before: size_before,
+                slots_moved: (share_moved * size.max(size_before) as f64).round() as u32,
+                share_moved,
                 backends,
                 tracked_flows: tracked,
                 tracked_flows_moving: moving,
@@ -127,13 +138,22 @@ fn backends_differ(a: &Vip, b: &Vip) -> bool {
             .any(|(x, y)| x.spec != y.spec)
 }
 
-/// Each slot's backend address (`None`: no backend), as the VIP's table would hold it.
-fn slots(vip: Option<&Vip>, size: u32) -> Vec<Option<IpAddr>> {
+/// The VIP's table as it would be built, with its entries.
+fn tables_of(vip: Option<&Vip>) -> (Vec<u32>, Vec<maglev::Entry>) {
     let Some(vip) = vip else {
-        return vec![None; size as usize];
+        return (Vec::new(), Vec::new());
     };
     let (_, entries) = vip.serving();
-    let table = maglev::build(&entries, size);
+    (maglev::build(&entries, vip.table_size), entries)
+}
+
+/// Each slot's backend address (`None`: no backend), as the VIP's table would hold it.
+fn slots(vip: Option<&Vip>) -> Vec<Option<IpAddr>> {
+    let Some(vip) = vip else {
+        return Vec::new();
+    };
+    let size = vip.table_size;
+    let (table, entries) = tables_of(Some(vip));
     if table.is_empty() {
         return vec![None; size as usize];
     }

@@ -39,9 +39,9 @@ use aya::{
 use dsr_common::{
     ADDR_F_PORT0, ADDR_F_PORTS, ADDR_F_VLAN, Backend, Counter, EVENT_COUNT, Event, FlowEntry,
     FlowMapKey, Iface, LAYOUT_VERSION, MAX_IFINDEX, MAX_TX_PORTS, MAX_VMACS, PROGRAM_NAME,
-    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TABLE_ROWS_PER_VIP, TRACE_PROGRAM_NAME,
-    TRACE_RING_BYTES, TableChunk, VIP_F_FRAGMENT_ALIAS, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey,
-    VipInfo, VipKey, names, vip_filter_bit,
+    REASON_COUNT, Reason, Settings, TABLE_CHUNK, TRACE_PROGRAM_NAME, TRACE_RING_BYTES, TableChunk,
+    VIP_F_FRAGMENT_ALIAS, VIP_FILTER_WORDS, VipAddrInfo, VipAddrKey, VipInfo, VipKey, names,
+    vip_filter_bit,
 };
 
 use crate::{
@@ -55,23 +55,26 @@ use crate::{
 pub struct Sizes {
     pub max_vips: u32,
     pub max_backends: u32,
-    /// Largest table (slots) a VIP may have.
-    pub table_size: u32,
+    /// Slots all VIPs' tables share (`table_budget`), a multiple of TABLE_CHUNK.
+    pub table_budget: u32,
     /// Flows the connection table (an LRU) holds.
     pub flow_table_size: u32,
 }
 
 impl Sizes {
-    fn row_chunks(&self) -> u32 {
-        self.table_size.div_ceil(TABLE_CHUNK)
+    /// A `table_budget` for `tables` tables of `slots` slots each, with room for as many
+    /// again (so that rewriting them never waits for freed runs to cool).
+    pub fn budget_for(tables: u32, slots: u32) -> u32 {
+        2 * tables * tables::chunks_of(slots) * TABLE_CHUNK
     }
 
-    /// Bytes TABLES takes in the kernel (two rows per VIP).
+    fn table_chunks(&self) -> u32 {
+        tables::chunks_of(self.table_budget)
+    }
+
+    /// Bytes TABLES takes in the kernel.
     pub fn table_bytes(&self) -> u64 {
-        self.max_vips as u64
-            * TABLE_ROWS_PER_VIP as u64
-            * self.row_chunks() as u64
-            * std::mem::size_of::<TableChunk>() as u64
+        self.table_chunks() as u64 * std::mem::size_of::<TableChunk>() as u64
     }
 
     /// Bytes FLOWS takes, roughly: key, value and the kernel's per-element overhead (an
@@ -93,6 +96,8 @@ pub struct Datapath {
     backends: Array<MapData, Backend>,
     ifaces: Array<MapData, Iface>,
     tables: TableMmap,
+    /// Which TABLES elements each VIP's table takes (kept equal to what VIPS points at).
+    chunks: tables::Chunks,
     vip_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
     reason_stats: PerCpuArray<MapData, Counter>,
@@ -117,10 +122,10 @@ pub struct Datapath {
 
 /// Every map with the size it must have.
 fn map_sizes(sizes: &Sizes) -> Result<[(&'static str, u32); 15]> {
-    let table_elems = sizes
-        .max_vips
-        .checked_mul(TABLE_ROWS_PER_VIP * sizes.row_chunks())
-        .ok_or_else(|| anyhow!("max_vips x table_size is too large"))?;
+    let table_elems = sizes.table_chunks();
+    if table_elems == 0 {
+        bail!("table_budget must hold at least one table");
+    }
     Ok([
         (names::SETTINGS, 1),
         // Each VIP may also have a fragment alias.
@@ -163,7 +168,7 @@ fn explain_map_error(e: anyhow::Error, sizes: &Sizes, map_sizes: &[(&str, u32)])
         .map_or(0, |(_, n)| *n);
     let (setting, bytes) = match name.as_str() {
         names::FLOWS => ("flow_table_size", Some(sizes.flow_bytes())),
-        names::TABLES => ("max_vips or table_size", Some(sizes.table_bytes())),
+        names::TABLES => ("table_budget", Some(sizes.table_bytes())),
         names::VIPS | names::VIP_ADDRS | names::VIP_STATS => ("max_vips", None),
         names::BACKENDS | names::BACKEND_STATS => ("max_backends", None),
         _ => return e,
@@ -228,7 +233,7 @@ pub fn check_pinned(dir: &Path, sizes: &Sizes) -> Result<bool> {
         if have != want {
             bail!(
                 "pinned map {} holds {have} entries but the config asks for {want} \
-                 (max_vips / max_backends / table_size / flow_table_size changed); {remedy}, \
+                 (max_vips / max_backends / table_budget / flow_table_size changed); {remedy}, \
                  or keep the old sizes",
                 path.display()
             );
@@ -413,7 +418,6 @@ impl Datapath {
         adopted: bool,
     ) -> Result<Self> {
         let sizes = opts.sizes;
-        let row_chunks = sizes.row_chunks();
         let table_elems = map_sizes
             .iter()
             .find(|(n, _)| *n == names::TABLES)
@@ -483,7 +487,7 @@ impl Datapath {
         let mut trace_ring = trace::TraceRing {
             ring: take(names::TRACE)?.try_into()?,
         };
-        let vips = take(names::VIPS)?.try_into()?;
+        let vips: HashMap<MapData, VipKey, VipInfo> = take(names::VIPS)?.try_into()?;
         let backends = take(names::BACKENDS)?.try_into()?;
         let ifaces = take(names::IFACES)?.try_into()?;
         let aya::maps::Map::Array(tables) = take(names::TABLES)? else {
@@ -512,13 +516,20 @@ impl Datapath {
         let tx_ports_fd = data.fd().as_fd().as_raw_fd();
         let tx_ports = tx_ports_map.try_into()?;
         let tables = TableMmap::new(tables, table_elems)?;
+        // An adopted data path's VIPs keep their tables where they are.
+        let live: Vec<(u32, u32)> = vips
+            .iter()
+            .map(|e| e.map(|(_, info)| (info.table_base, info.table_size)))
+            .collect::<Result<_, _>>()?;
+        let chunks = tables::Chunks::new(table_elems, live)
+            .context("reading where the pinned VIPS entries' tables lie")?;
 
         settings.set(
             0,
             Settings {
                 layout_version: LAYOUT_VERSION,
                 hash_seed: opts.hash_seed,
-                row_chunks,
+                _pad: 0,
                 // A trace session does not outlive the daemon that served it.
                 trace: 0,
                 flow_idle_ns: opts.flow_idle.as_nanos().min(u64::MAX as u128) as u64,
@@ -543,6 +554,7 @@ impl Datapath {
             backends,
             ifaces,
             tables,
+            chunks,
             vip_stats,
             backend_stats,
             reason_stats,
@@ -795,8 +807,11 @@ impl Datapath {
     }
 
     /// Installs `table` (backend ids; empty = no usable backend, packets dropped) for a VIP,
-    /// switching atomically from the table it had. A VIP with a port that accepts fragments
-    /// also gets a port-0 alias, which catches its non-first fragments.
+    /// switching atomically from the table it had: the table is written into free TABLES
+    /// elements, then one VIPS update points the VIP at it, and the old elements are given
+    /// up. A VIP with a port that accepts fragments also gets a port-0 alias, which catches
+    /// its non-first fragments. Fails, changing nothing, when `table_budget` has no free run
+    /// for the table.
     pub fn set_vip(
         &mut self,
         addr: &VipAddr,
@@ -807,51 +822,65 @@ impl Datapath {
         if id >= self.sizes.max_vips {
             bail!("VIP id {id} is beyond max_vips {}", self.sizes.max_vips);
         }
-        if table.len() > self.sizes.table_size as usize {
-            bail!(
-                "table of {} slots exceeds table_size {}",
-                table.len(),
-                self.sizes.table_size
-            );
-        }
-        let key = vip_key(addr);
-        let first_row = id * TABLE_ROWS_PER_VIP;
-        let row = match self.vips.get(&key, 0) {
-            Ok(old) if old.id == id && old.table_size > 0 => {
-                first_row + (old.table_row - first_row + 1) % TABLE_ROWS_PER_VIP
-            }
-            _ => first_row,
-        };
-        if !table.is_empty() {
+        let slots = u32::try_from(table.len()).context("table too large")?;
+        let len = tables::chunks_of(slots);
+        let base = if len == 0 {
+            0
+        } else {
+            let Some(base) = self.chunks.alloc(len) else {
+                let (used, total) = self.chunks.usage();
+                bail!(
+                    "no room in TABLES for VIP {addr}'s table of {slots} slots ({len} elements): \
+                     {used} of {total} in use, the largest free run {}; raise table_budget \
+                     (fixed when the data path is created) or give VIPs smaller table_size",
+                    self.chunks.largest_free()
+                );
+            };
             self.tables
-                .row_mut(row, self.sizes.row_chunks())
-                .get_mut(..table.len())
-                .expect("bounded above")
+                .run_mut(base, slots)
+                .expect("allocated within TABLES")
                 .copy_from_slice(table);
-        }
+            base
+        };
         let flags = writer::vip_flags(opts);
         let info = VipInfo {
             id,
-            table_row: row,
-            table_size: table.len() as u32,
+            table_base: base,
+            table_size: slots,
             flags,
             hash_fields: opts.hash_fields,
         };
-        self.vips
-            .insert(key, info, 0)
-            .with_context(|| format!("writing VIP {addr}"))?;
+        let written = self
+            .put_vip(vip_key(addr), info)
+            .with_context(|| format!("writing VIP {addr}"));
+        if written.is_err() && len > 0 {
+            self.chunks.abandon(base);
+        }
+        written?;
         let alias = fragment_alias(addr);
         if opts.fragments && addr.port != 0 {
             let alias_info = VipInfo {
                 flags: flags | VIP_F_FRAGMENT_ALIAS,
                 ..info
             };
-            self.vips
-                .insert(alias, alias_info, 0)
+            self.put_vip(alias, alias_info)
                 .with_context(|| format!("writing the fragment entry of VIP {addr}"))?;
         } else if addr.port != 0 && self.vips.get(&alias, 0).is_ok_and(|i| i.id == id) {
             // It stopped accepting fragments.
-            self.vips.remove(&alias)?;
+            self.delete_vip_key(&alias)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a VIPS entry, keeping `chunks` equal to what the entries point at.
+    fn put_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        let old = self.vips.get(&key, 0).ok();
+        self.vips.insert(key, info, 0)?;
+        if info.table_size > 0 {
+            self.chunks.hold(info.table_base);
+        }
+        if let Some(o) = old.filter(|o| o.table_size > 0) {
+            self.chunks.release(o.table_base);
         }
         Ok(())
     }
@@ -859,12 +888,23 @@ impl Datapath {
     pub fn remove_vip(&mut self, addr: &VipAddr) -> Result<()> {
         let key = vip_key(addr);
         let id = self.vips.get(&key, 0).map(|i| i.id).ok();
-        self.vips.remove(&key)?;
+        self.delete_vip_key(&key)?;
         let alias = fragment_alias(addr);
         if addr.port != 0 && id.is_some() && self.vips.get(&alias, 0).ok().map(|i| i.id) == id {
-            self.vips.remove(&alias)?;
+            self.delete_vip_key(&alias)?;
         }
         Ok(())
+    }
+
+    /// How much of TABLES the VIPs' tables take.
+    pub fn table_usage(&self) -> crate::control::status::TablesStatus {
+        let (used, total) = self.chunks.usage();
+        let slots = |chunks: u32| chunks as u64 * TABLE_CHUNK as u64;
+        crate::control::status::TablesStatus {
+            used_slots: slots(used),
+            budget_slots: slots(total),
+            largest_free_slots: slots(self.chunks.largest_free()),
+        }
     }
 
     /// Makes VIP_FILTER mark exactly these VIP addresses.
@@ -898,14 +938,17 @@ impl Datapath {
     /// The active table of a VIP, as the data path reads it.
     pub fn table(&self, addr: &VipAddr) -> Result<Vec<u32>> {
         let info = self.vips.get(&vip_key(addr), 0)?;
-        let row = self.tables.row(info.table_row, self.sizes.row_chunks());
-        Ok(row[..info.table_size as usize].to_vec())
+        let run = self
+            .tables
+            .run(info.table_base, info.table_size)
+            .ok_or_else(|| anyhow!("VIP {addr}'s table lies beyond TABLES"))?;
+        Ok(run.to_vec())
     }
 
-    /// Slot `slot` of the table row `info` points at, as the data path reads it.
+    /// Slot `slot` of the table `info` points at, as the data path reads it.
     pub fn table_slot(&self, info: &VipInfo, slot: u32) -> Option<u32> {
-        let row = self.tables.row(info.table_row, self.sizes.row_chunks());
-        row.get(..info.table_size as usize)?
+        self.tables
+            .run(info.table_base, info.table_size)?
             .get(slot as usize)
             .copied()
     }
@@ -929,13 +972,18 @@ impl Datapath {
         self.vips.get(key, 0).ok()
     }
 
-    /// Removes the VIPS entry of `key` (one already gone is fine).
+    /// Removes the VIPS entry of `key` (one already gone is fine); its table's elements are
+    /// given up once no entry points at them.
     pub fn delete_vip_key(&mut self, key: &VipKey) -> Result<()> {
+        let old = self.vips.get(key, 0).ok();
         match self.vips.remove(key) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing a VIPS entry"),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("removing a VIPS entry"),
         }
+        if let Some(o) = old.filter(|o| o.table_size > 0) {
+            self.chunks.release(o.table_base);
+        }
+        Ok(())
     }
 
     /// Flow-table entries, at most `max` (in the kernel's hash order).
@@ -1002,11 +1050,6 @@ impl Datapath {
         (1..MAX_TX_PORTS)
             .filter_map(|p| self.tx_ports.get(p, 0).ok().map(|v| (p, v.if_index)))
             .collect()
-    }
-
-    /// How many TABLES rows the data path holds per VIP, and each row's length in slots.
-    pub fn row_slots(&self) -> u32 {
-        self.sizes.row_chunks() * TABLE_CHUNK
     }
 
     pub fn sizes(&self) -> Sizes {

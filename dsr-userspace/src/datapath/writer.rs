@@ -30,9 +30,10 @@ use crate::{
 pub struct Writer {
     /// VIPS entries (fragment aliases included) as the kernel holds them.
     vips: HashMap<VipKey, VipInfo>,
-    /// What each VIP's active table was built from, when this writer wrote it. A VIP found
-    /// in the kernel at start has no entry here, so its table is rebuilt once.
-    built: HashMap<VipAddr, Vec<maglev::Entry>>,
+    /// What each VIP's active table was built from (its size and entries), when this writer
+    /// wrote it. A VIP found in the kernel at start has no entry here, so its table is
+    /// rebuilt once.
+    built: HashMap<VipAddr, (u32, Vec<maglev::Entry>)>,
     addrs: HashMap<VipAddrKey, u32>,
     backends: BTreeMap<u32, Backend>,
     tx_ports: BTreeMap<u32, u32>,
@@ -52,8 +53,11 @@ pub struct TableSwitch {
     pub backends: usize,
     pub size: usize,
     /// Slots whose backend (by address) changed; `None` when the old table's backends are
-    /// not known (the first write after adopting a running data path).
+    /// not known (the first write after adopting a running data path) or its size differs.
     pub moved: Option<usize>,
+    /// The table's size changed (the config's backend count or `table_size` did): the old
+    /// size, and the share of new flows that move.
+    pub resized: Option<(usize, f64)>,
 }
 
 /// What one apply did.
@@ -135,10 +139,12 @@ impl Writer {
             }
             let held = self.vips.get(&key);
             let flags = vip_flags(vip.options);
-            let current = held.is_some_and(|h| {
-                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
-            }) && self.built.get(addr) == Some(&vip.entries)
-                && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
+            let current =
+                held.is_some_and(|h| {
+                    h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
+                }) && self.built.get(addr).is_some_and(|(size, entries)| {
+                    *size == vip.table_size && *entries == vip.entries
+                }) && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
             if current {
                 continue;
             }
@@ -157,14 +163,24 @@ impl Writer {
                 fail(format!("VIP {addr} counters"), e);
                 continue;
             }
-            let table = maglev::build(&vip.entries, dp.sizes().table_size);
-            let moved = self.built.get(addr).and_then(|old_entries| {
-                let old = dp.table(addr).ok()?;
-                Some(slots_moved(&old, old_entries, &table, &vip.entries))
-            });
+            let table = maglev::build(&vip.entries, vip.table_size);
+            let old = self
+                .built
+                .get(addr)
+                .and_then(|(_, entries)| Some((dp.table(addr).ok()?, entries)));
+            let (mut moved, mut resized) = (None, None);
+            if let Some((old, old_entries)) = &old {
+                if old.is_empty() || table.is_empty() || old.len() == table.len() {
+                    moved = Some(slots_moved(old, old_entries, &table, &vip.entries));
+                } else {
+                    let share = maglev::moved_share((old, old_entries), (&table, &vip.entries));
+                    resized = Some((old.len(), share));
+                }
+            }
             match dp.set_vip(addr, vip.id, &table, vip.options) {
                 Ok(()) => {
-                    self.built.insert(*addr, vip.entries.clone());
+                    self.built
+                        .insert(*addr, (vip.table_size, vip.entries.clone()));
                     self.digests
                         .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
                     out.tables.push(TableSwitch {
@@ -172,6 +188,7 @@ impl Writer {
                         backends: vip.entries.len(),
                         size: table.len(),
                         moved,
+                        resized,
                     });
                 }
                 Err(e) => {

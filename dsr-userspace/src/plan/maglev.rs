@@ -140,9 +140,54 @@ pub fn digest(seed: u32, table: &[u32], entries: &[Entry]) -> u64 {
     h
 }
 
+/// The share of new flows whose backend (by address) differs between two tables, each with
+/// the entries it was built from; an empty table sends nowhere. Tables of one size compare
+/// slot by slot. Tables of different sizes put a flow in unrelated slots (slot = hash mod
+/// size): a fixed sample of hash values is compared instead, and nearly all flows move.
+pub fn moved_share(old: (&[u32], &[Entry]), new: (&[u32], &[Entry])) -> f64 {
+    let by_id = |entries: &[Entry]| -> std::collections::HashMap<u32, IpAddr> {
+        entries.iter().map(|e| (e.id, e.address)).collect()
+    };
+    let (oa, na) = (by_id(old.1), by_id(new.1));
+    let at = |t: &[u32], a: &std::collections::HashMap<u32, IpAddr>, h: u64| {
+        (!t.is_empty())
+            .then(|| a.get(&t[(h % t.len() as u64) as usize]).copied())
+            .flatten()
+    };
+    if old.0.len() == new.0.len() {
+        if old.0.is_empty() {
+            return 0.0;
+        }
+        let moved = (0..old.0.len() as u64)
+            .filter(|&s| at(old.0, &oa, s) != at(new.0, &na, s))
+            .count();
+        return moved as f64 / old.0.len() as f64;
+    }
+    const SAMPLES: u64 = 1 << 16;
+    // Flow hashes are 32-bit: spread the sample over that range (splitmix64's increment).
+    let moved = (0..SAMPLES)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) & 0xffff_ffff)
+        .filter(|&h| at(old.0, &oa, h) != at(new.0, &na, h))
+        .count();
+    moved as f64 / SAMPLES as f64
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    #[test]
+    fn a_size_change_moves_nearly_every_flow_and_one_backend_few() {
+        let all = entries(10, |_| 1);
+        let t = build(&all, 65537);
+        let fewer = build(&all[1..], 65537);
+        let share = moved_share((&t, &all), (&fewer, &all[1..]));
+        assert!((0.09..0.13).contains(&share), "{share}");
+        let resized = build(&all, 130003);
+        let share = moved_share((&t, &all), (&resized, &all));
+        assert!(share > 0.8, "{share}");
+        assert_eq!(moved_share((&t, &all), (&t, &all)), 0.0);
+    }
 
     use super::*;
 

@@ -3,6 +3,7 @@
 //! (`datapath::writer`) makes the kernel's maps equal to a [`Desired`]; nothing here does I/O.
 
 pub mod maglev;
+pub mod sizing;
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,8 @@ pub struct DesiredBackend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredVip {
     pub id: u32,
+    /// Slots of its table (`sizing`: set by the config, never by health or weights).
+    pub table_size: u32,
     /// The backends that take new flows now, sorted by id (empty: the VIP drops).
     pub entries: Vec<maglev::Entry>,
     pub options: VipOptions,
@@ -97,6 +100,7 @@ pub fn desired(state: &State) -> Desired {
             vip.spec.addr,
             DesiredVip {
                 id: vip.id,
+                table_size: vip.table_size,
                 entries,
                 options: VipOptions {
                     conntrack: vip.spec.conntrack,

@@ -18,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    plan::maglev,
+    plan::{maglev, sizing::TableSizing},
     runtime::health::Health,
     spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
 };
@@ -77,8 +77,11 @@ impl Backend {
 pub struct Vip {
     /// The VIP's spec; its `backends` list is kept empty here (see `backends`).
     pub spec: VipSpec,
-    /// Data-path id: index of VIP_STATS and of the VIP's two table rows.
+    /// Data-path id: index of VIP_STATS.
     pub id: u32,
+    /// Slots of its table (`plan::sizing`), from the specs last reconciled.
+    #[serde(default)]
+    pub table_size: u32,
     pub backends: Vec<Backend>,
 }
 
@@ -249,10 +252,31 @@ impl State {
 
     /// Brings the state to `desired`: unchanged VIPs and backends keep their ids, health,
     /// MACs and so their flows and counters; new ones get ids; vanished ones free theirs.
-    pub fn reconcile(&mut self, desired: &[VipSpec], now: SystemTime) -> Reconciled {
+    /// Each VIP's table is sized by `tables` (see `plan::sizing`).
+    pub fn reconcile(
+        &mut self,
+        desired: &[VipSpec],
+        tables: &TableSizing,
+        now: SystemTime,
+    ) -> Reconciled {
         let mut out = Reconciled::default();
+        let sizes = match tables.sizes(desired) {
+            Ok(s) => s.sizes,
+            Err(e) => {
+                // Validated before: only a bug gets here. Sized as if the budget were endless.
+                out.errors.push(format!("sizing the tables: {}", e.message));
+                let unbounded = TableSizing {
+                    budget: u32::MAX - u32::MAX % dsr_common::TABLE_CHUNK,
+                    ..*tables
+                };
+                match unbounded.sizes(desired) {
+                    Ok(s) => s.sizes,
+                    Err(_) => vec![dsr_common::DEFAULT_TABLE_SIZE; desired.len()],
+                }
+            }
+        };
         let mut old_vips = std::mem::take(&mut self.vips);
-        for spec in desired {
+        for (spec, &table_size) in desired.iter().zip(&sizes) {
             let mut vip = match old_vips.iter().position(|v| v.spec.addr == spec.addr) {
                 Some(i) => old_vips.remove(i),
                 None => match self.vip_ids.alloc(now) {
@@ -261,6 +285,7 @@ impl State {
                         Vip {
                             spec: spec.clone(),
                             id,
+                            table_size,
                             backends: Vec::new(),
                         }
                     }
@@ -275,6 +300,7 @@ impl State {
                 backends: Vec::new(),
                 ..spec.clone()
             };
+            vip.table_size = table_size;
             let mut old_backends = std::mem::take(&mut vip.backends);
             for bspec in &spec.backends {
                 let kept = old_backends
@@ -464,6 +490,7 @@ mod tests {
             min_usable: 1,
             drained: false,
             notify: None,
+            table_size: None,
             backends,
         }
     }
@@ -509,6 +536,7 @@ mod tests {
                 bspec(21, Role::Backup),
                 sorry,
             ])],
+            &TableSizing::default(),
             now,
         );
         assert_eq!(serving(&s), (Some(Role::Primary), vec![11, 12]));
@@ -539,6 +567,7 @@ mod tests {
         inhibited.inhibit_on_failure = true;
         s.reconcile(
             &[vspec(vec![drained, inhibited, bspec(21, Role::Backup)])],
+            &TableSizing::default(),
             now,
         );
         assert_eq!(serving(&s), (Some(Role::Primary), vec![12]));
@@ -568,7 +597,7 @@ mod tests {
         let now = SystemTime::now();
         let mut s = State::new(4, 16, Duration::from_secs(300));
         let config = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
-        s.reconcile(std::slice::from_ref(&config), now);
+        s.reconcile(std::slice::from_ref(&config), &TableSizing::default(), now);
         // .11 passes once (its first result decides: up), then fails twice: down.
         let addr = config.addr;
         let token = |s: &State| {
@@ -595,7 +624,7 @@ mod tests {
         let mut tuned = config.clone();
         tuned.backends[0].check.interval = Duration::from_millis(200);
         tuned.backends[0].check.rise = 2;
-        let r = s.reconcile(std::slice::from_ref(&tuned), now);
+        let r = s.reconcile(std::slice::from_ref(&tuned), &TableSizing::default(), now);
         assert_eq!(r.added.len(), 1, "the new check must start");
         let b11 = s.backend(&addr, IpAddr::from([198, 18, 0, 11])).unwrap();
         assert!(!b11.health.up && b11.health.since == since);
@@ -608,7 +637,7 @@ mod tests {
         // An up backend whose check is edited needs `fall` failures to go down.
         let mut again = tuned.clone();
         again.backends[1].check.fall = 3;
-        s.reconcile(std::slice::from_ref(&again), now);
+        s.reconcile(std::slice::from_ref(&again), &TableSizing::default(), now);
         fail(&mut s, 12);
         fail(&mut s, 12);
         assert_eq!(serving(&s), (Some(Role::Primary), vec![11, 12]));
@@ -625,6 +654,7 @@ mod tests {
                 bspec(11, Role::Primary),
                 bspec(12, Role::Primary),
             ])],
+            &TableSizing::default(),
             t0,
         );
         let id12 = s
@@ -637,6 +667,7 @@ mod tests {
                 bspec(12, Role::Primary),
                 bspec(13, Role::Primary),
             ])],
+            &TableSizing::default(),
             t0,
         );
         let addr = vspec(vec![]).addr;
@@ -655,6 +686,7 @@ mod tests {
                 bspec(13, Role::Primary),
                 bspec(14, Role::Primary),
             ])],
+            &TableSizing::default(),
             t0,
         );
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
@@ -666,6 +698,7 @@ mod tests {
                 bspec(13, Role::Primary),
                 bspec(14, Role::Primary),
             ])],
+            &TableSizing::default(),
             later,
         );
         assert!(r.errors.is_empty());

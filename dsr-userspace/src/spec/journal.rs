@@ -307,6 +307,7 @@ mod tests {
             min_usable: 1,
             drained: false,
             notify: None,
+            table_size: None,
             backends: vec![backend(11), backend(12)],
         }
     }
@@ -314,7 +315,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_vips: 2,
         max_backends: 5,
-        table_size: 65537,
+        tables: crate::plan::sizing::TableSizing::DEFAULT,
     };
 
     #[test]

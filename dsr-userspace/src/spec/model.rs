@@ -408,6 +408,10 @@ pub struct VipSpec {
     /// `None`: the top-level `notify`; `""`: none.
     #[serde(default)]
     pub notify: Option<String>,
+    /// Its table's slots (a prime); `None`: the top-level `table_size`, else from its
+    /// configured backends (`plan::sizing`).
+    #[serde(default)]
+    pub table_size: Option<u32>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -424,7 +428,8 @@ pub struct Model {
     pub vlan_tags: VlanTags,
     pub datapath_log: DatapathLog,
     pub hash_seed: u32,
-    pub table_size: u32,
+    /// The config's `table_size`, `max_table_slots` and `table_budget`.
+    pub tables: crate::plan::sizing::TableSizing,
     pub max_vips: u32,
     pub max_backends: u32,
     pub flow_table_size: u32,

@@ -13,19 +13,22 @@ use std::{
 
 use dsr_common::{
     DEFAULT_FLOW_IDLE_SECS, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_HASH_SEED, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE,
+    DEFAULT_MAX_TABLE_SLOTS, DEFAULT_MAX_VIPS, TABLE_BUDGET_PER_VIP,
 };
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::spec::{
-    model::{
-        BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-        DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE,
-        DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
-        parse_duration,
+use crate::{
+    plan::sizing::{self, TableSizing},
+    spec::{
+        model::{
+            BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
+            DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE,
+            DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
+            parse_duration,
+        },
+        validate::{self, Limits, Place},
     },
-    validate::{self, Limits, MAX_TABLE_SIZE, Place},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ struct RawConfig {
     #[serde(default = "default_seed")]
     hash_seed: u32,
     table_size: Option<Spanned<u32>>,
+    max_table_slots: Option<Spanned<u32>>,
+    table_budget: Option<Spanned<u32>>,
     max_vips: Option<Spanned<u32>>,
     max_backends: Option<Spanned<u32>>,
     flow_table_size: Option<Spanned<u32>>,
@@ -126,6 +131,8 @@ struct RawVip {
     min_usable: Option<Spanned<u32>>,
     /// Its notify command ("" = none, whatever the top-level `notify` says).
     notify: Option<Spanned<String>>,
+    /// Its table's slots (default: from its backends, see plan::sizing).
+    table_size: Option<Spanned<u32>>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -261,16 +268,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         v.as_ref()
             .map_or((default, None), |s| (*s.get_ref(), Some(s.span())))
     };
-    let (table_size, span) = number(&raw.table_size, DEFAULT_TABLE_SIZE);
-    if !(7..=MAX_TABLE_SIZE).contains(&table_size) || !is_prime(table_size) {
-        return Err(err(
-            span,
-            format!(
-                "table_size {table_size} must be a prime between 7 and {MAX_TABLE_SIZE} \
-                 (Maglev needs a prime; 65537 is the usual choice)"
-            ),
-        ));
-    }
     let (max_vips, span) = number(&raw.max_vips, DEFAULT_MAX_VIPS);
     if !(1..=65536).contains(&max_vips) {
         return Err(err(span, format!("max_vips {max_vips} must be 1..=65536")));
@@ -281,6 +278,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             span,
             format!("max_backends {max_backends} must be 1..=1048576"),
         ));
+    }
+    let tables = TableSizing {
+        default: raw.table_size.as_ref().map(|s| *s.get_ref()),
+        max_slots: number(&raw.max_table_slots, DEFAULT_MAX_TABLE_SLOTS).0,
+        // Sized with max_vips unless given: a small deployment keeps small maps.
+        budget: number(
+            &raw.table_budget,
+            max_vips
+                .saturating_mul(TABLE_BUDGET_PER_VIP)
+                .min(sizing::MAX_TABLE_BUDGET),
+        )
+        .0,
+    };
+    if let Err((field, message)) = tables.check() {
+        let span = match field {
+            "max_table_slots" => &raw.max_table_slots,
+            "table_budget" => &raw.table_budget,
+            _ => &raw.table_size,
+        };
+        return Err(err(span.as_ref().map(|s| s.span()), message));
     }
     let (flow_table_size, span) = number(&raw.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
     if !(1024..=1 << 27).contains(&flow_table_size) {
@@ -412,6 +429,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         if let Some(m) = &v.min_usable {
             vip_spans.fields.insert("min_usable", m.span());
         }
+        if let Some(t) = &v.table_size {
+            vip_spans.fields.insert("table_size", t.span());
+        }
         let hash_fields = match &v.hash {
             None if fragments => dsr_common::HASH_ALL & !dsr_common::HASH_PORTS,
             None => dsr_common::HASH_ALL,
@@ -505,13 +525,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             drained: false,
             // Absent: the top-level `notify` applies (also to VIPs added at run time).
             notify: v.notify.as_ref().map(|n| n.get_ref().clone()),
+            table_size: v.table_size.as_ref().map(|t| *t.get_ref()),
             backends,
         });
     }
     let limits = Limits {
         max_vips,
         max_backends,
-        table_size,
+        tables,
     };
     if let Err(e) = validate::vips(&vips, limits) {
         let line_at = |place: Place| spans_of(&spans, place).map(|s| line_of(text, s.start));
@@ -651,7 +672,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         datapath_log: raw.datapath_log,
         vlan_tags: raw.vlan_tags,
         hash_seed: raw.hash_seed,
-        table_size,
+        tables,
         max_vips,
         max_backends,
         flow_table_size,
@@ -865,15 +886,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    (2..)
-        .take_while(|d: &u32| d.saturating_mul(*d) <= n)
-        .all(|d| !n.is_multiple_of(d))
-}
-
 /// Where a config's daemon listens, read leniently: a command that talks to a running daemon
 /// (`dsr reload` above all) must work while the file on disk is being fixed.
 pub fn control_socket_of(path: &Path) -> Result<(String, PathBuf), ConfigError> {
@@ -946,7 +958,7 @@ protocol = "udp"
         assert_eq!(m.interface, "eth0");
         assert_eq!(m.instance, "default");
         assert_eq!(m.control_socket, PathBuf::from("/run/dsr/default.sock"));
-        assert_eq!(m.table_size, DEFAULT_TABLE_SIZE);
+        assert_eq!(m.tables, TableSizing::default());
         assert_eq!(m.hash_seed, DEFAULT_HASH_SEED);
         assert_eq!(m.flow_idle_timeout, Duration::from_secs(300));
         assert_eq!(m.xdp_mode, XdpAttachMode::Native);
@@ -1105,12 +1117,6 @@ hash = ["src_addr", "dst_port"]
         assert_eq!(m.vlan_tags, VlanTags::Auto);
         let m = parse(&format!("vlan_tags = \"in-band\"\n{GOOD}"), Path::new("x")).unwrap();
         assert_eq!(m.vlan_tags, VlanTags::InBand);
-    }
-
-    #[test]
-    fn primes() {
-        assert!(is_prime(65537) && is_prime(7) && is_prime(251));
-        assert!(!is_prime(65536) && !is_prime(1) && !is_prime(9));
     }
 }
 

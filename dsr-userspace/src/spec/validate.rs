@@ -12,8 +12,6 @@ use dsr_common::{HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, HASH_SRC_PORT};
 
 use crate::spec::model::{BackendSpec, CheckKind, CheckSpec, Protocol, VipAddr, VipSpec};
 
-/// Largest table size accepted: 2 rows per VIP of this many slots must fit in memory.
-pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Largest weight: keeps weight arithmetic in the table builder far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Shortest check interval: a shorter one is a busy loop against the backend.
@@ -28,7 +26,7 @@ pub const MAX_NAME_LEN: usize = 64;
 pub struct Limits {
     pub max_vips: u32,
     pub max_backends: u32,
-    pub table_size: u32,
+    pub tables: crate::plan::sizing::TableSizing,
 }
 
 /// Where in a list of VIPs a problem is. `field` names the setting as the TOML file spells
@@ -118,7 +116,7 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
     let total_backends: usize = vips.iter().map(|v| v.backends.len()).sum();
     for (i, v) in vips.iter().enumerate() {
         let at = |field| Place::Vip { vip: i, field };
-        if let Err((field, message)) = vip(v, limits) {
+        if let Err((field, message)) = vip(v) {
             return fail(at(field), message, None);
         }
         if let Some(&first) = seen.get(&v.addr) {
@@ -203,11 +201,18 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
             None,
         );
     }
+    if let Err(e) = limits.tables.sizes(vips) {
+        let place = Place::Vip {
+            vip: e.vip.unwrap_or(0),
+            field: e.vip.map(|_| "table_size"),
+        };
+        return fail(place, e.message, None);
+    }
     Ok(())
 }
 
 /// The rules of one VIP on its own (not its backends).
-fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)> {
+fn vip(v: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
     if v.name.is_empty() || v.name.len() > MAX_NAME_LEN || v.name.chars().any(char::is_control) {
         return Err((
             Some("name"),
@@ -253,17 +258,6 @@ fn vip(v: &VipSpec, limits: Limits) -> Result<(), (Option<&'static str>, String)
         return Err((
             Some("min_usable"),
             format!("min_usable {} is above {MAX_MIN_USABLE}", v.min_usable),
-        ));
-    }
-    if v.backends.len() >= limits.table_size as usize {
-        return Err((
-            None,
-            format!(
-                "VIP {} has {} backends; table_size {} must be larger",
-                v.name,
-                v.backends.len(),
-                limits.table_size
-            ),
         ));
     }
     if let Some(cmd) = &v.notify {
@@ -488,7 +482,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_vips: 4,
         max_backends: 8,
-        table_size: 65537,
+        tables: crate::plan::sizing::TableSizing::DEFAULT,
     };
 
     fn backend(last: u8) -> BackendSpec {
@@ -515,6 +509,7 @@ mod tests {
             min_usable: 1,
             drained: false,
             notify: None,
+            table_size: None,
             backends: vec![backend(11), backend(12)],
         }
     }

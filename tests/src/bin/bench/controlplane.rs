@@ -110,7 +110,7 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
     let sizes = Sizes {
         max_vips: DEFAULT_MAX_VIPS,
         max_backends: DEFAULT_MAX_BACKENDS,
-        table_size: M,
+        table_budget: dsr_common::DEFAULT_TABLE_BUDGET,
         flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
     };
     let mut dp = Datapath::load(&LoadOptions {

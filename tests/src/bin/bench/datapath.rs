@@ -312,7 +312,7 @@ impl Programs {
             sizes: Sizes {
                 max_vips: MAX_VIPS,
                 max_backends: BACKENDS * MAX_VIPS,
-                table_size: DEFAULT_TABLE_SIZE,
+                table_budget: Sizes::budget_for(MAX_VIPS, DEFAULT_TABLE_SIZE),
                 flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             },
             hash_seed: DEFAULT_HASH_SEED,
