@@ -1103,6 +1103,40 @@ fn a_table_beyond_the_budget_changes_nothing() {
     );
 }
 
+/// Free space cut into holes too small for a table is merged by moving other VIPs' tables
+/// (each move a switch like any other): the table goes in, and every VIP keeps its table.
+#[test]
+fn tables_move_to_make_room_in_a_fragmented_budget() {
+    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+    let chunks = DEFAULT_TABLE_SIZE.div_ceil(16);
+    opts.sizes.table_budget = (VIPS as u32 + 1) * chunks * 16;
+    let mut f = Fixture::with_options(opts);
+    // VIP 1 shrinks: its new table goes to the free end, its old run becomes a hole in the
+    // middle. Free now: that hole and what is left at the end, neither 9376 chunks long.
+    f.resize(1, 251).unwrap();
+    let usage = f.dp.table_usage();
+    let free = usage.budget_slots - usage.used_slots;
+    assert!(
+        free >= 150_001 && usage.largest_free_slots < 150_001,
+        "{usage:?}"
+    );
+    f.resize(0, 150_001).unwrap();
+    for (v, size) in [
+        (0, 150_001),
+        (1, 251),
+        (2, DEFAULT_TABLE_SIZE),
+        (9, DEFAULT_TABLE_SIZE),
+    ] {
+        let addr = f.vips[v].0;
+        let want = maglev::build(&f.desired.vips[&addr].entries, size);
+        assert_eq!(f.dp.table(&addr).unwrap(), want, "VIP {v}'s table");
+    }
+    for p in 22000..22032u16 {
+        let want = f.predict(0, CLIENT4.into(), p, VIP4.into(), 80, TCP).id as usize;
+        assert_eq!(backend_of(&f, &flow(p)), Some(want), "port {p}");
+    }
+}
+
 #[test]
 fn established_flows_stay_while_their_backend_keeps_them() {
     let mut f = Fixture::new();

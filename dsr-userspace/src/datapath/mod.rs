@@ -827,14 +827,22 @@ impl Datapath {
         let base = if len == 0 {
             0
         } else {
-            let Some(base) = self.chunks.alloc(len) else {
-                let (used, total) = self.chunks.usage();
-                bail!(
-                    "no room in TABLES for VIP {addr}'s table of {slots} slots ({len} elements): \
-                     {used} of {total} in use, the largest free run {}; raise table_budget \
-                     (fixed when the data path is created) or give VIPs smaller table_size",
-                    self.chunks.largest_free()
-                );
+            let base = loop {
+                match self.chunks.make_room(len) {
+                    tables::Room::At(base) => break base,
+                    tables::Room::Move { from, len, to } => self.move_table(from, len, to)?,
+                    tables::Room::Wait => self.chunks.wait(),
+                    tables::Room::Full => {
+                        let (used, total) = self.chunks.usage();
+                        bail!(
+                            "no room in TABLES for VIP {addr}'s table of {slots} slots ({len} \
+                             elements): {used} of {total} in use, the largest free run {}; \
+                             raise table_budget (fixed when the data path is created) or give \
+                             VIPs smaller table_size",
+                            self.chunks.largest_free()
+                        );
+                    }
+                }
             };
             self.tables
                 .run_mut(base, slots)
@@ -869,6 +877,42 @@ impl Datapath {
             // It stopped accepting fragments.
             self.delete_vip_key(&alias)?;
         }
+        Ok(())
+    }
+
+    /// Moves the table at TABLES element `from` (`len` elements) to the free run at `to`: the
+    /// copy is written first, then each VIPS entry pointing at it switches (as a new table
+    /// would), so no packet sees a half-copied table.
+    fn move_table(&mut self, from: u32, len: u32, to: u32) -> Result<()> {
+        let slots = len * TABLE_CHUNK;
+        let copy = self
+            .tables
+            .run(from, slots)
+            .expect("a table within TABLES")
+            .to_vec();
+        self.tables
+            .run_mut(to, slots)
+            .expect("allocated within TABLES")
+            .copy_from_slice(&copy);
+        let pointing: Vec<(VipKey, VipInfo)> = self
+            .held_vips()?
+            .into_iter()
+            .filter(|(_, i)| i.table_size > 0 && i.table_base == from)
+            .collect();
+        for (key, info) in pointing {
+            if let Err(e) = self.put_vip(
+                key,
+                VipInfo {
+                    table_base: to,
+                    ..info
+                },
+            ) {
+                self.chunks.abandon(to);
+                return Err(e).context("moving a table to make room in TABLES");
+            }
+        }
+        // No entry pointed at it (cannot happen: the run was found through them).
+        self.chunks.abandon(to);
         Ok(())
     }
 

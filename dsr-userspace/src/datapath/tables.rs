@@ -22,6 +22,20 @@ pub fn chunks_of(slots: u32) -> u32 {
 /// this also covers a vCPU stalled by its hypervisor in the middle of one.
 const COOLING: Duration = Duration::from_millis(50);
 
+/// The next step towards a free run (see [`Chunks::make_room`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Room {
+    At(u32),
+    /// Copy the table at `from` (`len` elements) to `to` and point its VIPS entries there.
+    Move {
+        from: u32,
+        len: u32,
+        to: u32,
+    },
+    Wait,
+    Full,
+}
+
 /// Which TABLES elements hold a table and which are free. Rebuilt from VIPS whenever the data
 /// path is loaded (the kernel's map is the truth: a run no VIPS entry points at is free, such
 /// as one written by a daemon killed before it switched).
@@ -69,33 +83,76 @@ impl Chunks {
     }
 
     /// The first free run of `len` elements (lowest address first), marked used; `None` when
-    /// no run is free now. Waits for cooling runs when only they stand in the way.
+    /// there is none, even after waiting for cooling runs and moving other tables (see
+    /// [`Chunks::make_room`]; here without tables to move).
+    #[cfg(test)]
     pub fn alloc(&mut self, len: u32) -> Option<u32> {
         loop {
-            let now = Instant::now();
-            self.cooling
-                .retain(|&(at, _, _)| now.duration_since(at) < COOLING);
-            if let Some(base) = self.first_fit(len) {
-                self.used.insert(base, (len, 0));
-                return Some(base);
+            match self.make_room(len) {
+                Room::At(base) => return Some(base),
+                Room::Wait => self.wait(),
+                Room::Move { to, .. } => {
+                    // Nothing here moves tables: the run reserved for one was never written.
+                    self.used.remove(&to);
+                    return None;
+                }
+                Room::Full => return None,
             }
-            let oldest = self.cooling.iter().map(|c| c.0).min()?;
-            std::thread::sleep((oldest + COOLING).saturating_duration_since(now));
         }
     }
 
-    fn first_fit(&self, len: u32) -> Option<u32> {
+    /// What to do next for a run of `len` elements: take the one found (marked used), move a
+    /// table lower (its new run is marked used) so that free runs merge, wait for cooling
+    /// runs, or give up (less free than `len`, or free space cut into holes no table fits).
+    pub fn make_room(&mut self, len: u32) -> Room {
+        let now = Instant::now();
+        self.cooling
+            .retain(|&(at, _, _)| now.duration_since(at) < COOLING);
+        if let Some(base) = self.first_fit(len, u32::MAX) {
+            self.used.insert(base, (len, 0));
+            return Room::At(base);
+        }
+        let free = self.total - self.usage().0;
+        if free < len {
+            return Room::Full;
+        }
+        // The lowest table that fits a hole below it goes there: tables sink, free space
+        // rises and merges at the top.
+        let moves: Vec<(u32, u32)> = self.used.iter().map(|(&b, &(l, _))| (b, l)).collect();
+        for (from, l) in moves {
+            if let Some(to) = self.first_fit(l, from) {
+                self.used.insert(to, (l, 0));
+                return Room::Move { from, len: l, to };
+            }
+        }
+        if self.cooling.is_empty() {
+            Room::Full
+        } else {
+            Room::Wait
+        }
+    }
+
+    /// Sleeps until the oldest cooling run may be reused.
+    pub fn wait(&self) {
+        if let Some(oldest) = self.cooling.iter().map(|c| c.0).min() {
+            std::thread::sleep((oldest + COOLING).saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// The lowest free run of `len` elements that ends at or below `limit`.
+    fn first_fit(&self, len: u32, limit: u32) -> Option<u32> {
         let mut taken: Vec<(u32, u32)> = self.used.iter().map(|(&b, &(l, _))| (b, l)).collect();
         taken.extend(self.cooling.iter().map(|&(_, b, l)| (b, l)));
         taken.sort_unstable();
+        let fits = |at: u32, end: u32| end - at >= len && at + len <= limit;
         let mut at = 0u32;
         for (b, l) in taken {
-            if b >= at && b - at >= len {
+            if b >= at && fits(at, b) {
                 return Some(at);
             }
             at = at.max(b + l);
         }
-        (self.total - at >= len).then_some(at)
+        fits(at, self.total).then_some(at)
     }
 
     /// A VIPS entry now points at the run at `base`.
@@ -232,6 +289,30 @@ mod tests {
         assert!(started.elapsed() >= COOLING);
         c.abandon(b);
         assert_eq!(c.usage(), (10, 20));
+    }
+
+    #[test]
+    fn tables_sink_into_holes_until_the_free_space_merges() {
+        // A [0,2) D [3,4) C [4,5), holes [2,3) and [5,6): no run of 2 although 2 are free.
+        let mut c = Chunks::new(6, [(0, 32), (3, 16), (4, 16)]).unwrap();
+        assert_eq!(c.alloc(2), None);
+        let mut moves = Vec::new();
+        let base = loop {
+            match c.make_room(2) {
+                Room::At(b) => break b,
+                Room::Move { from, to, .. } => {
+                    moves.push((from, to));
+                    // As the data path does: the VIPS entries switch to the copy.
+                    c.hold(to);
+                    c.release(from);
+                }
+                Room::Wait => c.wait(),
+                Room::Full => panic!("room was there: {c:?} after {moves:?}"),
+            }
+        };
+        assert_eq!(moves, vec![(3, 2), (4, 3)]);
+        assert_eq!(base, 4);
+        assert_eq!(c.make_room(1), Room::Full, "all 6 in use");
     }
 
     #[test]
