@@ -1626,7 +1626,6 @@ impl Conn {
     }
 }
 
-/// One UDP datagram to the VIP from `sport` (in the calling thread's namespace).
 /// A client's UDP socket on `addr`. The port of the previous request's socket may still be
 /// held for a moment by a child another test thread forked before exec (the fd is closed on
 /// exec): binding is retried for up to a second.
@@ -1642,6 +1641,7 @@ fn client_socket(addr: std::net::SocketAddr) -> Result<UdpSocket> {
     }
 }
 
+/// One UDP datagram to the VIP from `sport` (in the calling thread's namespace).
 fn udp_once(client: Ipv4Addr, sport: u16) -> Result<String> {
     let sock = client_socket((client, sport).into())?;
     sock.connect((VIP, UDP_PORT))?;

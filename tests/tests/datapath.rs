@@ -1554,6 +1554,53 @@ fn a_full_flow_table_filled_from_one_cpu_keeps_every_flow() {
     );
 }
 
+/// After a restart over pinned maps, which TABLES runs are in use is read from VIPS: the
+/// writer finds every table already there and writes none, and a new table goes into free
+/// chunks, never over an adopted one.
+#[test]
+fn an_adopted_data_path_keeps_its_tables_and_their_runs() {
+    let dir = dsr::datapath::pin_dir(&format!("adopt-tables-{}", std::process::id()));
+    let _ = dsr::datapath::remove_pinned(&dir);
+    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+    opts.pin_dir = Some(dir.clone());
+    let mut f = Fixture::with_options(opts.clone());
+    f.resize(1, 251).unwrap();
+    let (desired, vips) = (f.desired.clone(), f.vips.clone());
+    let usage = f.dp.table_usage();
+    let tables: Vec<Vec<u32>> = vips.iter().map(|(a, _)| f.dp.table(a).unwrap()).collect();
+    drop(f);
+
+    let mut dp = Datapath::load(&opts).expect("adopting the pinned maps");
+    let mut writer = Writer::read(&dp).unwrap();
+    let applied = writer.apply_all(&mut dp, &desired);
+    let result = (|| {
+        let applied = applied.map_err(|e| format!("{e:#}"))?;
+        if !applied.tables.is_empty() {
+            return Err(format!(
+                "tables rewritten after adoption: {:?}",
+                applied.tables
+            ));
+        }
+        if dp.table_usage() != usage {
+            return Err(format!("{:?} != {usage:?}", dp.table_usage()));
+        }
+        let mut grown = desired.clone();
+        grown.vips.get_mut(&vips[0].0).unwrap().table_size = 1_300_021;
+        writer
+            .apply_all(&mut dp, &grown)
+            .map_err(|e| format!("{e:#}"))?;
+        for (i, (a, _)) in vips.iter().enumerate().skip(1) {
+            if dp.table(a).unwrap() != tables[i] {
+                return Err(format!("VIP {i}'s table changed"));
+            }
+        }
+        Ok(())
+    })();
+    drop(dp);
+    dsr::datapath::remove_pinned(&dir).unwrap();
+    result.unwrap();
+}
+
 #[test]
 fn pins_of_another_layout_are_refused_with_the_remedy() {
     let dir = dsr::datapath::pin_dir(&format!("layout-test-{}", std::process::id()));

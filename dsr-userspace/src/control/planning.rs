@@ -29,6 +29,7 @@ pub struct VipPlan {
     pub change: VipChange,
     /// Slots of its table after the change, and before (0: it had none).
     pub table_size: u32,
+    #[serde(default)]
     pub table_size_before: u32,
     /// Slots whose backend (by address) changes; after a size change, the moved share of
     /// the new size.
@@ -63,7 +64,8 @@ pub fn render(p: &PlanReport) -> String {
                 out,
                 "VIP {} {}: table resized from {} to {} slots (its configured backends or \
                  table_size changed): nearly all new flows move to other slots ({:.1}% to another \
-                 backend); established flows keep their backends",
+                 backend); tracked flows keep their backends, but a VIP without conntrack moves \
+                 its open connections too",
                 v.name,
                 v.addr,
                 v.table_size_before,

@@ -29,7 +29,7 @@ use crate::{
         status::{self, Rates},
     },
     datapath::{self, Counters, Datapath, LoadOptions, Sizes, writer::Writer},
-    plan,
+    plan::{self, sizing::TableSizing},
     runtime::{
         health::{self, Report},
         neighbour::{self, NeighbourEvent, Netlink},
@@ -636,7 +636,8 @@ impl Daemon {
             if let Some((old, share)) = t.resized {
                 log::info!(
                     "VIP {}: table resized from {old} to {} slots for {} backends: {:.1}% of new \
-                     flows move (established flows keep their backends)",
+                     flows move (tracked flows keep their backends; without conntrack every \
+                     flow follows the table)",
                     t.vip,
                     t.size,
                     t.backends,
@@ -824,10 +825,11 @@ impl Daemon {
     /// Whether `vips` can be applied completely: every interface a backend names exists and
     /// there are ids for every new VIP and backend. Checked before anything is written, so a
     /// change that cannot apply fully changes nothing.
-    async fn can_apply(&self, vips: &[VipSpec]) -> Result<(), String> {
+    /// `tables`: the sizing settings the change runs with (a reload's new ones).
+    async fn can_apply(&self, vips: &[VipSpec], tables: &TableSizing) -> Result<(), String> {
         check_interfaces(&self.netlink, vips).await?;
         let mut trial = self.state.clone();
-        let r = trial.reconcile(vips, &self.config.tables, SystemTime::now());
+        let r = trial.reconcile(vips, tables, SystemTime::now());
         if !r.errors.is_empty() {
             return Err(r.errors.join("; "));
         }
@@ -933,7 +935,7 @@ impl Daemon {
         // Only the VIPs (and their backends/checks) can differ now. Refuse what cannot apply
         // completely before anything changes.
         let (vips, _) = journal::replay(&new.vips, &self.journal, limits(&new));
-        self.can_apply(&vips)
+        self.can_apply(&vips, &new.tables)
             .await
             .map_err(|e| anyhow!("{}: {e}; nothing was changed", self.config_path.display()))?;
         let before = self.config.vips.clone();
@@ -1124,7 +1126,8 @@ impl Daemon {
             }
             Request::Reset => {
                 // The config alone must be able to apply completely, as any change must.
-                if let Err(e) = self.can_apply(&self.config.vips.clone()).await {
+                let tables = self.config.tables;
+                if let Err(e) = self.can_apply(&self.config.vips.clone(), &tables).await {
                     return Response::error(format!("reset refused, nothing was changed: {e}"));
                 }
                 if let Err(e) = self.save_journal(&[]) {
@@ -1168,7 +1171,7 @@ impl Daemon {
             Ok(m) => m,
             Err(e) => return Response::error(e),
         };
-        if let Err(e) = self.can_apply(&vips).await {
+        if let Err(e) = self.can_apply(&vips, &self.config.tables).await {
             return Response::error(format!("refused, nothing was changed: {e}"));
         }
         let mut journal = self.journal.clone();

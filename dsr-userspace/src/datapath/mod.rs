@@ -827,7 +827,14 @@ impl Datapath {
         let base = if len == 0 {
             0
         } else {
+            // Each step moves a table strictly lower or waits for a cooling run: bounded, but
+            // bounded again so that no bookkeeping slip can spin here.
+            let mut steps = 0;
             let base = loop {
+                steps += 1;
+                if steps > 4 * self.sizes.max_vips + 64 {
+                    bail!("no room in TABLES for VIP {addr}'s table after {steps} steps");
+                }
                 match self.chunks.make_room(len) {
                     tables::Room::At(base) => break base,
                     tables::Room::Move { from, len, to } => self.move_table(from, len, to)?,
@@ -894,11 +901,22 @@ impl Datapath {
             .run_mut(to, slots)
             .expect("allocated within TABLES")
             .copy_from_slice(&copy);
-        let pointing: Vec<(VipKey, VipInfo)> = self
-            .held_vips()?
-            .into_iter()
-            .filter(|(_, i)| i.table_size > 0 && i.table_base == from)
-            .collect();
+        let pointing: Vec<(VipKey, VipInfo)> = match self.held_vips() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(_, i)| i.table_size > 0 && i.table_base == from)
+                .collect(),
+            Err(e) => {
+                self.chunks.abandon(to);
+                return Err(e).context("moving a table to make room in TABLES");
+            }
+        };
+        if pointing.is_empty() {
+            // Nothing points at `from` any more (the kernel's VIPS is the truth): it is free.
+            self.chunks.abandon(to);
+            self.chunks.forget(from);
+            return Ok(());
+        }
         for (key, info) in pointing {
             if let Err(e) = self.put_vip(
                 key,

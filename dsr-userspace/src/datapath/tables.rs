@@ -173,6 +173,13 @@ impl Chunks {
         }
     }
 
+    /// The run at `base` turned out to have no VIPS entry at all: free it (cooled, as any).
+    pub fn forget(&mut self, base: u32) {
+        if let Some((len, _)) = self.used.remove(&base) {
+            self.cooling.push((Instant::now(), base, len));
+        }
+    }
+
     /// A run no entry points at (allocated for a switch that failed) is given up.
     pub fn abandon(&mut self, base: u32) {
         if let Some(&(len, 0)) = self.used.get(&base) {

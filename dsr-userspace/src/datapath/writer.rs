@@ -5,7 +5,7 @@
 //! never shows the data path a half state:
 //!
 //! 1. TX ports and backend entries that are new or changed, before any table points at them;
-//! 2. each VIP whose table input or options changed: the table into its spare row, then one
+//! 2. each VIP whose table input or options changed: the table into free TABLES chunks, then one
 //!    VIPS update switches it (and its fragment alias);
 //! 3. VIP_FILTER and VIP_ADDRS for the VIPs now present;
 //! 4. then what is no longer wanted: VIPS keys, VIP_ADDRS entries, backend entries, TX ports.
@@ -164,6 +164,19 @@ impl Writer {
                 continue;
             }
             let table = maglev::build(&vip.entries, vip.table_size);
+            let same_entry = held.is_some_and(|h| {
+                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
+            }) && alias
+                .is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
+            if same_entry && dp.table(addr).is_ok_and(|t| t == table) {
+                // The kernel holds this very table (an adopted data path's, after a restart):
+                // nothing to write, and no run of TABLES to take.
+                self.built
+                    .insert(*addr, (vip.table_size, vip.entries.clone()));
+                self.digests
+                    .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
+                continue;
+            }
             let old = self
                 .built
                 .get(addr)

@@ -1,8 +1,8 @@
 //! How many slots each VIP's Maglev table has. A VIP's own `table_size`, else the top-level
 //! `table_size`, else the smallest prime >= TABLE_SLOTS_PER_BACKEND x its configured backends
 //! (backups and sorry included), capped by `max_table_slots`. All tables must fit in
-//! `table_budget` with room to build the largest once more beside them (a switch writes the
-//! new table before it gives up the old one); when the default sizes do not, the slots per
+//! `table_budget` with room to build the largest twice more beside them (a switch writes the
+//! new table before it gives up the old one; the rest is slack against fragmentation); when the default sizes do not, the slots per
 //! backend are lowered for all VIPs with default sizes alike, so the sizes stay a function of
 //! the config alone and every node with that config builds the same tables.
 //!
@@ -175,7 +175,7 @@ impl TableSizing {
             return Err(Unsizable {
                 vip: None,
                 message: format!(
-                    "the VIPs' tables need {} slots (with room to rebuild the largest) but \
+                    "the VIPs' tables need {} slots (with room to rebuild the largest twice) but \
                      table_budget is {}: raise table_budget (fixed when the data path is \
                      created) or give VIPs smaller table_size",
                     need(&least) * TABLE_CHUNK as u64,
@@ -198,10 +198,12 @@ impl TableSizing {
     }
 }
 
-/// TABLES elements all tables take, plus the largest once more.
+/// TABLES elements all tables take, plus the largest twice more: once for the table a switch
+/// writes beside the old one, once as slack so that freed runs still cooling and holes left
+/// by earlier switches rarely stand in the way (see datapath::tables).
 fn need(sizes: &[u32]) -> u64 {
     let chunks = sizes.iter().map(|&s| s.div_ceil(TABLE_CHUNK) as u64);
-    chunks.clone().sum::<u64>() + chunks.max().unwrap_or(0)
+    chunks.clone().sum::<u64>() + 2 * chunks.max().unwrap_or(0)
 }
 
 /// A configured table size is usable.

@@ -282,13 +282,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
     let tables = TableSizing {
         default: raw.table_size.as_ref().map(|s| *s.get_ref()),
         max_slots: number(&raw.max_table_slots, DEFAULT_MAX_TABLE_SLOTS).0,
-        // Sized with max_vips unless given: a small deployment keeps small maps.
-        budget: number(
-            &raw.table_budget,
-            max_vips
-                .saturating_mul(TABLE_BUDGET_PER_VIP)
-                .min(sizing::MAX_TABLE_BUDGET),
-        )
+        // Sized with max_vips unless given: a small deployment keeps small maps. A top-level
+        // table_size gets what two rows per VIP of it took before per-VIP sizes.
+        budget: number(&raw.table_budget, {
+            let chunk = dsr_common::TABLE_CHUNK as u64;
+            let per_vip = raw
+                .table_size
+                .as_ref()
+                .map_or(0, |s| 2 * (*s.get_ref() as u64).div_ceil(chunk) * chunk);
+            let per_vip = per_vip.max(TABLE_BUDGET_PER_VIP as u64);
+            (max_vips as u64 * per_vip).min(sizing::MAX_TABLE_BUDGET as u64) as u32
+        })
         .0,
     };
     if let Err((field, message)) = tables.check() {

@@ -92,8 +92,9 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
         format!(
             "push = Datapath::set_vip of a prebuilt {M}-slot table into a dsr data path loaded \
              with the default sizes ({DEFAULT_MAX_VIPS} VIPs, {DEFAULT_MAX_BACKENDS} backends, \
-             {DEFAULT_FLOW_TABLE_SIZE} flows): the table is copied into the VIP's spare row \
-             through the mmap of TABLES, then one VIPS update switches to it. Tables for N and \
+             {DEFAULT_FLOW_TABLE_SIZE} flows): the table is copied into free chunks of \
+             TABLES through its mmap, then one VIPS update switches to it and the old chunks \
+             are freed. Tables for N and \
              N-1 backends alternate, so every push changes the table."
         ),
         "reload = the running `dsr` daemon (in its own namespace, on a veth, backends with \
