@@ -2,9 +2,10 @@
 //! `table_size`, else the smallest prime >= TABLE_SLOTS_PER_BACKEND x its configured backends
 //! (backups and sorry included), capped by `max_table_slots`. All tables must fit in
 //! `table_budget` with room to build the largest twice more beside them (a switch writes the
-//! new table before it gives up the old one; the rest is slack against fragmentation); when the default sizes do not, the slots per
-//! backend are lowered for all VIPs with default sizes alike, so the sizes stay a function of
-//! the config alone and every node with that config builds the same tables.
+//! new table before it gives up the old one; the rest is slack against fragmentation). When
+//! the default sizes do not fit, the slots per backend are lowered for all VIPs with default
+//! sizes alike, so the sizes stay a function of the VIPs and these settings: every node with
+//! the same builds the same tables.
 //!
 //! The size depends on the configured backends only: health, drain and weights never change
 //! it. A size change re-maps nearly every new flow, which `dsr plan` says.
