@@ -221,36 +221,18 @@ pub fn table_size(size: u32, max_slots: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::model::{BackendSpec, CheckSpec, Protocol, Role, VipAddr, VipSpec};
+    use crate::spec::model::{BackendSpec, VipSpec};
 
     fn vip(backends: usize, table_size: Option<u32>) -> VipSpec {
-        let backend = |i: usize| BackendSpec {
-            address: std::net::IpAddr::from([198, 18, (i / 250) as u8, (i % 250 + 1) as u8]),
-            weight: 1,
-            mac: None,
-            role: Role::Primary,
-            inhibit_on_failure: false,
-            check: CheckSpec::none(),
-            drained: false,
-            interface: None,
-        };
+        let backend =
+            |i: usize| BackendSpec::plain([198, 18, (i / 250) as u8, (i % 250 + 1) as u8].into());
         VipSpec {
-            name: "web".into(),
-            addr: VipAddr {
-                address: std::net::IpAddr::from([192, 0, 2, 10]),
-                port: 80,
-                protocol: Protocol::Tcp,
-                vlan: 0,
-            },
-            conntrack: true,
-            fragments: false,
-            hash_fields: dsr_common::HASH_ALL,
-            check: CheckSpec::none(),
-            min_usable: 1,
-            drained: false,
-            notify: None,
             table_size,
-            backends: (0..backends).map(backend).collect(),
+            ..VipSpec::plain(
+                "web",
+                "192.0.2.10:80/tcp".parse().unwrap(),
+                (0..backends).map(backend).collect(),
+            )
         }
     }
 

@@ -455,44 +455,23 @@ mod tests {
     use super::*;
     use crate::{
         runtime::health::CheckResult,
-        spec::model::{CheckKind, CheckSpec, Protocol},
+        spec::model::{CheckKind, CheckSpec},
     };
 
     fn bspec(last: u8, role: Role) -> BackendSpec {
         BackendSpec {
-            address: IpAddr::from([198, 18, 0, last]),
-            weight: 1,
             mac: Some(MacAddr([2, 0, 0, 0, 0, last])),
             role,
-            inhibit_on_failure: false,
             check: CheckSpec {
                 kind: CheckKind::Tcp,
                 ..CheckSpec::none()
             },
-            drained: false,
-            interface: None,
+            ..BackendSpec::plain(IpAddr::from([198, 18, 0, last]))
         }
     }
 
     fn vspec(backends: Vec<BackendSpec>) -> VipSpec {
-        VipSpec {
-            name: "web".into(),
-            addr: VipAddr {
-                address: IpAddr::from([198, 18, 0, 100]),
-                port: 80,
-                protocol: Protocol::Tcp,
-                vlan: 0,
-            },
-            conntrack: true,
-            fragments: false,
-            hash_fields: dsr_common::HASH_ALL,
-            check: CheckSpec::none(),
-            min_usable: 1,
-            drained: false,
-            notify: None,
-            table_size: None,
-            backends,
-        }
+        VipSpec::plain("web", "198.18.0.100:80/tcp".parse().unwrap(), backends)
     }
 
     fn fail(state: &mut State, last: u8) {

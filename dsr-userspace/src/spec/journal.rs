@@ -276,40 +276,20 @@ fn effective(config: &[VipSpec], journal: &[Change], limits: Limits) -> Vec<Chan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::model::{CheckSpec, Protocol, Role};
+    use crate::spec::model::Protocol;
 
     fn backend(last: u8) -> BackendSpec {
-        BackendSpec {
-            address: IpAddr::from([198, 18, 0, last]),
-            weight: 1,
-            mac: None,
-            role: Role::Primary,
-            inhibit_on_failure: false,
-            check: CheckSpec::none(),
-            drained: false,
-            interface: None,
-        }
+        BackendSpec::plain(IpAddr::from([198, 18, 0, last]))
     }
 
     fn vip(port: u16) -> VipSpec {
-        VipSpec {
-            name: format!("v{port}"),
-            addr: VipAddr {
-                address: IpAddr::from([198, 18, 0, 100]),
-                port,
-                protocol: Protocol::Tcp,
-                vlan: 0,
-            },
-            conntrack: true,
-            fragments: false,
-            hash_fields: dsr_common::HASH_ALL,
-            check: CheckSpec::none(),
-            min_usable: 1,
-            drained: false,
-            notify: None,
-            table_size: None,
-            backends: vec![backend(11), backend(12)],
-        }
+        let addr = VipAddr {
+            address: IpAddr::from([198, 18, 0, 100]),
+            port,
+            protocol: Protocol::Tcp,
+            vlan: 0,
+        };
+        VipSpec::plain(&format!("v{port}"), addr, vec![backend(11), backend(12)])
     }
 
     const LIMITS: Limits = Limits {

@@ -419,6 +419,43 @@ fn one() -> u32 {
     1
 }
 
+/// Plain specs for unit tests: a primary of weight 1 without check or MAC, and a TCP VIP with
+/// the defaults a config without options gives. Tests change what they are about.
+#[cfg(test)]
+impl BackendSpec {
+    pub fn plain(address: IpAddr) -> Self {
+        BackendSpec {
+            address,
+            weight: 1,
+            mac: None,
+            role: Role::Primary,
+            inhibit_on_failure: false,
+            check: CheckSpec::none(),
+            drained: false,
+            interface: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl VipSpec {
+    pub fn plain(name: &str, addr: VipAddr, backends: Vec<BackendSpec>) -> Self {
+        VipSpec {
+            name: name.into(),
+            addr,
+            conntrack: true,
+            fragments: false,
+            hash_fields: dsr_common::HASH_ALL,
+            check: CheckSpec::none(),
+            min_usable: 1,
+            drained: false,
+            notify: None,
+            table_size: None,
+            backends,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
     /// Names this load balancer's pinned maps, control socket and state directory.

@@ -477,7 +477,7 @@ fn context(vips: &[VipSpec], place: Place) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::model::{MacAddr, Role};
+    use crate::spec::model::MacAddr;
 
     const LIMITS: Limits = Limits {
         max_vips: 4,
@@ -486,32 +486,15 @@ mod tests {
     };
 
     fn backend(last: u8) -> BackendSpec {
-        BackendSpec {
-            address: IpAddr::from([198, 18, 0, last]),
-            weight: 1,
-            mac: None,
-            role: Role::Primary,
-            inhibit_on_failure: false,
-            check: CheckSpec::none(),
-            drained: false,
-            interface: None,
-        }
+        BackendSpec::plain(IpAddr::from([198, 18, 0, last]))
     }
 
     fn web() -> VipSpec {
-        VipSpec {
-            name: "web".into(),
-            addr: "198.18.0.100:80/tcp".parse().unwrap(),
-            conntrack: true,
-            fragments: false,
-            hash_fields: HASH_ALL,
-            check: CheckSpec::none(),
-            min_usable: 1,
-            drained: false,
-            notify: None,
-            table_size: None,
-            backends: vec![backend(11), backend(12)],
-        }
+        VipSpec::plain(
+            "web",
+            "198.18.0.100:80/tcp".parse().unwrap(),
+            vec![backend(11), backend(12)],
+        )
     }
 
     fn refused(v: Vec<VipSpec>) -> Box<Invalid> {
