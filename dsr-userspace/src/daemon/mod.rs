@@ -220,6 +220,7 @@ impl Daemon {
         }
         let journal = journal::prune(&config.vips, &journal, limits(&config));
         let reconciled = state.reconcile(&vips, &config.tables, SystemTime::now());
+        let per_backend = reconciled.table_slots_per_backend;
         for e in &reconciled.errors {
             log::error!("{e}");
         }
@@ -259,7 +260,7 @@ impl Daemon {
             sync: None,
             table_slots_per_backend: None,
         };
-        daemon.after_reconcile();
+        daemon.after_reconcile(per_backend);
         daemon.restore_ports();
         // An egress interface may have gone (or come back) while dsr was down.
         daemon.follow_egress().await;
@@ -473,13 +474,7 @@ impl Daemon {
 
     /// Runs the checks of exactly the backends there are, frees the TX ports no backend uses
     /// any more, and says when the default table sizes had to shrink to fit the budget.
-    fn after_reconcile(&mut self) {
-        let per_backend = self
-            .config
-            .tables
-            .sizes(&self.desired_vips().0)
-            .map(|s| s.per_backend)
-            .ok();
+    fn after_reconcile(&mut self, per_backend: Option<u32>) {
         if per_backend != self.table_slots_per_backend {
             if let Some(k) = per_backend.filter(|&k| k < dsr_common::TABLE_SLOTS_PER_BACKEND) {
                 log::warn!(
@@ -843,7 +838,7 @@ impl Daemon {
             .state
             .reconcile(&vips, &self.config.tables, SystemTime::now());
         notes.extend(r.errors.iter().cloned());
-        self.after_reconcile();
+        self.after_reconcile(r.table_slots_per_backend);
         self.place_backends().await;
         // Backends without a MAC are solicited now; the answer arrives as a neighbour event
         // and brings them into the table.

@@ -199,6 +199,8 @@ pub struct Reconciled {
     /// Ids given out now (their counters must start from zero).
     pub new_vip_ids: Vec<u32>,
     pub new_backend_ids: Vec<u32>,
+    /// The slots per backend the default table sizes got (`plan::sizing::Sized`).
+    pub table_slots_per_backend: Option<u32>,
 }
 
 /// How long a freed id waits: a little beyond the idle timeout, since the data path's clock
@@ -261,7 +263,10 @@ impl State {
     ) -> Reconciled {
         let mut out = Reconciled::default();
         let sizes = match tables.sizes(desired) {
-            Ok(s) => s.sizes,
+            Ok(s) => {
+                out.table_slots_per_backend = Some(s.per_backend);
+                s.sizes
+            }
             Err(e) => {
                 // Validated before: only a bug gets here. Sized as if the budget were endless.
                 out.errors.push(format!("sizing the tables: {}", e.message));
