@@ -1858,6 +1858,21 @@ impl log::Log for Captured {
 
 static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
 
+/// A fixture logging at `level` whose backend 1 sits behind TX port 7, which has no
+/// interface: its frames are dropped with a warning.
+fn behind_a_vanished_tx_port(level: dsr::spec::model::DatapathLog) -> Fixture {
+    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
+    opts.datapath_log = level;
+    let mut f = Fixture::with_options(opts);
+    f.set_backend(1, |b| {
+        b.egress = Some(Egress {
+            port: 7,
+            src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
+        })
+    });
+    f
+}
+
 /// The data path's own diagnostics (aya-log) cost the verifier nothing when off (the level
 /// is a constant of the loaded program) and still fit when on; a warning reaches userspace:
 /// a redirect to a TX port that has no interface.
@@ -1884,16 +1899,8 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
     log::set_max_level(log::LevelFilter::Trace);
     let logged = |level: DatapathLog| {
         CAPTURED.0.lock().unwrap().clear();
-        let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
-        opts.datapath_log = level;
-        let mut f = Fixture::with_options(opts);
+        let mut f = behind_a_vanished_tx_port(level);
         let mut logger = f.dp.take_logger().expect("a logger");
-        f.set_backend(1, |b| {
-            b.egress = Some(Egress {
-                port: 7,
-                src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
-            })
-        });
         let (verdict, _) = run(f.dp.program(), &flow(flows_on(&f, 1, 1)[0]), LO);
         assert_eq!(verdict_name(verdict), "DROP");
         // An established flow whose backend then fails: a debug message.
@@ -1920,16 +1927,8 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
     // one line says how many were held back.
     std::thread::sleep(Duration::from_millis(1100));
     CAPTURED.0.lock().unwrap().clear();
-    let mut opts = options(16, 64, DEFAULT_TABLE_SIZE, Duration::from_secs(300));
-    opts.datapath_log = DatapathLog::Warn;
-    let mut f = Fixture::with_options(opts);
+    let mut f = behind_a_vanished_tx_port(DatapathLog::Warn);
     let mut logger = f.dp.take_logger().expect("a logger");
-    f.set_backend(1, |b| {
-        b.egress = Some(Egress {
-            port: 7,
-            src_mac: MacAddr([0x02, 0xee, 0, 0, 0, 0x07]),
-        })
-    });
     let frame = flow(flows_on(&f, 1, 1)[0]);
     for _ in 0..200 {
         run(f.dp.program(), &frame, LO);

@@ -397,12 +397,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn runs_in_order_with_the_environment_and_kills_at_the_timeout() {
-        let dir = std::env::temp_dir().join(format!("dsr-notify-{}", std::process::id()));
+    /// A fresh directory of this process's and an empty log path in it.
+    fn scratch(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
         let _ = std::fs::remove_file(&log);
+        (dir, log)
+    }
+
+    #[tokio::test]
+    async fn runs_in_order_with_the_environment_and_kills_at_the_timeout() {
+        let (dir, log) = scratch("dsr-notify");
         let mut n = Notifier::new("lb1", Duration::from_millis(300));
         // Each run sleeps a little, so that a runner that did not serialize would interleave.
         let record = format!(
@@ -457,10 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_the_oldest_and_a_departed_vip_is_told() {
-        let dir = std::env::temp_dir().join(format!("dsr-notify2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("log");
-        let _ = std::fs::remove_file(&log);
+        let (dir, log) = scratch("dsr-notify2");
         let mut n = Notifier::new("lb1", Duration::from_secs(5));
         // A shell function takes the arguments dsr appends (VIP NAME STATE).
         let record = format!("f() {{ sleep 0.01; echo \"$3\" >> {}; }}; f", log.display());
