@@ -315,12 +315,18 @@ pub struct FlowMapKey {
     pub flow: crate::FlowKey,
 }
 
+/// [`FlowEntry::flags`]: a TCP FIN or RST of the flow was seen inbound. The entry still
+/// forwards (the close takes more packets, and a RST may be lost), but the flow no longer
+/// counts as active (load-aware weights, `dsr status`). A SYN clears it (the tuple reused).
+pub const FLOW_F_CLOSING: u32 = 1;
+
 /// FLOWS value, keyed by [`FlowMapKey`]: the backend a flow was given.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     pub backend: u32,
-    pub _pad: u32,
+    /// `FLOW_F_*`.
+    pub flags: u32,
     /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) of a recent packet, refreshed at
     /// most every [`FLOW_REFRESH_NS`].
     pub last_seen_ns: u64,

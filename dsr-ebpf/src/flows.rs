@@ -3,7 +3,10 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
-use dsr_common::{Event, FLOW_REFRESH_NS, FlowEntry, FlowMapKey};
+use dsr_common::{
+    Event, FLOW_F_CLOSING, FLOW_REFRESH_NS, FlowEntry, FlowMapKey,
+    parse::{TCP_FIN, TCP_RST, TCP_SYN},
+};
 
 use crate::{maps::FLOWS, stats};
 
@@ -16,8 +19,9 @@ pub fn now_ns() -> u64 {
 }
 
 /// The backend an established flow was given, unless it has been idle longer than `idle_ns`.
+/// `tcp_flags` (0 but for TCP): a FIN or RST marks the entry closing, a SYN clears the mark.
 #[inline(always)]
-pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64) -> Option<u32> {
+pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64, tcp_flags: u8) -> Option<u32> {
     let entry = FLOWS.get_ptr_mut(key)?;
     // SAFETY: LRU values are plain data. Two CPUs may refresh the same entry at once; both
     // write a current time, so the race is harmless.
@@ -30,6 +34,15 @@ pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64) -> Option<u32> {
         if idle > FLOW_REFRESH_NS {
             (*entry).last_seen_ns = now;
         }
+        // Written only when it changes: an unchanged flag costs no store on the hit path.
+        let flags = (*entry).flags;
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if flags & FLOW_F_CLOSING == 0 {
+                (*entry).flags = flags | FLOW_F_CLOSING;
+            }
+        } else if tcp_flags & TCP_SYN != 0 && flags & FLOW_F_CLOSING != 0 {
+            (*entry).flags = flags & !FLOW_F_CLOSING;
+        }
         Some((*entry).backend)
     }
 }
@@ -40,7 +53,7 @@ pub fn established(key: &FlowMapKey, now: u64, idle_ns: u64) -> Option<u32> {
 pub fn remember(ctx: &XdpContext, key: &FlowMapKey, backend: u32, now: u64) {
     let entry = FlowEntry {
         backend,
-        _pad: 0,
+        flags: 0,
         last_seen_ns: now,
     };
     if let Err(e) = FLOWS.insert(key, &entry, 0) {

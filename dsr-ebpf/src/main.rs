@@ -114,7 +114,13 @@ fn forward(ctx: &XdpContext, seen: &mut Seen) -> (Reason, u32) {
     let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let now = if tracked { flows::now_ns() } else { 0 };
     let established = if tracked {
-        flows::established(&flow_key, now, settings.flow_idle_ns)
+        // TCP flags are 0 but for TCP; an ICMP error's quoted segment is not this flow's.
+        let flags = if packet.kind == Kind::Plain {
+            packet.tcp_flags
+        } else {
+            0
+        };
+        flows::established(&flow_key, now, settings.flow_idle_ns, flags)
     } else {
         None
     };

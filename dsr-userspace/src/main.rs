@@ -1093,6 +1093,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
                 drained: false,
                 notify: None,
                 table_size,
+                load: None,
                 backends: Vec::new(),
             },
         },

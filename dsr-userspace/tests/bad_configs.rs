@@ -53,6 +53,15 @@ interval = "1s"
 timeout = "500ms"
 rise = 2
 fall = 3
+[vip.load]
+agent_port = 5555
+agent_interval = "2s"
+agent_timeout = "1s"
+agent_send = "load\n"
+flows = true
+weight_interval = "5s"
+min_weight = 25
+max_weight = 100
 
   [[vip.backend]]  # primary
   address = "192.0.2.21"
@@ -277,6 +286,21 @@ const ROWS: &[Row] = &[
     row("check.fall", "fall = 3", "fall = 0", &["fall 0 must be 1..=100"]),
     row("check.fall", "fall = 3", "fall = 1000", &["fall 1000 must be 1..=100"]),
     row("check.unknown", "fall = 3", "fall = 3\nintervall = \"2s\"", &["unknown field `intervall`", "interval"]).at(r#"intervall = "2s""#),
+    // Load-aware weights.
+    row("load.agent_port", "agent_port = 5555", "agent_port = 0", &["load.agent_port must be 1..=65535"]),
+    row("load.agent_port", "agent_port = 5555", "agent_port = 65536", &["invalid value: integer `65536`", "agent_port"]),
+    row("load.agent_port", "agent_port = 5555", "# no agent", &["load.agent_interval needs load.agent_port"]).at(r#"agent_interval = "2s""#),
+    row("load.agent_interval", r#"agent_interval = "2s""#, r#"agent_interval = "1ms""#, &["load.agent_interval 1ms is below 10ms"]),
+    row("load.agent_interval", r#"agent_interval = "2s""#, r#"agent_interval = "often""#, &["load.agent_interval: \"often\" is not a duration"]),
+    row("load.agent_timeout", r#"agent_timeout = "1s""#, r#"agent_timeout = "0s""#, &["load.agent_timeout must be above 0"]),
+    row("load.agent_send", r#"agent_send = "load\n""#, "agent_send = 7", &["invalid type: integer", "agent_send"]),
+    row("load.flows", "flows = true", r#"flows = "yes""#, &["invalid type: string", "flows"]),
+    row("load.flows", "conntrack = true", "conntrack = false", &["load.flows counts the VIP's tracked flows", "conntrack = false"]).at("flows = true"),
+    row("load.weight_interval", r#"weight_interval = "5s""#, r#"weight_interval = "10ms""#, &["load.weight_interval 10ms is below 100ms"]),
+    row("load.min_weight", "min_weight = 25", "min_weight = 0", &["load.min_weight 0 is not 1..=200 (percent of the configured weight)"]),
+    row("load.min_weight", "min_weight = 25", "min_weight = 150", &["load.min_weight (12/8) is above load.max_weight (8/8)"]),
+    row("load.max_weight", "max_weight = 100", "max_weight = 201", &["load.max_weight 201 is not 1..=200"]),
+    row("load.unknown", "max_weight = 100", "max_weight = 100\nagent = true", &["unknown field `agent`", "agent_port"]).at("agent = true"),
     // A backend.
     row("backend.address", r#"address = "192.0.2.21""#, r#"address = "192.0.2.321""#, &["invalid IP address syntax", "address"]),
     row("backend.address", r#"address = "192.0.2.21""#, r#"address = "0.0.0.0""#, &["backend address 0.0.0.0 is not a unicast address"]),

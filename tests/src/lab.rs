@@ -255,6 +255,17 @@ fn start_service(ns: &str, name: &str) -> Result<Threads> {
     Threads::start(ns, bodies)
 }
 
+/// A backend's load agent (HAProxy's agent-check protocol): on its own address, this port.
+pub const AGENT_PORT: u16 = 5555;
+
+/// One agent connection: answers the line the file named `path` holds now (so a test can
+/// change what the agent says while it runs), then closes.
+fn serve_agent(mut conn: TcpStream, path: &str, _stop: &AtomicBool) {
+    conn.set_nonblocking(false).ok();
+    let says = fs::read_to_string(path).unwrap_or_default();
+    let _ = conn.write_all(format!("{}\n", says.trim()).as_bytes());
+}
+
 /// A backend's health endpoint: HTTP on its own address, port HEALTH_PORT.
 fn start_health(ns: &str, ip: Ipv4Addr, name: &str) -> Result<Threads> {
     let addr = SocketAddr::new(IpAddr::V4(ip), HEALTH_PORT);
@@ -580,6 +591,8 @@ pub struct Lab {
     health: Vec<Option<Threads>>,
     /// Services of hosts a backend address moved to, and their namespaces.
     moved: Vec<Threads>,
+    /// The backends' load agents (`start_agent`).
+    agents: Vec<Threads>,
     extra_ns: Vec<String>,
     dsr: Option<Child>,
     /// The config dsr runs with (written to `dir/dsr.toml`).
@@ -647,6 +660,7 @@ impl Lab {
             services: Vec::new(),
             health: Vec::new(),
             moved: Vec::new(),
+            agents: Vec::new(),
             extra_ns: Vec::new(),
             dsr: None,
             config_text: None,
@@ -1357,6 +1371,26 @@ impl Lab {
         } else {
             self.health[i] = None;
         }
+    }
+
+    /// Starts backend `i`'s load agent on AGENT_PORT, saying `says` until [`Lab::set_agent`].
+    pub fn start_agent(&mut self, i: usize, says: &str) {
+        self.set_agent(i, says);
+        let b = &self.backends[i];
+        let path = self.agent_file(i).to_string_lossy().into_owned();
+        let addr = SocketAddr::new(IpAddr::V4(b.ip), AGENT_PORT);
+        let agent = Threads::start(&b.ns, vec![tcp_listener(addr, serve_agent, path)])
+            .expect("start the agent");
+        self.agents.push(agent);
+    }
+
+    /// What backend `i`'s agent answers from now on (e.g. "50%", "drain", "ready 100%").
+    pub fn set_agent(&self, i: usize, says: &str) {
+        fs::write(self.agent_file(i), says).expect("write the agent's answer");
+    }
+
+    fn agent_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent-b{}.txt", i + 1))
     }
 
     pub fn dsr_log(&self) -> String {
@@ -2137,6 +2171,7 @@ impl Drop for Lab {
         self.services.clear();
         self.health.clear();
         self.moved.clear();
+        self.agents.clear();
         self._peer_xdp = None;
         self._peer_xdp2 = None;
         self._peer_xdp_lb2 = None;

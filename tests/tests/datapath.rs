@@ -13,8 +13,8 @@ use dsr::{
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
-    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FlowKey, FlowMapKey, HASH_ALL, HASH_PORTS,
-    HASH_SRC_ADDR, Reason, flow_hash,
+    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FLOW_F_CLOSING, FlowKey, FlowMapKey, HASH_ALL,
+    HASH_PORTS, HASH_SRC_ADDR, Reason, flow_hash,
 };
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
@@ -201,6 +201,7 @@ impl Fixture {
                 id: v as u32,
                 table_size: DEFAULT_TABLE_SIZE,
                 entries,
+                configured_entries: None,
                 options,
             },
         );
@@ -985,6 +986,7 @@ fn unconfigured_interface_passes_everything() {
                 id: 0,
                 weight: 1,
             }],
+            configured_entries: None,
             options: VipOptions::default(),
         },
     );
@@ -1946,6 +1948,57 @@ fn datapath_log_levels_load_and_a_warning_reaches_userspace() {
         "{got:?}"
     );
     assert_eq!(got[1], warning);
+}
+
+/// A FIN or RST seen inbound marks the flow's entry closing: its packets still follow the
+/// entry, and the walk counts it apart from the active flows (load-aware weights and status
+/// count active ones); a SYN on the same tuple (reused) clears the mark.
+#[test]
+fn fin_and_rst_mark_flows_closing_without_forgetting_them() {
+    let idle = Duration::from_secs(30);
+    let f = Fixture::with_idle(idle);
+    let counter = f.dp.flow_counter(idle).unwrap();
+    let key = |p: u16| f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+    for p in [53000, 53001, 53002] {
+        run(f.dp.program(), &flow(p), LO);
+    }
+    let owner = |p: u16| f.dp.flow(&key(p)).unwrap().backend;
+    let (a, b) = (owner(53000), owner(53001));
+    assert!(
+        [53000, 53001, 53002]
+            .iter()
+            .all(|&p| f.dp.flow(&key(p)).unwrap().flags == 0)
+    );
+    run(
+        f.dp.program(),
+        &with_tcp_flags(flow(53000), TCP_FIN | TCP_ACK),
+        LO,
+    );
+    run(f.dp.program(), &with_tcp_flags(flow(53001), TCP_RST), LO);
+    assert_eq!(f.dp.flow(&key(53000)).unwrap().flags, FLOW_F_CLOSING);
+    assert_eq!(f.dp.flow(&key(53001)).unwrap().flags, FLOW_F_CLOSING);
+    assert_eq!(
+        f.dp.flow(&key(53002)).unwrap().flags,
+        0,
+        "an ACK marks nothing"
+    );
+    // Still forwarded to its backend: the last ACK of the close must arrive.
+    let (verdict, out) = run(f.dp.program(), &with_tcp_flags(flow(53000), TCP_ACK), LO);
+    let mac = f.all[0].iter().find(|x| x.id == a).unwrap().mac;
+    assert_eq!((verdict, &out[..6]), (XDP_TX, &mac[..]));
+    let c = counter.count().unwrap();
+    assert_eq!((c.live, c.closing), (3, 2), "{c:?}");
+    assert_eq!(c.per_vip.get(&0), Some(&1), "only the open flow is active");
+    let active: u64 = c.per_backend.values().sum();
+    assert_eq!(active, 1, "{c:?}");
+    let closing: u64 = c.closing_per_backend.values().sum();
+    assert_eq!(closing, 2);
+    assert!(c.closing_per_backend.contains_key(&a) && c.closing_per_backend.contains_key(&b));
+    // The tuple reused by a new connection: active again, on the same backend.
+    run(f.dp.program(), &flow(53001), LO);
+    let e = f.dp.flow(&key(53001)).unwrap();
+    assert_eq!((e.flags, e.backend), (0, b));
+    assert_eq!(counter.count().unwrap().closing, 1);
 }
 
 #[test]

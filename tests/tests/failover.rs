@@ -157,7 +157,7 @@ fn inhibit_on_failure_keeps_established_flows() {
     let b = &st.vips.iter().find(|v| v.name == "udp").unwrap().backends[1];
     assert_eq!(
         (b.effective_weight, b.in_table, b.keeps_flows),
-        (0, false, true),
+        (0.0, false, true),
         "{b:?}"
     );
 }
@@ -433,4 +433,157 @@ fn a_flapping_backend_changes_state_boundedly_and_quietly() {
         "{log}"
     );
     assert!(log.lines().count() <= 12, "{log}");
+}
+
+/// The udp VIP's backend `i` as `dsr status` shows it.
+fn udp_backend(lab: &Lab, i: usize) -> dsr::control::status::BackendStatus {
+    let st = lab.status();
+    let vip = st
+        .vips
+        .iter()
+        .find(|v| v.name == "udp")
+        .expect("the udp VIP");
+    vip.backends[i].clone()
+}
+
+fn load_step(lab: &Lab, i: usize) -> Option<u32> {
+    udp_backend(lab, i).load.map(|l| l.step)
+}
+
+/// Checks that every new flow from `sports` went to the backend the table of these table
+/// weights (configured weight x load step) gives it, and returns how many each backend got.
+fn flows_follow(lab: &Lab, sports: std::ops::Range<u16>, table_weights: &[u32]) -> Vec<usize> {
+    let mut got = vec![0; table_weights.len()];
+    for (p, who) in answers(lab, sports) {
+        let want = lab.predict_weights(UDP, p, table_weights);
+        assert_eq!(
+            who,
+            Some(want),
+            "new flow {p}: the table of weights {table_weights:?} gives backend {}",
+            want + 1
+        );
+        got[want] += 1;
+    }
+    got
+}
+
+/// Load-aware weights with HAProxy's agent protocol: a backend whose agent reports 50% steps
+/// down one eighth per weight_interval to half its weight, and then every new flow goes
+/// where the table of the effective weights sends it (predicted per flow with the shared
+/// hash, not sampled), so it gets fewer than its share; "drain" takes it out at once while its
+/// flows stay; "ready 100%" steps it back up to its share. Status shows the step, the reason
+/// and both digests.
+#[test]
+fn agent_reported_load_moves_new_flows_and_back() {
+    let mut lab = Lab::new("agent", &[1, 1, 1]);
+    for i in 0..3 {
+        lab.start_agent(i, "100%");
+    }
+    let load = format!(
+        "[vip.load]\nagent_port = {}\nagent_interval = \"100ms\"\nagent_timeout = \"100ms\"\n\
+         weight_interval = \"200ms\"\nmin_weight = 25\n",
+        dsr_lab::lab::AGENT_PORT
+    );
+    let cfg = config(&lab, "", &[]).replacen(
+        "protocol = \"udp\"\n",
+        &format!("protocol = \"udp\"\n{load}"),
+        1,
+    );
+    lab.start_dsr_with(&cfg, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_for("every agent to be asked", Duration::from_secs(5), || {
+        (0..3).all(|i| {
+            udp_backend(&lab, i)
+                .load
+                .and_then(|l| l.agent)
+                .is_some_and(|a| a.last_line.as_deref() == Some("100%"))
+        })
+    });
+    let at_full = flows_follow(&lab, 30000..30300, &[8, 8, 8]);
+    let vip = |lab: &Lab| {
+        lab.status()
+            .vips
+            .into_iter()
+            .find(|v| v.name == "udp")
+            .unwrap()
+    };
+    let v = vip(&lab);
+    assert_eq!(
+        v.configured_digest, v.table_digest,
+        "no load adjustment yet"
+    );
+
+    // Overloaded: 8/8 -> 4/8 in four steps, one per 200 ms.
+    lab.set_agent(1, "50%");
+    let started = Instant::now();
+    lab.wait_for(
+        "backend 2 to step down to 4/8",
+        Duration::from_secs(5),
+        || load_step(&lab, 1) == Some(4),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "four steps cannot take less than three weight_intervals ({:?})",
+        started.elapsed()
+    );
+    let b = udp_backend(&lab, 1);
+    let l = b.load.clone().unwrap();
+    assert_eq!((l.step, l.target), (4, 4), "{l:?}");
+    assert!(l.reason.contains("agent says 50%"), "{l:?}");
+    assert_eq!(b.effective_weight, 0.5, "{b:?}");
+    let v = vip(&lab);
+    assert_ne!(
+        v.configured_digest, v.table_digest,
+        "the active table follows the load, the configured one does not"
+    );
+    let (ok, text) = lab.dsr(&["status"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("weight 4/8 of configured (agent says 50%)")
+            && text.contains("load-aware weights differ"),
+        "{text}"
+    );
+    // The prediction must be able to fail: the new weights move some flows.
+    let moved = (30300..30600)
+        .filter(|&p| {
+            lab.predict_weights(UDP, p, &[8, 4, 8]) != lab.predict_weights(UDP, p, &[1, 1, 1])
+        })
+        .count();
+    assert!(moved > 0);
+    let loaded = flows_follow(&lab, 30300..30600, &[8, 4, 8]);
+    assert!(
+        loaded[1] < loaded[0] && loaded[1] < loaded[2] && loaded[1] < 100,
+        "the loaded backend gets fewer new flows: {loaded:?} (at full weight {at_full:?})"
+    );
+
+    // "drain": out of the table at once; flows it holds stay (keeps flows).
+    lab.set_agent(1, "drain");
+    lab.wait_for(
+        "backend 2 to be drained by its agent",
+        Duration::from_secs(3),
+        || {
+            let b = udp_backend(&lab, 1);
+            !b.in_table && b.keeps_flows
+        },
+    );
+    flows_follow(&lab, 30600..30700, &[8, 0, 8]);
+
+    // Recovered: back to its share, step by step.
+    lab.set_agent(1, "ready 100%");
+    lab.wait_for(
+        "backend 2 to step back to 8/8",
+        Duration::from_secs(5),
+        || load_step(&lab, 1) == Some(8) && udp_backend(&lab, 1).in_table,
+    );
+    let v = vip(&lab);
+    assert_eq!(
+        v.configured_digest, v.table_digest,
+        "back to the configured table"
+    );
+    let back = flows_follow(&lab, 30700..31000, &[1, 1, 1]);
+    eprintln!(
+        "new flows per backend: at full weight {at_full:?}, backend 2 at 4/8 {loaded:?}, \
+         recovered {back:?}"
+    );
+    assert!(back[1] > loaded[1], "{back:?} after {loaded:?}");
 }

@@ -238,6 +238,17 @@ pub fn render(s: &Status) -> String {
             Some(l)
         }),
     );
+    m.info(
+        "dsr_vip_configured_table",
+        "The digest of the table the VIP's configured weights give: equal to dsr_vip_table's \
+         unless load-aware weights changed it; nodes with the same config and health agree \
+         on it while their loads differ",
+        s.vips.iter().filter_map(|v| {
+            let mut l = vip_labels(v);
+            l.push(("digest", v.configured_digest.clone()?));
+            Some(l)
+        }),
+    );
     for (name, help, pick) in [
         (
             "dsr_backend_packets",
@@ -351,7 +362,7 @@ pub fn render(s: &Status) -> String {
         );
     }
     type Pick = fn(&crate::control::status::BackendStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Pick); 6] = [
+    let gauges: [(&str, &str, Pick); 9] = [
         (
             "dsr_backend_up",
             "1 if the backend passes its health check (or has none)",
@@ -367,8 +378,21 @@ pub fn render(s: &Status) -> String {
         }),
         (
             "dsr_backend_effective_weight",
-            "Weight new flows see now (0 when down, drained or unresolved)",
-            |b| Some(b.effective_weight as f64),
+            "Weight new flows see now: configured weight times load step (0 when down, \
+             drained or unresolved)",
+            |b| Some(b.effective_weight),
+        ),
+        (
+            "dsr_backend_load_step",
+            "Load-aware weight step in eighths of the configured weight (8 = as configured; \
+             [vip.load] only)",
+            |b| b.load.as_ref().map(|l| l.step as f64),
+        ),
+        (
+            "dsr_backend_flow_share",
+            "The backend's share of its VIP's active flows over its configured share, at the \
+             last count ([vip.load] flows = true only)",
+            |b| b.load.as_ref().and_then(|l| l.flow_share),
         ),
         (
             "dsr_backend_check_latency_seconds",
@@ -377,9 +401,15 @@ pub fn render(s: &Status) -> String {
         ),
         (
             "dsr_backend_tracked_flows",
-            "The backend's live flow-table entries, as last counted (ipvsadm's active \
-             connections)",
+            "The backend's live flow-table entries, closing ones left out, as last counted \
+             (ipvsadm's active connections)",
             |b| b.tracked_flows.map(|n| n as f64),
+        ),
+        (
+            "dsr_backend_closing_flows",
+            "The backend's live flow-table entries of TCP flows whose FIN or RST was seen, as \
+             last counted (ipvsadm's inactive connections)",
+            |b| b.closing_flows.map(|n| n as f64),
         ),
     ];
     for (name, help, pick) in gauges {
@@ -447,13 +477,15 @@ mod tests {
             }),
             checks_failed: 2,
             weight: 1,
-            effective_weight: 1,
+            effective_weight: 1.0,
+            load: None,
             drained: false,
             inhibit_on_failure: false,
             in_table: true,
             keeps_flows: true,
             runtime: false,
             tracked_flows: Some(3),
+            closing_flows: Some(1),
             traffic: Traffic::default(),
         };
         Status {
@@ -472,6 +504,7 @@ mod tests {
                 table_size: 130003,
                 table_bytes: 520064,
                 table_digest: Some("0123456789abcdef".into()),
+                configured_digest: Some("0123456789abcdef".into()),
                 tracked_flows: Some(3),
                 notify: Some(crate::runtime::notify::HookStatus {
                     command: "/usr/local/bin/vip-moved".into(),

@@ -180,12 +180,18 @@ pub fn render_status(s: &Status) -> String {
                 String::new()
             } else {
                 format!(
-                    "  table {} slots ({:.1} MiB){}",
+                    "  table {} slots ({:.1} MiB){}{}",
                     v.table_size,
                     v.table_bytes as f64 / (1 << 20) as f64,
                     v.table_digest
                         .as_ref()
-                        .map_or(String::new(), |d| format!(" {d}"))
+                        .map_or(String::new(), |d| format!(" {d}")),
+                    match &v.configured_digest {
+                        Some(c) if Some(c) != v.table_digest.as_ref() => {
+                            format!(" (as configured {c}: load-aware weights differ)")
+                        }
+                        _ => String::new(),
+                    }
                 )
             },
             rates(&v.traffic),
@@ -244,7 +250,11 @@ pub fn render_status(s: &Status) -> String {
                 ),
                 if b.in_table { "yes" } else { "no" }.into(),
                 if b.keeps_flows { "yes" } else { "no" }.into(),
-                b.tracked_flows.map_or("-".into(), |n| n.to_string()),
+                match (b.tracked_flows, b.closing_flows) {
+                    (None, _) => "-".into(),
+                    (Some(n), Some(c)) if c > 0 => format!("{n} +{c} closing"),
+                    (Some(n), _) => n.to_string(),
+                },
                 match (&b.mac, b.via) {
                     (None, _) => "unresolved".into(),
                     (Some(m), None) => m.to_string(),
@@ -257,6 +267,11 @@ pub fn render_status(s: &Status) -> String {
             ]);
         }
         out += &t.render("  ");
+        for b in &v.backends {
+            if let Some(l) = &b.load {
+                let _ = writeln!(out, "  load {}: {}", b.address, load_line(l));
+            }
+        }
         if let Some(n) = &v.notify {
             let last = n.last.as_ref().map_or("not run yet".to_owned(), |l| {
                 format!(
@@ -380,6 +395,47 @@ pub fn render_stats(s: &Status) -> String {
     out
 }
 
+/// A backend's load-aware weight in one line: "step 6/8 -> 4/8 (agent says 50%); agent
+/// said \"50%\" 1s ago; 1.30x its share of active flows".
+fn load_line(l: &super::status::LoadStatus) -> String {
+    let mut s = if l.step == l.target {
+        format!("weight {}/8 of configured ({})", l.step, l.reason)
+    } else {
+        format!(
+            "weight {}/8 of configured, stepping to {}/8 ({}){}",
+            l.step,
+            l.target,
+            l.reason,
+            l.next_step_unix_ms
+                .map_or(String::new(), |t| format!(", next step in {}", until(t)))
+        )
+    };
+    if let Some(a) = &l.agent {
+        match (&a.last_line, &a.error, a.at_unix_ms) {
+            (_, Some(e), Some(at)) => {
+                s += &format!("; agent not reached {} ago: {e}", ago(at));
+            }
+            (Some(line), None, Some(at)) => {
+                s += &format!("; agent said {line:?} {} ago", ago(at));
+            }
+            _ => s += "; agent not asked yet",
+        }
+    }
+    if let Some(f) = l.flow_share {
+        s += &format!("; {f:.2}x its share of active flows");
+    }
+    s
+}
+
+/// How long until a Unix-millisecond time ("now" once it has passed).
+fn until(unix_ms: u64) -> String {
+    let now = crate::runtime::unix_ms(std::time::SystemTime::now());
+    match unix_ms.checked_sub(now) {
+        Some(ms) if ms > 0 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => "now".into(),
+    }
+}
+
 /// What differs between two nodes' status: VIPs present on one only, and VIPs whose tables
 /// differ (by digest). Empty when they agree on every flow.
 pub fn compare(a: &Status, b: &Status) -> Vec<String> {
@@ -390,6 +446,21 @@ pub fn compare(a: &Status, b: &Status) -> Vec<String> {
             None => out.push(format!("VIP {} {}: only on {}", va.name, va.addr, name(a))),
             Some(vb) => match (&va.table_digest, &vb.table_digest) {
                 (Some(x), Some(y)) if x == y => {}
+                (Some(x), Some(y))
+                    if va.configured_digest.is_some()
+                        && va.configured_digest == vb.configured_digest =>
+                {
+                    out.push(format!(
+                        "VIP {} {}: tables differ by load-aware weights only ({x} on {}, {y} on \
+                         {}; as configured both {}): new flows may go to different backends, \
+                         tracked flows stay where they are",
+                        va.name,
+                        va.addr,
+                        name(a),
+                        name(b),
+                        va.configured_digest.as_deref().unwrap_or("")
+                    ))
+                }
                 (Some(x), Some(y)) => out.push(format!(
                     "VIP {} {}: tables differ ({x} on {}, {y} on {}): flows may go to \
                      different backends",

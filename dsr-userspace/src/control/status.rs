@@ -186,6 +186,11 @@ pub struct VipStatus {
     /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
     /// only to a running daemon.
     pub table_digest: Option<String>,
+    /// Digest of the table its configured weights give (equal to `table_digest` unless
+    /// load-aware weights changed the active table). Nodes whose loads differ place new flows
+    /// differently, yet agree on this one when their config and health agree.
+    #[serde(default)]
+    pub configured_digest: Option<String>,
     /// Live flow-table entries of this VIP, as last counted (`None`: not counted).
     #[serde(default)]
     pub tracked_flows: Option<u64>,
@@ -248,7 +253,12 @@ pub struct BackendStatus {
     /// Checks that failed since the backend was added.
     pub checks_failed: u64,
     pub weight: u32,
-    pub effective_weight: u32,
+    /// The weight new flows see, in units of the configured weight: the configured weight
+    /// times its load step (0 when it takes no new flows).
+    pub effective_weight: f64,
+    /// Load-aware weight (`[vip.load]` only): its step, the target and why.
+    #[serde(default)]
+    pub load: Option<LoadStatus>,
     pub drained: bool,
     pub inhibit_on_failure: bool,
     /// Gets new flows now.
@@ -261,7 +271,40 @@ pub struct BackendStatus {
     /// connections; `None`: not counted).
     #[serde(default)]
     pub tracked_flows: Option<u64>,
+    /// Live entries of its TCP flows whose FIN or RST was seen: still forwarded, not active
+    /// (ipvsadm's inactive connections).
+    #[serde(default)]
+    pub closing_flows: Option<u64>,
     pub traffic: Traffic,
+}
+
+/// A backend's load-aware weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadStatus {
+    /// The weight in the table, in eighths of the configured weight (8 = as configured).
+    pub step: u32,
+    /// Where the step is heading (one eighth per `weight_interval`), and why.
+    pub target: u32,
+    pub reason: String,
+    /// When the step may move next (`None`: it has not moved yet).
+    pub next_step_unix_ms: Option<u64>,
+    /// Its share of the VIP's active flows over its configured share, at the last count
+    /// (`flows = true`; `None`: too few flows to tell).
+    pub flow_share: Option<f64>,
+    /// What its agent said (with an agent).
+    pub agent: Option<AgentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The weight it said, in percent (`None`: none said, 100%).
+    pub percent: Option<u32>,
+    pub admin: crate::runtime::agent::Admin,
+    pub down: bool,
+    /// Its last answer, or why it could not be asked, and when.
+    pub last_line: Option<String>,
+    pub error: Option<String>,
+    pub at_unix_ms: Option<u64>,
 }
 
 /// Counter samples, for rates.
@@ -320,6 +363,8 @@ pub struct Source<'a> {
     /// Reloads applied and refused (a running daemon's).
     pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
+    /// Digests of the tables the configured weights give, where load changed them.
+    pub configured_digests: Option<&'a HashMap<VipAddr, u64>>,
     pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
     pub state_dir: &'a std::path::Path,
     /// The last count of the flow table, if one was made.
@@ -452,6 +497,11 @@ pub fn build(src: Source<'_>) -> Status {
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))
                 .map(|d| format!("{d:016x}")),
+            configured_digest: src
+                .configured_digests
+                .and_then(|d| d.get(&vip.spec.addr))
+                .or_else(|| src.digests.and_then(|d| d.get(&vip.spec.addr)))
+                .map(|d| format!("{d:016x}")),
             tracked_flows: tracked(|c| &c.per_vip, vip.id),
             notify: crate::runtime::notify::command_of(
                 vip.spec.notify.as_deref(),
@@ -482,6 +532,8 @@ pub fn build(src: Source<'_>) -> Status {
                 rates.traffic(false, b.id, totals(false, b.id)),
             );
             bs.tracked_flows = tracked(|c| &c.per_backend, b.id);
+            bs.closing_flows = tracked(|c| &c.closing_per_backend, b.id);
+            bs.load = vip.spec.load.as_ref().map(|spec| load_status(b, spec));
             vs.backends.push(bs);
         }
         status.vips.push(vs);
@@ -518,6 +570,30 @@ fn health_state(h: &Health, spec: &BackendSpec) -> HealthState {
     }
 }
 
+fn load_status(b: &state::Backend, spec: &crate::spec::model::LoadSpec) -> LoadStatus {
+    let (target, reason) = b.load.target(spec);
+    LoadStatus {
+        step: b.load.step,
+        target,
+        reason,
+        next_step_unix_ms: b.load.next_step_at(spec).map(unix_ms),
+        flow_share: b.load.flow_share_permille.map(|p| p as f64 / 1000.0),
+        agent: spec.agent.as_ref().map(|_| AgentStatus {
+            percent: b.load.said.percent,
+            admin: b.load.said.admin,
+            down: b.load.said.down,
+            last_line: b.load.last.as_ref().and_then(|r| r.line.clone()),
+            error: b
+                .load
+                .last
+                .as_ref()
+                .map(|r| r.error.clone())
+                .filter(|e| !e.is_empty()),
+            at_unix_ms: b.load.last.as_ref().map(|r| unix_ms(r.at)),
+        }),
+    }
+}
+
 fn backend(
     b: &state::Backend,
     live: bool,
@@ -550,12 +626,14 @@ fn backend(
         checks_failed: b.health.checks_failed,
         weight: b.spec.weight,
         effective_weight: b.effective_weight(),
+        load: None,
         drained: b.spec.drained,
         inhibit_on_failure: b.spec.inhibit_on_failure,
         in_table,
         keeps_flows: b.keeps_flows(),
         runtime,
         tracked_flows: None,
+        closing_flows: None,
         traffic,
     }
 }

@@ -52,6 +52,8 @@ const MAX_FLOWS_LISTED: usize = 100_000;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Housekeeping period: neighbour poll (backstop for missed events), rates, map re-sync.
 const TICK: Duration = Duration::from_secs(1);
+/// How often load-aware weights are looked at (`weight_interval` is at least this).
+const LOAD_TICK: Duration = Duration::from_millis(100);
 /// Check results taken in one go before the tables are rebuilt.
 const MAX_REPORTS_PER_APPLY: usize = 1024;
 /// How often an unresolved backend is solicited again, in ticks.
@@ -354,6 +356,8 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u64;
+        let mut load_tick = tokio::time::interval(LOAD_TICK);
+        load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // `dsr stop` is answered only once the data path is gone, so that its answer is true.
         let (clean, stop_reply) = loop {
             tokio::select! {
@@ -391,6 +395,7 @@ impl Daemon {
                     ticks += 1;
                     self.housekeeping(ticks.is_multiple_of(RESOLICIT_TICKS)).await;
                 }
+                _ = load_tick.tick() => self.follow_load(),
             }
         };
         server.abort();
@@ -501,11 +506,19 @@ impl Daemon {
                 &self.state,
             )));
         self.checks.sync(self.state.vips.iter().flat_map(|vip| {
-            vip.backends.iter().map(move |b| health::Wanted {
-                token: b.check_token,
-                address: b.spec.address,
-                default_port: vip.spec.addr.port,
-                spec: &b.spec.check,
+            let agent = vip.spec.load.as_ref().and_then(|l| l.agent.as_ref());
+            vip.backends.iter().flat_map(move |b| {
+                let wanted = |token, job| health::Wanted {
+                    token,
+                    address: b.spec.address,
+                    default_port: vip.spec.addr.port,
+                    job,
+                };
+                let check = wanted(b.check_token, health::Job::Check(&b.spec.check));
+                let agent = agent
+                    .filter(|_| b.agent_token != 0)
+                    .map(|a| wanted(b.agent_token, health::Job::Agent(a)));
+                std::iter::once(check).chain(agent)
             })
         }));
     }
@@ -712,20 +725,63 @@ impl Daemon {
         }
     }
 
-    /// Records a check result; whether a backend changed state (the caller applies).
+    /// Load-aware weights: takes a new count of the active flows, and moves the steps whose
+    /// `weight_interval` has passed; writes the tables when one moved.
+    fn follow_load(&mut self) {
+        if !self.state.vips.iter().any(|v| v.spec.load.is_some()) {
+            return;
+        }
+        if self.flow_count.has_changed().unwrap_or(false) {
+            let count = self.flow_count.borrow_and_update().clone();
+            if let Some(count) = count {
+                self.state.observe_flows(&count.per_backend);
+            }
+        }
+        let moved = self.state.step_loads(std::time::SystemTime::now());
+        for (vip, addr, from, to, why) in &moved {
+            log::info!("VIP {vip}: backend {addr} weight step {from}/8 -> {to}/8 ({why})");
+        }
+        if !moved.is_empty() {
+            self.apply_logged();
+            self.save();
+        }
+    }
+
+    /// Records what a check task found; whether which backends take or keep flows changed
+    /// (the caller applies).
     async fn on_check(&mut self, report: Report) -> bool {
-        if let Some((vip, addr, up)) = self.state.record_check(report.token, report.result.clone())
-        {
+        let result = match report.outcome {
+            health::Outcome::Check(result) => result,
+            health::Outcome::Agent(reading) => {
+                let Some(news) = self.state.record_agent(report.token, reading) else {
+                    return false;
+                };
+                let (vip, addr) = (news.vip, news.backend);
+                match (&news.unreachable, &news.said) {
+                    (Some(e), _) => log::warn!(
+                        "VIP {vip}: backend {addr}'s agent cannot be asked ({e}); what it said \
+                         last stays in force"
+                    ),
+                    (None, Some(said)) => log::info!(
+                        "VIP {vip}: backend {addr}'s agent says {}",
+                        crate::runtime::agent::describe(said)
+                    ),
+                    (None, None) => {}
+                }
+                if !news.unknown.is_empty() {
+                    log::warn!(
+                        "VIP {vip}: backend {addr}'s agent used words dsr ignores: {:?}",
+                        news.unknown
+                    );
+                }
+                return news.flows_changed;
+            }
+        };
+        if let Some((vip, addr, up)) = self.state.record_check(report.token, result.clone()) {
             if up {
-                log::info!(
-                    "VIP {vip}: backend {addr} is UP ({})",
-                    report.result.message
-                );
+                log::info!("VIP {vip}: backend {addr} is UP ({})", result.message);
             } else {
-                log::warn!(
-                    "VIP {vip}: backend {addr} is DOWN ({})",
-                    report.result.message
-                );
+                log::warn!("VIP {vip}: backend {addr} is DOWN ({})", result.message);
                 // The address may have moved to another host: learn its MAC afresh.
                 let ifindex = self
                     .state
@@ -1208,6 +1264,7 @@ impl Daemon {
             write_failures: self.writer.failures,
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
+            configured_digests: Some(&self.writer.configured_digests),
             announce_groups: &self.config.announce,
             state_dir: &self.config.state_dir,
             flow_count: self.flow_count.borrow().clone(),
@@ -1447,6 +1504,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         write_failures: 0,
         reloads: (0, 0),
         digests: None,
+        configured_digests: None,
         announce_groups: &model.announce,
         state_dir: &model.state_dir,
         // Counted by a running daemon only.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use dsr_common::{FlowEntry, FlowMapKey};
+use dsr_common::{FLOW_F_CLOSING, FlowEntry, FlowMapKey};
 
 /// Entries fetched per system call.
 const BATCH: usize = 1024;
@@ -39,9 +39,14 @@ pub struct FlowCount {
     /// Entries of idle flows: the data path treats their next packet as a new flow, and the
     /// LRU reuses them first.
     pub expired: u64,
-    /// Live entries per VIP id and per backend id.
+    /// Live entries per VIP id and per backend id, closing ones left out (ipvsadm's active
+    /// connections).
     pub per_vip: HashMap<u32, u64>,
     pub per_backend: HashMap<u32, u64>,
+    /// Live entries of TCP flows whose FIN or RST was seen (still forwarding; ipvsadm's
+    /// inactive connections), in all and per backend id.
+    pub closing: u64,
+    pub closing_per_backend: HashMap<u32, u64>,
     pub at: Option<SystemTime>,
     pub took: Duration,
 }
@@ -63,6 +68,11 @@ impl FlowCounter {
                 return;
             }
             count.live += 1;
+            if v.flags & FLOW_F_CLOSING != 0 {
+                count.closing += 1;
+                *count.closing_per_backend.entry(v.backend).or_default() += 1;
+                return;
+            }
             *count.per_vip.entry(k.vip).or_default() += 1;
             *count.per_backend.entry(v.backend).or_default() += 1;
         })?;
@@ -159,7 +169,7 @@ impl FlowAdopter {
         let now = coarse_now_ns();
         let entry = FlowEntry {
             backend,
-            _pad: 0,
+            flags: 0,
             last_seen_ns: now,
         };
         let (flags, outcome) = match self.flows.get(key, 0) {

@@ -23,7 +23,7 @@ use dsr_common::{
 
 use super::{Datapath, vip_addr_flags, vip_key};
 use crate::{
-    plan::{Desired, DesiredBackend, VipOptions, maglev},
+    plan::{Desired, DesiredBackend, DesiredVip, VipOptions, maglev},
     spec::model::VipAddr,
 };
 
@@ -39,6 +39,9 @@ pub struct Writer {
     tx_ports: BTreeMap<u32, u32>,
     /// Each VIP's table digest (`maglev::digest`), for the tables this writer wrote.
     pub digests: HashMap<VipAddr, u64>,
+    /// The digest of the table its configured weights give, where load-aware weights made
+    /// the active one differ (peers agree on this one while their loads differ).
+    pub configured_digests: HashMap<VipAddr, u64>,
     /// Map writes that failed since the writer was created.
     pub failures: u64,
     /// Writes that failed in the last apply and wait for the next.
@@ -70,6 +73,24 @@ pub struct Applied {
 }
 
 impl Writer {
+    /// Notes what `table`, now the VIP's active table, was built from, and its digests.
+    fn remember(&mut self, seed: u32, addr: &VipAddr, vip: &DesiredVip, table: &[u32]) {
+        self.built
+            .insert(*addr, (vip.table_size, vip.entries.clone()));
+        self.digests
+            .insert(*addr, maglev::digest(seed, table, &vip.entries));
+        match &vip.configured_entries {
+            Some(entries) => {
+                let configured = maglev::build(entries, vip.table_size);
+                self.configured_digests
+                    .insert(*addr, maglev::digest(seed, &configured, entries));
+            }
+            None => {
+                self.configured_digests.remove(addr);
+            }
+        }
+    }
+
     /// Reads what the kernel's maps hold now.
     pub fn read(dp: &Datapath) -> Result<Writer> {
         Ok(Writer {
@@ -79,6 +100,7 @@ impl Writer {
             backends: dp.held_backends()?.into_iter().collect(),
             tx_ports: dp.held_tx_ports().into_iter().collect(),
             digests: HashMap::new(),
+            configured_digests: HashMap::new(),
             failures: 0,
             pending: 0,
         })
@@ -171,10 +193,7 @@ impl Writer {
             if same_entry && dp.table(addr).is_ok_and(|t| t == table) {
                 // The kernel holds this very table (an adopted data path's, after a restart):
                 // nothing to write, and no run of TABLES to take.
-                self.built
-                    .insert(*addr, (vip.table_size, vip.entries.clone()));
-                self.digests
-                    .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
+                self.remember(dp.hash_seed(), addr, vip, &table);
                 continue;
             }
             let old = self
@@ -192,10 +211,7 @@ impl Writer {
             }
             match dp.set_vip(addr, vip.id, &table, vip.options) {
                 Ok(()) => {
-                    self.built
-                        .insert(*addr, (vip.table_size, vip.entries.clone()));
-                    self.digests
-                        .insert(*addr, maglev::digest(dp.hash_seed(), &table, &vip.entries));
+                    self.remember(dp.hash_seed(), addr, vip, &table);
                     out.tables.push(TableSwitch {
                         vip: *addr,
                         backends: vip.entries.len(),
@@ -251,6 +267,8 @@ impl Writer {
         }
         self.built.retain(|a, _| desired.vips.contains_key(a));
         self.digests.retain(|a, _| desired.vips.contains_key(a));
+        self.configured_digests
+            .retain(|a, _| desired.vips.contains_key(a));
         let gone: Vec<VipAddrKey> = self
             .addrs
             .keys()

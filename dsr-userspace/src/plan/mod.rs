@@ -59,6 +59,8 @@ pub struct DesiredVip {
     pub table_size: u32,
     /// The backends that take new flows now, sorted by id (empty: the VIP drops).
     pub entries: Vec<maglev::Entry>,
+    /// The same with the configured weights, where load-aware weights changed them.
+    pub configured_entries: Option<Vec<maglev::Entry>>,
     pub options: VipOptions,
 }
 
@@ -96,12 +98,18 @@ pub fn desired(state: &State) -> Desired {
         }
         let (_, mut entries) = vip.serving();
         entries.sort_by_key(|e| e.id);
+        let configured_entries = vip.load_adjusted().then(|| {
+            let mut c = vip.serving_as_configured();
+            c.sort_by_key(|e| e.id);
+            c
+        });
         d.vips.insert(
             vip.spec.addr,
             DesiredVip {
                 id: vip.id,
                 table_size: vip.table_size,
                 entries,
+                configured_entries,
                 options: VipOptions {
                     conntrack: vip.spec.conntrack,
                     fragments: vip.spec.fragments,

@@ -1,6 +1,6 @@
 //! Health checks: the [`Checker`]s (TCP connect, HTTP GET), the rise/fall state of one
-//! backend, the task that runs one backend's check, and the [`Supervisor`] that keeps exactly
-//! one task per checked backend.
+//! backend, the task that runs one backend's check (or asks its agent, runtime::agent), and
+//! the [`Supervisor`] that keeps exactly one task per check.
 //!
 //! Thresholds: a backend goes down after `fall` consecutive failures and comes back after
 //! `rise` consecutive successes. Before its first result a backend counts as up (keepalived's
@@ -17,7 +17,10 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpStream, sync::mpsc};
 
-use crate::spec::model::{CheckKind, CheckSpec};
+use crate::{
+    runtime::agent,
+    spec::model::{AgentSpec, CheckKind, CheckSpec},
+};
 
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,21 +225,60 @@ async fn http_get(
     result
 }
 
-/// What a check task reports: which check (`token`, chosen by the daemon) and its result.
+/// What a task reports: which check (`token`, chosen by the daemon) and what it found.
 #[derive(Debug)]
 pub struct Report {
     pub token: u64,
-    pub result: CheckResult,
+    pub outcome: Outcome,
 }
 
-/// Checks one backend every `interval` (plus up to 10% random jitter, so that a thousand
-/// checks configured alike do not fire together) until the receiver goes away or the task
-/// is aborted. The first check runs right away (after jitter), so state is known quickly.
-pub async fn check_loop(
+#[derive(Debug)]
+pub enum Outcome {
+    /// A health check's result.
+    Check(CheckResult),
+    /// An agent's answer.
+    Agent(agent::Reading),
+}
+
+/// What a task runs: a health check, or a question to the backend's agent.
+#[derive(Clone, Copy)]
+pub enum Job<'a> {
+    Check(&'a CheckSpec),
+    Agent(&'a AgentSpec),
+}
+
+#[derive(Clone)]
+enum OwnedJob {
+    Check(CheckSpec),
+    Agent(AgentSpec),
+}
+
+impl OwnedJob {
+    fn interval(&self) -> Duration {
+        match self {
+            OwnedJob::Check(c) => c.interval,
+            OwnedJob::Agent(a) => a.interval,
+        }
+    }
+
+    async fn run(&self, address: IpAddr, default_port: u16) -> Outcome {
+        match self {
+            OwnedJob::Check(c) => Outcome::Check(check_once(address, default_port, c).await),
+            OwnedJob::Agent(a) => {
+                Outcome::Agent(agent::ask(SocketAddr::new(address, a.port), a).await)
+            }
+        }
+    }
+}
+
+/// Runs one job every `interval` (plus up to 10% random jitter, so that a thousand checks
+/// configured alike do not fire together) until the receiver goes away or the task is
+/// aborted. The first run is right away (after jitter), so state is known quickly.
+async fn job_loop(
     token: u64,
     address: IpAddr,
     default_port: u16,
-    spec: CheckSpec,
+    job: OwnedJob,
     reports: mpsc::Sender<Report>,
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 ) {
@@ -244,7 +286,8 @@ pub async fn check_loop(
         let max = (interval.as_micros() as u64 / 10).max(1);
         Duration::from_micros(fastrand::u64(0..max))
     };
-    tokio::time::sleep(jitter(spec.interval)).await;
+    let interval = job.interval();
+    tokio::time::sleep(jitter(interval)).await;
     loop {
         let started = Instant::now();
         // A check holds a socket while it runs: at most `in_flight` at once, so that
@@ -253,12 +296,12 @@ pub async fn check_loop(
         let Ok(permit) = in_flight.acquire().await else {
             return;
         };
-        let result = check_once(address, default_port, &spec).await;
+        let outcome = job.run(address, default_port).await;
         drop(permit);
-        if reports.send(Report { token, result }).await.is_err() {
+        if reports.send(Report { token, outcome }).await.is_err() {
             return;
         }
-        let next = spec.interval + jitter(spec.interval);
+        let next = interval + jitter(interval);
         tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
     }
 }
@@ -303,7 +346,7 @@ pub struct Wanted<'a> {
     pub address: IpAddr,
     /// The VIP's port, for checks without a port of their own.
     pub default_port: u16,
-    pub spec: &'a CheckSpec,
+    pub job: Job<'a>,
 }
 
 impl Supervisor {
@@ -320,16 +363,18 @@ impl Supervisor {
     pub fn sync<'a>(&mut self, wanted: impl IntoIterator<Item = Wanted<'a>>) {
         let mut live = std::collections::HashSet::new();
         for w in wanted {
-            if w.spec.kind == CheckKind::None {
-                continue;
-            }
+            let job = match w.job {
+                Job::Check(c) if c.kind == CheckKind::None => continue,
+                Job::Check(c) => OwnedJob::Check(c.clone()),
+                Job::Agent(a) => OwnedJob::Agent(a.clone()),
+            };
             live.insert(w.token);
             self.tasks.entry(w.token).or_insert_with(|| {
-                tokio::spawn(check_loop(
+                tokio::spawn(job_loop(
                     w.token,
                     w.address,
                     w.default_port,
-                    w.spec.clone(),
+                    job,
                     self.reports.clone(),
                     self.in_flight.clone(),
                 ))
@@ -351,7 +396,7 @@ impl Supervisor {
     }
 }
 
-mod unix_ms {
+pub(crate) mod unix_ms {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use serde::{Deserialize, Deserializer, Serializer};

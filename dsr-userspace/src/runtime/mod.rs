@@ -3,11 +3,13 @@
 //! (`instance`), what is saved across restarts (`persistence`), what dsr tells VRRP and
 //! routing daemons (`announce`) and what they tell it (`vrrp`), and the commands run at each
 //! change of a VIP's state (`notify`); the flow state exchanged with the other load
-//! balancers (`sync`).
+//! balancers (`sync`); load-aware weights (`load`) from the backends' agents (`agent`).
 
+pub mod agent;
 pub mod announce;
 pub mod health;
 pub mod instance;
+pub mod load;
 pub mod neighbour;
 pub mod notify;
 pub mod persistence;

@@ -8,6 +8,8 @@
 //!   does, to the sorry servers; if none does, the VIP drops its packets;
 //! - a backend *keeps its established flows* if it has a MAC and is up, or is down with
 //!   `inhibit_on_failure` (keepalived's weight-0-on-failure). Drained backends keep theirs.
+//! - with `[vip.load]`, its agent can drain it or take it down too, and its table weight is
+//!   the configured weight times its load step (runtime::load).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,7 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     plan::{maglev, sizing::TableSizing},
-    runtime::health::Health,
+    runtime::{
+        agent::Reading,
+        health::Health,
+        load::{self, Load},
+    },
     spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
@@ -47,15 +53,35 @@ pub struct Backend {
     /// until an interface of that name returns.
     #[serde(default)]
     pub egress_lost: bool,
+    /// Its load-aware weight (all at the configured weight without `[vip.load]`).
+    #[serde(default)]
+    pub load: Load,
+    /// Identifies its running agent check (0: none).
+    #[serde(default)]
+    pub agent_token: u64,
 }
 
 impl Backend {
     pub fn takes_new_flows(&self) -> bool {
-        self.reachable() && self.health.up && !self.spec.drained && self.spec.weight > 0
+        self.reachable()
+            && self.alive()
+            && !self.spec.drained
+            && self.spec.weight > 0
+            && self.load.said.blocks().is_none()
     }
 
     pub fn keeps_flows(&self) -> bool {
-        self.reachable() && (self.health.up || self.spec.inhibit_on_failure)
+        self.reachable() && (self.alive() || self.spec.inhibit_on_failure)
+    }
+
+    /// Up by its health check, and not down by its agent's word.
+    fn alive(&self) -> bool {
+        self.health.up && !self.load.said.down
+    }
+
+    /// Its weight in the table: configured weight times load step (see runtime::load).
+    pub fn table_weight(&self) -> u32 {
+        self.spec.weight * self.load.step
     }
 
     /// It has a MAC, and the interface it sits behind exists.
@@ -63,12 +89,13 @@ impl Backend {
         self.mac.is_some() && !self.egress_lost
     }
 
-    /// The weight new flows see now (0 when drained, down or without MAC).
-    pub fn effective_weight(&self) -> u32 {
+    /// The weight new flows see now, in units of the configured weight (0 when drained,
+    /// down or without MAC).
+    pub fn effective_weight(&self) -> f64 {
         if self.takes_new_flows() {
-            self.spec.weight
+            self.spec.weight as f64 * self.load.step as f64 / load::FULL as f64
         } else {
-            0
+            0.0
         }
     }
 }
@@ -96,7 +123,7 @@ impl Vip {
                 .map(|b| maglev::Entry {
                     address: b.spec.address,
                     id: b.id,
-                    weight: b.spec.weight,
+                    weight: b.table_weight(),
                 })
                 .collect();
             if !entries.is_empty() {
@@ -108,6 +135,25 @@ impl Vip {
 
     pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
         self.backends.iter().find(|b| b.spec.address == address)
+    }
+
+    /// The table entries as configured: what [`Vip::serving`] gives with every load step
+    /// at [`load::FULL`] (the table peers without load-aware weights would build).
+    pub fn serving_as_configured(&self) -> Vec<maglev::Entry> {
+        // Backends their agent drained or took down stay out: those words are health, not
+        // weight, and every node asking the same agent hears them.
+        let (_, mut entries) = self.serving();
+        for e in &mut entries {
+            if let Some(b) = self.backends.iter().find(|b| b.id == e.id) {
+                e.weight = b.spec.weight;
+            }
+        }
+        entries
+    }
+
+    /// Whether any backend's step differs from the configured one.
+    pub fn load_adjusted(&self) -> bool {
+        self.backends.iter().any(|b| b.load.step != load::FULL)
     }
 }
 
@@ -201,6 +247,21 @@ pub struct Reconciled {
     pub new_backend_ids: Vec<u32>,
     /// The slots per backend the default table sizes got (`plan::sizing::Sized`).
     pub table_slots_per_backend: Option<u32>,
+}
+
+/// What an agent's answer changed (`State::record_agent`), for the log.
+#[derive(Debug)]
+pub struct AgentNews {
+    pub vip: VipAddr,
+    pub backend: IpAddr,
+    /// What the agent now says (when it answered, or its word changed).
+    pub said: Option<crate::runtime::agent::Said>,
+    /// Why it could not be asked (`None`: it answered).
+    pub unreachable: Option<String>,
+    /// Words it used that dsr does not know.
+    pub unknown: Vec<String>,
+    /// Which backends take or keep flows changed: write the table now.
+    pub flows_changed: bool,
 }
 
 /// How long a freed id waits: a little beyond the idle timeout, since the data path's clock
@@ -301,6 +362,9 @@ impl State {
                     }
                 },
             };
+            let old_load = vip.spec.load.take();
+            let agent = spec.load.as_ref().and_then(|l| l.agent.as_ref());
+            let agent_changed = old_load.as_ref().and_then(|l| l.agent.as_ref()) != agent;
             vip.spec = VipSpec {
                 backends: Vec::new(),
                 ..spec.clone()
@@ -341,6 +405,19 @@ impl State {
                             out.added.push((spec.addr, bspec.address));
                         }
                         b.spec = bspec.clone();
+                        if spec.load.is_none() {
+                            // Back to the configured weights, at once.
+                            b.load = Load::default();
+                        }
+                        if agent_changed {
+                            if b.agent_token != 0 {
+                                out.stopped_tokens.push(b.agent_token);
+                            }
+                            // What the old agent said is forgotten with it.
+                            b.load.said = Default::default();
+                            b.load.last = None;
+                            b.agent_token = if agent.is_some() { self.token() } else { 0 };
+                        }
                         b
                     }
                     None => match self.backend_ids.alloc(now) {
@@ -357,6 +434,8 @@ impl State {
                                 egress: None,
                                 egress_ifname: None,
                                 egress_lost: false,
+                                load: Load::default(),
+                                agent_token: if agent.is_some() { self.token() } else { 0 },
                             }
                         }
                         None => {
@@ -372,14 +451,15 @@ impl State {
                 vip.backends.push(backend);
             }
             for gone in old_backends {
-                out.stopped_tokens.push(gone.check_token);
+                out.stopped_tokens
+                    .extend([gone.check_token, gone.agent_token]);
                 self.backend_ids.release(gone.id, now);
             }
             self.vips.push(vip);
         }
         for gone in old_vips {
             for b in gone.backends {
-                out.stopped_tokens.push(b.check_token);
+                out.stopped_tokens.extend([b.check_token, b.agent_token]);
                 self.backend_ids.release(b.id, now);
             }
             self.vip_ids.release(gone.id, now);
@@ -411,6 +491,89 @@ impl State {
             }
         }
         None
+    }
+
+    /// Records an agent's answer for the backend whose agent check is `token`. Returns what
+    /// to log when it changed what the agent says, and whether that changed which backends
+    /// take or keep flows (the table must then be written at once).
+    pub fn record_agent(&mut self, token: u64, reading: Reading) -> Option<AgentNews> {
+        let vip = self
+            .vips
+            .iter_mut()
+            .find(|v| v.backends.iter().any(|b| b.agent_token == token))?;
+        let addr = vip.spec.addr;
+        let b = vip.backends.iter_mut().find(|b| b.agent_token == token)?;
+        let before = (b.takes_new_flows(), b.keeps_flows(), b.load.said.clone());
+        let reached_before = b.load.last.as_ref().map(|r| r.line.is_some());
+        let mut unknown = Vec::new();
+        if let Some(line) = &reading.line {
+            unknown = b.load.said.take(line);
+        }
+        let reached = reading.line.is_some();
+        let error = reading.error.clone();
+        b.load.last = Some(reading);
+        let flows_changed = (b.takes_new_flows(), b.keeps_flows()) != (before.0, before.1);
+        let said_changed = b.load.said != before.2;
+        // Said again, reached as before: nothing to tell (an unknown word is told once,
+        // with the answer that brought it).
+        if !said_changed && reached_before == Some(reached) {
+            return None;
+        }
+        Some(AgentNews {
+            vip: addr,
+            backend: b.spec.address,
+            said: (reached || said_changed).then(|| b.load.said.clone()),
+            unreachable: (!reached).then_some(error),
+            unknown,
+            flows_changed,
+        })
+    }
+
+    /// Moves each load-aware backend's step one eighth towards its target where its
+    /// `weight_interval` allows. Returns the moves (VIP, backend, from, to, why).
+    pub fn step_loads(&mut self, now: SystemTime) -> Vec<(VipAddr, IpAddr, u32, u32, String)> {
+        let mut moved = Vec::new();
+        for vip in &mut self.vips {
+            let Some(spec) = &vip.spec.load else {
+                continue;
+            };
+            for b in &mut vip.backends {
+                if let Some((from, to)) = b.load.advance(spec, now) {
+                    let why = b.load.target(spec).1;
+                    moved.push((vip.spec.addr, b.spec.address, from, to, why));
+                }
+            }
+        }
+        moved
+    }
+
+    /// Takes a count of the active flows: the backends of VIPs with `flows = true` get
+    /// their share of their VIP's flows, which caps the step of an overloaded one.
+    pub fn observe_flows(&mut self, per_backend: &HashMap<u32, u64>) {
+        for vip in &mut self.vips {
+            let Some(spec) = vip.spec.load.clone().filter(|l| l.flows) else {
+                continue;
+            };
+            let (role, _) = vip.serving();
+            let in_play: Vec<usize> = (0..vip.backends.len())
+                .filter(|&i| {
+                    let b = &vip.backends[i];
+                    Some(b.spec.role) == role && b.takes_new_flows()
+                })
+                .collect();
+            let counts: Vec<(u32, u64)> = in_play
+                .iter()
+                .map(|&i| {
+                    let b = &vip.backends[i];
+                    (b.spec.weight, per_backend.get(&b.id).copied().unwrap_or(0))
+                })
+                .collect();
+            let shares = load::shares(&counts);
+            for (i, b) in vip.backends.iter_mut().enumerate() {
+                let share = in_play.iter().position(|&j| j == i).and_then(|k| shares[k]);
+                b.load.observe_share(&spec, share);
+            }
+        }
     }
 
     /// Sets the MAC of every backend with `address` that has no static MAC. Returns how many
@@ -690,5 +853,90 @@ mod tests {
             s.backend(&addr, IpAddr::from([198, 18, 0, 14])).unwrap().id,
             0
         );
+    }
+
+    #[test]
+    fn load_steps_scale_table_weights_and_agent_words_act_as_health() {
+        use crate::spec::model::{AgentSpec, LoadSpec};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let mut v = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
+        v.load = Some(LoadSpec {
+            agent: Some(AgentSpec {
+                port: 5555,
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(100),
+                send: None,
+            }),
+            flows: false,
+            weight_interval: Duration::from_secs(1),
+            min_eighths: 2,
+            max_eighths: 8,
+        });
+        s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let b = &s.vips[0].backends[0];
+        let token = b.agent_token;
+        assert!(token != 0 && token != b.check_token);
+        let said = |line: &str| Reading {
+            line: Some(line.into()),
+            error: String::new(),
+            at: now,
+        };
+        let news = s.record_agent(token, said("50%")).expect("news");
+        assert!(!news.flows_changed, "a weight is no health change");
+        assert!(s.record_agent(token, said("50%")).is_none(), "said again");
+        assert_eq!(s.step_loads(now).len(), 1, "the first step at once");
+        assert!(s.step_loads(now).is_empty(), "one step per weight_interval");
+        let moved = s.step_loads(now + Duration::from_secs(1));
+        assert_eq!((moved[0].2, moved[0].3), (7, 6));
+        let weights = |s: &State| {
+            let (_, e) = s.vips[0].serving();
+            let mut w: Vec<(u32, u32)> = e.iter().map(|e| (e.id, e.weight)).collect();
+            w.sort();
+            w.into_iter().map(|(_, w)| w).collect::<Vec<_>>()
+        };
+        assert_eq!(weights(&s), vec![6, 8], "weight x step");
+        let configured: Vec<u32> = s.vips[0]
+            .serving_as_configured()
+            .iter()
+            .map(|e| e.weight)
+            .collect();
+        assert_eq!(configured, vec![1, 1]);
+        assert!(s.vips[0].load_adjusted());
+
+        let news = s.record_agent(token, said("drain")).unwrap();
+        assert!(news.flows_changed);
+        let b = &s.vips[0].backends[0];
+        assert!(
+            !b.takes_new_flows() && b.keeps_flows(),
+            "drained: its flows stay"
+        );
+        assert_eq!(b.effective_weight(), 0.0);
+        s.record_agent(token, said("down"));
+        assert!(
+            !s.vips[0].backends[0].keeps_flows(),
+            "down: as a failed check"
+        );
+        let unreachable = Reading {
+            line: None,
+            error: "connect: refused".into(),
+            at: now,
+        };
+        let news = s.record_agent(token, unreachable).unwrap();
+        assert!(news.unreachable.is_some() && !news.flows_changed);
+        assert!(
+            s.vips[0].backends[0].load.said.down,
+            "an unreachable agent changes nothing"
+        );
+
+        // Without [vip.load]: the configured weights at once, and no agent.
+        v.load = None;
+        let r = s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        assert!(r.stopped_tokens.contains(&token));
+        let b = &s.vips[0].backends[0];
+        assert_eq!((b.agent_token, b.load.step), (0, 8));
+        assert!(b.takes_new_flows());
+        assert_eq!(weights(&s), vec![8, 8]);
+        assert!(!s.vips[0].load_adjusted());
     }
 }

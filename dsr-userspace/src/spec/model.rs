@@ -412,7 +412,50 @@ pub struct VipSpec {
     /// configured backends (`plan::sizing`).
     #[serde(default)]
     pub table_size: Option<u32>,
+    /// Load-aware weights (`[vip.load]`, runtime::load); `None`: the configured weights.
+    #[serde(default)]
+    pub load: Option<LoadSpec>,
     pub backends: Vec<BackendSpec>,
+}
+
+/// `[vip.load]`: each backend's effective weight follows its load, from its agent's answers
+/// and (with `flows`) the active flows it holds, in steps of an eighth of its configured
+/// weight, at most one step per `weight_interval`, within the bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadSpec {
+    /// HAProxy's agent check, asked on each backend's own address.
+    pub agent: Option<AgentSpec>,
+    /// A backend holding more than its share of the VIP's active flows steps down.
+    pub flows: bool,
+    #[serde(with = "duration_ms")]
+    pub weight_interval: Duration,
+    /// Bounds of the effective weight, in eighths of the configured weight (1..=16).
+    pub min_eighths: u32,
+    pub max_eighths: u32,
+}
+
+/// An agent check (HAProxy's `agent-check`): connect, send `send` if set, read one line of
+/// words such as `75%`, `drain`, `maint`, `down`, `up`, `ready`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub port: u16,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    pub send: Option<String>,
+}
+
+pub const DEFAULT_AGENT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_WEIGHT_INTERVAL: Duration = Duration::from_secs(5);
+/// `min_weight` and `max_weight` unless the config says otherwise (percent).
+pub const DEFAULT_MIN_WEIGHT_PERCENT: u32 = 25;
+pub const DEFAULT_MAX_WEIGHT_PERCENT: u32 = 100;
+
+/// A weight bound in percent as eighths, rounded to the nearest (at least one eighth).
+pub fn eighths_of_percent(percent: u32) -> u32 {
+    ((percent * 8 + 50) / 100).max(1)
 }
 
 fn one() -> u32 {
@@ -451,6 +494,7 @@ impl VipSpec {
             drained: false,
             notify: None,
             table_size: None,
+            load: None,
             backends,
         }
     }

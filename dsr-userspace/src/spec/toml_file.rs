@@ -22,10 +22,12 @@ use crate::{
     plan::sizing::{self, TableSizing},
     spec::{
         model::{
-            BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-            DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE,
-            DatapathLog, MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
-            parse_duration,
+            AgentSpec, BackendSpec, CheckKind, CheckSpec, DEFAULT_AGENT_INTERVAL,
+            DEFAULT_AGENT_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL,
+            DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_MAX_WEIGHT_PERCENT, DEFAULT_MIN_WEIGHT_PERCENT,
+            DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE, DEFAULT_WEIGHT_INTERVAL, DatapathLog, LoadSpec,
+            MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
+            eighths_of_percent, parse_duration,
         },
         validate::{self, Limits, Place},
     },
@@ -133,6 +135,7 @@ struct RawVip {
     notify: Option<Spanned<String>>,
     /// Its table's slots (default: from its backends, see plan::sizing).
     table_size: Option<Spanned<u32>>,
+    load: Option<RawLoad>,
     #[serde(default, rename = "backend")]
     backends: Vec<Spanned<RawBackend>>,
 }
@@ -177,6 +180,20 @@ struct RawCheck {
     expect_status: Option<Spanned<u16>>,
     host: Option<Spanned<String>>,
     expect_body: Option<Spanned<String>>,
+}
+
+/// `[vip.load]`: load-aware weights. Bounds are percent of the configured weight.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    agent_port: Option<Spanned<u16>>,
+    agent_interval: Option<Spanned<RawDuration>>,
+    agent_timeout: Option<Spanned<RawDuration>>,
+    agent_send: Option<Spanned<String>>,
+    flows: Option<Spanned<bool>>,
+    weight_interval: Option<Spanned<RawDuration>>,
+    min_weight: Option<Spanned<u32>>,
+    max_weight: Option<Spanned<u32>>,
 }
 
 /// "500ms", "2s", "1m", or a number of seconds.
@@ -517,6 +534,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         }
         let (vip_check, check_spans) = check(&errors, None, v.check.as_ref())?;
         vip_spans.fields.extend(check_spans);
+        let (load, load_spans) = match &v.load {
+            Some(l) => {
+                let (spec, spans) = load_section(&errors, l)?;
+                (Some(spec), spans)
+            }
+            None => (None, HashMap::new()),
+        };
+        vip_spans.fields.extend(load_spans);
         spans.push(vip_spans);
         vips.push(VipSpec {
             name,
@@ -530,6 +555,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             // Absent: the top-level `notify` applies (also to VIPs added at run time).
             notify: v.notify.as_ref().map(|n| n.get_ref().clone()),
             table_size: v.table_size.as_ref().map(|t| *t.get_ref()),
+            load,
             backends,
         });
     }
@@ -805,6 +831,105 @@ fn check(
         timeout: timeout_v,
         rise: rise.map_or(DEFAULT_RISE, |n| *n.get_ref()),
         fall: fall.map_or(DEFAULT_FALL, |n| *n.get_ref()),
+    };
+    Ok((spec, spans))
+}
+
+/// A `[vip.load]` section as a spec (validated with the VIP, in `validate`), and where its
+/// fields are written.
+fn load_section(
+    errors: &Errors,
+    raw: &RawLoad,
+) -> Result<(LoadSpec, HashMap<&'static str, Range<usize>>), ConfigError> {
+    let mut spans = HashMap::new();
+    for (name, span) in [
+        ("load.agent_port", raw.agent_port.as_ref().map(|v| v.span())),
+        (
+            "load.agent_interval",
+            raw.agent_interval.as_ref().map(|v| v.span()),
+        ),
+        (
+            "load.agent_timeout",
+            raw.agent_timeout.as_ref().map(|v| v.span()),
+        ),
+        ("load.agent_send", raw.agent_send.as_ref().map(|v| v.span())),
+        ("load.flows", raw.flows.as_ref().map(|v| v.span())),
+        (
+            "load.weight_interval",
+            raw.weight_interval.as_ref().map(|v| v.span()),
+        ),
+        ("load.min_weight", raw.min_weight.as_ref().map(|v| v.span())),
+        ("load.max_weight", raw.max_weight.as_ref().map(|v| v.span())),
+    ] {
+        if let Some(span) = span {
+            spans.insert(name, span);
+        }
+    }
+    let optional = |d: &Option<Spanned<RawDuration>>, what: &str, default: Duration| match d {
+        Some(d) => duration(errors, what, d),
+        None => Ok(default),
+    };
+    let agent = match &raw.agent_port {
+        Some(port) => {
+            let interval = optional(
+                &raw.agent_interval,
+                "load.agent_interval",
+                DEFAULT_AGENT_INTERVAL,
+            )?;
+            Some(AgentSpec {
+                port: *port.get_ref(),
+                interval,
+                timeout: optional(
+                    &raw.agent_timeout,
+                    "load.agent_timeout",
+                    DEFAULT_AGENT_TIMEOUT.min(interval),
+                )?,
+                send: raw.agent_send.as_ref().map(|s| s.get_ref().clone()),
+            })
+        }
+        None => {
+            // Agent settings without an agent would silently do nothing.
+            let stray = [
+                (
+                    "agent_interval",
+                    raw.agent_interval.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "agent_timeout",
+                    raw.agent_timeout.as_ref().map(|v| v.span()),
+                ),
+                ("agent_send", raw.agent_send.as_ref().map(|v| v.span())),
+            ];
+            if let Some((name, span)) = stray.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(errors.at(
+                    span,
+                    format!("load.{name} needs load.agent_port (the agent to ask)"),
+                ));
+            }
+            None
+        }
+    };
+    let percent = |v: &Option<Spanned<u32>>, what: &str, default: u32| match v {
+        None => Ok(eighths_of_percent(default)),
+        Some(p) if (1..=200).contains(p.get_ref()) => Ok(eighths_of_percent(*p.get_ref())),
+        Some(p) => Err(errors.at(
+            Some(p.span()),
+            format!(
+                "load.{what} {} is not 1..=200 (percent of the configured weight)",
+                p.get_ref()
+            ),
+        )),
+    };
+    let spec = LoadSpec {
+        agent,
+        flows: raw.flows.as_ref().is_some_and(|f| *f.get_ref()),
+        weight_interval: optional(
+            &raw.weight_interval,
+            "load.weight_interval",
+            DEFAULT_WEIGHT_INTERVAL,
+        )?,
+        min_eighths: percent(&raw.min_weight, "min_weight", DEFAULT_MIN_WEIGHT_PERCENT)?,
+        max_eighths: percent(&raw.max_weight, "max_weight", DEFAULT_MAX_WEIGHT_PERCENT)?,
     };
     Ok((spec, spans))
 }
@@ -1148,7 +1273,7 @@ pub fn accepted_keys() -> Vec<(&'static str, std::collections::BTreeSet<String>)
             .filter(|k| {
                 !matches!(
                     k.as_str(),
-                    "vip" | "backend" | "check" | "announce" | "sync"
+                    "vip" | "backend" | "check" | "announce" | "sync" | "load"
                 )
             })
             .collect()
@@ -1163,6 +1288,7 @@ pub fn accepted_keys() -> Vec<(&'static str, std::collections::BTreeSet<String>)
             accepted(&format!("{vip}[[vip.backend]]\naddress = \"192.0.2.2\"\n")),
         ),
         ("check", accepted(&format!("{vip}[vip.check]\n"))),
+        ("load", accepted(&format!("{vip}[vip.load]\n"))),
         (
             "announce",
             accepted(&format!("{top}[[announce]]\nname = \"g\"\nvips = []\n")),
@@ -1189,10 +1315,17 @@ mod docs {
         let mut section = "top";
         for line in block.lines() {
             let line = line.trim_start();
-            match line.split_whitespace().next() {
+            // A section may be commented out whole ("# [vip.load]").
+            match line
+                .strip_prefix("# ")
+                .unwrap_or(line)
+                .split_whitespace()
+                .next()
+            {
                 Some("[[vip]]") => section = "vip",
                 Some("[vip.check]") | Some("[vip.backend.check]") => section = "check",
                 Some("[[vip.backend]]") => section = "backend",
+                Some("[vip.load]") => section = "load",
                 Some("[[announce]]") => section = "announce",
                 Some("[sync]") => section = "sync",
                 _ => {}

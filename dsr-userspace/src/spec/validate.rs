@@ -10,7 +10,7 @@ use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
 
 use dsr_common::{HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, HASH_SRC_PORT};
 
-use crate::spec::model::{BackendSpec, CheckKind, CheckSpec, Protocol, VipAddr, VipSpec};
+use crate::spec::model::{BackendSpec, CheckKind, CheckSpec, LoadSpec, Protocol, VipAddr, VipSpec};
 
 /// Largest weight: keeps weight arithmetic in the table builder far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -268,6 +268,93 @@ fn vip(v: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
         return Err((
             Some("check.port"),
             "an all-ports VIP has no port to check; set the check's port".into(),
+        ));
+    }
+    if let Some(l) = &v.load {
+        load(l, v.conntrack)?;
+    }
+    Ok(())
+}
+
+/// Shortest `weight_interval`: effective weights are stepped on a 100 ms timer.
+pub const MIN_WEIGHT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest `agent_send`: one short line, as HAProxy's agent-send.
+pub const MAX_AGENT_SEND: usize = 256;
+
+/// The `[vip.load]` rules (bounds are in eighths here, percent in the file).
+fn load(l: &LoadSpec, conntrack: bool) -> Result<(), (Option<&'static str>, String)> {
+    if l.agent.is_none() && !l.flows {
+        return Err((
+            None,
+            "[vip.load] needs an agent (agent_port) or flows = true: with neither, no weight \
+             would ever change"
+                .into(),
+        ));
+    }
+    if l.flows && !conntrack {
+        return Err((
+            Some("load.flows"),
+            "load.flows counts the VIP's tracked flows, and this VIP has conntrack = false".into(),
+        ));
+    }
+    if let Some(a) = &l.agent {
+        if a.port == 0 {
+            return Err((
+                Some("load.agent_port"),
+                "load.agent_port must be 1..=65535".into(),
+            ));
+        }
+        if a.interval < MIN_CHECK_INTERVAL {
+            return Err((
+                Some("load.agent_interval"),
+                format!(
+                    "load.agent_interval {:?} is below {MIN_CHECK_INTERVAL:?}",
+                    a.interval
+                ),
+            ));
+        }
+        if a.timeout.is_zero() {
+            return Err((
+                Some("load.agent_timeout"),
+                "load.agent_timeout must be above 0".into(),
+            ));
+        }
+        if let Some(s) = &a.send
+            && (s.len() > MAX_AGENT_SEND || s.contains('\0'))
+        {
+            return Err((
+                Some("load.agent_send"),
+                format!("load.agent_send must be at most {MAX_AGENT_SEND} bytes, without NUL"),
+            ));
+        }
+    }
+    if l.weight_interval < MIN_WEIGHT_INTERVAL {
+        return Err((
+            Some("load.weight_interval"),
+            format!(
+                "load.weight_interval {:?} is below {MIN_WEIGHT_INTERVAL:?}",
+                l.weight_interval
+            ),
+        ));
+    }
+    for (field, e) in [
+        ("load.min_weight", l.min_eighths),
+        ("load.max_weight", l.max_eighths),
+    ] {
+        if !(1..=16).contains(&e) {
+            return Err((
+                Some(field),
+                format!("{field} is {e}/8 of the configured weight; it must be 1/8..=16/8"),
+            ));
+        }
+    }
+    if l.min_eighths > l.max_eighths {
+        return Err((
+            Some("load.min_weight"),
+            format!(
+                "load.min_weight ({}/8) is above load.max_weight ({}/8)",
+                l.min_eighths, l.max_eighths
+            ),
         ));
     }
     Ok(())

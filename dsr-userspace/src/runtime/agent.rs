@@ -1,0 +1,239 @@
+//! The agent check: HAProxy's `agent-check` text protocol, spoken to a small endpoint on
+//! each backend that reports its own load (keepalived's MISC_CHECK misc_dynamic does the same
+//! with a script's exit code).
+//!
+//! dsr connects to the backend's address at the agent port, sends `agent_send` if one is set,
+//! and reads one line (up to 512 bytes, a newline or the end of the connection). The line is
+//! words separated by spaces, tabs or commas; anything after `#` is a description:
+//! - `75%`: the weight, as a percentage of the configured weight (`0%` drains);
+//! - `drain`: no new flows (established ones stay); `maint`: the same, as maintenance;
+//!   `ready`: ends both;
+//! - `down` (also `fail`, `stopped`): down, as a failed health check; `up`: ends it;
+//! - `maxconn:N` and other words HAProxy knows are accepted and have no effect here.
+//!
+//! As in HAProxy, what the agent says stays until it says otherwise, and an agent that
+//! cannot be reached changes nothing: the health check decides whether a backend is alive.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::spec::model::AgentSpec;
+
+/// Longest answer read: an agent line is a few words.
+const MAX_REPLY: usize = 512;
+
+/// The administrative state an agent set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    #[default]
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// What a backend's agent has said so far (each word stays until another replaces it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Said {
+    /// The weight in percent of the configured weight; `None`: never said (100%).
+    pub percent: Option<u32>,
+    pub admin: Admin,
+    /// The agent said `down` (or `fail`, `stopped`) and not `up` since.
+    pub down: bool,
+}
+
+impl Said {
+    /// Takes one answer. Returns the words it did not understand (they change nothing).
+    pub fn take(&mut self, line: &str) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let words = line.split('#').next().unwrap_or("");
+        for word in words
+            .split([' ', '\t', ',', '\r', '\n'])
+            .filter(|w| !w.is_empty())
+        {
+            let lower = word.to_ascii_lowercase();
+            match lower.as_str() {
+                "ready" => self.admin = Admin::Ready,
+                "drain" => self.admin = Admin::Drain,
+                "maint" => self.admin = Admin::Maint,
+                "up" => self.down = false,
+                "down" | "fail" | "stopped" => self.down = true,
+                w if w.starts_with("maxconn:") => {}
+                w => match w.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()) {
+                    // HAProxy's weights go up to 256.
+                    Some(p) => self.percent = Some(p.min(256)),
+                    None => unknown.push(word.to_owned()),
+                },
+            }
+        }
+        unknown
+    }
+
+    /// No new flows because of what the agent said, and why.
+    pub fn blocks(&self) -> Option<&'static str> {
+        if self.down {
+            Some("agent says down")
+        } else if self.admin == Admin::Maint {
+            Some("agent says maint")
+        } else if self.admin == Admin::Drain {
+            Some("agent says drain")
+        } else if self.percent == Some(0) {
+            Some("agent says 0%")
+        } else {
+            None
+        }
+    }
+}
+
+/// What an agent has said, in its own words: "75% ready up".
+pub fn describe(said: &Said) -> String {
+    format!(
+        "{} {} {}",
+        said.percent
+            .map_or("100% (no weight said)".to_owned(), |p| format!("{p}%")),
+        match said.admin {
+            Admin::Ready => "ready",
+            Admin::Drain => "drain",
+            Admin::Maint => "maint",
+        },
+        if said.down { "down" } else { "up" }
+    )
+}
+
+/// One agent answer, or why there was none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    /// The line, trimmed (`None`: not reached or no answer).
+    pub line: Option<String>,
+    /// "connect 198.18.0.11:5555: connection refused", "timed out after 1s", or empty.
+    pub error: String,
+    #[serde(with = "crate::runtime::health::unix_ms")]
+    pub at: SystemTime,
+}
+
+/// Asks the agent once, bounded by the spec's timeout.
+pub async fn ask(target: SocketAddr, spec: &AgentSpec) -> Reading {
+    let outcome = tokio::time::timeout(spec.timeout, exchange(target, spec.send.as_deref())).await;
+    let (line, error) = match outcome {
+        Ok(Ok(line)) => (Some(line), String::new()),
+        Ok(Err(e)) => (None, e),
+        Err(_) => (None, format!("timed out after {:?}", spec.timeout)),
+    };
+    Reading {
+        line,
+        error,
+        at: SystemTime::now(),
+    }
+}
+
+async fn exchange(target: SocketAddr, send: Option<&str>) -> Result<String, String> {
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    if let Some(s) = send {
+        stream
+            .write_all(s.as_bytes())
+            .await
+            .map_err(|e| format!("sending to {target}: {e}"))?;
+    }
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 128];
+    while buf.len() < MAX_REPLY && !buf.contains(&b'\n') {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading from {target}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = &line[..line.len().min(MAX_REPLY)];
+    let text = String::from_utf8_lossy(line).trim().to_owned();
+    if text.is_empty() {
+        return Err(format!("{target} closed without an answer"));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn words_stay_until_replaced() {
+        let mut s = Said::default();
+        assert!(s.take("75%").is_empty());
+        assert_eq!(s.percent, Some(75));
+        assert_eq!(s.blocks(), None);
+        s.take("drain # deploying");
+        assert_eq!((s.admin, s.percent), (Admin::Drain, Some(75)));
+        assert_eq!(s.blocks(), Some("agent says drain"));
+        s.take("ready,100%");
+        assert_eq!((s.admin, s.percent), (Admin::Ready, Some(100)));
+        s.take("DOWN\tmaint");
+        assert!(s.down);
+        assert_eq!(s.blocks(), Some("agent says down"));
+        s.take("up");
+        assert_eq!(s.blocks(), Some("agent says maint"));
+        s.take("ready 0%");
+        assert_eq!(s.blocks(), Some("agent says 0%"));
+        assert_eq!(s.take("maxconn:30 50% bogus 9x%"), vec!["bogus", "9x%"]);
+        assert_eq!(s.percent, Some(50));
+        s.take("999%");
+        assert_eq!(s.percent, Some(256), "HAProxy's upper bound");
+        s.take("# only a comment 10%");
+        assert_eq!(s.percent, Some(256));
+    }
+
+    #[tokio::test]
+    async fn asks_a_local_agent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let reply: &[u8] = match &buf[..n] {
+                        b"load?\n" => b"60% maxconn:10\r\nignored second line\n",
+                        b"silent\n" => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            b""
+                        }
+                        _ => b"",
+                    };
+                    let _ = s.write_all(reply).await;
+                });
+            }
+        });
+        let spec = |send: &str| AgentSpec {
+            port,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            send: Some(send.into()),
+        };
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let r = ask(target, &spec("load?\n")).await;
+        assert_eq!(r.line.as_deref(), Some("60% maxconn:10"), "{r:?}");
+        let r = ask(target, &spec("other\n")).await;
+        assert!(
+            r.line.is_none() && r.error.contains("without an answer"),
+            "{r:?}"
+        );
+        let r = ask(target, &spec("silent\n")).await;
+        assert!(r.line.is_none() && r.error.contains("timed out"), "{r:?}");
+        let closed = SocketAddr::from(([127, 0, 0, 1], 1));
+        let r = ask(closed, &spec("load?\n")).await;
+        assert!(r.line.is_none() && r.error.contains("connect"), "{r:?}");
+    }
+}
