@@ -587,3 +587,95 @@ fn agent_reported_load_moves_new_flows_and_back() {
     );
     assert!(back[1] > loaded[1], "{back:?} after {loaded:?}");
 }
+
+/// The tcp VIP's backend `i` as `dsr status` shows it.
+fn tcp_backend(lab: &Lab, i: usize) -> dsr::control::status::BackendStatus {
+    let st = lab.status();
+    let vip = st
+        .vips
+        .iter()
+        .find(|v| v.name == "tcp")
+        .expect("the tcp VIP");
+    vip.backends[i].clone()
+}
+
+/// Every new TCP flow from `sports` goes to the backend the table of these table weights
+/// gives it.
+fn tcp_flows_follow(lab: &Lab, sports: std::ops::Range<u16>, table_weights: &[u32]) {
+    for p in sports {
+        let who = lab.tcp_request(p, 1).expect("an answer");
+        let want = lab.predict_weights(TCP, p, table_weights);
+        assert_eq!(
+            lab.index_of(&who[0]),
+            want,
+            "new TCP flow {p}: the table of weights {table_weights:?} gives backend {}",
+            want + 1
+        );
+    }
+}
+
+/// Load-aware weights from the flow table ("least connection" under DSR): a backend holding
+/// long connections, far more than its share of the VIP's active flows, steps down to
+/// min_weight and new flows go where the table of the effective weights sends them; when
+/// those connections close (the client's FIN seen inbound marks their entries closing, no
+/// longer active, while they still forward), it steps back up to its share.
+#[test]
+fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
+    let mut lab = Lab::new("lc", &[1, 1, 1]);
+    let load = "[vip.load]\nflows = true\nweight_interval = \"200ms\"\nmin_weight = 75\n";
+    let header = lab.header();
+    let cfg = config(&lab, "", &[])
+        .replacen(
+            &header,
+            &format!("{header}flow_count_interval = \"1s\"\n"),
+            1,
+        )
+        .replacen(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\n{load}"),
+            1,
+        );
+    lab.start_dsr_with(&cfg, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // 30 long connections that the configured table gives to backend 2.
+    let ports: Vec<u16> = (40000..)
+        .filter(|&p| lab.predict_weights(TCP, p, &[1, 1, 1]) == 1)
+        .take(30)
+        .collect();
+    let mut conns = Vec::new();
+    for &p in &ports {
+        let mut c = lab.tcp_connect(p).expect("a connection");
+        c.set_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(lab.index_of(&c.ask().expect("an answer")), 1, "port {p}");
+        conns.push(c);
+    }
+    lab.wait_for(
+        "backend 2 to step down to min_weight (6/8)",
+        Duration::from_secs(10),
+        || tcp_backend(&lab, 1).load.is_some_and(|l| l.step == 6),
+    );
+    let l = tcp_backend(&lab, 1).load.unwrap();
+    assert!(
+        l.reason.contains("its share of active flows") && l.flow_share.unwrap() > 1.25,
+        "{l:?}"
+    );
+    assert_eq!(
+        tcp_backend(&lab, 0).load.unwrap().step,
+        8,
+        "the others stay"
+    );
+    tcp_flows_follow(&lab, 41000..41060, &[8, 6, 8]);
+
+    drop(conns);
+    lab.wait_for(
+        "the closed connections to count as closing",
+        Duration::from_secs(5),
+        || tcp_backend(&lab, 1).closing_flows.is_some_and(|n| n >= 30),
+    );
+    lab.wait_for(
+        "backend 2 to step back up to 8/8",
+        Duration::from_secs(10),
+        || tcp_backend(&lab, 1).load.is_some_and(|l| l.step == 8),
+    );
+    tcp_flows_follow(&lab, 41060..41120, &[1, 1, 1]);
+}
