@@ -18,7 +18,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::{debug, warn};
 use dsr_common::{
     Addressee, BACKEND_F_KEEP_FLOWS, BACKEND_F_VALID, Backend, Event, FlowKey, FlowMapKey,
-    LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, TRACE_F_BACKEND, TRACE_F_FLOW_HIT,
+    HASH_PORTS, LAYOUT_VERSION, Reason, Settings, TABLE_CHUNK, TRACE_F_BACKEND, TRACE_F_FLOW_HIT,
     TRACE_F_REMEMBERED, TRACE_F_SLOT, TRACE_F_VIP, VIP_F_FRAGMENTS, VIP_F_NO_CONNTRACK, VipInfo,
     flow_hash,
     headers::{EthHdr, IPPROTO_TCP},
@@ -114,8 +114,10 @@ fn forward(ctx: &XdpContext, seen: &mut Seen) -> (Reason, u32) {
     let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let now = if tracked { flows::now_ns() } else { 0 };
     let established = if tracked {
-        // TCP flags are 0 but for TCP; an ICMP error's quoted segment is not this flow's.
-        let flags = if packet.kind == Kind::Plain {
+        // TCP flags are 0 but for TCP; an ICMP error's quoted segment is not this flow's;
+        // and an entry without both ports stands for many connections, which one FIN or
+        // SYN says nothing about.
+        let flags = if packet.kind == Kind::Plain && vip.hash_fields & HASH_PORTS == HASH_PORTS {
             packet.tcp_flags
         } else {
             0

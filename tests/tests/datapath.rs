@@ -1993,6 +1993,10 @@ fn fin_and_rst_mark_flows_closing_without_forgetting_them() {
     assert_eq!(active, 1, "{c:?}");
     let closing: u64 = c.closing_per_backend.values().sum();
     assert_eq!(closing, 2);
+    // A peer's copy of the flow (the flow-state exchange) refreshes it, and keeps the mark.
+    let mut adopter = f.dp.flow_adopter(idle).unwrap();
+    adopter.adopt(&key(53000), a).unwrap();
+    assert_eq!(f.dp.flow(&key(53000)).unwrap().flags, FLOW_F_CLOSING);
     assert!(c.closing_per_backend.contains_key(&a) && c.closing_per_backend.contains_key(&b));
     // The tuple reused by a new connection: active again, on the same backend.
     run(f.dp.program(), &flow(53001), LO);

@@ -254,7 +254,9 @@ pub struct BackendStatus {
     pub checks_failed: u64,
     pub weight: u32,
     /// The weight new flows see, in units of the configured weight: the configured weight
-    /// times its load step (0 when it takes no new flows).
+    /// times its load step (0 when it takes no new flows). Written as an integer when it is
+    /// one (always, without `[vip.load]`), as before load-aware weights.
+    #[serde(serialize_with = "whole_as_integer")]
     pub effective_weight: f64,
     /// Load-aware weight (`[vip.load]` only): its step, the target and why.
     #[serde(default)]
@@ -276,6 +278,14 @@ pub struct BackendStatus {
     #[serde(default)]
     pub closing_flows: Option<u64>,
     pub traffic: Traffic,
+}
+
+fn whole_as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && *v >= 0.0 && *v <= u32::MAX as f64 {
+        s.serialize_u64(*v as u64)
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 /// A backend's load-aware weight.

@@ -203,7 +203,11 @@ impl Daemon {
                     "backend {} ({}, {}, weight {}/{}, MAC {})",
                     b.spec.address,
                     b.spec.role,
-                    if b.health.up { "up" } else { "down" },
+                    match (b.health.up, b.load.said.down) {
+                        (true, false) => "up",
+                        (true, true) => "down by its agent",
+                        (false, _) => "down",
+                    },
                     b.spec.weight,
                     b.effective_weight(),
                     b.mac.map_or("unresolved".into(), |m| m.to_string())

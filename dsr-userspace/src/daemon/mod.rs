@@ -83,6 +83,9 @@ pub struct Daemon {
     checks: health::Supervisor,
     reports_rx: Option<mpsc::Receiver<Report>>,
     rates: Rates,
+    /// Load steps moved since the state was last saved (saved on the next tick, not at
+    /// every step).
+    load_unsaved: bool,
     /// The last count of the flow table (none yet: `None`).
     flow_count:
         tokio::sync::watch::Receiver<Option<std::sync::Arc<datapath::flowcount::FlowCount>>>,
@@ -253,6 +256,7 @@ impl Daemon {
             reports_rx: Some(reports_rx),
             rates: Rates::default(),
             trace_names: tokio::sync::watch::Sender::new(Default::default()),
+            load_unsaved: false,
             flow_count: tokio::sync::watch::Sender::new(None).subscribe(),
             notifier: crate::runtime::notify::Notifier::new(
                 &config_instance,
@@ -393,6 +397,9 @@ impl Daemon {
                 Some(event) = neighbours.recv() => self.on_neighbour(event),
                 _ = tick.tick() => {
                     ticks += 1;
+                    if std::mem::take(&mut self.load_unsaved) {
+                        self.save();
+                    }
                     self.housekeeping(ticks.is_multiple_of(RESOLICIT_TICKS)).await;
                 }
                 _ = load_tick.tick() => self.follow_load(),
@@ -743,7 +750,7 @@ impl Daemon {
         }
         if !moved.is_empty() {
             self.apply_logged();
-            self.save();
+            self.load_unsaved = true;
         }
     }
 

@@ -167,7 +167,7 @@ impl FlowAdopter {
         const BPF_ANY: u64 = 0;
         const BPF_NOEXIST: u64 = 1;
         let now = coarse_now_ns();
-        let entry = FlowEntry {
+        let mut entry = FlowEntry {
             backend,
             flags: 0,
             last_seen_ns: now,
@@ -175,7 +175,11 @@ impl FlowAdopter {
         let (flags, outcome) = match self.flows.get(key, 0) {
             Err(aya::maps::MapError::KeyNotFound) => (BPF_NOEXIST, Adopted::New),
             Err(e) => return Err(e.into()),
-            Ok(held) if held.backend == backend => (BPF_ANY, Adopted::Refreshed),
+            Ok(held) if held.backend == backend => {
+                // A refresh keeps what this node saw of the flow (its FIN: closing).
+                entry.flags = held.flags;
+                (BPF_ANY, Adopted::Refreshed)
+            }
             Ok(held) if now.saturating_sub(held.last_seen_ns) > self.idle_ns => {
                 (BPF_ANY, Adopted::New)
             }

@@ -70,13 +70,23 @@ impl Default for Load {
 }
 
 impl Load {
+    /// The step the agent asks for (the configured weight without an agent's percentage),
+    /// within the bounds: what this backend's share of active flows is measured against.
+    pub fn agent_step(&self, spec: &LoadSpec) -> u32 {
+        match self.said.percent {
+            Some(p) if p > 0 => (p * FULL + 50) / 100,
+            _ => FULL,
+        }
+        .clamp(spec.min_eighths, spec.max_eighths)
+    }
+
     /// The step the load asks for, and why.
     pub fn target(&self, spec: &LoadSpec) -> (u32, String) {
         let (mut step, mut why) = match self.said.percent {
             Some(p) if p > 0 => ((p * FULL + 50) / 100, format!("agent says {p}%")),
             _ => (FULL, "configured".to_owned()),
         };
-        if let Some(cap) = self.flow_cap
+        if let Some(cap) = self.flow_cap.filter(|_| spec.flows)
             && cap < step
         {
             step = cap;
@@ -142,9 +152,10 @@ impl Load {
     }
 }
 
-/// Each backend's share of the active flows in per mille of its configured share, from
-/// (configured weight, active flows) of the backends that take new flows; `None` for all when
-/// there are too few flows to tell.
+/// Each backend's share of the active flows in per mille of its fair share, from (weight,
+/// active flows) of the backends that take new flows; `None` for all when there are too few
+/// flows to tell. The weight is the configured one times the step its agent asks for: a
+/// backend its agent lowered must not make the others look overloaded.
 pub fn shares(backends: &[(u32, u64)]) -> Vec<Option<u64>> {
     let flows: u64 = backends.iter().map(|b| b.1).sum();
     let weights: u64 = backends.iter().map(|b| b.0 as u64).sum();

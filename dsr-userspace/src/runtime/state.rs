@@ -151,9 +151,15 @@ impl Vip {
         entries
     }
 
-    /// Whether any backend's step differs from the configured one.
+    /// Whether load steps make the table differ from the configured one: only when the
+    /// backends taking new flows are at different steps (Maglev sees weight ratios only).
     pub fn load_adjusted(&self) -> bool {
-        self.backends.iter().any(|b| b.load.step != load::FULL)
+        let mut steps = self
+            .backends
+            .iter()
+            .filter(|b| b.takes_new_flows())
+            .map(|b| b.load.step);
+        steps.next().is_some_and(|first| steps.any(|s| s != first))
     }
 }
 
@@ -363,8 +369,13 @@ impl State {
                 },
             };
             let old_load = vip.spec.load.take();
+            let old_agent = old_load.as_ref().and_then(|l| l.agent.as_ref());
             let agent = spec.load.as_ref().and_then(|l| l.agent.as_ref());
-            let agent_changed = old_load.as_ref().and_then(|l| l.agent.as_ref()) != agent;
+            // Another agent (none, or another port) has said nothing yet; the same agent
+            // asked differently (interval, timeout, what is sent) still means what it said.
+            let agent_changed = old_agent != agent;
+            let agent_replaced = old_agent.map(|a| a.port) != agent.map(|a| a.port);
+            let flows_off = !spec.load.as_ref().is_some_and(|l| l.flows);
             vip.spec = VipSpec {
                 backends: Vec::new(),
                 ..spec.clone()
@@ -409,14 +420,20 @@ impl State {
                             // Back to the configured weights, at once.
                             b.load = Load::default();
                         }
+                        if flows_off {
+                            b.load.flow_cap = None;
+                            b.load.flow_share_permille = None;
+                        }
                         if agent_changed {
                             if b.agent_token != 0 {
                                 out.stopped_tokens.push(b.agent_token);
                             }
+                            b.agent_token = if agent.is_some() { self.token() } else { 0 };
+                        }
+                        if agent_replaced {
                             // What the old agent said is forgotten with it.
                             b.load.said = Default::default();
                             b.load.last = None;
-                            b.agent_token = if agent.is_some() { self.token() } else { 0 };
                         }
                         b
                     }
@@ -537,7 +554,8 @@ impl State {
             let Some(spec) = &vip.spec.load else {
                 continue;
             };
-            for b in &mut vip.backends {
+            // A backend out of the table (down, drained) keeps its step until it returns.
+            for b in vip.backends.iter_mut().filter(|b| b.takes_new_flows()) {
                 if let Some((from, to)) = b.load.advance(spec, now) {
                     let why = b.load.target(spec).1;
                     moved.push((vip.spec.addr, b.spec.address, from, to, why));
@@ -565,7 +583,8 @@ impl State {
                 .iter()
                 .map(|&i| {
                     let b = &vip.backends[i];
-                    (b.spec.weight, per_backend.get(&b.id).copied().unwrap_or(0))
+                    let weight = b.spec.weight * b.load.agent_step(&spec);
+                    (weight, per_backend.get(&b.id).copied().unwrap_or(0))
                 })
                 .collect();
             let shares = load::shares(&counts);
@@ -938,5 +957,66 @@ mod tests {
         assert!(b.takes_new_flows());
         assert_eq!(weights(&s), vec![8, 8]);
         assert!(!s.vips[0].load_adjusted());
+    }
+
+    #[test]
+    fn load_settings_changes_keep_or_forget_what_they_should() {
+        use crate::spec::model::{AgentSpec, LoadSpec};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let agent = AgentSpec {
+            port: 5555,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            send: None,
+        };
+        let spec = LoadSpec {
+            agent: Some(agent.clone()),
+            flows: true,
+            weight_interval: Duration::from_secs(1),
+            min_eighths: 2,
+            max_eighths: 8,
+        };
+        let mut v = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
+        v.load = Some(spec.clone());
+        s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let token = s.vips[0].backends[0].agent_token;
+        let said = |line: &str| Reading {
+            line: Some(line.into()),
+            error: String::new(),
+            at: now,
+        };
+        s.record_agent(token, said("50%"));
+        // Flows in proportion to the agent's wish (1 x 4/8 against 1 x 8/8): nobody is
+        // overloaded, although the second holds twice the first.
+        let (a, b) = (s.vips[0].backends[0].id, s.vips[0].backends[1].id);
+        s.observe_flows(&HashMap::from([(a, 40), (b, 80)]));
+        assert!(s.vips[0].backends.iter().all(|x| x.load.flow_cap.is_none()));
+        // The first holds far more than that: capped.
+        s.observe_flows(&HashMap::from([(a, 200), (b, 80)]));
+        assert!(s.vips[0].backends[0].load.flow_cap.is_some());
+
+        // The same agent asked more slowly: a new task, and what it said stands.
+        s.record_agent(token, said("maint"));
+        let mut slower = spec.clone();
+        slower.agent.as_mut().unwrap().interval = Duration::from_secs(3);
+        v.load = Some(slower.clone());
+        let r = s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let x = &s.vips[0].backends[0];
+        assert!(r.stopped_tokens.contains(&token) && x.agent_token != token);
+        assert_eq!(x.load.said.admin, crate::runtime::agent::Admin::Maint);
+        assert!(!x.takes_new_flows(), "still in maintenance");
+        // flows off: the cap goes with it.
+        slower.flows = false;
+        v.load = Some(slower.clone());
+        s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        assert_eq!(s.vips[0].backends[0].load.flow_cap, None);
+        // Another agent port: what the old one said is forgotten.
+        slower.agent.as_mut().unwrap().port = 5556;
+        v.load = Some(slower);
+        s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let x = &s.vips[0].backends[0];
+        assert_eq!(x.load.said, Default::default());
+        assert!(x.takes_new_flows());
     }
 }

@@ -271,7 +271,7 @@ fn vip(v: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
         ));
     }
     if let Some(l) = &v.load {
-        load(l, v.conntrack)?;
+        load(l, v.conntrack, v.hash_fields)?;
     }
     Ok(())
 }
@@ -282,7 +282,11 @@ pub const MIN_WEIGHT_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_AGENT_SEND: usize = 256;
 
 /// The `[vip.load]` rules (bounds are in eighths here, percent in the file).
-fn load(l: &LoadSpec, conntrack: bool) -> Result<(), (Option<&'static str>, String)> {
+fn load(
+    l: &LoadSpec,
+    conntrack: bool,
+    hash_fields: u32,
+) -> Result<(), (Option<&'static str>, String)> {
     if l.agent.is_none() && !l.flows {
         return Err((
             None,
@@ -295,6 +299,14 @@ fn load(l: &LoadSpec, conntrack: bool) -> Result<(), (Option<&'static str>, Stri
         return Err((
             Some("load.flows"),
             "load.flows counts the VIP's tracked flows, and this VIP has conntrack = false".into(),
+        ));
+    }
+    if l.flows && hash_fields & HASH_PORTS != HASH_PORTS {
+        return Err((
+            Some("load.flows"),
+            "load.flows counts connections, and this VIP's hash leaves out ports (one flow \
+             entry then stands for many connections of a client)"
+                .into(),
         ));
     }
     if let Some(a) = &l.agent {
@@ -317,6 +329,17 @@ fn load(l: &LoadSpec, conntrack: bool) -> Result<(), (Option<&'static str>, Stri
             return Err((
                 Some("load.agent_timeout"),
                 "load.agent_timeout must be above 0".into(),
+            ));
+        }
+        // A silent agent holds one of the check slots it shares with the health checks for
+        // its whole timeout.
+        if a.timeout > a.interval {
+            return Err((
+                Some("load.agent_timeout"),
+                format!(
+                    "load.agent_timeout {:?} is longer than load.agent_interval {:?}",
+                    a.timeout, a.interval
+                ),
             ));
         }
         if let Some(s) = &a.send
