@@ -1045,6 +1045,7 @@ fn backend_request(action: BackendCmd) -> Result<Request> {
                     inhibit_on_failure,
                     check: spec.unwrap_or_else(CheckSpec::none),
                     drained: false,
+                    agent_port: None,
                     interface,
                 },
             }

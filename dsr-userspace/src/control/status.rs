@@ -588,7 +588,7 @@ fn load_status(b: &state::Backend, spec: &crate::spec::model::LoadSpec) -> LoadS
         reason,
         next_step_unix_ms: b.load.next_step_at(spec).map(unix_ms),
         flow_share: b.load.flow_share_permille.map(|p| p as f64 / 1000.0),
-        agent: spec.agent.as_ref().map(|_| AgentStatus {
+        agent: spec.agent_for(&b.spec).map(|_| AgentStatus {
             percent: b.load.said.percent,
             admin: b.load.said.admin,
             down: b.load.said.down,

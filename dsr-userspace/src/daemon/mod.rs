@@ -513,7 +513,6 @@ impl Daemon {
                 &self.state,
             )));
         self.checks.sync(self.state.vips.iter().flat_map(|vip| {
-            let agent = vip.spec.load.as_ref().and_then(|l| l.agent.as_ref());
             vip.backends.iter().flat_map(move |b| {
                 let wanted = |token, job| health::Wanted {
                     token,
@@ -522,7 +521,11 @@ impl Daemon {
                     job,
                 };
                 let check = wanted(b.check_token, health::Job::Check(&b.spec.check));
-                let agent = agent
+                let agent = vip
+                    .spec
+                    .load
+                    .as_ref()
+                    .and_then(|l| l.agent_for(&b.spec))
                     .filter(|_| b.agent_token != 0)
                     .map(|a| wanted(b.agent_token, health::Job::Agent(a)));
                 std::iter::once(check).chain(agent)

@@ -118,7 +118,13 @@ pub struct Reading {
 
 /// Asks the agent once, bounded by the spec's timeout.
 pub async fn ask(target: SocketAddr, spec: &AgentSpec) -> Reading {
-    let outcome = tokio::time::timeout(spec.timeout, exchange(target, spec.send.as_deref())).await;
+    let asked = async {
+        match &spec.path {
+            Some(path) => http_exchange(target, path).await,
+            None => exchange(target, spec.send.as_deref()).await,
+        }
+    };
+    let outcome = tokio::time::timeout(spec.timeout, asked).await;
     let (line, error) = match outcome {
         Ok(Ok(line)) => (Some(line), String::new()),
         Ok(Err(e)) => (None, e),
@@ -160,6 +166,52 @@ async fn exchange(target: SocketAddr, send: Option<&str>) -> Result<String, Stri
         return Err(format!("{target} closed without an answer"));
     }
     Ok(text)
+}
+
+/// The HTTP agent: `GET path`, and the first line of a 200 answer's body is the agent's
+/// line. Another status is no answer (an agent that cannot say changes nothing).
+async fn http_exchange(target: SocketAddr, path: &str) -> Result<String, String> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Limited};
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, target.to_string())
+        .header(hyper::header::USER_AGENT, "dsr-agent-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("HTTP request: {e}"))?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP GET {path}: {e}"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(format!("HTTP GET {path}: status {status}, expected 200"));
+        }
+        // A body far larger than a line is cut at the limit, not read whole.
+        let body = Limited::new(response.into_body(), MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|e| format!("HTTP GET {path} body: {e}"))?
+            .to_bytes();
+        let line = body.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let text = String::from_utf8_lossy(line).trim().to_owned();
+        if text.is_empty() {
+            return Err(format!("HTTP GET {path}: an empty answer"));
+        }
+        Ok(text)
+    }
+    .await;
+    conn.abort();
+    result
 }
 
 #[cfg(test)]
@@ -221,6 +273,7 @@ mod tests {
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(300),
             send: Some(send.into()),
+            path: None,
         };
         let target = SocketAddr::from(([127, 0, 0, 1], port));
         let r = ask(target, &spec("load?\n")).await;
@@ -235,5 +288,39 @@ mod tests {
         let closed = SocketAddr::from(([127, 0, 0, 1], 1));
         let r = ask(closed, &spec("load?\n")).await;
         assert!(r.line.is_none() && r.error.contains("connect"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn asks_an_http_agent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let reply = if req.starts_with("GET /load ") {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n40% drain\nmore"
+                    } else {
+                        "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+                    };
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let spec = |path: &str| AgentSpec {
+            port,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            send: None,
+            path: Some(path.into()),
+        };
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let r = ask(target, &spec("/load")).await;
+        assert_eq!(r.line.as_deref(), Some("40% drain"), "{r:?}");
+        let r = ask(target, &spec("/other")).await;
+        assert!(r.line.is_none() && r.error.contains("status 503"), "{r:?}");
     }
 }

@@ -241,10 +241,10 @@ pub enum Outcome {
 }
 
 /// What a task runs: a health check, or a question to the backend's agent.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Job<'a> {
     Check(&'a CheckSpec),
-    Agent(&'a AgentSpec),
+    Agent(AgentSpec),
 }
 
 #[derive(Clone)]
@@ -366,7 +366,7 @@ impl Supervisor {
             let job = match w.job {
                 Job::Check(c) if c.kind == CheckKind::None => continue,
                 Job::Check(c) => OwnedJob::Check(c.clone()),
-                Job::Agent(a) => OwnedJob::Agent(a.clone()),
+                Job::Agent(a) => OwnedJob::Agent(a),
             };
             live.insert(w.token);
             self.tasks.entry(w.token).or_insert_with(|| {

@@ -26,7 +26,7 @@ use crate::{
         health::Health,
         load::{self, Load},
     },
-    spec::model::{BackendSpec, MacAddr, Role, VipAddr, VipSpec},
+    spec::model::{BackendSpec, LoadSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -369,12 +369,7 @@ impl State {
                 },
             };
             let old_load = vip.spec.load.take();
-            let old_agent = old_load.as_ref().and_then(|l| l.agent.as_ref());
-            let agent = spec.load.as_ref().and_then(|l| l.agent.as_ref());
-            // Another agent (none, or another port) has said nothing yet; the same agent
-            // asked differently (interval, timeout, what is sent) still means what it said.
-            let agent_changed = old_agent != agent;
-            let agent_replaced = old_agent.map(|a| a.port) != agent.map(|a| a.port);
+            let agent_of = |load: Option<&LoadSpec>, b: &BackendSpec| load?.agent_for(b);
             let flows_off = !spec.load.as_ref().is_some_and(|l| l.flows);
             vip.spec = VipSpec {
                 backends: Vec::new(),
@@ -389,6 +384,14 @@ impl State {
                     .map(|i| old_backends.remove(i));
                 let backend = match kept {
                     Some(mut b) => {
+                        let old_agent = agent_of(old_load.as_ref(), &b.spec);
+                        let agent = agent_of(spec.load.as_ref(), bspec);
+                        // Another agent (none, or another port) has said nothing yet; the
+                        // same agent asked differently (interval, timeout, what is sent)
+                        // still means what it said.
+                        let agent_changed = old_agent != agent;
+                        let agent_replaced =
+                            old_agent.map(|a| a.port) != agent.as_ref().map(|a| a.port);
                         if b.spec.check != bspec.check {
                             // A new check runs, but the backend keeps its state: during an
                             // incident, tuning a dead primary's check must not send new flows
@@ -452,7 +455,11 @@ impl State {
                                 egress_ifname: None,
                                 egress_lost: false,
                                 load: Load::default(),
-                                agent_token: if agent.is_some() { self.token() } else { 0 },
+                                agent_token: if agent_of(spec.load.as_ref(), bspec).is_some() {
+                                    self.token()
+                                } else {
+                                    0
+                                },
                             }
                         }
                         None => {
@@ -886,6 +893,7 @@ mod tests {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_millis(100),
                 send: None,
+                path: None,
             }),
             flows: false,
             weight_interval: Duration::from_secs(1),
@@ -969,6 +977,7 @@ mod tests {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             send: None,
+            path: None,
         };
         let spec = LoadSpec {
             agent: Some(agent.clone()),
@@ -1018,5 +1027,61 @@ mod tests {
         let x = &s.vips[0].backends[0];
         assert_eq!(x.load.said, Default::default());
         assert!(x.takes_new_flows());
+    }
+
+    #[test]
+    fn a_backend_may_name_its_own_agent_port_or_none() {
+        use crate::spec::model::{AgentSpec, LoadSpec};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let mut own = bspec(12, Role::Primary);
+        own.agent_port = Some(6000);
+        let mut none = bspec(13, Role::Primary);
+        none.agent_port = Some(0);
+        let mut v = vspec(vec![bspec(11, Role::Primary), own, none]);
+        let load = LoadSpec {
+            agent: Some(AgentSpec {
+                port: 5555,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                send: None,
+                path: None,
+            }),
+            flows: false,
+            weight_interval: Duration::from_secs(1),
+            min_eighths: 2,
+            max_eighths: 8,
+        };
+        v.load = Some(load.clone());
+        s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let ports: Vec<Option<u16>> = v
+            .backends
+            .iter()
+            .map(|b| load.agent_for(b).map(|a| a.port))
+            .collect();
+        assert_eq!(ports, vec![Some(5555), Some(6000), None]);
+        let tokens: Vec<u64> = s.vips[0].backends.iter().map(|b| b.agent_token).collect();
+        assert!(
+            tokens[0] != 0 && tokens[1] != 0 && tokens[2] == 0,
+            "{tokens:?}"
+        );
+        // Its own port changed: a new task, and the old port's words are forgotten.
+        s.record_agent(
+            tokens[1],
+            Reading {
+                line: Some("drain".into()),
+                error: String::new(),
+                at: now,
+            },
+        );
+        v.backends[1].agent_port = Some(6001);
+        let r = s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let b = &s.vips[0].backends[1];
+        assert!(r.stopped_tokens.contains(&tokens[1]) && b.agent_token != tokens[1]);
+        assert!(b.takes_new_flows(), "the new agent has said nothing yet");
+        assert_eq!(
+            s.vips[0].backends[0].agent_token, tokens[0],
+            "others untouched"
+        );
     }
 }

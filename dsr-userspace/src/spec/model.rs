@@ -375,6 +375,10 @@ pub struct BackendSpec {
     /// Drained by the operator (`dsr backend drain`): no new flows, established ones stay.
     #[serde(default)]
     pub drained: bool,
+    /// Its agent's port, instead of its VIP's `[vip.load]` agent_port (0: no agent for this
+    /// backend); needs `[vip.load]`.
+    #[serde(default)]
+    pub agent_port: Option<u16>,
     /// Interface the backend is reached through when it is not the one traffic arrives on
     /// (frames then leave with XDP_REDIRECT); `None` = found from the routing table.
     #[serde(default)]
@@ -435,7 +439,8 @@ pub struct LoadSpec {
 }
 
 /// An agent check (HAProxy's `agent-check`): connect, send `send` if set, read one line of
-/// words such as `75%`, `drain`, `maint`, `down`, `up`, `ready`.
+/// words such as `75%`, `drain`, `maint`, `down`, `up`, `ready`; with `path`, the first line
+/// of the body of an HTTP GET of it instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSpec {
     pub port: u16,
@@ -444,6 +449,18 @@ pub struct AgentSpec {
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
     pub send: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl LoadSpec {
+    /// The agent `backend` is asked through: its own `agent_port`, else the VIP's; `None`
+    /// when neither names one (or its own is 0).
+    pub fn agent_for(&self, backend: &BackendSpec) -> Option<AgentSpec> {
+        let a = self.agent.as_ref()?;
+        let port = backend.agent_port.unwrap_or(a.port);
+        (port != 0).then(|| AgentSpec { port, ..a.clone() })
+    }
 }
 
 pub const DEFAULT_AGENT_INTERVAL: Duration = Duration::from_secs(2);
@@ -475,6 +492,7 @@ impl BackendSpec {
             inhibit_on_failure: false,
             check: CheckSpec::none(),
             drained: false,
+            agent_port: None,
             interface: None,
         }
     }

@@ -151,6 +151,8 @@ struct RawBackend {
     sorry: bool,
     inhibit_on_failure: Option<bool>,
     interface: Option<Spanned<String>>,
+    /// Its agent's port (0: none), instead of the VIP's `[vip.load]` agent_port.
+    agent_port: Option<Spanned<u16>>,
     check: Option<RawCheck>,
 }
 
@@ -190,6 +192,7 @@ struct RawLoad {
     agent_interval: Option<Spanned<RawDuration>>,
     agent_timeout: Option<Spanned<RawDuration>>,
     agent_send: Option<Spanned<String>>,
+    agent_path: Option<Spanned<String>>,
     flows: Option<Spanned<bool>>,
     weight_interval: Option<Spanned<RawDuration>>,
     min_weight: Option<Spanned<u32>>,
@@ -520,6 +523,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
             if let Some(i) = &raw_b.interface {
                 fields.insert("interface", i.span());
             }
+            if let Some(a) = &raw_b.agent_port {
+                fields.insert("agent_port", a.span());
+            }
             vip_spans.backends.push((b.span(), fields));
             backends.push(BackendSpec {
                 address: *raw_b.address.get_ref(),
@@ -529,14 +535,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
                 inhibit_on_failure: raw_b.inhibit_on_failure.unwrap_or(v.inhibit_on_failure),
                 check,
                 drained: false,
+                agent_port: raw_b.agent_port.as_ref().map(|a| *a.get_ref()),
                 interface: raw_b.interface.as_ref().map(|i| i.get_ref().clone()),
             });
         }
         let (vip_check, check_spans) = check(&errors, None, v.check.as_ref())?;
         vip_spans.fields.extend(check_spans);
+        let backend_agents = v.backends.iter().any(|b| b.get_ref().agent_port.is_some());
         let (load, load_spans) = match &v.load {
             Some(l) => {
-                let (spec, spans) = load_section(&errors, l)?;
+                let (spec, spans) = load_section(&errors, l, backend_agents)?;
                 (Some(spec), spans)
             }
             None => (None, HashMap::new()),
@@ -840,6 +848,7 @@ fn check(
 fn load_section(
     errors: &Errors,
     raw: &RawLoad,
+    backend_agents: bool,
 ) -> Result<(LoadSpec, HashMap<&'static str, Range<usize>>), ConfigError> {
     let mut spans = HashMap::new();
     for (name, span) in [
@@ -853,6 +862,7 @@ fn load_section(
             raw.agent_timeout.as_ref().map(|v| v.span()),
         ),
         ("load.agent_send", raw.agent_send.as_ref().map(|v| v.span())),
+        ("load.agent_path", raw.agent_path.as_ref().map(|v| v.span())),
         ("load.flows", raw.flows.as_ref().map(|v| v.span())),
         (
             "load.weight_interval",
@@ -869,7 +879,14 @@ fn load_section(
         Some(d) => duration(errors, what, d),
         None => Ok(default),
     };
-    let agent = match &raw.agent_port {
+    // Backends with an agent_port of their own need the agent settings without a VIP-wide
+    // port (0 there: those without one have no agent).
+    let zero = Spanned::new(0..0, 0u16);
+    let port = raw
+        .agent_port
+        .as_ref()
+        .or((backend_agents || raw.agent_path.is_some()).then_some(&zero));
+    let agent = match port {
         Some(port) => {
             let interval = optional(
                 &raw.agent_interval,
@@ -885,6 +902,7 @@ fn load_section(
                     DEFAULT_AGENT_TIMEOUT.min(interval),
                 )?,
                 send: raw.agent_send.as_ref().map(|s| s.get_ref().clone()),
+                path: raw.agent_path.as_ref().map(|s| s.get_ref().clone()),
             })
         }
         None => {
@@ -903,7 +921,10 @@ fn load_section(
             if let Some((name, span)) = stray.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(errors.at(
                     span,
-                    format!("load.{name} needs load.agent_port (the agent to ask)"),
+                    format!(
+                        "load.{name} needs an agent port (load.agent_port, or a backend's \
+                         agent_port)"
+                    ),
                 ));
             }
             None

@@ -271,7 +271,7 @@ fn vip(v: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
         ));
     }
     if let Some(l) = &v.load {
-        load(l, v.conntrack, v.hash_fields)?;
+        load(l, v)?;
     }
     Ok(())
 }
@@ -282,11 +282,8 @@ pub const MIN_WEIGHT_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_AGENT_SEND: usize = 256;
 
 /// The `[vip.load]` rules (bounds are in eighths here, percent in the file).
-fn load(
-    l: &LoadSpec,
-    conntrack: bool,
-    hash_fields: u32,
-) -> Result<(), (Option<&'static str>, String)> {
+fn load(l: &LoadSpec, v: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
+    let (conntrack, hash_fields) = (v.conntrack, v.hash_fields);
     if l.agent.is_none() && !l.flows {
         return Err((
             None,
@@ -310,11 +307,36 @@ fn load(
         ));
     }
     if let Some(a) = &l.agent {
-        if a.port == 0 {
+        if a.port == 0
+            && !v
+                .backends
+                .iter()
+                .any(|b| b.agent_port.is_some_and(|p| p != 0))
+        {
             return Err((
                 Some("load.agent_port"),
-                "load.agent_port must be 1..=65535".into(),
+                "the agent has no port: set load.agent_port (1..=65535) or a backend's \
+                 agent_port"
+                    .into(),
             ));
+        }
+        if let Some(path) = &a.path {
+            if !path.starts_with('/')
+                || path.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                return Err((
+                    Some("load.agent_path"),
+                    format!("load.agent_path {path:?} must start with '/' and contain no spaces"),
+                ));
+            }
+            if a.send.is_some() {
+                return Err((
+                    Some("load.agent_send"),
+                    "load.agent_send is for the plain TCP agent; with load.agent_path the agent \
+                     is asked by HTTP GET"
+                        .into(),
+                ));
+            }
         }
         if a.interval < MIN_CHECK_INTERVAL {
             return Err((
@@ -407,6 +429,12 @@ pub fn hash(fields: u32, fragments: bool) -> Result<(), String> {
 
 /// The rules of one backend of `vip`.
 fn backend(b: &BackendSpec, vip: &VipSpec) -> Result<(), (Option<&'static str>, String)> {
+    if b.agent_port.is_some() && vip.load.is_none() {
+        return Err((
+            Some("agent_port"),
+            "agent_port needs [vip.load] in its VIP (the load-aware weights it feeds)".into(),
+        ));
+    }
     let unicast = match b.address {
         IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
