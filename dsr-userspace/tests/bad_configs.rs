@@ -173,7 +173,7 @@ const ROWS: &[Row] = &[
     row("top.max_table_slots", "max_table_slots = 4194301", "max_table_slots = -1", &["invalid value: integer `-1`", "max_table_slots"]),
     row("top.table_budget", "table_budget = 33554432", "table_budget = 1000", &["table_budget 1000 must be a multiple of 16"]),
     row("top.table_budget", "table_budget = 33554432", "table_budget = 536870912", &["table_budget 536870912 must be a multiple of 16 up to 268435456"]),
-    row("top.table_budget", "table_budget = 33554432", "table_budget = 131072", &["the VIPs' tables need", "table_budget is 131072"]).at("[[vip]]  # web"),
+    row("top.table_budget", "table_budget = 33554432", "table_budget = 131072", &["the VIPs' tables need", "table_budget is 131072"]),
     row("top.table_size", "table_size = 65537", "table_size = -7", &["invalid value: integer `-7`", "table_size"]),
     row("top.table_size", "table_size = 65537", "table_size = 3", &["table_size 3"]),
     row("top.max_vips", "max_vips = 256", "max_vips = 0", &["max_vips 0 must be 1..=65536"]),

@@ -672,6 +672,20 @@ fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
         Duration::from_secs(5),
         || tcp_backend(&lab, 1).closing_flows.is_some_and(|n| n >= 30),
     );
+    // `dsr flows` shows them closing, still on their backend.
+    let (ok, out) = lab.dsr(&["flows", "tcp", "--json", "--limit", "1000"]);
+    assert!(ok, "{out}");
+    let flows: Vec<dsr::control::status::FlowStatus> = serde_json::from_str(&out).unwrap();
+    let long: Vec<_> = flows
+        .iter()
+        .filter(|f| f.client_port.is_some_and(|p| ports.contains(&p)))
+        .collect();
+    assert_eq!(long.len(), 30, "{out}");
+    assert!(
+        long.iter()
+            .all(|f| f.closing && f.backend == Some(lab.backends[1].ip.into())),
+        "{out}"
+    );
     lab.wait_for(
         "backend 2 to step back up to 8/8",
         Duration::from_secs(10),

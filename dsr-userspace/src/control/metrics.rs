@@ -503,6 +503,7 @@ mod tests {
                 drained: false,
                 table_size: 130003,
                 table_bytes: 520064,
+                table_size_pending: None,
                 table_digest: Some("0123456789abcdef".into()),
                 configured_digest: Some("0123456789abcdef".into()),
                 tracked_flows: Some(3),

@@ -180,9 +180,11 @@ pub fn render_status(s: &Status) -> String {
                 String::new()
             } else {
                 format!(
-                    "  table {} slots ({:.1} MiB){}{}",
+                    "  table {} slots ({:.1} MiB){}{}{}",
                     v.table_size,
                     v.table_bytes as f64 / (1 << 20) as f64,
+                    v.table_size_pending
+                        .map_or(String::new(), |p| format!(", resize to {p} pending")),
                     v.table_digest
                         .as_ref()
                         .map_or(String::new(), |d| format!(" {d}")),
@@ -577,7 +579,7 @@ pub fn render_list(s: &Status, columns: ListColumns) -> String {
 /// `dsr flows`: one line per tracked flow. `*` is a field the VIP does not hash on (the
 /// flow table does not keep it).
 pub fn render_flows(flows: &[FlowStatus]) -> String {
-    let mut t = Table::new(&["VIP", "CLIENT", "VLAN", "BACKEND", "IDLE"]);
+    let mut t = Table::new(&["VIP", "CLIENT", "VLAN", "BACKEND", "IDLE", "STATE"]);
     for f in flows {
         let client = format!(
             "{}:{}",
@@ -595,6 +597,7 @@ pub fn render_flows(flows: &[FlowStatus]) -> String {
             f.backend
                 .map_or_else(|| format!("id {}", f.backend_id), |a| a.to_string()),
             format!("{:.1}s", f.idle_ms as f64 / 1000.0),
+            if f.closing { "closing" } else { "active" }.into(),
         ]);
     }
     let mut out = t.render("");

@@ -177,11 +177,16 @@ pub struct VipStatus {
     pub announced: bool,
     pub min_usable: u32,
     pub drained: bool,
-    /// Slots of its table (chosen by the config: `plan::sizing`) and the bytes it takes.
+    /// Slots of its active table and the bytes it takes (the size the config chooses,
+    /// `plan::sizing`, once written).
     #[serde(default)]
     pub table_size: u32,
     #[serde(default)]
     pub table_bytes: u64,
+    /// The size the config chooses while the active table still has another (its switch
+    /// waits for room in the budget, and is retried); `None` otherwise.
+    #[serde(default)]
+    pub table_size_pending: Option<u32>,
     /// Digest of the active table: seed, size and each slot's backend address (hex). Two
     /// nodes agree on every flow of the VIP exactly when their digests are equal. Known
     /// only to a running daemon.
@@ -215,6 +220,9 @@ pub struct FlowStatus {
     pub backend_id: u32,
     /// Since its last refresh (the data path refreshes an entry at most once a second).
     pub idle_ms: u64,
+    /// A FIN or RST of it was seen: still forwarded, no longer counted as active.
+    #[serde(default)]
+    pub closing: bool,
 }
 
 /// A backend reached through another interface than the receiving one.
@@ -375,6 +383,8 @@ pub struct Source<'a> {
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
     /// Digests of the tables the configured weights give, where load changed them.
     pub configured_digests: Option<&'a HashMap<VipAddr, u64>>,
+    /// The size of each VIP's active table (a running daemon's; a resize may be pending).
+    pub active_sizes: Option<&'a HashMap<VipAddr, u32>>,
     pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
     pub state_dir: &'a std::path::Path,
     /// The last count of the flow table, if one was made.
@@ -487,6 +497,10 @@ pub fn build(src: Source<'_>) -> Status {
                 .collect()
         });
         let vip_changed = config.is_none_or(|c| !same_vip(c, &vip.spec));
+        let active_size = src
+            .active_sizes
+            .and_then(|s| s.get(&vip.spec.addr).copied())
+            .unwrap_or(vip.table_size);
         differences += vip_changed as usize + removed_backends.len();
         let mut vs = VipStatus {
             name: vip.spec.name.clone(),
@@ -500,9 +514,10 @@ pub fn build(src: Source<'_>) -> Status {
             announced: crate::runtime::announce::announced(vip),
             min_usable: vip.spec.min_usable,
             drained: vip.spec.drained,
-            table_size: vip.table_size,
-            table_bytes: vip.table_size.div_ceil(dsr_common::TABLE_CHUNK) as u64
+            table_size: active_size,
+            table_bytes: active_size.div_ceil(dsr_common::TABLE_CHUNK) as u64
                 * std::mem::size_of::<dsr_common::TableChunk>() as u64,
+            table_size_pending: (active_size != vip.table_size).then_some(vip.table_size),
             table_digest: src
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))

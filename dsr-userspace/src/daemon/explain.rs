@@ -44,6 +44,7 @@ impl Daemon {
                         .map(|b| b.spec.address),
                     backend_id: e.backend,
                     idle_ms: now.saturating_sub(e.last_seen_ns) / 1_000_000,
+                    closing: e.flags & dsr_common::FLOW_F_CLOSING != 0,
                 }
             })
             .collect()

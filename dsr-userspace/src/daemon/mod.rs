@@ -1275,6 +1275,7 @@ impl Daemon {
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
             configured_digests: Some(&self.writer.configured_digests),
+            active_sizes: Some(&self.writer.active_sizes()),
             announce_groups: &self.config.announce,
             state_dir: &self.config.state_dir,
             flow_count: self.flow_count.borrow().clone(),
@@ -1515,6 +1516,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         reloads: (0, 0),
         digests: None,
         configured_digests: None,
+        active_sizes: None,
         announce_groups: &model.announce,
         state_dir: &model.state_dir,
         // Counted by a running daemon only.

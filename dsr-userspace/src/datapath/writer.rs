@@ -73,6 +73,14 @@ pub struct Applied {
 }
 
 impl Writer {
+    /// The size of each VIP's active table, for the tables this writer wrote (or found).
+    pub fn active_sizes(&self) -> HashMap<VipAddr, u32> {
+        self.built
+            .iter()
+            .map(|(a, (size, _))| (*a, *size))
+            .collect()
+    }
+
     /// Notes what `table`, now the VIP's active table, was built from, and its digests.
     fn remember(&mut self, seed: u32, addr: &VipAddr, vip: &DesiredVip, table: &[u32]) {
         self.built

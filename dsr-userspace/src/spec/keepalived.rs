@@ -1263,7 +1263,12 @@ fn scheduler(algo: &str, hash_ports: bool) -> (Option<&'static str>, String) {
         ),
         "lc" | "wlc" | "sed" | "nq" | "lblc" | "lblcr" | "twos" => (
             None,
-            format!("{MAGLEV}; dsr does not count connections, so {algo} has no equivalent"),
+            format!(
+                "{MAGLEV}; {algo} itself has no equivalent (in DR mode the balancer never sees \
+                 a connection close); for load-aware weights add [vip.load] with flows = true \
+                 (a backend holding more than its share of active flows gets fewer new ones) \
+                 or an agent_port"
+            ),
         ),
         "sh" | "mh" if !hash_ports => (
             Some("source"),
@@ -1403,6 +1408,16 @@ fn checker(
                 "type = \"tcp\": dsr does not speak SMTP, only the connection is checked; {timing}"
             ),
         ),
+        "MISC_CHECK" if ck.children().iter().any(|c| c.key == "misc_dynamic") => {
+            check.kind = Kind::None;
+            notes.add(
+                ck,
+                "type = \"none\": dsr has no MISC_CHECK and runs no scripts, so this backend is \
+                 not checked (always up); for misc_dynamic's weights from the backend, serve \
+                 them as an agent (HAProxy's agent-check protocol: \"75%\", \"drain\", \
+                 \"down\") and set [vip.load] agent_port",
+            );
+        }
         other => {
             check.kind = Kind::None;
             notes.add(
@@ -1705,7 +1720,7 @@ virtual_server 192.0.2.11 80 {
         // A comment for every setting without an equivalent, naming its line.
         for words in [
             "keepalived.conf:17: `lb_algo wlc`: dsr places new flows by weighted consistent",
-            "does not count connections",
+            "for load-aware weights add [vip.load] with flows = true",
             "keepalived.conf:19: `persistence_timeout 50`: hash = \"source\"",
             "`delay_before_retry 2`: no equivalent",
             "`digest 640205b7b0fc66c1ea91c463fac6334d`: no equivalent",
@@ -1912,6 +1927,16 @@ virtual_server fwmark 3 {
         assert!(out.contains("dsr has no MISC_CHECK"), "{out}");
         assert!(
             out.contains("`misc_path /usr/local/bin/check --flag`"),
+            "{out}"
+        );
+        // misc_dynamic (weights from the backend's script): pointed at the agent.
+        let dynamic = conf.replace(
+            "misc_path \"/usr/local/bin/check --flag\"",
+            "misc_path \"/usr/local/bin/load\"\n            misc_dynamic",
+        );
+        let out = import(&dynamic, &eth0()).unwrap();
+        assert!(
+            out.contains("misc_dynamic's weights") && out.contains("[vip.load] agent_port"),
             "{out}"
         );
     }

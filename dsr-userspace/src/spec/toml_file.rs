@@ -583,7 +583,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, ConfigError> {
         }
         return Err(ConfigError {
             file: path.to_owned(),
-            line: line_at(e.place),
+            line: match e.place {
+                // At the table_budget line if the file has one (else no line: the message
+                // names the setting).
+                Place::Vip {
+                    field: Some(validate::TABLE_BUDGET),
+                    ..
+                } => raw
+                    .table_budget
+                    .as_ref()
+                    .map(|s| line_of(text, s.span().start)),
+                place => line_at(place),
+            },
             message,
         });
     }

@@ -21,6 +21,10 @@ pub const MAX_MIN_USABLE: usize = 1 << 16;
 /// Longest VIP name (it appears in status lines, logs and metrics labels).
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The field of a [`Place`] when all VIPs' tables together do not fit: the top-level
+/// `table_budget`, not a VIP's setting.
+pub const TABLE_BUDGET: &str = "table_budget";
+
 /// What the maps can hold, fixed when the data path is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -202,9 +206,22 @@ pub fn vips(vips: &[VipSpec], limits: Limits) -> Result<(), Box<Invalid>> {
         );
     }
     if let Err(e) = limits.tables.sizes(vips) {
+        let Some(vip) = e.vip else {
+            // All VIPs together do not fit: the budget is what is wrong, not a VIP.
+            return Err(Box::new(Invalid {
+                place: Place::Vip {
+                    vip: 0,
+                    field: Some(TABLE_BUDGET),
+                },
+                message: e.message,
+                first: None,
+                context: String::new(),
+                first_context: String::new(),
+            }));
+        };
         let place = Place::Vip {
-            vip: e.vip.unwrap_or(0),
-            field: e.vip.map(|_| "table_size"),
+            vip,
+            field: Some("table_size"),
         };
         return fail(place, e.message, None);
     }
