@@ -287,7 +287,7 @@ const ROWS: &[Row] = &[
     row("check.fall", "fall = 3", "fall = 1000", &["fall 1000 must be 1..=100"]),
     row("check.unknown", "fall = 3", "fall = 3\nintervall = \"2s\"", &["unknown field `intervall`", "interval"]).at(r#"intervall = "2s""#),
     // Load-aware weights.
-    row("load.agent_port", "agent_port = 5555", "agent_port = 0", &["the agent has no port: set load.agent_port (1..=65535) or a backend's agent_port"]),
+    row("load.agent_port", "agent_port = 5555", "agent_port = 0", &["load.agent_port must be 1..=65535 (leave it out"]),
     row("load.agent_port", "agent_port = 5555", "agent_port = 65536", &["invalid value: integer `65536`", "agent_port"]),
     row("load.agent_port", "agent_port = 5555", "# no agent", &["load.agent_interval needs an agent port (load.agent_port, or a backend's agent_port)"]).at(r#"agent_interval = "2s""#),
     row("load.agent_interval", r#"agent_interval = "2s""#, r#"agent_interval = "1ms""#, &["load.agent_interval 1ms is below 10ms"]),
@@ -296,7 +296,8 @@ const ROWS: &[Row] = &[
     row("load.agent_timeout", r#"agent_timeout = "1s""#, r#"agent_timeout = "3s""#, &["load.agent_timeout 3s is longer than load.agent_interval 2s"]),
     row("load.agent_send", r#"agent_send = "load\n""#, "agent_send = 7", &["invalid type: integer", "agent_send"]),
     row("load.agent_path", r#"agent_send = "load\n""#, "agent_send = \"load\\n\"\nagent_path = \"/load\"", &["load.agent_send is for the plain TCP agent"]),
-    row("load.agent_path", r#"agent_send = "load\n""#, r#"agent_path = "load now""#, &["load.agent_path \"load now\" must start with '/'"]),
+    row("load.agent_path", r#"agent_send = "load\n""#, r#"agent_path = "load now""#, &["load.agent_path \"load now\" must be a URL path starting with '/'"]),
+    row("load.agent_path", r#"agent_port = 5555"#, r#"agent_path = "/load""#, &["load.agent_path needs an agent port"]),
     row("backend.agent_port", r#"  interface = "eth1""#, "  interface = \"eth1\"\n  agent_port = 70000", &["invalid value: integer `70000`", "agent_port"]).at("  agent_port = 70000"),
     row("backend.agent_port", r#"protocol = "udp""#, "protocol = \"udp\"\n  [[vip.backend]]\n  address = \"2001:db8::54\"\n  agent_port = 5556", &["agent_port needs [vip.load] in its VIP"]).at("  agent_port = 5556"),
     row("load.flows", "flows = true", r#"flows = "yes""#, &["invalid type: string", "flows"]),

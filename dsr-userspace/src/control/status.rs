@@ -383,7 +383,8 @@ pub struct Source<'a> {
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
     /// Digests of the tables the configured weights give, where load changed them.
     pub configured_digests: Option<&'a HashMap<VipAddr, u64>>,
-    /// The size of each VIP's active table (a running daemon's; a resize may be pending).
+    /// The size of each VIP's active table, from the kernel's VIPS entries (a running
+    /// daemon's; a resize may be pending; 0: an empty table).
     pub active_sizes: Option<&'a HashMap<VipAddr, u32>>,
     pub announce_groups: &'a [crate::spec::model::AnnounceGroup],
     pub state_dir: &'a std::path::Path,
@@ -517,7 +518,9 @@ pub fn build(src: Source<'_>) -> Status {
             table_size: active_size,
             table_bytes: active_size.div_ceil(dsr_common::TABLE_CHUNK) as u64
                 * std::mem::size_of::<dsr_common::TableChunk>() as u64,
-            table_size_pending: (active_size != vip.table_size).then_some(vip.table_size),
+            // An empty table (no usable backend) has no size to wait for.
+            table_size_pending: (active_size != 0 && active_size != vip.table_size)
+                .then_some(vip.table_size),
             table_digest: src
                 .digests
                 .and_then(|d| d.get(&vip.spec.addr))

@@ -1275,7 +1275,14 @@ impl Daemon {
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
             configured_digests: Some(&self.writer.configured_digests),
-            active_sizes: Some(&self.writer.active_sizes()),
+            active_sizes: Some(
+                &self
+                    .state
+                    .vips
+                    .iter()
+                    .filter_map(|v| Some((v.spec.addr, self.writer.active_size(&v.spec.addr)?)))
+                    .collect(),
+            ),
             announce_groups: &self.config.announce,
             state_dir: &self.config.state_dir,
             flow_count: self.flow_count.borrow().clone(),

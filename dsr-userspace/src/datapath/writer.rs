@@ -73,12 +73,10 @@ pub struct Applied {
 }
 
 impl Writer {
-    /// The size of each VIP's active table, for the tables this writer wrote (or found).
-    pub fn active_sizes(&self) -> HashMap<VipAddr, u32> {
-        self.built
-            .iter()
-            .map(|(a, (size, _))| (*a, *size))
-            .collect()
+    /// The size of the VIP's active table as the kernel's VIPS entry says (0: an empty
+    /// table, the VIP drops); `None` when the kernel holds no entry for it.
+    pub fn active_size(&self, addr: &VipAddr) -> Option<u32> {
+        self.vips.get(&vip_key(addr)).map(|i| i.table_size)
     }
 
     /// Notes what `table`, now the VIP's active table, was built from, and its digests.

@@ -169,10 +169,17 @@ async fn exchange(target: SocketAddr, send: Option<&str>) -> Result<String, Stri
 }
 
 /// The HTTP agent: `GET path`, and the first line of a 200 answer's body is the agent's
-/// line. Another status is no answer (an agent that cannot say changes nothing).
+/// line (read up to its newline or 512 bytes, not to the end of a streaming body). Another
+/// status is no answer (an agent that cannot say changes nothing).
 async fn http_exchange(target: SocketAddr, path: &str) -> Result<String, String> {
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty, Limited};
+    use http_body_util::{BodyExt, Empty};
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, target.to_string())
+        .header(hyper::header::USER_AGENT, "dsr-agent-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("HTTP request: {e}"))?;
     let stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
@@ -180,38 +187,44 @@ async fn http_exchange(target: SocketAddr, path: &str) -> Result<String, String>
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, target.to_string())
-        .header(hyper::header::USER_AGENT, "dsr-agent-check")
-        .header(hyper::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("HTTP request: {e}"))?;
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP GET {path}: {e}"))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(format!("HTTP GET {path}: status {status}, expected 200"));
+    // The connection task ends with this ask, however it ends (also when the timeout
+    // drops this future).
+    struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
         }
-        // A body far larger than a line is cut at the limit, not read whole.
-        let body = Limited::new(response.into_body(), MAX_REPLY)
-            .collect()
-            .await
-            .map_err(|e| format!("HTTP GET {path} body: {e}"))?
-            .to_bytes();
-        let line = body.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let text = String::from_utf8_lossy(line).trim().to_owned();
-        if text.is_empty() {
-            return Err(format!("HTTP GET {path}: an empty answer"));
-        }
-        Ok(text)
     }
-    .await;
-    conn.abort();
-    result
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP GET {path}: {e}"))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(format!("HTTP GET {path}: status {status}, expected 200"));
+    }
+    let mut body = response.into_body();
+    let mut line = Vec::new();
+    while line.len() < MAX_REPLY && !line.contains(&b'\n') {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return Err(format!("HTTP GET {path} body: {e}")),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    line.extend_from_slice(data);
+                }
+            }
+        }
+    }
+    let first = line.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let text = String::from_utf8_lossy(&first[..first.len().min(MAX_REPLY)])
+        .trim()
+        .to_owned();
+    if text.is_empty() {
+        return Err(format!("HTTP GET {path}: an empty answer"));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -302,9 +315,23 @@ mod tests {
                     let n = s.read(&mut buf).await.unwrap_or(0);
                     let req = String::from_utf8_lossy(&buf[..n]).to_string();
                     let reply = if req.starts_with("GET /load ") {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n40% drain\nmore"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n40% drain\nmore".to_owned()
+                    } else if req.starts_with("GET /big ") {
+                        // One line far beyond what is read.
+                        let body = "30% ".repeat(1000);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else if req.starts_with("GET /stream ") {
+                        // The first line, then the body stays open.
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n55%\n\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        String::new()
                     } else {
-                        "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+                        "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_owned()
                     };
                     let _ = s.write_all(reply.as_bytes()).await;
                 });
@@ -322,5 +349,14 @@ mod tests {
         assert_eq!(r.line.as_deref(), Some("40% drain"), "{r:?}");
         let r = ask(target, &spec("/other")).await;
         assert!(r.line.is_none() && r.error.contains("status 503"), "{r:?}");
+        let r = ask(target, &spec("/big")).await;
+        let line = r.line.expect("the first 512 bytes");
+        assert!(line.starts_with("30% 30%") && line.len() <= 512, "{line}");
+        let r = ask(target, &spec("/stream")).await;
+        assert_eq!(
+            r.line.as_deref(),
+            Some("55%"),
+            "the line, not the end of the body: {r:?}"
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::{
         health::Health,
         load::{self, Load},
     },
-    spec::model::{BackendSpec, LoadSpec, MacAddr, Role, VipAddr, VipSpec},
+    spec::model::{AgentSpec, BackendSpec, LoadSpec, MacAddr, Role, VipAddr, VipSpec},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -390,8 +390,9 @@ impl State {
                         // same agent asked differently (interval, timeout, what is sent)
                         // still means what it said.
                         let agent_changed = old_agent != agent;
+                        let kind = |a: &AgentSpec| (a.port, a.path.is_some());
                         let agent_replaced =
-                            old_agent.map(|a| a.port) != agent.as_ref().map(|a| a.port);
+                            old_agent.as_ref().map(kind) != agent.as_ref().map(kind);
                         if b.spec.check != bspec.check {
                             // A new check runs, but the backend keeps its state: during an
                             // incident, tuning a dead primary's check must not send new flows

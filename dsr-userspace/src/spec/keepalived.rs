@@ -1264,10 +1264,16 @@ fn scheduler(algo: &str, hash_ports: bool) -> (Option<&'static str>, String) {
         "lc" | "wlc" | "sed" | "nq" | "lblc" | "lblcr" | "twos" => (
             None,
             format!(
-                "{MAGLEV}; {algo} itself has no equivalent (in DR mode the balancer never sees \
-                 a connection close); for load-aware weights add [vip.load] with flows = true \
-                 (a backend holding more than its share of active flows gets fewer new ones) \
-                 or an agent_port"
+                "{MAGLEV}; {algo} itself has no equivalent (LVS counts connections it sees in \
+                 both directions; in DR mode replies never cross the balancer); for load-aware \
+                 weights add [vip.load] with {}",
+                if hash_ports {
+                    "flows = true (a backend holding more than its share of active flows gets \
+                     fewer new ones) or an agent_port"
+                } else {
+                    // flows = true needs the ports in the hash, which persistence leaves out.
+                    "an agent_port (the backend reports its own load)"
+                }
             ),
         ),
         "sh" | "mh" if !hash_ports => (
@@ -1720,7 +1726,7 @@ virtual_server 192.0.2.11 80 {
         // A comment for every setting without an equivalent, naming its line.
         for words in [
             "keepalived.conf:17: `lb_algo wlc`: dsr places new flows by weighted consistent",
-            "for load-aware weights add [vip.load] with flows = true",
+            "for load-aware weights add [vip.load] with an agent_port",
             "keepalived.conf:19: `persistence_timeout 50`: hash = \"source\"",
             "`delay_before_retry 2`: no equivalent",
             "`digest 640205b7b0fc66c1ea91c463fac6334d`: no equivalent",

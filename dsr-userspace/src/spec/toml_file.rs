@@ -892,11 +892,15 @@ fn load_section(
     };
     // Backends with an agent_port of their own need the agent settings without a VIP-wide
     // port (0 there: those without one have no agent).
+    if let Some(p) = raw.agent_port.as_ref().filter(|p| *p.get_ref() == 0) {
+        return Err(errors.at(
+            Some(p.span()),
+            "load.agent_port must be 1..=65535 (leave it out to ask only the backends that \
+             have an agent_port of their own)",
+        ));
+    }
     let zero = Spanned::new(0..0, 0u16);
-    let port = raw
-        .agent_port
-        .as_ref()
-        .or((backend_agents || raw.agent_path.is_some()).then_some(&zero));
+    let port = raw.agent_port.as_ref().or(backend_agents.then_some(&zero));
     let agent = match port {
         Some(port) => {
             let interval = optional(
@@ -919,6 +923,7 @@ fn load_section(
         None => {
             // Agent settings without an agent would silently do nothing.
             let stray = [
+                ("agent_path", raw.agent_path.as_ref().map(|v| v.span())),
                 (
                     "agent_interval",
                     raw.agent_interval.as_ref().map(|v| v.span()),

@@ -324,26 +324,20 @@ fn load(l: &LoadSpec, v: &VipSpec) -> Result<(), (Option<&'static str>, String)>
         ));
     }
     if let Some(a) = &l.agent {
-        if a.port == 0
-            && !v
-                .backends
-                .iter()
-                .any(|b| b.agent_port.is_some_and(|p| p != 0))
-        {
-            return Err((
-                Some("load.agent_port"),
-                "the agent has no port: set load.agent_port (1..=65535) or a backend's \
-                 agent_port"
-                    .into(),
-            ));
-        }
+        // Port 0: no VIP-wide agent, only backends with an agent_port of their own (the
+        // file refuses a written 0; removing the last such backend at run time is fine).
         if let Some(path) = &a.path {
-            if !path.starts_with('/')
-                || path.contains(|c: char| c.is_whitespace() || c.is_control())
-            {
+            // What the HTTP request takes as its target, or every ask would fail.
+            let valid = path.starts_with('/')
+                && path.parse::<hyper::http::uri::PathAndQuery>().is_ok()
+                && !path.contains(|c: char| c.is_whitespace() || c.is_control());
+            if !valid {
                 return Err((
                     Some("load.agent_path"),
-                    format!("load.agent_path {path:?} must start with '/' and contain no spaces"),
+                    format!(
+                        "load.agent_path {path:?} must be a URL path starting with '/', without \
+                         spaces"
+                    ),
                 ));
             }
             if a.send.is_some() {
@@ -654,6 +648,36 @@ mod tests {
 
     fn refused(v: Vec<VipSpec>) -> Box<Invalid> {
         vips(&v, LIMITS).expect_err("should be refused")
+    }
+
+    /// A VIP whose only agents are the backends' own: removing the last of them at run time
+    /// (every change is validated) is no error, and a backend of a VIP without [vip.load]
+    /// cannot name one.
+    #[test]
+    fn backend_agent_ports_come_and_go() {
+        use crate::spec::model::{AgentSpec, LoadSpec};
+        let mut v = web();
+        v.load = Some(LoadSpec {
+            agent: Some(AgentSpec {
+                port: 0,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                send: None,
+                path: None,
+            }),
+            flows: true,
+            weight_interval: Duration::from_secs(5),
+            min_eighths: 2,
+            max_eighths: 8,
+        });
+        v.backends[0].agent_port = Some(6000);
+        assert_eq!(vips(std::slice::from_ref(&v), LIMITS), Ok(()));
+        v.backends.remove(0);
+        assert_eq!(vips(std::slice::from_ref(&v), LIMITS), Ok(()));
+        let mut plain = web();
+        plain.backends[0].agent_port = Some(6000);
+        let e = refused(vec![plain]);
+        assert!(e.message.contains("agent_port needs [vip.load]"), "{e}");
     }
 
     #[test]
