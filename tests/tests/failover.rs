@@ -435,19 +435,19 @@ fn a_flapping_backend_changes_state_boundedly_and_quietly() {
     assert!(log.lines().count() <= 12, "{log}");
 }
 
-/// The udp VIP's backend `i` as `dsr status` shows it.
-fn udp_backend(lab: &Lab, i: usize) -> dsr::control::status::BackendStatus {
+/// Backend `i` of the VIP named `vip` as `dsr status` shows it.
+fn vip_backend(lab: &Lab, vip: &str, i: usize) -> dsr::control::status::BackendStatus {
     let st = lab.status();
-    let vip = st
+    let v = st
         .vips
         .iter()
-        .find(|v| v.name == "udp")
-        .expect("the udp VIP");
-    vip.backends[i].clone()
+        .find(|v| v.name == vip)
+        .unwrap_or_else(|| panic!("the {vip} VIP"));
+    v.backends[i].clone()
 }
 
 fn load_step(lab: &Lab, i: usize) -> Option<u32> {
-    udp_backend(lab, i).load.map(|l| l.step)
+    vip_backend(lab, "udp", i).load.map(|l| l.step)
 }
 
 /// Checks that every new flow from `sports` went to the backend the table of these table
@@ -493,7 +493,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     lab.wait_for("every agent to be asked", Duration::from_secs(5), || {
         (0..3).all(|i| {
-            udp_backend(&lab, i)
+            vip_backend(&lab, "udp", i)
                 .load
                 .and_then(|l| l.agent)
                 .is_some_and(|a| a.last_line.as_deref() == Some("100%"))
@@ -526,7 +526,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
         "four steps cannot take less than three weight_intervals ({:?})",
         started.elapsed()
     );
-    let b = udp_backend(&lab, 1);
+    let b = vip_backend(&lab, "udp", 1);
     let l = b.load.clone().unwrap();
     assert_eq!((l.step, l.target), (4, 4), "{l:?}");
     assert!(l.reason.contains("agent says 50%"), "{l:?}");
@@ -562,7 +562,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
         "backend 2 to be drained by its agent",
         Duration::from_secs(3),
         || {
-            let b = udp_backend(&lab, 1);
+            let b = vip_backend(&lab, "udp", 1);
             !b.in_table && b.keeps_flows
         },
     );
@@ -573,7 +573,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
     lab.wait_for(
         "backend 2 to step back to 8/8",
         Duration::from_secs(5),
-        || load_step(&lab, 1) == Some(8) && udp_backend(&lab, 1).in_table,
+        || load_step(&lab, 1) == Some(8) && vip_backend(&lab, "udp", 1).in_table,
     );
     let v = vip(&lab);
     assert_eq!(
@@ -586,17 +586,6 @@ fn agent_reported_load_moves_new_flows_and_back() {
          recovered {back:?}"
     );
     assert!(back[1] > loaded[1], "{back:?} after {loaded:?}");
-}
-
-/// The tcp VIP's backend `i` as `dsr status` shows it.
-fn tcp_backend(lab: &Lab, i: usize) -> dsr::control::status::BackendStatus {
-    let st = lab.status();
-    let vip = st
-        .vips
-        .iter()
-        .find(|v| v.name == "tcp")
-        .expect("the tcp VIP");
-    vip.backends[i].clone()
 }
 
 /// Every new TCP flow from `sports` goes to the backend the table of these table weights
@@ -652,15 +641,19 @@ fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
     lab.wait_for(
         "backend 2 to step down to min_weight (6/8)",
         Duration::from_secs(10),
-        || tcp_backend(&lab, 1).load.is_some_and(|l| l.step == 6),
+        || {
+            vip_backend(&lab, "tcp", 1)
+                .load
+                .is_some_and(|l| l.step == 6)
+        },
     );
-    let l = tcp_backend(&lab, 1).load.unwrap();
+    let l = vip_backend(&lab, "tcp", 1).load.unwrap();
     assert!(
         l.reason.contains("its share of active flows") && l.flow_share.unwrap() > 1.25,
         "{l:?}"
     );
     assert_eq!(
-        tcp_backend(&lab, 0).load.unwrap().step,
+        vip_backend(&lab, "tcp", 0).load.unwrap().step,
         8,
         "the others stay"
     );
@@ -670,7 +663,11 @@ fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
     lab.wait_for(
         "the closed connections to count as closing",
         Duration::from_secs(5),
-        || tcp_backend(&lab, 1).closing_flows.is_some_and(|n| n >= 30),
+        || {
+            vip_backend(&lab, "tcp", 1)
+                .closing_flows
+                .is_some_and(|n| n >= 30)
+        },
     );
     // `dsr flows` shows them closing, still on their backend.
     let (ok, out) = lab.dsr(&["flows", "tcp", "--json", "--limit", "1000"]);
@@ -689,7 +686,11 @@ fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
     lab.wait_for(
         "backend 2 to step back up to 8/8",
         Duration::from_secs(10),
-        || tcp_backend(&lab, 1).load.is_some_and(|l| l.step == 8),
+        || {
+            vip_backend(&lab, "tcp", 1)
+                .load
+                .is_some_and(|l| l.step == 8)
+        },
     );
     tcp_flows_follow(&lab, 41060..41120, &[1, 1, 1]);
 }

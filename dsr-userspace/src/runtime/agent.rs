@@ -259,6 +259,17 @@ mod tests {
         assert_eq!(s.percent, Some(256));
     }
 
+    /// An agent on `port` of 127.0.0.1, asked with a 300 ms timeout.
+    fn test_spec(port: u16) -> AgentSpec {
+        AgentSpec {
+            port,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            send: None,
+            path: None,
+        }
+    }
+
     #[tokio::test]
     async fn asks_a_local_agent() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -282,11 +293,8 @@ mod tests {
             }
         });
         let spec = |send: &str| AgentSpec {
-            port,
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(300),
             send: Some(send.into()),
-            path: None,
+            ..test_spec(port)
         };
         let target = SocketAddr::from(([127, 0, 0, 1], port));
         let r = ask(target, &spec("load?\n")).await;
@@ -338,11 +346,8 @@ mod tests {
             }
         });
         let spec = |path: &str| AgentSpec {
-            port,
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(300),
-            send: None,
             path: Some(path.into()),
+            ..test_spec(port)
         };
         let target = SocketAddr::from(([127, 0, 0, 1], port));
         let r = ask(target, &spec("/load")).await;

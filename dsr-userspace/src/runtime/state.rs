@@ -665,6 +665,23 @@ mod tests {
         }
     }
 
+    /// `[vip.load]` with an agent on port 5555, steps 2/8..=8/8, one a second.
+    fn load_spec(flows: bool) -> LoadSpec {
+        LoadSpec {
+            agent: Some(AgentSpec {
+                port: 5555,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                send: None,
+                path: None,
+            }),
+            flows,
+            weight_interval: Duration::from_secs(1),
+            min_eighths: 2,
+            max_eighths: 8,
+        }
+    }
+
     fn vspec(backends: Vec<BackendSpec>) -> VipSpec {
         VipSpec::plain("web", "198.18.0.100:80/tcp".parse().unwrap(), backends)
     }
@@ -884,23 +901,10 @@ mod tests {
 
     #[test]
     fn load_steps_scale_table_weights_and_agent_words_act_as_health() {
-        use crate::spec::model::{AgentSpec, LoadSpec};
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut s = State::new(4, 16, Duration::from_secs(300));
         let mut v = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
-        v.load = Some(LoadSpec {
-            agent: Some(AgentSpec {
-                port: 5555,
-                interval: Duration::from_millis(100),
-                timeout: Duration::from_millis(100),
-                send: None,
-                path: None,
-            }),
-            flows: false,
-            weight_interval: Duration::from_secs(1),
-            min_eighths: 2,
-            max_eighths: 8,
-        });
+        v.load = Some(load_spec(false));
         s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
         let b = &s.vips[0].backends[0];
         let token = b.agent_token;
@@ -970,23 +974,9 @@ mod tests {
 
     #[test]
     fn load_settings_changes_keep_or_forget_what_they_should() {
-        use crate::spec::model::{AgentSpec, LoadSpec};
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut s = State::new(4, 16, Duration::from_secs(300));
-        let agent = AgentSpec {
-            port: 5555,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            send: None,
-            path: None,
-        };
-        let spec = LoadSpec {
-            agent: Some(agent.clone()),
-            flows: true,
-            weight_interval: Duration::from_secs(1),
-            min_eighths: 2,
-            max_eighths: 8,
-        };
+        let spec = load_spec(true);
         let mut v = vspec(vec![bspec(11, Role::Primary), bspec(12, Role::Primary)]);
         v.load = Some(spec.clone());
         s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
@@ -1032,7 +1022,6 @@ mod tests {
 
     #[test]
     fn a_backend_may_name_its_own_agent_port_or_none() {
-        use crate::spec::model::{AgentSpec, LoadSpec};
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut s = State::new(4, 16, Duration::from_secs(300));
         let mut own = bspec(12, Role::Primary);
@@ -1040,19 +1029,7 @@ mod tests {
         let mut none = bspec(13, Role::Primary);
         none.agent_port = Some(0);
         let mut v = vspec(vec![bspec(11, Role::Primary), own, none]);
-        let load = LoadSpec {
-            agent: Some(AgentSpec {
-                port: 5555,
-                interval: Duration::from_secs(2),
-                timeout: Duration::from_secs(1),
-                send: None,
-                path: None,
-            }),
-            flows: false,
-            weight_interval: Duration::from_secs(1),
-            min_eighths: 2,
-            max_eighths: 8,
-        };
+        let load = load_spec(false);
         v.load = Some(load.clone());
         s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
         let ports: Vec<Option<u16>> = v
