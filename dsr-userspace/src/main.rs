@@ -12,7 +12,8 @@ use dsr::{
     spec::{
         model::{
             BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
-            DEFAULT_FALL, DEFAULT_RISE, MacAddr, Model, Role, VipAddr, VipSpec, parse_duration,
+            DEFAULT_FALL, DEFAULT_RISE, LoadSettings, LoadSpec, MacAddr, Model, Role, VipAddr,
+            VipSpec, parse_duration,
         },
         toml_file, validate,
     },
@@ -318,6 +319,10 @@ enum BackendCmd {
         /// Interface the backend is reached through (default: from the routing table).
         #[arg(long)]
         interface: Option<String>,
+        /// Port of its own agent (HAProxy agent-check) instead of the VIP's; 0 = none. Needs
+        /// load-aware weights on the VIP.
+        #[arg(long)]
+        agent_port: Option<u16>,
         #[command(flatten)]
         check: CheckArgs,
     },
@@ -383,6 +388,8 @@ enum VipCmd {
         table_size: Option<u32>,
         #[command(flatten)]
         check: CheckArgs,
+        #[command(flatten)]
+        load: Box<LoadArgs>,
     },
     /// Remove a VIP and its backends.
     Remove { vip: String },
@@ -426,6 +433,80 @@ struct CheckArgs {
     /// Failures that take an up backend down (default 2).
     #[arg(long, requires = "kind")]
     fall: Option<u32>,
+}
+
+/// Load-aware weights (`[vip.load]` in the file): any of these turns them on.
+#[derive(Args)]
+struct LoadArgs {
+    /// Each backend's agent (HAProxy agent-check: `75%`, `drain`, `down`, `up`, `maint`)
+    /// on this port of its own address.
+    #[arg(long, help_heading = "Load-aware weights")]
+    agent_port: Option<u16>,
+    /// How often each agent is asked (default 2s).
+    #[arg(long, value_parser = parse_duration, help_heading = "Load-aware weights")]
+    agent_interval: Option<Duration>,
+    /// Default 1s, or the interval if shorter.
+    #[arg(long, value_parser = parse_duration, help_heading = "Load-aware weights")]
+    agent_timeout: Option<Duration>,
+    /// A line sent to the agent before it answers (plain TCP agent).
+    #[arg(long, help_heading = "Load-aware weights")]
+    agent_send: Option<String>,
+    /// Ask the agent by HTTP GET of this path (the body's first line is the answer).
+    #[arg(long, help_heading = "Load-aware weights")]
+    agent_path: Option<String>,
+    /// A backend holding more than its share of the VIP's active flows steps down (least
+    /// connection done from the flow table).
+    #[arg(long, help_heading = "Load-aware weights")]
+    load_flows: bool,
+    /// At most one step of an eighth of the weight per interval (default 5s).
+    #[arg(long, value_parser = parse_duration, help_heading = "Load-aware weights")]
+    weight_interval: Option<Duration>,
+    /// Lowest effective weight, percent of the configured one (default 25).
+    #[arg(long, value_name = "PERCENT", help_heading = "Load-aware weights")]
+    min_weight: Option<u32>,
+    /// Highest effective weight, percent of the configured one (default 100, at most 200).
+    #[arg(long, value_name = "PERCENT", help_heading = "Load-aware weights")]
+    max_weight: Option<u32>,
+}
+
+impl LoadArgs {
+    /// The load spec the flags describe (`None`: none given), built as the file's `[vip.load]`
+    /// is; an error names the flag.
+    fn spec(&self) -> Result<Option<LoadSpec>> {
+        let settings = LoadSettings {
+            agent_port: self.agent_port,
+            backend_agents: false,
+            agent_interval: self.agent_interval,
+            agent_timeout: self.agent_timeout,
+            agent_send: self.agent_send.clone(),
+            agent_path: self.agent_path.clone(),
+            flows: self.load_flows,
+            weight_interval: self.weight_interval,
+            min_weight: self.min_weight,
+            max_weight: self.max_weight,
+        };
+        let given = self.agent_port.is_some()
+            || self.agent_interval.is_some()
+            || self.agent_timeout.is_some()
+            || self.agent_send.is_some()
+            || self.agent_path.is_some()
+            || self.load_flows
+            || self.weight_interval.is_some()
+            || self.min_weight.is_some()
+            || self.max_weight.is_some();
+        if !given {
+            return Ok(None);
+        }
+        settings.spec().map(Some).map_err(|(key, message)| {
+            let key = key.trim_start_matches("load.");
+            let flag = if key == "flows" {
+                "load-flows".into()
+            } else {
+                key.replace('_', "-")
+            };
+            anyhow::anyhow!("--{flag}: {message}")
+        })
+    }
 }
 
 impl CheckArgs {
@@ -1024,6 +1105,7 @@ fn backend_request(action: BackendCmd) -> Result<Request> {
             backup,
             sorry,
             inhibit_on_failure,
+            agent_port,
             check,
         } => {
             let role = if backup {
@@ -1045,7 +1127,7 @@ fn backend_request(action: BackendCmd) -> Result<Request> {
                     inhibit_on_failure,
                     check: spec.unwrap_or_else(CheckSpec::none),
                     drained: false,
-                    agent_port: None,
+                    agent_port,
                     interface,
                 },
             }
@@ -1076,6 +1158,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
             no_conntrack,
             table_size,
             check,
+            load,
         } => Request::VipAdd {
             vip: VipSpec {
                 name: name.unwrap_or_else(|| vip.to_string()),
@@ -1094,7 +1177,7 @@ fn vip_request(action: VipCmd) -> Result<Request> {
                 drained: false,
                 notify: None,
                 table_size,
-                load: None,
+                load: load.spec()?,
                 backends: Vec::new(),
             },
         },

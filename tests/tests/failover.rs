@@ -694,3 +694,143 @@ fn a_backend_holding_many_long_flows_gets_fewer_new_ones_until_they_close() {
     );
     tcp_flows_follow(&lab, 41060..41120, &[1, 1, 1]);
 }
+
+/// Load-aware weights set from the command line (`dsr vip add --agent-port ...`, `dsr backend
+/// add --agent-port`) work as the file's `[vip.load]` does: each backend's agent is asked on
+/// its own port where it names one, else on the VIP's, and what it says steps its weight; a
+/// VIP with flow counting only gets the agent settings when a backend brings its own port.
+#[test]
+fn load_aware_weights_from_the_command_line_ask_each_backends_agent() {
+    let mut lab = Lab::new("cliload", &[1, 1]);
+    lab.start_agent(0, "50%");
+    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = dsr_lab::lab::AGENT_PORT.to_string();
+    let b1 = lab.backends[0].ip.to_string();
+    let b2 = lab.backends[1].ip.to_string();
+    for args in [
+        vec![
+            "vip",
+            "add",
+            "198.18.0.100:5353/udp",
+            "--name",
+            "loaded",
+            "--agent-port",
+            "6000",
+            "--agent-interval",
+            "100ms",
+            "--agent-timeout",
+            "100ms",
+            "--weight-interval",
+            "100ms",
+            "--min-weight",
+            "50",
+        ],
+        vec!["backend", "add", "loaded", &b1, "--agent-port", &agent],
+        vec!["backend", "add", "loaded", &b2],
+        vec![
+            "vip",
+            "add",
+            "198.18.0.100:5354/udp",
+            "--name",
+            "counted",
+            "--load-flows",
+        ],
+        vec!["backend", "add", "counted", &b1, "--agent-port", &agent],
+    ] {
+        let (ok, out) = lab.dsr(&args);
+        assert!(ok, "{args:?}: {out}");
+    }
+    let agent_of = |vip: &str, i: usize| vip_backend(&lab, vip, i).load.and_then(|l| l.agent);
+    lab.wait_for(
+        "backend 1's own agent port to be asked, backend 2's VIP-wide one to fail",
+        Duration::from_secs(5),
+        || {
+            agent_of("loaded", 0).is_some_and(|a| a.last_line.as_deref() == Some("50%"))
+                && agent_of("loaded", 1).is_some_and(|a| a.error.is_some())
+        },
+    );
+    lab.wait_for(
+        "backend 1 to step down to its 50% floor",
+        Duration::from_secs(5),
+        || {
+            vip_backend(&lab, "loaded", 0)
+                .load
+                .is_some_and(|l| l.step == 4)
+        },
+    );
+    let l = vip_backend(&lab, "loaded", 0).load.unwrap();
+    assert!(l.reason.contains("agent says 50%"), "{l:?}");
+    lab.wait_for(
+        "the flow-counting VIP's backend to be asked on its own port",
+        Duration::from_secs(5),
+        || agent_of("counted", 0).is_some_and(|a| a.last_line.as_deref() == Some("50%")),
+    );
+    // A flag without what it needs is refused, naming the flag, and changes nothing (the
+    // VIPs and their backends; the agents' readings move on meanwhile).
+    let shape = |lab: &Lab| {
+        let st = lab.status();
+        let vips: Vec<(String, Vec<std::net::IpAddr>)> = st
+            .vips
+            .iter()
+            .map(|v| (v.name.clone(), v.backends.iter().map(|b| b.address).collect()))
+            .collect();
+        (st.runtime_changes, vips)
+    };
+    let before = shape(&lab);
+    for (args, words) in [
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--agent-interval",
+                "1s",
+            ],
+            "--agent-interval: load.agent_interval needs an agent port",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--load-flows",
+                "--max-weight",
+                "300",
+            ],
+            "--max-weight: load.max_weight 300 is not 1..=200",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--load-flows",
+                "--no-conntrack",
+            ],
+            "load.flows counts the VIP's tracked flows",
+        ),
+        (
+            vec![
+                "backend",
+                "add",
+                "udp-53",
+                "198.18.0.50",
+                "--agent-port",
+                "7000",
+            ],
+            "agent_port needs [vip.load]",
+        ),
+    ] {
+        let (ok, out) = lab.dsr(&args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(
+            out.contains(words),
+            "{args:?}: {out:?} does not say {words:?}"
+        );
+    }
+    assert_eq!(
+        before,
+        shape(&lab),
+        "a refused request changed the state"
+    );
+}

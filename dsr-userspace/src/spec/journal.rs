@@ -134,6 +134,14 @@ impl Change {
                     ));
                 }
                 vips[i].backends.push(backend.clone());
+                // As in the file: a backend's own agent port gives a VIP whose load-aware
+                // weights had no agent the agent settings (port 0: only such backends).
+                if let Some(load) = vips[i].load.as_mut()
+                    && backend.agent_port.is_some_and(|p| p != 0)
+                    && load.agent.is_none()
+                {
+                    load.agent = Some(super::model::AgentSpec::backends_only());
+                }
                 Ok(format!(
                     "added backend {} to VIP {} (weight {}, {})",
                     backend.address, vips[i].name, backend.weight, backend.role

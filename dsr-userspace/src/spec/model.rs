@@ -463,6 +463,112 @@ impl LoadSpec {
     }
 }
 
+impl AgentSpec {
+    /// The agent settings of a VIP whose backends name their own agent ports (port 0: the
+    /// others have none), with the default timings.
+    pub fn backends_only() -> AgentSpec {
+        AgentSpec {
+            port: 0,
+            interval: DEFAULT_AGENT_INTERVAL,
+            timeout: DEFAULT_AGENT_TIMEOUT.min(DEFAULT_AGENT_INTERVAL),
+            send: None,
+            path: None,
+        }
+    }
+}
+
+/// Load-aware weight settings as written (`[vip.load]` in the file, or `dsr vip add`'s
+/// flags), before defaults: the one place they become a [`LoadSpec`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadSettings {
+    pub agent_port: Option<u16>,
+    /// Some backend of the VIP has an `agent_port` of its own.
+    pub backend_agents: bool,
+    pub agent_interval: Option<Duration>,
+    pub agent_timeout: Option<Duration>,
+    pub agent_send: Option<String>,
+    pub agent_path: Option<String>,
+    pub flows: bool,
+    pub weight_interval: Option<Duration>,
+    /// Bounds in percent of the configured weight.
+    pub min_weight: Option<u32>,
+    pub max_weight: Option<u32>,
+}
+
+impl LoadSettings {
+    /// The spec with the defaults filled in, or the setting that is wrong (its `load.` key)
+    /// and why. The rules between settings and the VIP are `validate`'s.
+    pub fn spec(&self) -> Result<LoadSpec, (&'static str, String)> {
+        if self.agent_port == Some(0) {
+            return Err((
+                "load.agent_port",
+                "load.agent_port must be 1..=65535 (leave it out to ask only the backends that \
+                 have an agent_port of their own)"
+                    .into(),
+            ));
+        }
+        // Backends with an agent_port of their own need the agent settings without a
+        // VIP-wide port (0 there: those without one have no agent).
+        let port = self.agent_port.or(self.backend_agents.then_some(0));
+        let agent = match port {
+            Some(port) => {
+                let interval = self.agent_interval.unwrap_or(DEFAULT_AGENT_INTERVAL);
+                Some(AgentSpec {
+                    port,
+                    interval,
+                    timeout: self
+                        .agent_timeout
+                        .unwrap_or(DEFAULT_AGENT_TIMEOUT.min(interval)),
+                    send: self.agent_send.clone(),
+                    path: self.agent_path.clone(),
+                })
+            }
+            None => {
+                // Agent settings without an agent would silently do nothing.
+                let stray = [
+                    ("load.agent_path", self.agent_path.is_some()),
+                    ("load.agent_interval", self.agent_interval.is_some()),
+                    ("load.agent_timeout", self.agent_timeout.is_some()),
+                    ("load.agent_send", self.agent_send.is_some()),
+                ];
+                if let Some((key, _)) = stray.into_iter().find(|(_, given)| *given) {
+                    return Err((
+                        key,
+                        format!(
+                            "{key} needs an agent port (load.agent_port, or a backend's \
+                             agent_port)"
+                        ),
+                    ));
+                }
+                None
+            }
+        };
+        let percent = |v: Option<u32>, key: &'static str, default: u32| match v {
+            None => Ok(eighths_of_percent(default)),
+            Some(p) if (1..=200).contains(&p) => Ok(eighths_of_percent(p)),
+            Some(p) => Err((
+                key,
+                format!("{key} {p} is not 1..=200 (percent of the configured weight)"),
+            )),
+        };
+        Ok(LoadSpec {
+            agent,
+            flows: self.flows,
+            weight_interval: self.weight_interval.unwrap_or(DEFAULT_WEIGHT_INTERVAL),
+            min_eighths: percent(
+                self.min_weight,
+                "load.min_weight",
+                DEFAULT_MIN_WEIGHT_PERCENT,
+            )?,
+            max_eighths: percent(
+                self.max_weight,
+                "load.max_weight",
+                DEFAULT_MAX_WEIGHT_PERCENT,
+            )?,
+        })
+    }
+}
+
 pub const DEFAULT_AGENT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_WEIGHT_INTERVAL: Duration = Duration::from_secs(5);

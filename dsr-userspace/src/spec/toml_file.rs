@@ -22,12 +22,10 @@ use crate::{
     plan::sizing::{self, TableSizing},
     spec::{
         model::{
-            AgentSpec, BackendSpec, CheckKind, CheckSpec, DEFAULT_AGENT_INTERVAL,
-            DEFAULT_AGENT_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL,
-            DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_MAX_WEIGHT_PERCENT, DEFAULT_MIN_WEIGHT_PERCENT,
-            DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE, DEFAULT_WEIGHT_INTERVAL, DatapathLog, LoadSpec,
-            MacAddr, Model, Protocol, Role, VipAddr, VipSpec, VlanTags, XdpAttachMode,
-            eighths_of_percent, parse_duration,
+            BackendSpec, CheckKind, CheckSpec, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
+            DEFAULT_FALL, DEFAULT_FLOW_COUNT_INTERVAL, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_RISE,
+            DatapathLog, LoadSettings, LoadSpec, MacAddr, Model, Protocol, Role, VipAddr, VipSpec,
+            VlanTags, XdpAttachMode, parse_duration,
         },
         validate::{self, Limits, Place},
     },
@@ -886,88 +884,24 @@ fn load_section(
             spans.insert(name, span);
         }
     }
-    let optional = |d: &Option<Spanned<RawDuration>>, what: &str, default: Duration| match d {
-        Some(d) => duration(errors, what, d),
-        None => Ok(default),
+    let optional = |d: &Option<Spanned<RawDuration>>, what: &str| {
+        d.as_ref().map(|d| duration(errors, what, d)).transpose()
     };
-    // Backends with an agent_port of their own need the agent settings without a VIP-wide
-    // port (0 there: those without one have no agent).
-    if let Some(p) = raw.agent_port.as_ref().filter(|p| *p.get_ref() == 0) {
-        return Err(errors.at(
-            Some(p.span()),
-            "load.agent_port must be 1..=65535 (leave it out to ask only the backends that \
-             have an agent_port of their own)",
-        ));
-    }
-    let zero = Spanned::new(0..0, 0u16);
-    let port = raw.agent_port.as_ref().or(backend_agents.then_some(&zero));
-    let agent = match port {
-        Some(port) => {
-            let interval = optional(
-                &raw.agent_interval,
-                "load.agent_interval",
-                DEFAULT_AGENT_INTERVAL,
-            )?;
-            Some(AgentSpec {
-                port: *port.get_ref(),
-                interval,
-                timeout: optional(
-                    &raw.agent_timeout,
-                    "load.agent_timeout",
-                    DEFAULT_AGENT_TIMEOUT.min(interval),
-                )?,
-                send: raw.agent_send.as_ref().map(|s| s.get_ref().clone()),
-                path: raw.agent_path.as_ref().map(|s| s.get_ref().clone()),
-            })
-        }
-        None => {
-            // Agent settings without an agent would silently do nothing.
-            let stray = [
-                ("agent_path", raw.agent_path.as_ref().map(|v| v.span())),
-                (
-                    "agent_interval",
-                    raw.agent_interval.as_ref().map(|v| v.span()),
-                ),
-                (
-                    "agent_timeout",
-                    raw.agent_timeout.as_ref().map(|v| v.span()),
-                ),
-                ("agent_send", raw.agent_send.as_ref().map(|v| v.span())),
-            ];
-            if let Some((name, span)) = stray.into_iter().find(|(_, s)| s.is_some()) {
-                return Err(errors.at(
-                    span,
-                    format!(
-                        "load.{name} needs an agent port (load.agent_port, or a backend's \
-                         agent_port)"
-                    ),
-                ));
-            }
-            None
-        }
-    };
-    let percent = |v: &Option<Spanned<u32>>, what: &str, default: u32| match v {
-        None => Ok(eighths_of_percent(default)),
-        Some(p) if (1..=200).contains(p.get_ref()) => Ok(eighths_of_percent(*p.get_ref())),
-        Some(p) => Err(errors.at(
-            Some(p.span()),
-            format!(
-                "load.{what} {} is not 1..=200 (percent of the configured weight)",
-                p.get_ref()
-            ),
-        )),
-    };
-    let spec = LoadSpec {
-        agent,
+    let settings = LoadSettings {
+        agent_port: raw.agent_port.as_ref().map(|p| *p.get_ref()),
+        backend_agents,
+        agent_interval: optional(&raw.agent_interval, "load.agent_interval")?,
+        agent_timeout: optional(&raw.agent_timeout, "load.agent_timeout")?,
+        agent_send: raw.agent_send.as_ref().map(|s| s.get_ref().clone()),
+        agent_path: raw.agent_path.as_ref().map(|s| s.get_ref().clone()),
         flows: raw.flows.as_ref().is_some_and(|f| *f.get_ref()),
-        weight_interval: optional(
-            &raw.weight_interval,
-            "load.weight_interval",
-            DEFAULT_WEIGHT_INTERVAL,
-        )?,
-        min_eighths: percent(&raw.min_weight, "min_weight", DEFAULT_MIN_WEIGHT_PERCENT)?,
-        max_eighths: percent(&raw.max_weight, "max_weight", DEFAULT_MAX_WEIGHT_PERCENT)?,
+        weight_interval: optional(&raw.weight_interval, "load.weight_interval")?,
+        min_weight: raw.min_weight.as_ref().map(|p| *p.get_ref()),
+        max_weight: raw.max_weight.as_ref().map(|p| *p.get_ref()),
     };
+    let spec = settings
+        .spec()
+        .map_err(|(key, message)| errors.at(spans.get(key).cloned(), message))?;
     Ok((spec, spans))
 }
 

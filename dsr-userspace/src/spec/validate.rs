@@ -446,6 +446,15 @@ fn backend(b: &BackendSpec, vip: &VipSpec) -> Result<(), (Option<&'static str>, 
             "agent_port needs [vip.load] in its VIP (the load-aware weights it feeds)".into(),
         ));
     }
+    if b.agent_port.is_some_and(|p| p != 0) && vip.load.as_ref().is_some_and(|l| l.agent.is_none())
+    {
+        return Err((
+            Some("agent_port"),
+            "agent_port needs agent settings in its VIP's [vip.load] (its agent would never be \
+             asked)"
+                .into(),
+        ));
+    }
     let unicast = match b.address {
         IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
