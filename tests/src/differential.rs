@@ -153,6 +153,7 @@ pub fn setup() -> Setup {
                 id: v,
                 table_size: DEFAULT_TABLE_SIZE,
                 entries,
+                standby: Vec::new(),
                 configured_entries: None,
                 options,
             },

@@ -611,8 +611,8 @@ pub struct Lab {
     predicted: std::cell::RefCell<Vec<Predicted>>,
 }
 
-/// A table `predict` built: for which (weights, size), and its slots.
-type Predicted = ((Vec<u32>, u32), Vec<u32>);
+/// A table `predict` built: for which (weights, backends standing by, size), and its slots.
+type Predicted = ((Vec<u32>, Vec<usize>, u32), Vec<u32>);
 
 impl Lab {
     /// Builds the topology with one backend per weight. Panics, after cleaning up, if the
@@ -1555,7 +1555,37 @@ impl Lab {
     /// Like [`Lab::predict_weights`], for a table of `size` slots (after a change of the
     /// configured backends, which resizes it).
     pub fn predict_sized(&self, proto: u8, sport: u16, weights: &[u32], size: u32) -> usize {
-        let entries: Vec<maglev::Entry> = self
+        self.predict_table(proto, sport, weights, &[], size)
+    }
+
+    /// Like [`Lab::predict_weights`] while the backends `standing_by` (indices) are down or
+    /// drained: dsr keeps them in the table and lends their slots (`maglev::build_around`).
+    pub fn predict_around(
+        &self,
+        proto: u8,
+        sport: u16,
+        weights: &[u32],
+        standing_by: &[usize],
+    ) -> usize {
+        let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
+        self.predict_table(
+            proto,
+            sport,
+            weights,
+            standing_by,
+            self.table_size_of(dport),
+        )
+    }
+
+    fn predict_table(
+        &self,
+        proto: u8,
+        sport: u16,
+        weights: &[u32],
+        standing_by: &[usize],
+        size: u32,
+    ) -> usize {
+        let (standby, entries): (Vec<maglev::Entry>, Vec<maglev::Entry>) = self
             .backends
             .iter()
             .zip(weights)
@@ -1565,17 +1595,17 @@ impl Lab {
                 id: i as u32,
                 weight,
             })
-            .collect();
+            .partition(|e| standing_by.contains(&(e.id as usize)));
         let dport = if proto == 6 { TCP_PORT } else { UDP_PORT };
         let mut cache = self.predicted.borrow_mut();
-        let wanted = (weights.to_vec(), size);
+        let wanted = (weights.to_vec(), standing_by.to_vec(), size);
         let at = match cache.iter().position(|(k, _)| *k == wanted) {
             Some(i) => i,
             None => {
                 if cache.len() == 4 {
                     cache.remove(0);
                 }
-                cache.push((wanted, maglev::build(&entries, size)));
+                cache.push((wanted, maglev::build_around(&entries, &standby, size)));
                 cache.len() - 1
             }
         };

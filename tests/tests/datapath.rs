@@ -201,6 +201,7 @@ impl Fixture {
                 id: v as u32,
                 table_size: DEFAULT_TABLE_SIZE,
                 entries,
+                standby: Vec::new(),
                 configured_entries: None,
                 options,
             },
@@ -292,7 +293,7 @@ impl Fixture {
         let (addr, opts) = self.vips[v];
         let key = FlowKey::new(src, sport, dst, dport, proto).masked(opts.hash_fields);
         let desired = &self.desired.vips[&addr];
-        let table = maglev::build(&desired.entries, desired.table_size);
+        let table = desired.table();
         let slot = flow_hash(&key, DEFAULT_HASH_SEED) % table.len() as u32;
         let id = table[slot as usize];
         self.all[v]
@@ -986,6 +987,7 @@ fn unconfigured_interface_passes_everything() {
                 id: 0,
                 weight: 1,
             }],
+            standby: Vec::new(),
             configured_entries: None,
             options: VipOptions::default(),
         },
@@ -1047,7 +1049,10 @@ fn each_vip_has_a_table_of_its_own_size() {
         f.resize(0, size).unwrap();
         let table = f.dp.table(&addr).unwrap();
         assert_eq!(table.len(), size as usize);
-        assert_eq!(table, maglev::build(&f.desired.vips[&addr].entries, size));
+        assert_eq!(table, {
+            let d = &f.desired.vips[&addr];
+            maglev::build_around(&d.entries, &d.standby, size)
+        });
         let info = f.dp.vip_info(&dsr::datapath::vip_key(&addr)).unwrap();
         assert_eq!(info.table_size, size);
         // New flows (fresh ports: tracked flows keep their backends) follow the new table.
@@ -1130,7 +1135,10 @@ fn tables_move_to_make_room_in_a_fragmented_budget() {
         (9, DEFAULT_TABLE_SIZE),
     ] {
         let addr = f.vips[v].0;
-        let want = maglev::build(&f.desired.vips[&addr].entries, size);
+        let want = {
+            let d = &f.desired.vips[&addr];
+            maglev::build_around(&d.entries, &d.standby, size)
+        };
         assert_eq!(f.dp.table(&addr).unwrap(), want, "VIP {v}'s table");
     }
     for p in 22000..22032u16 {

@@ -91,7 +91,8 @@ fn failed_backend_only_its_flows_move() {
     let after = answers(&lab, 21000..21150);
     for ((port, was), (_, now)) in before.iter().zip(&after) {
         if *was == Some(1) {
-            let owner = lab.predict_weights(UDP, *port, &[1, 0, 1]);
+            // Backend 2 stands by: only its slots are lent, to the others by weight.
+            let owner = lab.predict_around(UDP, *port, &[1, 1, 1], &[1]);
             assert_eq!(
                 *now,
                 Some(owner),
@@ -452,10 +453,16 @@ fn load_step(lab: &Lab, i: usize) -> Option<u32> {
 
 /// Checks that every new flow from `sports` went to the backend the table of these table
 /// weights (configured weight x load step) gives it, and returns how many each backend got.
-fn flows_follow(lab: &Lab, sports: std::ops::Range<u16>, table_weights: &[u32]) -> Vec<usize> {
+/// `standing_by`: backends (indices) that take no new flows now; their slots are lent.
+fn flows_follow(
+    lab: &Lab,
+    sports: std::ops::Range<u16>,
+    table_weights: &[u32],
+    standing_by: &[usize],
+) -> Vec<usize> {
     let mut got = vec![0; table_weights.len()];
     for (p, who) in answers(lab, sports) {
-        let want = lab.predict_weights(UDP, p, table_weights);
+        let want = lab.predict_around(UDP, p, table_weights, standing_by);
         assert_eq!(
             who,
             Some(want),
@@ -499,7 +506,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
                 .is_some_and(|a| a.last_line.as_deref() == Some("100%"))
         })
     });
-    let at_full = flows_follow(&lab, 30000..30300, &[8, 8, 8]);
+    let at_full = flows_follow(&lab, 30000..30300, &[8, 8, 8], &[]);
     let vip = |lab: &Lab| {
         lab.status()
             .vips
@@ -550,7 +557,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
         })
         .count();
     assert!(moved > 0);
-    let loaded = flows_follow(&lab, 30300..30600, &[8, 4, 8]);
+    let loaded = flows_follow(&lab, 30300..30600, &[8, 4, 8], &[]);
     assert!(
         loaded[1] < loaded[0] && loaded[1] < loaded[2] && loaded[1] < 100,
         "the loaded backend gets fewer new flows: {loaded:?} (at full weight {at_full:?})"
@@ -566,7 +573,13 @@ fn agent_reported_load_moves_new_flows_and_back() {
             !b.in_table && b.keeps_flows
         },
     );
-    flows_follow(&lab, 30600..30700, &[8, 0, 8]);
+    // Out of the table means its slots are lent (at its step), the others' stay.
+    let step = load_step(&lab, 1).expect("a load step");
+    let drained = flows_follow(&lab, 30600..30700, &[8, step, 8], &[1]);
+    assert_eq!(
+        drained[1], 0,
+        "new flows reached the drained backend: {drained:?}"
+    );
 
     // Recovered: back to its share, step by step.
     lab.set_agent(1, "ready 100%");
@@ -580,7 +593,7 @@ fn agent_reported_load_moves_new_flows_and_back() {
         v.configured_digest, v.table_digest,
         "back to the configured table"
     );
-    let back = flows_follow(&lab, 30700..31000, &[1, 1, 1]);
+    let back = flows_follow(&lab, 30700..31000, &[1, 1, 1], &[]);
     eprintln!(
         "new flows per backend: at full weight {at_full:?}, backend 2 at 4/8 {loaded:?}, \
          recovered {back:?}"

@@ -143,8 +143,12 @@ fn tables_of(vip: Option<&Vip>) -> (Vec<u32>, Vec<maglev::Entry>) {
     let Some(vip) = vip else {
         return (Vec::new(), Vec::new());
     };
-    let (_, entries) = vip.serving();
-    (maglev::build(&entries, vip.table_size), entries)
+    let (role, entries) = vip.serving();
+    let standby = vip.standing_by(role, false);
+    (
+        maglev::build_around(&entries, &standby, vip.table_size),
+        entries,
+    )
 }
 
 /// Each slot's backend address (`None`: no backend), as the VIP's table would hold it.

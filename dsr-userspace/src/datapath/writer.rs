@@ -33,7 +33,7 @@ pub struct Writer {
     /// What each VIP's active table was built from (its size and entries), when this writer
     /// wrote it. A VIP found in the kernel at start has no entry here, so its table is
     /// rebuilt once.
-    built: HashMap<VipAddr, (u32, Vec<maglev::Entry>)>,
+    built: HashMap<VipAddr, (u32, Vec<maglev::Entry>, Vec<maglev::Entry>)>,
     addrs: HashMap<VipAddrKey, u32>,
     backends: BTreeMap<u32, Backend>,
     tx_ports: BTreeMap<u32, u32>,
@@ -81,17 +81,18 @@ impl Writer {
 
     /// Notes what `table`, now the VIP's active table, was built from, and its digests.
     fn remember(&mut self, seed: u32, addr: &VipAddr, vip: &DesiredVip, table: &[u32]) {
-        self.built
-            .insert(*addr, (vip.table_size, vip.entries.clone()));
+        self.built.insert(
+            *addr,
+            (vip.table_size, vip.entries.clone(), vip.standby.clone()),
+        );
         self.digests
             .insert(*addr, maglev::digest(seed, table, &vip.entries));
-        match &vip.configured_entries {
-            Some(entries) => {
-                let configured = maglev::build(entries, vip.table_size);
+        match (vip.configured_table(), &vip.configured_entries) {
+            (Some(configured), Some((entries, _))) => {
                 self.configured_digests
                     .insert(*addr, maglev::digest(seed, &configured, entries));
             }
-            None => {
+            _ => {
                 self.configured_digests.remove(addr);
             }
         }
@@ -167,12 +168,15 @@ impl Writer {
             }
             let held = self.vips.get(&key);
             let flags = vip_flags(vip.options);
-            let current =
-                held.is_some_and(|h| {
-                    h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
-                }) && self.built.get(addr).is_some_and(|(size, entries)| {
-                    *size == vip.table_size && *entries == vip.entries
-                }) && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
+            let current = held.is_some_and(|h| {
+                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
+            }) && self
+                .built
+                .get(addr)
+                .is_some_and(|(size, entries, standby)| {
+                    *size == vip.table_size && *entries == vip.entries && *standby == vip.standby
+                })
+                && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
             if current {
                 continue;
             }
@@ -191,7 +195,7 @@ impl Writer {
                 fail(format!("VIP {addr} counters"), e);
                 continue;
             }
-            let table = maglev::build(&vip.entries, vip.table_size);
+            let table = vip.table();
             let same_entry = held.is_some_and(|h| {
                 h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
             }) && alias
@@ -205,7 +209,7 @@ impl Writer {
             let old = self
                 .built
                 .get(addr)
-                .and_then(|(_, entries)| Some((dp.table(addr).ok()?, entries)));
+                .and_then(|(_, entries, _)| Some((dp.table(addr).ok()?, entries)));
             let (mut moved, mut resized) = (None, None);
             if let Some((old, old_entries)) = &old {
                 if old.is_empty() || table.is_empty() || old.len() == table.len() {

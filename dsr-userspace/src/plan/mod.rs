@@ -59,9 +59,26 @@ pub struct DesiredVip {
     pub table_size: u32,
     /// The backends that take new flows now, sorted by id (empty: the VIP drops).
     pub entries: Vec<maglev::Entry>,
-    /// The same with the configured weights, where load-aware weights changed them.
-    pub configured_entries: Option<Vec<maglev::Entry>>,
+    /// The backends of the same role that take none now, sorted by id: the table is built
+    /// around them and only lends their slots (`maglev::build_around`).
+    pub standby: Vec<maglev::Entry>,
+    /// Both with the configured weights, where load-aware weights changed them.
+    pub configured_entries: Option<(Vec<maglev::Entry>, Vec<maglev::Entry>)>,
     pub options: VipOptions,
+}
+
+impl DesiredVip {
+    /// Its table.
+    pub fn table(&self) -> Vec<u32> {
+        maglev::build_around(&self.entries, &self.standby, self.table_size)
+    }
+
+    /// The table its configured weights give, where load-aware weights changed them.
+    pub fn configured_table(&self) -> Option<Vec<u32>> {
+        self.configured_entries
+            .as_ref()
+            .map(|(taking, standby)| maglev::build_around(taking, standby, self.table_size))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -96,12 +113,16 @@ pub fn desired(state: &State) -> Desired {
                 },
             );
         }
-        let (_, mut entries) = vip.serving();
+        let (role, mut entries) = vip.serving();
         entries.sort_by_key(|e| e.id);
+        let mut standby = vip.standing_by(role, false);
+        standby.sort_by_key(|e| e.id);
         let configured_entries = vip.load_adjusted().then(|| {
             let mut c = vip.serving_as_configured();
             c.sort_by_key(|e| e.id);
-            c
+            let mut s = vip.standing_by(role, true);
+            s.sort_by_key(|e| e.id);
+            (c, s)
         });
         d.vips.insert(
             vip.spec.addr,
@@ -109,6 +130,7 @@ pub fn desired(state: &State) -> Desired {
                 id: vip.id,
                 table_size: vip.table_size,
                 entries,
+                standby,
                 configured_entries,
                 options: VipOptions {
                     conntrack: vip.spec.conntrack,

@@ -133,6 +133,26 @@ impl Vip {
         (None, Vec::new())
     }
 
+    /// The backends of `role` (the serving one) that take no new flows now (down, drained,
+    /// said so by their agent, not resolved), with their table weights (`configured`: their
+    /// configured weights): the table is built around them, lending their slots, so that
+    /// when one comes back exactly its own flows return to it.
+    pub fn standing_by(&self, role: Option<Role>, configured: bool) -> Vec<maglev::Entry> {
+        self.backends
+            .iter()
+            .filter(|b| Some(b.spec.role) == role && !b.takes_new_flows())
+            .map(|b| maglev::Entry {
+                address: b.spec.address,
+                id: b.id,
+                weight: if configured {
+                    b.spec.weight
+                } else {
+                    b.table_weight()
+                },
+            })
+            .collect()
+    }
+
     pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
         self.backends.iter().find(|b| b.spec.address == address)
     }
@@ -154,10 +174,12 @@ impl Vip {
     /// Whether load steps make the table differ from the configured one: only when the
     /// backends taking new flows are at different steps (Maglev sees weight ratios only).
     pub fn load_adjusted(&self) -> bool {
+        // Those standing by count too: the table is built around them with their steps.
+        let (role, _) = self.serving();
         let mut steps = self
             .backends
             .iter()
-            .filter(|b| b.takes_new_flows())
+            .filter(|b| Some(b.spec.role) == role && b.spec.weight > 0)
             .map(|b| b.load.step);
         steps.next().is_some_and(|first| steps.any(|s| s != first))
     }
@@ -746,6 +768,50 @@ mod tests {
             .backend(&vspec(vec![]).addr, IpAddr::from([198, 18, 0, 11]))
             .unwrap();
         assert!(!b11.keeps_flows());
+    }
+
+    /// A failed or drained primary stands by in the plan (its slots lent, the table built
+    /// around it); backups of a serving primary set do not; once the backups serve, the
+    /// failed primaries are out of the table altogether.
+    #[test]
+    fn primaries_that_take_no_new_flows_stand_by_in_the_plan() {
+        let now = SystemTime::now();
+        let mut s = State::new(4, 16, Duration::from_secs(300));
+        let mut drained = bspec(13, Role::Primary);
+        drained.drained = true;
+        s.reconcile(
+            &[vspec(vec![
+                bspec(11, Role::Primary),
+                bspec(12, Role::Primary),
+                drained,
+                bspec(21, Role::Backup),
+            ])],
+            &TableSizing::default(),
+            now,
+        );
+        fail(&mut s, 11);
+        let lasts = |entries: &[maglev::Entry]| -> Vec<u8> {
+            entries
+                .iter()
+                .map(|e| match e.address {
+                    IpAddr::V4(a) => a.octets()[3],
+                    _ => 0,
+                })
+                .collect()
+        };
+        let d = crate::plan::desired(&s);
+        let v = &d.vips[&vspec(vec![]).addr];
+        assert_eq!(lasts(&v.entries), vec![12]);
+        assert_eq!(lasts(&v.standby), vec![11, 13]);
+        assert_eq!(
+            v.table(),
+            maglev::build_around(&v.entries, &v.standby, v.table_size)
+        );
+        assert!(v.table().iter().all(|&id| id == v.entries[0].id));
+        fail(&mut s, 12);
+        let d = crate::plan::desired(&s);
+        let v = &d.vips[&vspec(vec![]).addr];
+        assert_eq!((lasts(&v.entries), lasts(&v.standby)), (vec![21], vec![]));
     }
 
     #[test]
