@@ -2,7 +2,10 @@
 //! (the duration BPF_PROG_TEST_RUN reports), for dsr's paths (Maglev lookup alone, flow-table
 //! hit, new flow, pass) and for two reference programs measured the same way: an empty program
 //! (`xdp_pass`, the harness's floor) and the cheapest program doing dsr's job (`xdp_macswap`:
-//! writes both MACs, XDP_TX; the baseline).
+//! writes both MACs, XDP_TX; the baseline), and the kernel's floor for a flow table of dsr's
+//! key and value shapes (the baseline plus one LRU lookup that hits, or a lookup that misses
+//! and an insert into a full table, with common and per-CPU LRU lists): above the floor is
+//! dsr's own work, below it nothing a program can do.
 //!
 //! Two methods, both reported because they answer different questions:
 //! - per call: many calls with repeat = 1, each on a fresh copy of a frame (Katran's method);
@@ -40,7 +43,7 @@ use dsr_common::{
 use dsr_lab::{
     ebpf::REFERENCE_OBJECT,
     frames::{self, TCP},
-    testrun::{XDP_PASS, XDP_TX, verdict_name},
+    testrun::{XDP_DROP, XDP_PASS, XDP_TX, verdict_name},
 };
 
 use crate::{
@@ -80,6 +83,14 @@ const BACKENDS: u32 = 16;
 /// Flows of the "spread" scenarios, over every loaded VIP.
 const SPREAD_FLOWS: usize = 4096;
 const VIP_PORT: u16 = 80;
+/// The reference programs measured beside dsr.
+const FLOOR_PROGRAMS: [&str; 5] = [
+    "xdp_pass",
+    "xdp_macswap",
+    "xdp_floor_hit",
+    "xdp_floor_new",
+    "xdp_floor_new_pcpu",
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -92,6 +103,12 @@ enum Family {
 enum Case {
     Empty,
     Baseline,
+    /// xdp_floor_hit: the baseline plus one LRU lookup that finds the flow.
+    FloorHit,
+    /// xdp_floor_new: the baseline plus a lookup that misses and an insert that evicts.
+    FloorNew,
+    /// xdp_floor_new_pcpu: FloorNew with BPF_F_NO_COMMON_LRU.
+    FloorNewPcpu,
     /// A VIP with conntrack off: hash, VIP lookup, table slot, backend.
     DsrMaglev,
     /// Conntrack on, the flow is in the flow table.
@@ -108,9 +125,12 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 8] = [
+    const ALL: [Case; 11] = [
         Case::Empty,
         Case::Baseline,
+        Case::FloorHit,
+        Case::FloorNew,
+        Case::FloorNewPcpu,
         Case::DsrMaglev,
         Case::DsrHit,
         Case::DsrHitTraceFiltered,
@@ -123,6 +143,9 @@ impl Case {
         match self {
             Case::Empty => "empty program (xdp_pass)",
             Case::Baseline => "baseline (xdp_macswap, XDP_TX)",
+            Case::FloorHit => "floor: baseline + LRU lookup (hit)",
+            Case::FloorNew => "floor: baseline + LRU miss + insert (full table)",
+            Case::FloorNewPcpu => "floor: same, per-CPU LRU lists",
             Case::DsrMaglev => "dsr, Maglev lookup (conntrack off)",
             Case::DsrHit => "dsr, flow-table hit",
             Case::DsrHitTraceFiltered => "dsr, flow-table hit, trace on (filtered out)",
@@ -142,7 +165,9 @@ impl Case {
     /// The reason dsr must count for every run of this case (None: not dsr).
     fn reason(self) -> Option<Reason> {
         match self {
-            Case::Empty | Case::Baseline => None,
+            Case::Empty | Case::Baseline | Case::FloorHit | Case::FloorNew | Case::FloorNewPcpu => {
+                None
+            }
             Case::DsrPass => Some(Reason::NotVip),
             _ => Some(Reason::Forwarded),
         }
@@ -161,7 +186,12 @@ impl Case {
 
     /// Repeat mode runs one frame many times: every run after the first is a hit.
     fn repeatable(self) -> bool {
-        self != Case::DsrNew
+        !self.new_flows()
+    }
+
+    /// Every call is a flow never seen.
+    fn new_flows(self) -> bool {
+        matches!(self, Case::DsrNew | Case::FloorNew | Case::FloorNewPcpu)
     }
 }
 
@@ -242,7 +272,7 @@ impl Flows {
     ) -> &'a [u8] {
         match case {
             Case::DsrPass => &self.pass[call % self.pass.len()],
-            Case::DsrNew => {
+            _ if case.new_flows() => {
                 buf.clear();
                 buf.extend_from_slice(&self.hit[call % self.hit.len()]);
                 self.make_unique(buf, *unique);
@@ -293,8 +323,13 @@ struct Programs {
 
 impl Programs {
     fn load() -> Result<Programs> {
-        let mut reference = Ebpf::load(REFERENCE_OBJECT).context("loading the reference object")?;
-        for name in ["xdp_pass", "xdp_macswap"] {
+        // The floor's tables as big as dsr's flow table (one entry in the object).
+        let mut reference = aya::EbpfLoader::new()
+            .map_max_entries("REF_FLOWS", DEFAULT_FLOW_TABLE_SIZE)
+            .map_max_entries("REF_FLOWS_PCPU", DEFAULT_FLOW_TABLE_SIZE)
+            .load(REFERENCE_OBJECT)
+            .context("loading the reference object")?;
+        for name in FLOOR_PROGRAMS {
             let p: &mut Xdp = reference
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("{name} missing from the reference object"))?
@@ -369,6 +404,9 @@ impl Programs {
         let name = match case {
             Case::Empty => "xdp_pass",
             Case::Baseline => "xdp_macswap",
+            Case::FloorHit => "xdp_floor_hit",
+            Case::FloorNew => "xdp_floor_new",
+            Case::FloorNewPcpu => "xdp_floor_new_pcpu",
             _ => return self.dp.program(),
         };
         self.reference
@@ -511,6 +549,61 @@ impl Programs {
         let placed = self.counts()?.new_flows - before;
         if placed != n as u64 {
             bail!("filling the flow table: {placed} new flows counted for {n} sent");
+        }
+        for case in [Case::FloorNew, Case::FloorNewPcpu] {
+            let program = self.program(case);
+            for i in 0..n {
+                let frame = flows.frame(case, i, unique, &mut buf);
+                let r = run_once(program, frame, 1)?;
+                if r.return_value != XDP_TX {
+                    bail!(
+                        "filling {}'s table: verdict {} (want TX: inserted)",
+                        case.label(),
+                        verdict_name(r.return_value)
+                    );
+                }
+                if i % 65536 == 0 {
+                    check_interrupted()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The programs' sizes as the kernel holds them: translated instructions (after the
+    /// verifier's rewrites), JIT bytes, and instructions the verifier processed.
+    fn program_sizes(&self) -> Result<String> {
+        let mut parts = Vec::new();
+        for (name, program) in [
+            ("dsr", self.dp.program()),
+            ("xdp_macswap", self.program(Case::Baseline)),
+            ("xdp_floor_new", self.program(Case::FloorNew)),
+        ] {
+            let info = program.info()?;
+            parts.push(format!(
+                "{name} {} instructions, {} JIT bytes, {} verified",
+                info.size_translated().map_or(0, |b| b / 8),
+                info.size_jitted(),
+                info.verified_instruction_count().unwrap_or(0)
+            ));
+        }
+        Ok(format!(
+            "program sizes (bpf_prog_info: translated instructions, JIT-compiled bytes, \
+             instructions the verifier processed): {}",
+            parts.join("; ")
+        ))
+    }
+
+    /// Puts the scenario's flows into the floor's table (TX: inserted, DROP: there already).
+    fn warm_floor(&self, flows: &Flows) -> Result<()> {
+        for frame in &flows.hit {
+            let r = run_once(self.program(Case::FloorNew), frame, 1)?;
+            if r.return_value != XDP_TX && r.return_value != XDP_DROP {
+                bail!(
+                    "warming the floor's table: verdict {}",
+                    verdict_name(r.return_value)
+                );
+            }
         }
         Ok(())
     }
@@ -717,7 +810,35 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
             )
         })
         .collect();
+    // What is left above the kernel's floor: dsr's own work on the path.
+    let floors: Vec<String> = results
+        .iter()
+        .filter(|(sc, _)| sc.flows == 1)
+        .map(|(sc, figs)| {
+            let f = |case: Case| figs[pos(case)].per_call;
+            let base = f(Case::Baseline);
+            format!(
+                "{}: hit {} above the floor's {} ({} the baseline), new flow {} above the \
+                 floor's {} ({} the baseline); per-CPU LRU lists make the floor's insert {} of \
+                 the common lists'",
+                sc.label(),
+                ns(f(Case::DsrHit) - f(Case::FloorHit)),
+                ns(f(Case::FloorHit)),
+                ratio(f(Case::FloorHit) / base),
+                ns(f(Case::DsrNew) - f(Case::FloorNew)),
+                ns(f(Case::FloorNew)),
+                ratio(f(Case::FloorNew) / base),
+                ratio(f(Case::FloorNewPcpu) / f(Case::FloorNew)),
+            )
+        })
+        .collect();
     report.notes = vec![
+        format!(
+            "the kernel's floor (the baseline plus the flow-table work alone, same key and value \
+             sizes, same table size, same full table), per call: {}",
+            floors.join("; ")
+        ),
+        progs.program_sizes()?,
         format!(
             "hit path with trace on, per call: {}",
             trace_costs.join("; ")
@@ -736,9 +857,31 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
              256 KiB add."
         ),
     ];
+    // The floor's ratio in the same scenario, beside the hit and new-flow figures.
+    let floor_of = |case: Case| match case {
+        Case::DsrHit => Some(Case::FloorHit),
+        Case::DsrNew => Some(Case::FloorNew),
+        _ => None,
+    };
     let at = |case: Case| {
-        let (r, label) = &worst[Case::ALL.iter().position(|c| *c == case).expect("case")];
-        (*r, format!("{} (worst: {label})", ratio(*r)))
+        let (r, label) = &worst[pos(case)];
+        let floor = floor_of(case).and_then(|floor| {
+            let (_, figs) = results
+                .iter()
+                .find(|(sc, _)| sc.flows == 1 && sc.label() == *label)?;
+            Some(format!(
+                "; the kernel's floor there: {}",
+                ratio(figs[pos(floor)].per_call / figs[pos(Case::Baseline)].per_call)
+            ))
+        });
+        (
+            *r,
+            format!(
+                "{} (worst: {label}{})",
+                ratio(*r),
+                floor.unwrap_or_default()
+            ),
+        )
     };
     for (case, what, wanted, limit) in [
         (
@@ -820,6 +963,9 @@ impl Measure<'_> {
             Case::DsrHit | Case::DsrHitTraceFiltered | Case::DsrHitTraced
         ) {
             self.progs.warm_flows(self.flows)?;
+        }
+        if case == Case::FloorHit {
+            self.progs.warm_floor(self.flows)?;
         }
         self.progs.set_trace(case)?;
         self.progs.counts()
