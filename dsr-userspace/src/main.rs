@@ -328,7 +328,8 @@ enum BackendCmd {
     },
     /// Remove a backend; its flows move to the other backends.
     Remove { vip: String, address: IpAddr },
-    /// Set a backend's weight (0 = drain).
+    /// Set a backend's weight (0: no new flows, its tracked flows stay; the table is rebuilt
+    /// without it, while `drain` only lends its slots and so moves fewer new flows).
     Weight {
         vip: String,
         address: IpAddr,

@@ -114,10 +114,11 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
 }
 
 const LEND_SEED: [u32; 2] = [0x6c65_6e31, 0x6c65_6e32]; // "len1", "len2"
-/// Draws per lent slot among every configured backend before it goes to one of those taking
-/// new flows directly (only when most of the VIP's weight stands by: the chance of getting
-/// there is (standby share)^32).
-const LEND_DRAWS: u32 = 32;
+/// Draws per lent slot among every configured backend before the slot goes to the taking
+/// backend of the highest hash with it (rendezvous: again a choice that only changes when
+/// that backend comes or goes). Only when most of the weight stands by: the chance of getting
+/// there is (standby share)^64; there weights no longer count.
+const LEND_DRAWS: u32 = 64;
 
 /// The table of `taking` (the backends that take new flows now) built around `standby`
 /// (backends configured beside them that take none now: down, drained, not resolved): the
@@ -154,12 +155,14 @@ pub fn build_around(taking: &[Entry], standby: &[Entry], size: u32) -> Vec<u32> 
         total += e.weight as u64;
         ends.push(total);
     }
-    let takers: Vec<&Entry> = all.iter().filter(|e| !lent.contains(&e.id)).collect();
-    let mut taker_ends = Vec::with_capacity(takers.len());
-    let mut taker_total = 0u64;
-    for e in &takers {
-        taker_total += e.weight as u64;
-        taker_ends.push(taker_total);
+    let takers: Vec<(u32, [u32; 4])> = all
+        .iter()
+        .filter(|e| !lent.contains(&e.id))
+        .map(|e| (e.id, addr_words(e.address)))
+        .collect();
+    if takers.is_empty() {
+        // Only when an id is given as both taking and standing by (the plan never does).
+        return build(taking, size);
     }
     let draw = |slot: u32, n: u32| {
         let words = [slot, n];
@@ -176,8 +179,17 @@ pub fn build_around(taking: &[Entry], standby: &[Entry], size: u32) -> Vec<u32> 
             (!lent.contains(&e.id)).then_some(e.id)
         });
         *id = borrower.unwrap_or_else(|| {
-            let at = draw(slot, LEND_DRAWS) % taker_total;
-            takers[taker_ends.partition_point(|&end| end <= at)].id
+            let score = |a: &[u32; 4]| jhash2(&[slot, a[0], a[1], a[2], a[3]], LEND_SEED[0]);
+            // Ties (never seen) go to the lower address: `takers` is sorted by address.
+            let mut best = takers[0];
+            let mut best_score = score(&best.1);
+            for t in &takers[1..] {
+                let s = score(&t.1);
+                if s > best_score {
+                    (best, best_score) = (*t, s);
+                }
+            }
+            best.0
         });
     }
     table
@@ -432,6 +444,32 @@ mod tests {
         let last = build_around(&all[19..], &all[..19], 65537);
         assert!(last.iter().all(|&id| id == 19));
         assert!(build_around(&[], &all, 65537).is_empty());
+    }
+
+    /// Most of the weight standing by: many slots find no taking backend in their draws and
+    /// go by rendezvous instead, which also changes only when a taking backend comes or goes.
+    #[test]
+    fn lent_slots_stay_put_when_most_of_the_weight_stands_by() {
+        let all = entries(30, |i| if i == 0 { 100 } else { 1 });
+        let full = build(&all, 65537);
+        let (down, up) = (&all[..27], &all[27..]);
+        let before = build_around(up, down, 65537);
+        // Backend 29 fails too: only its slots, and nothing between 27 and 28, move.
+        let after = build_around(
+            &all[27..29],
+            &all[..27]
+                .iter()
+                .chain(&all[29..])
+                .copied()
+                .collect::<Vec<_>>(),
+            65537,
+        );
+        for ((f, b), a) in full.iter().zip(&before).zip(&after) {
+            assert!(*b >= 27 && *a >= 27 && *a != 29);
+            if *b != 29 {
+                assert_eq!(a, b, "slot of backend {f} moved from {b} to {a}");
+            }
+        }
     }
 
     #[test]

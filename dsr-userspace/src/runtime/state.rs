@@ -134,8 +134,8 @@ impl Vip {
     }
 
     /// The backends of `role` (the serving one) that take no new flows now (down, drained,
-    /// said so by their agent, not resolved), with their table weights (`configured`: their
-    /// configured weights): the table is built around them, lending their slots, so that
+    /// said so by their agent, not resolved), at their full weight (`configured`: their
+    /// configured weight): the table is built around them, lending their slots, so that
     /// when one comes back exactly its own flows return to it.
     pub fn standing_by(&self, role: Option<Role>, configured: bool) -> Vec<maglev::Entry> {
         self.backends
@@ -144,10 +144,12 @@ impl Vip {
             .map(|b| maglev::Entry {
                 address: b.spec.address,
                 id: b.id,
+                // At its full configured weight, not its last load step: that step is this
+                // node's, frozen while the backend is out, and peers would build other tables.
                 weight: if configured {
                     b.spec.weight
                 } else {
-                    b.table_weight()
+                    b.spec.weight * load::FULL
                 },
             })
             .collect()
@@ -174,13 +176,19 @@ impl Vip {
     /// Whether load steps make the table differ from the configured one: only when the
     /// backends taking new flows are at different steps (Maglev sees weight ratios only).
     pub fn load_adjusted(&self) -> bool {
-        // Those standing by count too: the table is built around them with their steps.
+        // Those standing by count too, at FULL: the table is built around them with it.
         let (role, _) = self.serving();
         let mut steps = self
             .backends
             .iter()
             .filter(|b| Some(b.spec.role) == role && b.spec.weight > 0)
-            .map(|b| b.load.step);
+            .map(|b| {
+                if b.takes_new_flows() {
+                    b.load.step
+                } else {
+                    load::FULL
+                }
+            });
         steps.next().is_some_and(|first| steps.any(|s| s != first))
     }
 }
@@ -803,6 +811,8 @@ mod tests {
         let v = &d.vips[&vspec(vec![]).addr];
         assert_eq!(lasts(&v.entries), vec![12]);
         assert_eq!(lasts(&v.standby), vec![11, 13]);
+        // At their full weight whatever step they had: a step is this node's own.
+        assert!(v.standby.iter().all(|e| e.weight == load::FULL), "{v:?}");
         assert_eq!(
             v.table(),
             maglev::build_around(&v.entries, &v.standby, v.table_size)

@@ -358,10 +358,11 @@ fn load(l: &LoadSpec, v: &VipSpec) -> Result<(), (Option<&'static str>, String)>
                 ),
             ));
         }
-        if a.timeout.is_zero() {
+        // Whole milliseconds, as the saved state keeps it (and the health checks' rule).
+        if a.timeout < Duration::from_millis(1) {
             return Err((
                 Some("load.agent_timeout"),
-                "load.agent_timeout must be above 0".into(),
+                format!("load.agent_timeout {:?} must be at least 1ms", a.timeout),
             ));
         }
         // A silent agent holds one of the check slots it shares with the health checks for
