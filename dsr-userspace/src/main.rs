@@ -498,6 +498,16 @@ impl LoadArgs {
         if !given {
             return Ok(None);
         }
+        // The request carries whole milliseconds: 0.5ms would arrive as 0.
+        for (flag, d) in [
+            ("agent-interval", self.agent_interval),
+            ("agent-timeout", self.agent_timeout),
+            ("weight-interval", self.weight_interval),
+        ] {
+            if let Some(d) = d.filter(|d| d.subsec_nanos() % 1_000_000 != 0) {
+                anyhow::bail!("--{flag} {d:?}: durations are whole milliseconds here");
+            }
+        }
         settings.spec().map(Some).map_err(|(key, message)| {
             let key = key.trim_start_matches("load.");
             let flag = if key == "flows" {
@@ -648,8 +658,33 @@ fn send(target: &Target, request: Request) -> Result<bool> {
         println!("{}", response.message);
     } else {
         eprintln!("dsr: {}", response.message);
+        if let Some(hint) = load_flag_hint(&response.message) {
+            eprintln!("dsr: {hint}");
+        }
     }
     Ok(response.ok)
+}
+
+/// The daemon's one validation speaks the file's `[vip.load]` keys; name the `dsr vip add`
+/// flags they come from.
+fn load_flag_hint(message: &str) -> Option<String> {
+    const FLAGS: [(&str, &str); 9] = [
+        ("load.agent_port", "--agent-port"),
+        ("load.agent_interval", "--agent-interval"),
+        ("load.agent_timeout", "--agent-timeout"),
+        ("load.agent_send", "--agent-send"),
+        ("load.agent_path", "--agent-path"),
+        ("load.flows", "--load-flows"),
+        ("load.weight_interval", "--weight-interval"),
+        ("load.min_weight", "--min-weight"),
+        ("load.max_weight", "--max-weight"),
+    ];
+    let named: Vec<String> = FLAGS
+        .iter()
+        .filter(|(key, _)| message.contains(key))
+        .map(|(key, flag)| format!("{key} is {flag}"))
+        .collect();
+    (!named.is_empty()).then(|| format!("on the command line, {}", named.join(", ")))
 }
 
 /// `status` / `stats`: from the daemon, or from the pinned maps when it is down.

@@ -305,7 +305,7 @@ const ROWS: &[Row] = &[
     row("load.flows", "conntrack = true", "conntrack = false", &["load.flows counts the VIP's tracked flows", "conntrack = false"]).at("flows = true"),
     row("load.weight_interval", r#"weight_interval = "5s""#, r#"weight_interval = "10ms""#, &["load.weight_interval 10ms is below 100ms"]),
     row("load.min_weight", "min_weight = 25", "min_weight = 0", &["load.min_weight 0 is not 1..=200 (percent of the configured weight)"]),
-    row("load.min_weight", "min_weight = 25", "min_weight = 150", &["load.min_weight (12/8) is above load.max_weight (8/8)"]),
+    row("load.min_weight", "min_weight = 25", "min_weight = 150", &["load.min_weight 150% is above load.max_weight 100%"]),
     row("load.max_weight", "max_weight = 100", "max_weight = 201", &["load.max_weight 201 is not 1..=200"]),
     row("load.unknown", "max_weight = 100", "max_weight = 100\nagent = true", &["unknown field `agent`", "agent_port"]).at("agent = true"),
     // A backend.

@@ -573,6 +573,11 @@ fn agent_reported_load_moves_new_flows_and_back() {
             !b.in_table && b.keeps_flows
         },
     );
+    let l = vip_backend(&lab, "udp", 1).load.unwrap();
+    assert!(
+        l.reason.starts_with("agent says drain: no new flows"),
+        "status must say why it takes no new flows: {l:?}"
+    );
     // Out of the table means its slots are lent (from the table of its full weight: its
     // load step is this node's own), the others' stay.
     let drained = flows_follow(&lab, 30600..30700, &[8, 8, 8], &[1]);
@@ -826,6 +831,41 @@ fn load_aware_weights_from_the_command_line_ask_each_backends_agent() {
                 "--no-conntrack",
             ],
             "load.flows counts the VIP's tracked flows",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--load-flows",
+                "--no-conntrack",
+            ],
+            "on the command line, load.flows is --load-flows",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--load-flows",
+                "--min-weight",
+                "5",
+                "--max-weight",
+                "4",
+            ],
+            "--min-weight: load.min_weight 5% is above load.max_weight 4%",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.0.100:5355/udp",
+                "--agent-port",
+                "6000",
+                "--agent-timeout",
+                "0.5ms",
+            ],
+            "--agent-timeout 500µs: durations are whole milliseconds",
         ),
         (
             vec![

@@ -599,7 +599,12 @@ fn health_state(h: &Health, spec: &BackendSpec) -> HealthState {
 }
 
 fn load_status(b: &state::Backend, spec: &crate::spec::model::LoadSpec) -> LoadStatus {
-    let (target, reason) = b.load.target(spec);
+    let (target, mut reason) = b.load.target(spec);
+    // What stops new flows comes first: the step alone ("agent says 100%") would read as if
+    // the backend took its full share.
+    if let Some(block) = b.load.said.blocks() {
+        reason = format!("{block}: no new flows; weight step {reason}");
+    }
     LoadStatus {
         step: b.load.step,
         target,

@@ -543,6 +543,17 @@ impl LoadSettings {
                 None
             }
         };
+        // In the percent written: in eighths, 5% and 4% are both 1/8.
+        let (min, max) = (
+            self.min_weight.unwrap_or(DEFAULT_MIN_WEIGHT_PERCENT),
+            self.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT_PERCENT),
+        );
+        if min > max && (1..=200).contains(&min) && (1..=200).contains(&max) {
+            return Err((
+                "load.min_weight",
+                format!("load.min_weight {min}% is above load.max_weight {max}%"),
+            ));
+        }
         let percent = |v: Option<u32>, key: &'static str, default: u32| match v {
             None => Ok(eighths_of_percent(default)),
             Some(p) if (1..=200).contains(&p) => Ok(eighths_of_percent(p)),
