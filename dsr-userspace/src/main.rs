@@ -486,16 +486,7 @@ impl LoadArgs {
             min_weight: self.min_weight,
             max_weight: self.max_weight,
         };
-        let given = self.agent_port.is_some()
-            || self.agent_interval.is_some()
-            || self.agent_timeout.is_some()
-            || self.agent_send.is_some()
-            || self.agent_path.is_some()
-            || self.load_flows
-            || self.weight_interval.is_some()
-            || self.min_weight.is_some()
-            || self.max_weight.is_some();
-        if !given {
+        if settings == LoadSettings::default() {
             return Ok(None);
         }
         // The request carries whole milliseconds: 0.5ms would arrive as 0.
@@ -509,13 +500,11 @@ impl LoadArgs {
             }
         }
         settings.spec().map(Some).map_err(|(key, message)| {
-            let key = key.trim_start_matches("load.");
-            let flag = if key == "flows" {
-                "load-flows".into()
-            } else {
-                key.replace('_', "-")
-            };
-            anyhow::anyhow!("--{flag}: {message}")
+            let flag = LOAD_FLAGS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(key, |(_, f)| f);
+            anyhow::anyhow!("{flag}: {message}")
         })
     }
 }
@@ -668,24 +657,26 @@ fn send(target: &Target, request: Request) -> Result<bool> {
 /// The daemon's one validation speaks the file's `[vip.load]` keys; name the `dsr vip add`
 /// flags they come from.
 fn load_flag_hint(message: &str) -> Option<String> {
-    const FLAGS: [(&str, &str); 9] = [
-        ("load.agent_port", "--agent-port"),
-        ("load.agent_interval", "--agent-interval"),
-        ("load.agent_timeout", "--agent-timeout"),
-        ("load.agent_send", "--agent-send"),
-        ("load.agent_path", "--agent-path"),
-        ("load.flows", "--load-flows"),
-        ("load.weight_interval", "--weight-interval"),
-        ("load.min_weight", "--min-weight"),
-        ("load.max_weight", "--max-weight"),
-    ];
-    let named: Vec<String> = FLAGS
+    let named: Vec<String> = LOAD_FLAGS
         .iter()
         .filter(|(key, _)| message.contains(key))
         .map(|(key, flag)| format!("{key} is {flag}"))
         .collect();
     (!named.is_empty()).then(|| format!("on the command line, {}", named.join(", ")))
 }
+
+/// `[vip.load]` keys and the `dsr vip add` flags that set them.
+const LOAD_FLAGS: [(&str, &str); 9] = [
+    ("load.agent_port", "--agent-port"),
+    ("load.agent_interval", "--agent-interval"),
+    ("load.agent_timeout", "--agent-timeout"),
+    ("load.agent_send", "--agent-send"),
+    ("load.agent_path", "--agent-path"),
+    ("load.flows", "--load-flows"),
+    ("load.weight_interval", "--weight-interval"),
+    ("load.min_weight", "--min-weight"),
+    ("load.max_weight", "--max-weight"),
+];
 
 /// `status` / `stats`: from the daemon, or from the pinned maps when it is down.
 /// What `show` prints.

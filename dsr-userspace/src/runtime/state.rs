@@ -731,15 +731,20 @@ mod tests {
         state.record_check(token, r);
     }
 
-    fn serving(state: &State) -> (Option<Role>, Vec<u8>) {
-        let (role, entries) = state.vips[0].serving();
-        let mut lasts: Vec<u8> = entries
+    /// The last octets of the entries' addresses, in their order.
+    fn lasts(entries: &[maglev::Entry]) -> Vec<u8> {
+        entries
             .iter()
             .map(|e| match e.address {
                 IpAddr::V4(a) => a.octets()[3],
                 _ => 0,
             })
-            .collect();
+            .collect()
+    }
+
+    fn serving(state: &State) -> (Option<Role>, Vec<u8>) {
+        let (role, entries) = state.vips[0].serving();
+        let mut lasts = lasts(&entries);
         lasts.sort();
         (role, lasts)
     }
@@ -798,15 +803,6 @@ mod tests {
             now,
         );
         fail(&mut s, 11);
-        let lasts = |entries: &[maglev::Entry]| -> Vec<u8> {
-            entries
-                .iter()
-                .map(|e| match e.address {
-                    IpAddr::V4(a) => a.octets()[3],
-                    _ => 0,
-                })
-                .collect()
-        };
         let d = crate::plan::desired(&s);
         let v = &d.vips[&vspec(vec![]).addr];
         assert_eq!(lasts(&v.entries), vec![12]);

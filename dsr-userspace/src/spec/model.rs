@@ -479,7 +479,7 @@ impl AgentSpec {
 
 /// Load-aware weight settings as written (`[vip.load]` in the file, or `dsr vip add`'s
 /// flags), before defaults: the one place they become a [`LoadSpec`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadSettings {
     pub agent_port: Option<u16>,
     /// Some backend of the VIP has an `agent_port` of its own.
