@@ -489,16 +489,6 @@ impl LoadArgs {
         if settings == LoadSettings::default() {
             return Ok(None);
         }
-        // The request carries whole milliseconds: 0.5ms would arrive as 0.
-        for (flag, d) in [
-            ("agent-interval", self.agent_interval),
-            ("agent-timeout", self.agent_timeout),
-            ("weight-interval", self.weight_interval),
-        ] {
-            if let Some(d) = d.filter(|d| d.subsec_nanos() % 1_000_000 != 0) {
-                anyhow::bail!("--{flag} {d:?}: durations are whole milliseconds here");
-            }
-        }
         settings.spec().map(Some).map_err(|(key, message)| {
             let flag = LOAD_FLAGS
                 .iter()

@@ -710,17 +710,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        "h" => n * 3600e3,
         _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
     };
-    if !(0.0..=1e9).contains(&secs) || !secs.is_finite() {
+    if !(0.0..=1e12).contains(&ms) || !ms.is_finite() {
         return Err(format!("{s:?} is out of range"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Durations are kept and sent as whole milliseconds (the state file, the control
+    // socket): a finer one would silently change on the way. "1.1s" is 1100.0000000000002
+    // in floating point, hence the tolerance.
+    if (ms - ms.round()).abs() > 1e-6 {
+        return Err(format!(
+            "{s:?}: durations are whole milliseconds (like 500ms, 2s or 1.5s)"
+        ));
+    }
+    Ok(Duration::from_millis(ms.round() as u64))
 }
 
 mod duration_ms {
@@ -748,6 +756,13 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("3 fortnights").is_err());
+        assert_eq!(parse_duration("1.1s"), Ok(Duration::from_millis(1100)));
+        let e = parse_duration("0.5ms").unwrap_err();
+        assert!(e.contains("whole milliseconds"), "{e}");
+        assert!(
+            parse_duration("1.0005s").is_err(),
+            "finer than a millisecond"
+        );
         assert!(parse_duration("-1s").is_err());
     }
 
