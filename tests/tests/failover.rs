@@ -536,6 +536,10 @@ fn agent_reported_load_moves_new_flows_and_back() {
     let b = vip_backend(&lab, "udp", 1);
     let l = b.load.clone().unwrap();
     assert_eq!((l.step, l.target), (4, 4), "{l:?}");
+    assert_eq!(
+        l.next_step_unix_ms, None,
+        "at its target: no next step {l:?}"
+    );
     assert!(l.reason.contains("agent says 50%"), "{l:?}");
     assert_eq!(b.effective_weight, 0.5, "{b:?}");
     let v = vip(&lab);
@@ -549,6 +553,24 @@ fn agent_reported_load_moves_new_flows_and_back() {
         text.contains("weight 4/8 of configured (agent says 50%)")
             && text.contains("load-aware weights differ"),
         "{text}"
+    );
+    // The VIP's own settings, in the config's terms.
+    let settings = format!(
+        "load-aware weights: agent on port {} every 100ms (timeout 100ms); one step per 200ms, \
+         within 25%..100% of configured",
+        dsr_lab::lab::AGENT_PORT
+    );
+    assert!(text.contains(&settings), "{settings:?} in\n{text}");
+    let s = v.load.clone().expect("the VIP's load settings");
+    assert_eq!(
+        (
+            s.agent_port,
+            s.min_weight,
+            s.max_weight,
+            s.weight_interval_ms
+        ),
+        (Some(dsr_lab::lab::AGENT_PORT), 25.0, 100.0, 200),
+        "{s:?}"
     );
     // The prediction must be able to fail: the new weights move some flows.
     let moved = (30300..30600)
@@ -585,9 +607,35 @@ fn agent_reported_load_moves_new_flows_and_back() {
         drained[1], 0,
         "new flows reached the drained backend: {drained:?}"
     );
+    // Status shows each backend's share of the active table: the drained one's is lent.
+    let v = vip(&lab);
+    let slots: Vec<u32> = v.backends.iter().map(|b| b.table_slots.unwrap()).collect();
+    assert_eq!(slots[1], 0, "{slots:?}");
+    assert_eq!(slots.iter().sum::<u32>(), v.table_size, "{slots:?}");
+    // `enable` undoes an operator's drain, not the agent's: it says so.
+    let addr = lab.backends[1].ip.to_string();
+    let (ok, out) = lab.dsr(&["backend", "enable", "udp", &addr]);
+    assert!(
+        ok && out.contains("still takes no new flows: its agent says drain"),
+        "{out}"
+    );
 
-    // Recovered: back to its share, step by step.
-    lab.set_agent(1, "ready 100%");
+    // "down" counts as a failed health check: HEALTH says whose word it is.
+    lab.set_agent(1, "down");
+    lab.wait_for(
+        "backend 2 to be down by its agent",
+        Duration::from_secs(3),
+        || {
+            let b = vip_backend(&lab, "udp", 1);
+            b.health == dsr::control::HealthState::AgentDown && !b.keeps_flows
+        },
+    );
+    let (ok, text) = lab.dsr(&["status"]);
+    assert!(ok && text.contains("down (agent)"), "{text}");
+
+    // Recovered: back to its share, step by step (each word stays until replaced: "up"
+    // ends "down", "ready" ends "drain").
+    lab.set_agent(1, "up ready 100%");
     lab.wait_for(
         "backend 2 to step back to 8/8",
         Duration::from_secs(5),
@@ -853,7 +901,7 @@ fn load_aware_weights_from_the_command_line_ask_each_backends_agent() {
                 "--agent-timeout",
                 "0.5ms",
             ],
-            "--agent-timeout 500µs: durations are whole milliseconds",
+            "for '--agent-timeout <AGENT_TIMEOUT>': \"0.5ms\": durations are whole milliseconds",
         ),
         (
             vec![

@@ -362,10 +362,11 @@ pub fn render(s: &Status) -> String {
         );
     }
     type Pick = fn(&crate::control::status::BackendStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Pick); 9] = [
+    let gauges: [(&str, &str, Pick); 10] = [
         (
             "dsr_backend_up",
-            "1 if the backend passes its health check (or has none)",
+            "1 if the backend passes its health check (or has none) and its agent does not say \
+             down",
             |b| Some(b.health.is_up() as u8 as f64),
         ),
         (
@@ -381,6 +382,12 @@ pub fn render(s: &Status) -> String {
             "Weight new flows see now: configured weight times load step (0 when down, \
              drained or unresolved)",
             |b| Some(b.effective_weight),
+        ),
+        (
+            "dsr_backend_table_slots",
+            "Slots of its VIP's active table that name the backend (0 while it stands by: its \
+             slots are lent)",
+            |b| b.table_slots.map(f64::from),
         ),
         (
             "dsr_backend_load_step",
@@ -483,6 +490,7 @@ mod tests {
             inhibit_on_failure: false,
             in_table: true,
             keeps_flows: true,
+            table_slots: Some(65537),
             runtime: false,
             tracked_flows: Some(3),
             closing_flows: Some(1),
@@ -507,6 +515,7 @@ mod tests {
                 table_digest: Some("0123456789abcdef".into()),
                 configured_digest: Some("0123456789abcdef".into()),
                 tracked_flows: Some(3),
+                load: None,
                 notify: Some(crate::runtime::notify::HookStatus {
                     command: "/usr/local/bin/vip-moved".into(),
                     runs: 2,
@@ -565,6 +574,9 @@ mod tests {
         // VIP families carry vip and address, backend families those and backend.
         assert!(text.contains(
             "dsr_backend_checks_failed_total{vip=\"web\",address=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "dsr_backend_table_slots{vip=\"web\",address=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11\"} 65537"
         ), "{text}");
         assert!(text.contains("dsr_vip_table_info{vip=\"web\",address=\"198.18.0.100:80/tcp\",digest=\"0123456789abcdef\"} 1"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));

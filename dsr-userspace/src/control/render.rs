@@ -207,6 +207,7 @@ pub fn render_status(s: &Status) -> String {
             "CHECK",
             "LAST CHECK",
             "WEIGHT",
+            "SLOTS",
             "NEW FLOWS",
             "KEEPS FLOWS",
             "TRACKED",
@@ -214,6 +215,9 @@ pub fn render_status(s: &Status) -> String {
             "NOW",
             "TOTAL",
         ]);
+        if let Some(l) = &v.load {
+            let _ = writeln!(out, "  {}", vip_load_line(l));
+        }
         for b in &v.backends {
             let last = b.last_check.as_ref().map_or("-".to_owned(), |r| {
                 format!(
@@ -250,6 +254,14 @@ pub fn render_status(s: &Status) -> String {
                     b.effective_weight,
                     if b.drained { " drain" } else { "" }
                 ),
+                // Its share of the active table: a backend out of it has lent its slots.
+                match b.table_slots {
+                    None => "-".into(),
+                    Some(n) if v.table_size > 0 => {
+                        format!("{n} {:.1}%", n as f64 * 100.0 / v.table_size as f64)
+                    }
+                    Some(n) => n.to_string(),
+                },
                 if b.in_table { "yes" } else { "no" }.into(),
                 if b.keeps_flows { "yes" } else { "no" }.into(),
                 match (b.tracked_flows, b.closing_flows) {
@@ -395,6 +407,49 @@ pub fn render_stats(s: &Status) -> String {
     }
     out += &t.render("");
     out
+}
+
+/// A VIP's `[vip.load]` settings in one line: "load-aware weights: agent on port 5555 every
+/// 2s (timeout 1s), active flows counted; one step per 5s, within 25%..100% of configured".
+fn vip_load_line(l: &super::status::VipLoadStatus) -> String {
+    let mut parts = Vec::new();
+    if let (port, Some(every), Some(timeout)) =
+        (l.agent_port, l.agent_interval_ms, l.agent_timeout_ms)
+    {
+        parts.push(format!(
+            "agent on {} every {} (timeout {}{}{})",
+            port.map_or("the backends' own agent ports".to_owned(), |p| format!(
+                "port {p}"
+            )),
+            ms(every),
+            ms(timeout),
+            l.agent_path
+                .as_ref()
+                .map_or(String::new(), |p| format!(", HTTP GET {p}")),
+            l.agent_send
+                .as_ref()
+                .map_or(String::new(), |s| format!(", sends {s:?}"))
+        ));
+    }
+    if l.flows {
+        parts.push("active flows counted".into());
+    }
+    format!(
+        "load-aware weights: {}; one step per {}, within {}%..{}% of configured",
+        parts.join(", "),
+        ms(l.weight_interval_ms),
+        l.min_weight,
+        l.max_weight
+    )
+}
+
+/// Milliseconds as the config writes them: "250ms", "2s", "1.5s".
+fn ms(v: u64) -> String {
+    if v >= 1000 {
+        format!("{}s", v as f64 / 1000.0)
+    } else {
+        format!("{v}ms")
+    }
 }
 
 /// A backend's load-aware weight in one line: "step 6/8 -> 4/8 (agent says 50%); agent

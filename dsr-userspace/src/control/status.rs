@@ -33,12 +33,14 @@ pub enum HealthState {
     Down,
     /// Its check has not answered yet: assumed up.
     Unchecked,
+    /// Its check says up, its agent says down (HAProxy's agent `down`): treated as down.
+    AgentDown,
 }
 
 impl HealthState {
     /// Counts as up for new flows.
     pub fn is_up(self) -> bool {
-        self != HealthState::Down
+        !matches!(self, HealthState::Down | HealthState::AgentDown)
     }
 }
 
@@ -48,6 +50,7 @@ impl fmt::Display for HealthState {
             HealthState::Up => "up",
             HealthState::Down => "down",
             HealthState::Unchecked => "up (unchecked)",
+            HealthState::AgentDown => "down (agent)",
         })
     }
 }
@@ -199,6 +202,9 @@ pub struct VipStatus {
     /// Live flow-table entries of this VIP, as last counted (`None`: not counted).
     #[serde(default)]
     pub tracked_flows: Option<u64>,
+    /// Its `[vip.load]` settings, in the config's terms (`None`: weights as configured).
+    #[serde(default)]
+    pub load: Option<VipLoadStatus>,
     /// Its notify hook (`None`: it has none): the command, runs and the last one's outcome.
     #[serde(default)]
     pub notify: Option<crate::runtime::notify::HookStatus>,
@@ -275,6 +281,10 @@ pub struct BackendStatus {
     pub in_table: bool,
     /// Established flows stay on it.
     pub keeps_flows: bool,
+    /// Slots of the VIP's active table that name it (`None`: not known to this view). A
+    /// backend standing by (drained, or down with inhibit_on_failure) has lent its slots.
+    #[serde(default)]
+    pub table_slots: Option<u32>,
     /// Added or changed at run time.
     pub runtime: bool,
     /// Live flow-table entries on this backend, as last counted (ipvsadm's active
@@ -293,6 +303,42 @@ fn whole_as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Err
         s.serialize_u64(*v as u64)
     } else {
         s.serialize_f64(*v)
+    }
+}
+
+/// A VIP's load-aware weight settings (`[vip.load]`), as the config file names them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipLoadStatus {
+    /// The agent port its backends are asked on (`None`: only backends with their own
+    /// `agent_port` have an agent), and how.
+    pub agent_port: Option<u16>,
+    pub agent_interval_ms: Option<u64>,
+    pub agent_timeout_ms: Option<u64>,
+    pub agent_send: Option<String>,
+    pub agent_path: Option<String>,
+    /// Active flows per backend count (`flows = true`).
+    pub flows: bool,
+    pub weight_interval_ms: u64,
+    /// Bounds of the effective weight, in percent of the configured weight.
+    pub min_weight: f64,
+    pub max_weight: f64,
+}
+
+impl VipLoadStatus {
+    fn of(spec: &crate::spec::model::LoadSpec) -> VipLoadStatus {
+        let agent = spec.agent.as_ref();
+        let percent = |eighths: u32| f64::from(eighths) * 100.0 / 8.0;
+        VipLoadStatus {
+            agent_port: agent.map(|a| a.port).filter(|&p| p != 0),
+            agent_interval_ms: agent.map(|a| a.interval.as_millis() as u64),
+            agent_timeout_ms: agent.map(|a| a.timeout.as_millis() as u64),
+            agent_send: agent.and_then(|a| a.send.clone()),
+            agent_path: agent.and_then(|a| a.path.clone()),
+            flows: spec.flows,
+            weight_interval_ms: spec.weight_interval.as_millis() as u64,
+            min_weight: percent(spec.min_eighths),
+            max_weight: percent(spec.max_eighths),
+        }
     }
 }
 
@@ -381,6 +427,8 @@ pub struct Source<'a> {
     /// Reloads applied and refused (a running daemon's).
     pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
+    /// Each VIP's active table as slots per backend id (a running daemon's).
+    pub slots: Option<&'a HashMap<VipAddr, HashMap<u32, u32>>>,
     /// Digests of the tables the configured weights give, where load changed them.
     pub configured_digests: Option<&'a HashMap<VipAddr, u64>>,
     /// The size of each VIP's active table, from the kernel's VIPS entries (a running
@@ -531,6 +579,7 @@ pub fn build(src: Source<'_>) -> Status {
                 .or_else(|| src.digests.and_then(|d| d.get(&vip.spec.addr)))
                 .map(|d| format!("{d:016x}")),
             tracked_flows: tracked(|c| &c.per_vip, vip.id),
+            load: vip.spec.load.as_ref().map(VipLoadStatus::of),
             notify: crate::runtime::notify::command_of(
                 vip.spec.notify.as_deref(),
                 src.notify_default,
@@ -562,6 +611,10 @@ pub fn build(src: Source<'_>) -> Status {
             bs.tracked_flows = tracked(|c| &c.per_backend, b.id);
             bs.closing_flows = tracked(|c| &c.closing_per_backend, b.id);
             bs.load = vip.spec.load.as_ref().map(|spec| load_status(b, spec));
+            bs.table_slots = src
+                .slots
+                .and_then(|s| s.get(&vip.spec.addr))
+                .map(|s| s.get(&b.id).copied().unwrap_or(0));
             vs.backends.push(bs);
         }
         status.vips.push(vs);
@@ -589,8 +642,9 @@ fn same_vip(config: &VipSpec, running: &VipSpec) -> bool {
 
 use crate::runtime::unix_ms;
 
-fn health_state(h: &Health, spec: &BackendSpec) -> HealthState {
+fn health_state(h: &Health, spec: &BackendSpec, agent_down: bool) -> HealthState {
     match (h.up, h.unchecked) {
+        (true, _) if agent_down => HealthState::AgentDown,
         (true, true) if spec.check.kind == CheckKind::None => HealthState::Up,
         (true, true) => HealthState::Unchecked,
         (true, false) => HealthState::Up,
@@ -609,7 +663,10 @@ fn load_status(b: &state::Backend, spec: &crate::spec::model::LoadSpec) -> LoadS
         step: b.load.step,
         target,
         reason,
-        next_step_unix_ms: b.load.next_step_at(spec).map(unix_ms),
+        // Only while it is on its way: a step at its target has no next one.
+        next_step_unix_ms: (b.load.step != target)
+            .then(|| b.load.next_step_at(spec).map(unix_ms))
+            .flatten(),
         flow_share: b.load.flow_share_permille.map(|p| p as f64 / 1000.0),
         agent: spec.agent_for(&b.spec).map(|_| AgentStatus {
             percent: b.load.said.percent,
@@ -642,7 +699,7 @@ fn backend(
             ifindex: b.ifindex,
             tx_port: port,
         }),
-        health: health_state(&b.health, &b.spec),
+        health: health_state(&b.health, &b.spec, b.load.said.down),
         health_live: live,
         since_unix_ms: unix_ms(b.health.since),
         check: b.spec.check.kind.type_name().into(),
@@ -664,6 +721,7 @@ fn backend(
         inhibit_on_failure: b.spec.inhibit_on_failure,
         in_table,
         keeps_flows: b.keeps_flows(),
+        table_slots: None,
         runtime,
         tracked_flows: None,
         closing_flows: None,

@@ -651,14 +651,20 @@ impl Daemon {
         let desired = plan::desired(&self.state);
         let applied = self.writer.apply_all(&mut self.datapath, &desired)?;
         for t in applied.tables {
+            let who = match t.standby {
+                0 => format!("{} backends taking new flows", t.backends),
+                n => format!(
+                    "{} backends taking new flows ({n} standing by, their slots lent)",
+                    t.backends
+                ),
+            };
             if let Some((old, share)) = t.resized {
                 log::info!(
-                    "VIP {}: table resized from {old} to {} slots for {} backends: {:.1}% of new \
+                    "VIP {}: table resized from {old} to {} slots for {who}: {:.1}% of new \
                      flows move (tracked flows keep their backends; without conntrack every \
                      flow follows the table)",
                     t.vip,
                     t.size,
-                    t.backends,
                     share * 100.0
                 );
                 continue;
@@ -669,9 +675,8 @@ impl Daemon {
                     log::info!("VIP {}: table emptied (no backend takes new flows)", t.vip)
                 }
                 Some(moved) => log::info!(
-                    "VIP {}: table rebuilt for {} backends: {moved} of {} slots ({:.2}%) moved",
+                    "VIP {}: table rebuilt for {who}: {moved} of {} slots ({:.2}%) moved",
                     t.vip,
-                    t.backends,
                     t.size,
                     moved as f64 * 100.0 / t.size as f64
                 ),
@@ -1235,6 +1240,11 @@ impl Daemon {
         if let Err(e) = self.can_apply(&vips, &self.config.tables).await {
             return Response::error(format!("refused, nothing was changed: {e}"));
         }
+        // Enabling undoes the operator's drain only: an agent's word still holds.
+        let enabled = match &change {
+            Change::Enable { vip, address } => Some((*vip, *address)),
+            _ => None,
+        };
         let mut journal = self.journal.clone();
         journal.push(change);
         let journal = journal::prune(&self.config.vips, &journal, limits(&self.config));
@@ -1245,6 +1255,17 @@ impl Daemon {
         }
         self.journal = journal;
         let notes = self.resync().await;
+        let mut message = message;
+        if let Some((vip, address)) = enabled
+            && let Some(block) = self
+                .state
+                .backend(&vip, address)
+                .and_then(|b| b.load.said.blocks())
+        {
+            message += &format!(
+                "; it still takes no new flows: its {block} (until the agent says otherwise)"
+            );
+        }
         // The change applied and is kept; map writes that failed are retried.
         log::info!("control: {message}");
         if notes.is_empty() {
@@ -1274,6 +1295,7 @@ impl Daemon {
             write_failures: self.writer.failures,
             reloads: self.reloads,
             digests: Some(&self.writer.digests),
+            slots: Some(&self.writer.slots),
             configured_digests: Some(&self.writer.configured_digests),
             active_sizes: Some(
                 &self
@@ -1522,6 +1544,7 @@ pub fn offline_status(config_path: &Path, model: &Model) -> Result<Status> {
         write_failures: 0,
         reloads: (0, 0),
         digests: None,
+        slots: None,
         configured_digests: None,
         active_sizes: None,
         announce_groups: &model.announce,

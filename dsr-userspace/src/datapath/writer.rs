@@ -42,6 +42,9 @@ pub struct Writer {
     /// The digest of the table its configured weights give, where load-aware weights made
     /// the active one differ (peers agree on this one while their loads differ).
     pub configured_digests: HashMap<VipAddr, u64>,
+    /// Each VIP's active table as slots per backend id, for the tables this writer wrote
+    /// (status shows each backend's share; a standing-by backend's slots are lent).
+    pub slots: HashMap<VipAddr, HashMap<u32, u32>>,
     /// Map writes that failed since the writer was created.
     pub failures: u64,
     /// Writes that failed in the last apply and wait for the next.
@@ -52,8 +55,9 @@ pub struct Writer {
 #[derive(Debug)]
 pub struct TableSwitch {
     pub vip: VipAddr,
-    /// Backends in the new table.
+    /// Backends in the new table, and backends standing by (out of it: their slots lent).
     pub backends: usize,
+    pub standby: usize,
     pub size: usize,
     /// Slots whose backend (by address) changed; `None` when the old table's backends are
     /// not known (the first write after adopting a running data path) or its size differs.
@@ -87,6 +91,11 @@ impl Writer {
         );
         self.digests
             .insert(*addr, maglev::digest(seed, table, &vip.entries));
+        let mut slots = HashMap::new();
+        for &id in table {
+            *slots.entry(id).or_insert(0) += 1;
+        }
+        self.slots.insert(*addr, slots);
         match (vip.configured_table(), &vip.configured_entries) {
             (Some(configured), Some((entries, _))) => {
                 self.configured_digests
@@ -108,6 +117,7 @@ impl Writer {
             tx_ports: dp.held_tx_ports().into_iter().collect(),
             digests: HashMap::new(),
             configured_digests: HashMap::new(),
+            slots: HashMap::new(),
             failures: 0,
             pending: 0,
         })
@@ -225,6 +235,7 @@ impl Writer {
                     out.tables.push(TableSwitch {
                         vip: *addr,
                         backends: vip.entries.len(),
+                        standby: vip.standby.len(),
                         size: table.len(),
                         moved,
                         resized,
@@ -277,6 +288,7 @@ impl Writer {
         }
         self.built.retain(|a, _| desired.vips.contains_key(a));
         self.digests.retain(|a, _| desired.vips.contains_key(a));
+        self.slots.retain(|a, _| desired.vips.contains_key(a));
         self.configured_digests
             .retain(|a, _| desired.vips.contains_key(a));
         let gone: Vec<VipAddrKey> = self

@@ -90,19 +90,20 @@ impl Said {
     }
 }
 
-/// What an agent has said, in its own words: "75% ready up".
+/// What an agent has said, what stops new flows first: "drain (no new flows), weight 100%
+/// (none said)", "up, weight 75%".
 pub fn describe(said: &Said) -> String {
-    format!(
-        "{} {} {}",
-        said.percent
-            .map_or("100% (no weight said)".to_owned(), |p| format!("{p}%")),
-        match said.admin {
-            Admin::Ready => "ready",
-            Admin::Drain => "drain",
-            Admin::Maint => "maint",
-        },
-        if said.down { "down" } else { "up" }
-    )
+    let state = match (said.down, said.admin) {
+        (true, _) => "down (as a failed health check)",
+        (false, Admin::Drain) => "drain (no new flows)",
+        (false, Admin::Maint) => "maint (no new flows)",
+        (false, Admin::Ready) if said.percent == Some(0) => "0% (no new flows)",
+        (false, Admin::Ready) => "up",
+    };
+    let weight = said
+        .percent
+        .map_or("100% (none said)".to_owned(), |p| format!("{p}%"));
+    format!("{state}, weight {weight}")
 }
 
 /// One agent answer, or why there was none.
@@ -239,14 +240,25 @@ mod tests {
         assert!(s.take("75%").is_empty());
         assert_eq!(s.percent, Some(75));
         assert_eq!(s.blocks(), None);
+        assert_eq!(describe(&s), "up, weight 75%");
         s.take("drain # deploying");
         assert_eq!((s.admin, s.percent), (Admin::Drain, Some(75)));
         assert_eq!(s.blocks(), Some("agent says drain"));
+        assert_eq!(describe(&s), "drain (no new flows), weight 75%");
+        assert_eq!(
+            describe(&Said {
+                admin: Admin::Drain,
+                ..Said::default()
+            }),
+            "drain (no new flows), weight 100% (none said)",
+            "what stops new flows comes before the weight"
+        );
         s.take("ready,100%");
         assert_eq!((s.admin, s.percent), (Admin::Ready, Some(100)));
         s.take("DOWN\tmaint");
         assert!(s.down);
         assert_eq!(s.blocks(), Some("agent says down"));
+        assert_eq!(describe(&s), "down (as a failed health check), weight 100%");
         s.take("up");
         assert_eq!(s.blocks(), Some("agent says maint"));
         s.take("ready 0%");
