@@ -22,6 +22,17 @@ pub enum VipChange {
     Unchanged,
 }
 
+impl std::fmt::Display for VipChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VipChange::Added => "added",
+            VipChange::Removed => "removed",
+            VipChange::Changed => "changed",
+            VipChange::Unchanged => "unchanged",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipPlan {
     pub name: String,
@@ -42,11 +53,17 @@ pub struct VipPlan {
     /// (their backend leaves or stops keeping flows).
     pub tracked_flows: u64,
     pub tracked_flows_moving: u64,
+    /// Entries a FIN or RST marked closing (in neither count above): they still forward.
+    #[serde(default)]
+    pub closing_flows: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendPlan {
     pub address: IpAddr,
+    /// Not one of the VIP's backends before the change.
+    #[serde(default)]
+    pub new: bool,
     pub slots_before: u32,
     pub slots_after: u32,
 }
@@ -75,7 +92,7 @@ pub fn render(p: &PlanReport) -> String {
         }
         let _ = writeln!(
             out,
-            "VIP {} {}: {:?}; {} of {} slots move ({:.1}% of new flows); {} of {} tracked flows change backend",
+            "VIP {} {}: {}; {} of {} slots move ({:.1}% of new flows); {} of {} tracked flows change backend{}",
             v.name,
             v.addr,
             v.change,
@@ -83,7 +100,12 @@ pub fn render(p: &PlanReport) -> String {
             v.table_size,
             v.share_moved * 100.0,
             v.tracked_flows_moving,
-            v.tracked_flows
+            v.tracked_flows,
+            if v.closing_flows > 0 {
+                format!(" (and {} closing)", v.closing_flows)
+            } else {
+                String::new()
+            }
         );
         for b in &v.backends {
             if b.slots_before != b.slots_after {
@@ -98,6 +120,11 @@ pub fn render(p: &PlanReport) -> String {
     if !any {
         out += "no VIP changes: no slot and no tracked flow moves\n";
     }
-    out += "(new backends are counted as resolved and up, as once the change is in effect)\n";
+    let adds = p.vips.iter().any(|v| {
+        v.change == VipChange::Added || v.backends.iter().any(|b| b.new && b.slots_after > 0)
+    });
+    if adds {
+        out += "(new backends are counted as resolved and up, as once the change is in effect)\n";
+    }
     out
 }

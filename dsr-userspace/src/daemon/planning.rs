@@ -94,15 +94,21 @@ impl Daemon {
                 .into_iter()
                 .map(|(address, (b, a))| BackendPlan {
                     address,
+                    new: old.is_none_or(|o| !o.backends.iter().any(|x| x.spec.address == address)),
                     slots_before: b,
                     slots_after: a,
                 })
                 .collect();
             backends.sort_by_key(|b| b.address);
             // A tracked flow stays while its backend is still this VIP's and keeps flows.
-            let (mut tracked, mut moving) = (0, 0);
+            // Closing entries are counted apart, as status counts them.
+            let (mut tracked, mut moving, mut closing) = (0, 0, 0);
             if let Some(o) = old {
                 for (_, e) in flows.iter().filter(|(k, _)| k.vip == o.id) {
+                    if e.flags & dsr_common::FLOW_F_CLOSING != 0 {
+                        closing += 1;
+                        continue;
+                    }
                     tracked += 1;
                     let keeps = new
                         .and_then(|n| n.backends.iter().find(|b| b.id == e.backend))
@@ -124,6 +130,7 @@ impl Daemon {
                 backends,
                 tracked_flows: tracked,
                 tracked_flows_moving: moving,
+                closing_flows: closing,
             });
         }
         Ok(report)
