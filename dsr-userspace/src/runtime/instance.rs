@@ -2,7 +2,9 @@
 //!
 //! `dsr run` takes an exclusive lock on `/run/dsr/<instance>.lock` before it touches any map,
 //! pin, program or state file, so a second daemon for the same instance exits having changed
-//! nothing. Once its control socket is up, the daemon records where it is in
+//! nothing. The lock file stays when the daemon ends: the lock, not the file, says that a
+//! daemon runs, and deleting it would let a starting daemon lock a file that is then
+//! unlinked while a third one creates and locks a new one. Once its control socket is up, the daemon records where it is in
 //! `/run/dsr/<instance>.json`, so that `dsr status --instance NAME` finds a daemon whose
 //! `control_socket` is not the default.
 
