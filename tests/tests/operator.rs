@@ -491,6 +491,11 @@ fn plan_shows_what_a_change_would_move_and_changes_nothing() {
     );
     let (ok, text) = lab.dsr(&["plan", "backend", "remove", "tcp-80", &first]);
     assert!(ok && text.contains("table resized from"), "{text}");
+    assert!(
+        text.contains("198.18.0.100:80/tcp: changed;")
+            && !text.contains("new backends are counted"),
+        "lowercase change words, and the new-backend note only where one is added: {text}"
+    );
 
     let config = lab.config().replacen(
         "  [[vip.backend]]\n",
@@ -504,6 +509,14 @@ fn plan_shows_what_a_change_would_move_and_changes_nothing() {
     // A fourth configured backend grows the table: 3 of 4 new flows go elsewhere.
     assert!(tcp.table_size > tcp.table_size_before, "{tcp:?}");
     assert!((tcp.share_moved - 0.75).abs() < 0.05, "{tcp:?}");
+    assert!(
+        tcp.backends
+            .iter()
+            .all(|b| b.new == (b.address.to_string() == "198.18.0.14")),
+        "{tcp:?}"
+    );
+    let (ok, text) = lab.dsr(&["plan", "config", file.to_str().unwrap()]);
+    assert!(ok && text.contains("new backends are counted"), "{text}");
     assert_eq!(vip_of(&grown, "udp-53").slots_moved, 0);
 
     // Nothing was applied.
