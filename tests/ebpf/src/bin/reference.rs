@@ -9,6 +9,9 @@
 //!   or a lookup that misses and an insert (with eviction in a full table; common or per-CPU
 //!   LRU lists). The benchmarks' floor for dsr's hit and new-flow paths: what is left above
 //!   it is dsr's own work.
+//! - `xdp_floor_hit28`, `xdp_floor_new28`: the same with a 28-byte key (VIP id, VLAN, source
+//!   address, ports: dsr's key without the destination address and protocol, which the VIP
+//!   id implies), to measure what a smaller flow key would buy before changing dsr's.
 #![no_std]
 #![no_main]
 
@@ -47,6 +50,25 @@ pub fn xdp_floor_hit(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+pub fn xdp_floor_hit28(ctx: XdpContext) -> u32 {
+    let Some(key) = floor_key(&ctx).map(small) else {
+        return xdp_action::XDP_PASS;
+    };
+    if REF_FLOWS28.get_ptr(&key).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    macswap(&ctx)
+}
+
+#[xdp]
+pub fn xdp_floor_new28(ctx: XdpContext) -> u32 {
+    let Some(key) = floor_key(&ctx).map(small) else {
+        return xdp_action::XDP_PASS;
+    };
+    floor_insert(&ctx, &REF_FLOWS28, &key)
+}
+
+#[xdp]
 pub fn xdp_floor_new(ctx: XdpContext) -> u32 {
     floor_new(&ctx, &REF_FLOWS)
 }
@@ -63,7 +85,12 @@ fn floor_new(ctx: &XdpContext, flows: &LruHashMap<FloorKey, FloorEntry>) -> u32 
     let Some(key) = floor_key(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    if flows.get_ptr(&key).is_some() {
+    floor_insert(ctx, flows, &key)
+}
+
+#[inline(always)]
+fn floor_insert<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K) -> u32 {
+    if flows.get_ptr(key).is_some() {
         return xdp_action::XDP_DROP;
     }
     let entry = FloorEntry {
@@ -71,7 +98,7 @@ fn floor_new(ctx: &XdpContext, flows: &LruHashMap<FloorKey, FloorEntry>) -> u32 
         flags: 0,
         last_seen_ns: 0,
     };
-    if flows.insert(&key, &entry, 0).is_err() {
+    if flows.insert(key, &entry, 0).is_err() {
         return xdp_action::XDP_ABORTED;
     }
     macswap(ctx)
@@ -84,6 +111,21 @@ fn floor_new(ctx: &XdpContext, flows: &LruHashMap<FloorKey, FloorEntry>) -> u32 
 #[derive(Clone, Copy)]
 struct FloorKey {
     words: [u32; 12],
+}
+
+/// The 28-byte key: VIP id, VLAN, source address (four words), ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SmallKey {
+    words: [u32; 7],
+}
+
+#[inline(always)]
+fn small(k: FloorKey) -> SmallKey {
+    let w = k.words;
+    SmallKey {
+        words: [w[0], w[1], w[2], w[3], w[4], w[5], w[10]],
+    }
 }
 
 /// Shaped like dsr's `FlowEntry` (backend, flags, last seen).
@@ -105,6 +147,9 @@ static REF_FLOWS: LruHashMap<FloorKey, FloorEntry> = LruHashMap::with_max_entrie
 #[map(name = "REF_FLOWS_PCPU")]
 static REF_FLOWS_PCPU: LruHashMap<FloorKey, FloorEntry> =
     LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "REF_FLOWS28")]
+static REF_FLOWS28: LruHashMap<SmallKey, FloorEntry> = LruHashMap::with_max_entries(1, 0);
 
 const BPF_F_NO_COMMON_LRU: u32 = 2;
 

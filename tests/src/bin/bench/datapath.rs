@@ -84,12 +84,14 @@ const BACKENDS: u32 = 16;
 const SPREAD_FLOWS: usize = 4096;
 const VIP_PORT: u16 = 80;
 /// The reference programs measured beside dsr.
-const FLOOR_PROGRAMS: [&str; 5] = [
+const FLOOR_PROGRAMS: [&str; 7] = [
     "xdp_pass",
     "xdp_macswap",
     "xdp_floor_hit",
     "xdp_floor_new",
     "xdp_floor_new_pcpu",
+    "xdp_floor_hit28",
+    "xdp_floor_new28",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,10 @@ enum Case {
     FloorNew,
     /// xdp_floor_new_pcpu: FloorNew with BPF_F_NO_COMMON_LRU.
     FloorNewPcpu,
+    /// xdp_floor_hit28 / xdp_floor_new28: FloorHit / FloorNew with a 28-byte key (the
+    /// fields the VIP id does not imply): what a smaller flow key would buy.
+    FloorHitSmall,
+    FloorNewSmall,
     /// A VIP with conntrack off: hash, VIP lookup, table slot, backend.
     DsrMaglev,
     /// Conntrack on, the flow is in the flow table.
@@ -125,12 +131,14 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 11] = [
+    const ALL: [Case; 13] = [
         Case::Empty,
         Case::Baseline,
         Case::FloorHit,
         Case::FloorNew,
         Case::FloorNewPcpu,
+        Case::FloorHitSmall,
+        Case::FloorNewSmall,
         Case::DsrMaglev,
         Case::DsrHit,
         Case::DsrHitTraceFiltered,
@@ -146,6 +154,8 @@ impl Case {
             Case::FloorHit => "floor: baseline + LRU lookup (hit)",
             Case::FloorNew => "floor: baseline + LRU miss + insert (full table)",
             Case::FloorNewPcpu => "floor: same, per-CPU LRU lists",
+            Case::FloorHitSmall => "floor: hit, 28-byte key",
+            Case::FloorNewSmall => "floor: new flow, 28-byte key",
             Case::DsrMaglev => "dsr, Maglev lookup (conntrack off)",
             Case::DsrHit => "dsr, flow-table hit",
             Case::DsrHitTraceFiltered => "dsr, flow-table hit, trace on (filtered out)",
@@ -165,9 +175,13 @@ impl Case {
     /// The reason dsr must count for every run of this case (None: not dsr).
     fn reason(self) -> Option<Reason> {
         match self {
-            Case::Empty | Case::Baseline | Case::FloorHit | Case::FloorNew | Case::FloorNewPcpu => {
-                None
-            }
+            Case::Empty
+            | Case::Baseline
+            | Case::FloorHit
+            | Case::FloorNew
+            | Case::FloorNewPcpu
+            | Case::FloorHitSmall
+            | Case::FloorNewSmall => None,
             Case::DsrPass => Some(Reason::NotVip),
             _ => Some(Reason::Forwarded),
         }
@@ -191,7 +205,10 @@ impl Case {
 
     /// Every call is a flow never seen.
     fn new_flows(self) -> bool {
-        matches!(self, Case::DsrNew | Case::FloorNew | Case::FloorNewPcpu)
+        matches!(
+            self,
+            Case::DsrNew | Case::FloorNew | Case::FloorNewPcpu | Case::FloorNewSmall
+        )
     }
 }
 
@@ -327,6 +344,7 @@ impl Programs {
         let mut reference = aya::EbpfLoader::new()
             .map_max_entries("REF_FLOWS", DEFAULT_FLOW_TABLE_SIZE)
             .map_max_entries("REF_FLOWS_PCPU", DEFAULT_FLOW_TABLE_SIZE)
+            .map_max_entries("REF_FLOWS28", DEFAULT_FLOW_TABLE_SIZE)
             .load(REFERENCE_OBJECT)
             .context("loading the reference object")?;
         for name in FLOOR_PROGRAMS {
@@ -407,6 +425,8 @@ impl Programs {
             Case::FloorHit => "xdp_floor_hit",
             Case::FloorNew => "xdp_floor_new",
             Case::FloorNewPcpu => "xdp_floor_new_pcpu",
+            Case::FloorHitSmall => "xdp_floor_hit28",
+            Case::FloorNewSmall => "xdp_floor_new28",
             _ => return self.dp.program(),
         };
         self.reference
@@ -550,7 +570,7 @@ impl Programs {
         if placed != n as u64 {
             bail!("filling the flow table: {placed} new flows counted for {n} sent");
         }
-        for case in [Case::FloorNew, Case::FloorNewPcpu] {
+        for case in [Case::FloorNew, Case::FloorNewPcpu, Case::FloorNewSmall] {
             let program = self.program(case);
             for i in 0..n {
                 let frame = flows.frame(case, i, unique, &mut buf);
@@ -594,10 +614,11 @@ impl Programs {
         ))
     }
 
-    /// Puts the scenario's flows into the floor's table (TX: inserted, DROP: there already).
-    fn warm_floor(&self, flows: &Flows) -> Result<()> {
+    /// Puts the scenario's flows into the table of a floor's hit case, with its new-flow
+    /// program (TX: inserted, DROP: there already).
+    fn warm_floor(&self, flows: &Flows, insert: Case) -> Result<()> {
         for frame in &flows.hit {
-            let r = run_once(self.program(Case::FloorNew), frame, 1)?;
+            let r = run_once(self.program(insert), frame, 1)?;
             if r.return_value != XDP_TX && r.return_value != XDP_DROP {
                 bail!(
                     "warming the floor's table: verdict {}",
@@ -820,7 +841,8 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
             format!(
                 "{}: hit {} above the floor's {} ({} the baseline), new flow {} above the \
                  floor's {} ({} the baseline); per-CPU LRU lists make the floor's insert {} of \
-                 the common lists'",
+                 the common lists'; a 28-byte key makes its hit {} and its insert {} of the \
+                 48-byte key's ({} / {})",
                 sc.label(),
                 ns(f(Case::DsrHit) - f(Case::FloorHit)),
                 ns(f(Case::FloorHit)),
@@ -829,6 +851,10 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
                 ns(f(Case::FloorNew)),
                 ratio(f(Case::FloorNew) / base),
                 ratio(f(Case::FloorNewPcpu) / f(Case::FloorNew)),
+                ratio(f(Case::FloorHitSmall) / f(Case::FloorHit)),
+                ratio(f(Case::FloorNewSmall) / f(Case::FloorNew)),
+                ns(f(Case::FloorHitSmall) - f(Case::FloorHit)),
+                ns(f(Case::FloorNewSmall) - f(Case::FloorNew)),
             )
         })
         .collect();
@@ -964,8 +990,10 @@ impl Measure<'_> {
         ) {
             self.progs.warm_flows(self.flows)?;
         }
-        if case == Case::FloorHit {
-            self.progs.warm_floor(self.flows)?;
+        match case {
+            Case::FloorHit => self.progs.warm_floor(self.flows, Case::FloorNew)?,
+            Case::FloorHitSmall => self.progs.warm_floor(self.flows, Case::FloorNewSmall)?,
+            _ => {}
         }
         self.progs.set_trace(case)?;
         self.progs.counts()
