@@ -294,6 +294,7 @@ const ROWS: &[Row] = &[
     row("load.agent_interval", r#"agent_interval = "2s""#, r#"agent_interval = "often""#, &["load.agent_interval: \"often\" is not a duration"]),
     row("load.agent_timeout", r#"agent_timeout = "1s""#, r#"agent_timeout = "0s""#, &["load.agent_timeout 0ns must be at least 1ms"]),
     row("load.agent_timeout", r#"agent_timeout = "1s""#, r#"agent_timeout = "0.5ms""#, &["agent_timeout", "\"0.5ms\": durations are whole milliseconds"]),
+    row("load.agent_timeout", r#"agent_timeout = "1s""#, "agent_timeout = 0.0005", &["load.agent_timeout: 0.0005 (seconds): durations are whole milliseconds"]),
     row("load.agent_timeout", r#"agent_timeout = "1s""#, r#"agent_timeout = "3s""#, &["load.agent_timeout 3s is longer than load.agent_interval 2s"]),
     row("load.agent_send", r#"agent_send = "load\n""#, "agent_send = 7", &["invalid type: integer", "agent_send"]),
     row("load.agent_path", r#"agent_send = "load\n""#, "agent_send = \"load\\n\"\nagent_path = \"/load\"", &["load.agent_send is for the plain TCP agent"]),

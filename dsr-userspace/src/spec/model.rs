@@ -717,15 +717,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600e3,
         _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
     };
+    whole_ms(ms, &format!("{s:?}"))
+}
+
+/// `ms` milliseconds as a duration, if it is a whole number of them in range (`shown`: the
+/// input as the error should name it). Every way of writing a duration goes through here.
+pub fn whole_ms(ms: f64, shown: &str) -> Result<Duration, String> {
     if !(0.0..=1e12).contains(&ms) || !ms.is_finite() {
-        return Err(format!("{s:?} is out of range"));
+        return Err(format!("{shown} is out of range"));
     }
     // Durations are kept and sent as whole milliseconds (the state file, the control
     // socket): a finer one would silently change on the way. "1.1s" is 1100.0000000000002
-    // in floating point, hence the tolerance.
-    if (ms - ms.round()).abs() > 1e-6 {
+    // in floating point, hence the tolerance (a thousandth of a millisecond: far above the
+    // rounding error of any value in range, far below what anyone writes on purpose).
+    if (ms - ms.round()).abs() > 1e-3 {
         return Err(format!(
-            "{s:?}: durations are whole milliseconds (like 500ms, 2s or 1.5s)"
+            "{shown}: durations are whole milliseconds (like 500ms, 2s or 1.5s)"
         ));
     }
     Ok(Duration::from_millis(ms.round() as u64))

@@ -747,7 +747,8 @@ fn duration(
             parse_duration(t).map_err(|e| errors.at(Some(d.span()), format!("{what}: {e}")))
         }
         RawDuration::Seconds(s) if s.is_finite() && *s >= 0.0 && *s <= 1e9 => {
-            Ok(Duration::from_secs_f64(*s))
+            crate::spec::model::whole_ms(s * 1e3, &format!("{s} (seconds)"))
+                .map_err(|e| errors.at(Some(d.span()), format!("{what}: {e}")))
         }
         RawDuration::Seconds(s) => Err(errors.at(
             Some(d.span()),
