@@ -105,12 +105,7 @@ fn forward(ctx: &XdpContext, seen: &mut Seen) -> (Reason, u32) {
     // The flow as this VIP hashes it (a VIP accepting fragments never hashes ports), and
     // its flow-table key, scoped by the VIP and the VLAN.
     let key = packet.key.masked(vip.hash_fields);
-    let flow_key = FlowMapKey {
-        vip: vip.id,
-        vlan: packet.vlan,
-        _pad: 0,
-        flow: key,
-    };
+    let flow_key = FlowMapKey::new(vip.id, packet.vlan, &key);
     let tracked = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let now = if tracked { flows::now_ns() } else { 0 };
     let established = if tracked {
@@ -226,7 +221,12 @@ fn forward(ctx: &XdpContext, seen: &mut Seen) -> (Reason, u32) {
 }
 
 /// The slot of the VIP's Maglev table for this flow and the backend it gives, if any.
-#[inline(always)]
+///
+/// A function of its own in the object (a BPF-to-BPF call, off the hit path): inlined, its
+/// copies in every path took the verifier over its million-instruction limit with
+/// datapath_log = "debug" once the flow key shrank (`datapath_log_levels_...` in
+/// tests/tests/datapath.rs reports the counts).
+#[inline(never)]
 fn from_table(
     ctx: &XdpContext,
     vip: &VipInfo,

@@ -14,7 +14,7 @@ use dsr::{
 };
 use dsr_common::{
     DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FLOW_F_CLOSING, FlowKey, FlowMapKey, HASH_ALL,
-    HASH_PORTS, HASH_SRC_ADDR, Reason, flow_hash,
+    HASH_PORTS, HASH_SRC_ADDR, Reason, addr_words, flow_hash,
 };
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
@@ -312,12 +312,8 @@ impl Fixture {
         dport: u16,
         proto: u8,
     ) -> FlowMapKey {
-        FlowMapKey {
-            vip: v as u32,
-            vlan: 0,
-            _pad: 0,
-            flow: FlowKey::new(src, sport, dst, dport, proto).masked(self.vips[v].1.hash_fields),
-        }
+        let flow = FlowKey::new(src, sport, dst, dport, proto).masked(self.vips[v].1.hash_fields);
+        FlowMapKey::new(v as u32, 0, &flow)
     }
 }
 
@@ -1176,8 +1172,9 @@ fn established_flows_stay_while_their_backend_keeps_them() {
     let now_table = f.table(&[1, 0, 1]);
     for &p in &on_one {
         let k = f.flow_key(0, CLIENT4.into(), p, VIP4.into(), 80, TCP);
+        let hashed = k.flow(addr_words(VIP4.into()), TCP, f.vips[0].1.hash_fields);
         let want =
-            now_table[(flow_hash(&k.flow, DEFAULT_HASH_SEED) % now_table.len() as u32) as usize];
+            now_table[(flow_hash(&hashed, DEFAULT_HASH_SEED) % now_table.len() as u32) as usize];
         assert_eq!(
             backend_of(&f, &flow(p)),
             Some(want as usize),

@@ -35,9 +35,9 @@ impl Daemon {
                 let port = |p: u32| (p != 0).then(|| u16::from_be(p as u16));
                 FlowStatus {
                     vip: owner.map_or(format!("id {}", k.vip), |v| v.spec.name.clone()),
-                    client: addr_of(&k.flow.src),
-                    client_port: port(k.flow.ports & 0xffff),
-                    vip_port: port(k.flow.ports >> 16),
+                    client: addr_of(&k.src),
+                    client_port: port(k.ports & 0xffff),
+                    vip_port: port(k.ports >> 16),
                     vlan: k.vlan,
                     backend: owner
                         .and_then(|v| v.backends.iter().find(|b| b.id == e.backend))
@@ -124,14 +124,7 @@ impl Daemon {
         };
         let tracked = info.flags & VIP_F_NO_CONNTRACK == 0;
         let entry = tracked
-            .then(|| {
-                self.datapath.flow(&FlowMapKey {
-                    vip: info.id,
-                    vlan: q.vlan,
-                    _pad: 0,
-                    flow: key,
-                })
-            })
+            .then(|| self.datapath.flow(&FlowMapKey::new(info.id, q.vlan, &key)))
             .flatten();
         let mut chosen = None;
         match entry {

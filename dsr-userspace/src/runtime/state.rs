@@ -200,6 +200,8 @@ pub struct Names {
     pub vips: HashMap<u32, String>,
     pub backends: HashMap<u32, IpAddr>,
     pub vip_addrs: HashMap<u32, VipAddr>,
+    /// VIP id -> the fields it hashes on (`HASH_*`): with its address, what a flow entry implies.
+    pub vip_hash_fields: HashMap<u32, u32>,
     /// VIP address -> its id; (VIP id, backend address) -> the backend's id.
     pub vip_ids: HashMap<VipAddr, u32>,
     pub backend_ids: HashMap<(u32, IpAddr), u32>,
@@ -211,6 +213,7 @@ impl Names {
         for v in &state.vips {
             n.vips.insert(v.id, v.spec.name.clone());
             n.vip_addrs.insert(v.id, v.spec.addr);
+            n.vip_hash_fields.insert(v.id, v.spec.hash_fields);
             n.vip_ids.insert(v.spec.addr, v.id);
             for b in &v.backends {
                 n.backends.insert(b.id, b.spec.address);

@@ -345,15 +345,19 @@ async fn send_loop(
             if !due || out.len() >= MAX_PER_ROUND {
                 continue;
             }
-            let (Some(vip), Some(backend)) =
-                (names.vip_addrs.get(&k.vip), names.backends.get(&e.backend))
-            else {
+            let (Some(vip), Some(&hash_fields), Some(backend)) = (
+                names.vip_addrs.get(&k.vip),
+                names.vip_hash_fields.get(&k.vip),
+                names.backends.get(&e.backend),
+            ) else {
                 continue;
             };
+            // The whole masked flow, as a peer of any version keys it.
+            let flow = k.flow(addr_words(vip.address), vip.protocol.number(), hash_fields);
             out.push(WireFlow {
                 vip: *vip,
                 vlan: k.vlan,
-                flow: k.flow,
+                flow,
                 backend: *backend,
             });
             sent.insert(k, (e.backend, now));
@@ -444,12 +448,8 @@ async fn receive_loop(
                 unknown += 1;
                 continue;
             };
-            let key = FlowMapKey {
-                vip: vip_id,
-                vlan: f.vlan,
-                _pad: 0,
-                flow: f.flow,
-            };
+            // The sender's destination and protocol are implied by the VIP here too.
+            let key = FlowMapKey::new(vip_id, f.vlan, &f.flow);
             match adopter.adopt(&key, backend) {
                 Ok(crate::datapath::flowcount::Adopted::New) => adopted += 1,
                 Ok(crate::datapath::flowcount::Adopted::Refreshed) => refreshed += 1,

@@ -9,9 +9,9 @@
 //!   or a lookup that misses and an insert (with eviction in a full table; common or per-CPU
 //!   LRU lists). The benchmarks' floor for dsr's hit and new-flow paths: what is left above
 //!   it is dsr's own work.
-//! - `xdp_floor_hit28`, `xdp_floor_new28`: the same with a 28-byte key (VIP id, VLAN, source
-//!   address, ports: dsr's key without the destination address and protocol, which the VIP
-//!   id implies), to measure what a smaller flow key would buy before changing dsr's.
+//! - `xdp_floor_hit48`, `xdp_floor_new48`: the same with the 48-byte key dsr had before map
+//!   layout 10 (the whole 5-tuple beside the VIP id and VLAN), to keep measuring what the
+//!   smaller key buys.
 #![no_std]
 #![no_main]
 
@@ -40,52 +40,52 @@ pub fn xdp_macswap(ctx: XdpContext) -> u32 {
 /// is in REF_FLOWS, XDP_DROP when it is not (the benchmark checks which it got).
 #[xdp]
 pub fn xdp_floor_hit(ctx: XdpContext) -> u32 {
-    let Some(key) = floor_key(&ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    if REF_FLOWS.get_ptr(&key).is_none() {
-        return xdp_action::XDP_DROP;
+    match wide_key(&ctx) {
+        Some(key) => floor_hit(&ctx, &REF_FLOWS, &narrow(key)),
+        None => xdp_action::XDP_PASS,
     }
-    macswap(&ctx)
-}
-
-#[xdp]
-pub fn xdp_floor_hit28(ctx: XdpContext) -> u32 {
-    let Some(key) = floor_key(&ctx).map(small) else {
-        return xdp_action::XDP_PASS;
-    };
-    if REF_FLOWS28.get_ptr(&key).is_none() {
-        return xdp_action::XDP_DROP;
-    }
-    macswap(&ctx)
-}
-
-#[xdp]
-pub fn xdp_floor_new28(ctx: XdpContext) -> u32 {
-    let Some(key) = floor_key(&ctx).map(small) else {
-        return xdp_action::XDP_PASS;
-    };
-    floor_insert(&ctx, &REF_FLOWS28, &key)
-}
-
-#[xdp]
-pub fn xdp_floor_new(ctx: XdpContext) -> u32 {
-    floor_new(&ctx, &REF_FLOWS)
-}
-
-#[xdp]
-pub fn xdp_floor_new_pcpu(ctx: XdpContext) -> u32 {
-    floor_new(&ctx, &REF_FLOWS_PCPU)
 }
 
 /// The floor of a new flow: a lookup that misses, an insert, the baseline's rewrite: XDP_TX.
 /// XDP_DROP when the flow was there already, XDP_ABORTED when the insert failed.
+#[xdp]
+pub fn xdp_floor_new(ctx: XdpContext) -> u32 {
+    match wide_key(&ctx) {
+        Some(key) => floor_insert(&ctx, &REF_FLOWS, &narrow(key)),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn xdp_floor_new_pcpu(ctx: XdpContext) -> u32 {
+    match wide_key(&ctx) {
+        Some(key) => floor_insert(&ctx, &REF_FLOWS_PCPU, &narrow(key)),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn xdp_floor_hit48(ctx: XdpContext) -> u32 {
+    match wide_key(&ctx) {
+        Some(key) => floor_hit(&ctx, &REF_FLOWS48, &key),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn xdp_floor_new48(ctx: XdpContext) -> u32 {
+    match wide_key(&ctx) {
+        Some(key) => floor_insert(&ctx, &REF_FLOWS48, &key),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
 #[inline(always)]
-fn floor_new(ctx: &XdpContext, flows: &LruHashMap<FloorKey, FloorEntry>) -> u32 {
-    let Some(key) = floor_key(ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    floor_insert(ctx, flows, &key)
+fn floor_hit<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K) -> u32 {
+    if flows.get_ptr(key).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    macswap(ctx)
 }
 
 #[inline(always)]
@@ -104,26 +104,27 @@ fn floor_insert<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K)
     macswap(ctx)
 }
 
-/// A flow key shaped like dsr's (`FlowMapKey`: VIP id, VLAN, source and destination address
-/// as four words each, ports, protocol: 48 bytes), filled from fixed offsets of an untagged
-/// IPv4 or IPv6 TCP/UDP frame without options: enough for the benchmarks' own frames.
+/// dsr's flow key before map layout 10 (VIP id, VLAN, source and destination address as four
+/// words each, ports, protocol: 48 bytes), filled from fixed offsets of an untagged IPv4 or
+/// IPv6 TCP/UDP frame without options: enough for the benchmarks' own frames.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FloorKey {
+struct WideKey {
     words: [u32; 12],
 }
 
-/// The 28-byte key: VIP id, VLAN, source address (four words), ports.
+/// A flow key shaped like dsr's (`FlowMapKey`: VIP id, VLAN, source address as four words,
+/// ports: 28 bytes).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct SmallKey {
+struct FloorKey {
     words: [u32; 7],
 }
 
 #[inline(always)]
-fn small(k: FloorKey) -> SmallKey {
+fn narrow(k: WideKey) -> FloorKey {
     let w = k.words;
-    SmallKey {
+    FloorKey {
         words: [w[0], w[1], w[2], w[3], w[4], w[5], w[10]],
     }
 }
@@ -148,8 +149,8 @@ static REF_FLOWS: LruHashMap<FloorKey, FloorEntry> = LruHashMap::with_max_entrie
 static REF_FLOWS_PCPU: LruHashMap<FloorKey, FloorEntry> =
     LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
 
-#[map(name = "REF_FLOWS28")]
-static REF_FLOWS28: LruHashMap<SmallKey, FloorEntry> = LruHashMap::with_max_entries(1, 0);
+#[map(name = "REF_FLOWS48")]
+static REF_FLOWS48: LruHashMap<WideKey, FloorEntry> = LruHashMap::with_max_entries(1, 0);
 
 const BPF_F_NO_COMMON_LRU: u32 = 2;
 
@@ -191,8 +192,8 @@ fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 
 /// The frame's flow key, or None for a frame that is no plain IPv4/IPv6 one.
 #[inline(always)]
-fn floor_key(ctx: &XdpContext) -> Option<FloorKey> {
-    let mut key = FloorKey { words: [0; 12] };
+fn wide_key(ctx: &XdpContext) -> Option<WideKey> {
+    let mut key = WideKey { words: [0; 12] };
     let ethertype: [u8; 2] = read_at(ctx, 12)?;
     match u16::from_be_bytes(ethertype) {
         0x0800 => {

@@ -285,12 +285,7 @@ fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
         )
     };
     for i in 0..n {
-        let key = dsr_common::FlowMapKey {
-            vip: 0,
-            vlan: 0,
-            _pad: 0,
-            flow: flow(i),
-        };
+        let key = dsr_common::FlowMapKey::new(0, 0, &flow(i));
         adopter.adopt(&key, i % 16)?;
     }
     let counter = dp.flow_counter(std::time::Duration::from_secs(DEFAULT_FLOW_IDLE_SECS))?;
@@ -304,7 +299,7 @@ fn sync_costs(dp: &Datapath, n: u32) -> Result<SyncCosts> {
         .map(|(k, e)| WireFlow {
             vip,
             vlan: k.vlan,
-            flow: k.flow,
+            flow: k.flow(dsr_common::addr_words(vip.address), 6, dsr_common::HASH_ALL),
             backend: Ipv4Addr::new(10, 0, 0, 1 + e.backend as u8).into(),
         })
         .collect();

@@ -90,8 +90,8 @@ const FLOOR_PROGRAMS: [&str; 7] = [
     "xdp_floor_hit",
     "xdp_floor_new",
     "xdp_floor_new_pcpu",
-    "xdp_floor_hit28",
-    "xdp_floor_new28",
+    "xdp_floor_hit48",
+    "xdp_floor_new48",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,10 +111,10 @@ enum Case {
     FloorNew,
     /// xdp_floor_new_pcpu: FloorNew with BPF_F_NO_COMMON_LRU.
     FloorNewPcpu,
-    /// xdp_floor_hit28 / xdp_floor_new28: FloorHit / FloorNew with a 28-byte key (the
-    /// fields the VIP id does not imply): what a smaller flow key would buy.
-    FloorHitSmall,
-    FloorNewSmall,
+    /// xdp_floor_hit48 / xdp_floor_new48: FloorHit / FloorNew with dsr's 48-byte key of map
+    /// layout 9 (the whole 5-tuple): what the smaller key bought.
+    FloorHitWide,
+    FloorNewWide,
     /// A VIP with conntrack off: hash, VIP lookup, table slot, backend.
     DsrMaglev,
     /// Conntrack on, the flow is in the flow table.
@@ -137,8 +137,8 @@ impl Case {
         Case::FloorHit,
         Case::FloorNew,
         Case::FloorNewPcpu,
-        Case::FloorHitSmall,
-        Case::FloorNewSmall,
+        Case::FloorHitWide,
+        Case::FloorNewWide,
         Case::DsrMaglev,
         Case::DsrHit,
         Case::DsrHitTraceFiltered,
@@ -154,8 +154,8 @@ impl Case {
             Case::FloorHit => "floor: baseline + LRU lookup (hit)",
             Case::FloorNew => "floor: baseline + LRU miss + insert (full table)",
             Case::FloorNewPcpu => "floor: same, per-CPU LRU lists",
-            Case::FloorHitSmall => "floor: hit, 28-byte key",
-            Case::FloorNewSmall => "floor: new flow, 28-byte key",
+            Case::FloorHitWide => "floor: hit, 48-byte key (layout 9)",
+            Case::FloorNewWide => "floor: new flow, 48-byte key (layout 9)",
             Case::DsrMaglev => "dsr, Maglev lookup (conntrack off)",
             Case::DsrHit => "dsr, flow-table hit",
             Case::DsrHitTraceFiltered => "dsr, flow-table hit, trace on (filtered out)",
@@ -180,8 +180,8 @@ impl Case {
             | Case::FloorHit
             | Case::FloorNew
             | Case::FloorNewPcpu
-            | Case::FloorHitSmall
-            | Case::FloorNewSmall => None,
+            | Case::FloorHitWide
+            | Case::FloorNewWide => None,
             Case::DsrPass => Some(Reason::NotVip),
             _ => Some(Reason::Forwarded),
         }
@@ -207,7 +207,7 @@ impl Case {
     fn new_flows(self) -> bool {
         matches!(
             self,
-            Case::DsrNew | Case::FloorNew | Case::FloorNewPcpu | Case::FloorNewSmall
+            Case::DsrNew | Case::FloorNew | Case::FloorNewPcpu | Case::FloorNewWide
         )
     }
 }
@@ -344,7 +344,7 @@ impl Programs {
         let mut reference = aya::EbpfLoader::new()
             .map_max_entries("REF_FLOWS", DEFAULT_FLOW_TABLE_SIZE)
             .map_max_entries("REF_FLOWS_PCPU", DEFAULT_FLOW_TABLE_SIZE)
-            .map_max_entries("REF_FLOWS28", DEFAULT_FLOW_TABLE_SIZE)
+            .map_max_entries("REF_FLOWS48", DEFAULT_FLOW_TABLE_SIZE)
             .load(REFERENCE_OBJECT)
             .context("loading the reference object")?;
         for name in FLOOR_PROGRAMS {
@@ -425,8 +425,8 @@ impl Programs {
             Case::FloorHit => "xdp_floor_hit",
             Case::FloorNew => "xdp_floor_new",
             Case::FloorNewPcpu => "xdp_floor_new_pcpu",
-            Case::FloorHitSmall => "xdp_floor_hit28",
-            Case::FloorNewSmall => "xdp_floor_new28",
+            Case::FloorHitWide => "xdp_floor_hit48",
+            Case::FloorNewWide => "xdp_floor_new48",
             _ => return self.dp.program(),
         };
         self.reference
@@ -570,7 +570,7 @@ impl Programs {
         if placed != n as u64 {
             bail!("filling the flow table: {placed} new flows counted for {n} sent");
         }
-        for case in [Case::FloorNew, Case::FloorNewPcpu, Case::FloorNewSmall] {
+        for case in [Case::FloorNew, Case::FloorNewPcpu, Case::FloorNewWide] {
             let program = self.program(case);
             for i in 0..n {
                 let frame = flows.frame(case, i, unique, &mut buf);
@@ -841,8 +841,8 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
             format!(
                 "{}: hit {} above the floor's {} ({} the baseline), new flow {} above the \
                  floor's {} ({} the baseline); per-CPU LRU lists make the floor's insert {} of \
-                 the common lists'; a 28-byte key makes its hit {} and its insert {} of the \
-                 48-byte key's ({} / {})",
+                 the common lists'; dsr's 28-byte key makes the floor's hit {} and its insert \
+                 {} of the former 48-byte key's (hit {}, insert {})",
                 sc.label(),
                 ns(f(Case::DsrHit) - f(Case::FloorHit)),
                 ns(f(Case::FloorHit)),
@@ -851,10 +851,10 @@ pub fn run(size: &Size, cpu: usize) -> Result<PartReport> {
                 ns(f(Case::FloorNew)),
                 ratio(f(Case::FloorNew) / base),
                 ratio(f(Case::FloorNewPcpu) / f(Case::FloorNew)),
-                ratio(f(Case::FloorHitSmall) / f(Case::FloorHit)),
-                ratio(f(Case::FloorNewSmall) / f(Case::FloorNew)),
-                ns(f(Case::FloorHitSmall) - f(Case::FloorHit)),
-                ns(f(Case::FloorNewSmall) - f(Case::FloorNew)),
+                ratio(f(Case::FloorHit) / f(Case::FloorHitWide)),
+                ratio(f(Case::FloorNew) / f(Case::FloorNewWide)),
+                ns(f(Case::FloorHit) - f(Case::FloorHitWide)),
+                ns(f(Case::FloorNew) - f(Case::FloorNewWide)),
             )
         })
         .collect();
@@ -992,7 +992,7 @@ impl Measure<'_> {
         }
         match case {
             Case::FloorHit => self.progs.warm_floor(self.flows, Case::FloorNew)?,
-            Case::FloorHitSmall => self.progs.warm_floor(self.flows, Case::FloorNewSmall)?,
+            Case::FloorHitWide => self.progs.warm_floor(self.flows, Case::FloorNewWide)?,
             _ => {}
         }
         self.progs.set_trace(case)?;
