@@ -337,15 +337,34 @@ impl FlowMapKey {
     }
 
     /// The masked flow this entry stands for, given its VIP's address words, protocol number
-    /// and hash fields (`HASH_*`): what the data path hashed for it.
+    /// and hash fields (`HASH_*`): what the data path hashed for it. The source and ports are
+    /// the entry's own, as the data path masked them when it made the entry (a VIP whose hash
+    /// setting changed since holds entries masked the former way: see
+    /// [`FlowMapKey::masked_by`]).
     pub fn flow(&self, vip_addr: [u32; 4], proto: u8, hash_fields: u32) -> crate::FlowKey {
+        let implied = crate::FlowKey {
+            dst: vip_addr,
+            proto: proto as u32,
+            ..Default::default()
+        }
+        .masked(hash_fields);
         crate::FlowKey {
             src: self.src,
-            dst: vip_addr,
             ports: self.ports,
-            proto: proto as u32,
+            ..implied
         }
-        .masked(hash_fields)
+    }
+
+    /// Whether the entry's fields are masked as `hash_fields` masks them: false for an entry
+    /// made under another hash setting of the VIP (it idles out; it stands for no flow of
+    /// the setting now).
+    pub fn masked_by(&self, hash_fields: u32) -> bool {
+        let flow = crate::FlowKey {
+            src: self.src,
+            ports: self.ports,
+            ..Default::default()
+        };
+        flow.masked(hash_fields) == flow
     }
 }
 
@@ -652,7 +671,12 @@ mod tests {
             let key = FlowMapKey::new(3, 7, &masked);
             assert_eq!((key.vip, key.vlan), (3, 7));
             assert_eq!(key.flow(full.dst, 6, fields), masked, "fields {fields:#x}");
+            assert!(key.masked_by(fields));
         }
+        // An entry made while the VIP hashed the whole 5-tuple is none of a source-hashed
+        // VIP's.
+        let whole = FlowMapKey::new(3, 0, &full.masked(HASH_ALL));
+        assert!(!whole.masked_by(HASH_SRC_ADDR));
     }
 
     #[test]

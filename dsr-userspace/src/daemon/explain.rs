@@ -76,13 +76,13 @@ impl Daemon {
                 String::new()
             }
         );
-        let mut keys = Vec::new();
-        for port in [q.dport, 0] {
-            if q.vlan != 0 {
-                keys.push((port, q.vlan));
-            }
-            keys.push((port, 0));
-        }
+        // The data path's order: this VLAN before any VLAN, and within each the exact port
+        // before all ports.
+        let vlans: &[u16] = if q.vlan != 0 { &[q.vlan, 0] } else { &[0] };
+        let keys: Vec<(u16, u16)> = vlans
+            .iter()
+            .flat_map(|&vlan| [(q.dport, vlan), (0, vlan)])
+            .collect();
         let found = keys.iter().find_map(|&(port, vlan)| {
             let info = self
                 .datapath

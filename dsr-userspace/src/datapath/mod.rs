@@ -78,8 +78,8 @@ impl Sizes {
     }
 
     /// Bytes FLOWS takes, roughly: key, value and the kernel's per-element overhead (an
-    /// LRU hash element with its list node is about 64 bytes besides key and value; the
-    /// benchmark reads 120 MiB of memlock for 1M flows).
+    /// LRU hash element with its list node is about 64 bytes besides key and value;
+    /// `cargo xtask bench` reports the memlock FLOWS takes for 1M flows).
     pub fn flow_bytes(&self) -> u64 {
         self.flow_table_size as u64
             * (64 + std::mem::size_of::<FlowMapKey>() + std::mem::size_of::<FlowEntry>()) as u64

@@ -352,6 +352,11 @@ async fn send_loop(
             ) else {
                 continue;
             };
+            // An entry of the VIP's former hash setting stands for no flow now: a peer would
+            // take it for one (with the current setting's mask).
+            if !k.masked_by(hash_fields) {
+                continue;
+            }
             // The whole masked flow, as a peer of any version keys it.
             let flow = k.flow(addr_words(vip.address), vip.protocol.number(), hash_fields);
             out.push(WireFlow {

@@ -721,16 +721,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `ms` milliseconds as a duration, if it is a whole number of them in range (`shown`: the
-/// input as the error should name it). Every way of writing a duration goes through here.
+/// input as the error should name it). The config file's durations and the CLI's go through
+/// here (the keepalived import rounds its fractional-second timers to milliseconds).
 pub fn whole_ms(ms: f64, shown: &str) -> Result<Duration, String> {
     if !(0.0..=1e12).contains(&ms) || !ms.is_finite() {
         return Err(format!("{shown} is out of range"));
     }
     // Durations are kept and sent as whole milliseconds (the state file, the control
     // socket): a finer one would silently change on the way. "1.1s" is 1100.0000000000002
-    // in floating point, hence the tolerance (a thousandth of a millisecond: far above the
-    // rounding error of any value in range, far below what anyone writes on purpose).
-    if (ms - ms.round()).abs() > 1e-3 {
+    // in floating point, hence the tolerance: a nanosecond, or the rounding error of a value
+    // as large as this one, whichever is larger.
+    if (ms - ms.round()).abs() > 1e-6_f64.max(ms * 1e-14) {
         return Err(format!(
             "{shown}: durations are whole milliseconds (like 500ms, 2s or 1.5s)"
         ));
