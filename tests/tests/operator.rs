@@ -257,7 +257,10 @@ fn explain(lab: &Lab, source: &str, destination: &str) -> dsr::control::explain:
 fn explain_agrees_with_the_data_path_and_digests_compare_nodes() {
     use dsr::control::explain::ChosenBy;
     let mut lab = Lab::new("explain", &[1, 1, 1]);
-    lab.start_dsr(false).unwrap_or_else(|e| panic!("{e:#}"));
+    // A VLAN VIP is added below; only explained, never sent tagged traffic.
+    let config = format!("vlan_tags = \"in-band\"\n{}", lab.config());
+    lab.start_dsr_with(&config, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let client = lab.client_ip;
     let vip = format!("{VIP}:80/tcp");
 
@@ -317,6 +320,33 @@ fn explain_agrees_with_the_data_path_and_digests_compare_nodes() {
         !out.contains(&format!("VIP {} ", status.vips[0].name)),
         "{out}"
     );
+
+    // An all-ports VIP on VLAN 5 beside the port-80 VIP of any VLAN, on one address: a VLAN-5
+    // frame to port 80 is the former's (the data path tries this VLAN before any VLAN, then
+    // the exact port before all ports); an untagged one stays the latter's.
+    let port80 = explain(&lab, &format!("{client}:44200"), &vip).vip;
+    assert!(port80.is_some());
+    let (ok, out) = lab.dsr(&[
+        "vip",
+        "add",
+        &format!("{VIP}:*/tcp@vlan5"),
+        "--name",
+        "all-ports-vlan5",
+    ]);
+    assert!(ok, "dsr vip add: {out}");
+    let (ok, out) = lab.dsr(&[
+        "explain",
+        &format!("{client}:44200"),
+        &vip,
+        "--vlan",
+        "5",
+        "--json",
+    ]);
+    assert!(ok, "dsr explain --vlan 5: {out}");
+    let tagged: dsr::control::explain::Explained = serde_json::from_str(&out).unwrap();
+    assert_eq!(tagged.vip.as_deref(), Some("all-ports-vlan5"), "{tagged:?}");
+    let untagged = explain(&lab, &format!("{client}:44200"), &vip);
+    assert_eq!(untagged.vip, port80, "{untagged:?}");
     drop(conn);
 }
 
