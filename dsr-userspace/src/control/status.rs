@@ -35,12 +35,18 @@ pub enum HealthState {
     Unchecked,
     /// Its check says up, its agent says down (HAProxy's agent `down`): treated as down.
     AgentDown,
+    /// A state this CLI does not know (a newer daemon's status): shown, never guessed at.
+    #[serde(other)]
+    Unknown,
 }
 
 impl HealthState {
     /// Counts as up for new flows.
     pub fn is_up(self) -> bool {
-        !matches!(self, HealthState::Down | HealthState::AgentDown)
+        !matches!(
+            self,
+            HealthState::Down | HealthState::AgentDown | HealthState::Unknown
+        )
     }
 }
 
@@ -51,6 +57,7 @@ impl fmt::Display for HealthState {
             HealthState::Down => "down",
             HealthState::Unchecked => "up (unchecked)",
             HealthState::AgentDown => "down (agent)",
+            HealthState::Unknown => "unknown (a newer dsr's state)",
         })
     }
 }
@@ -701,7 +708,12 @@ fn backend(
         }),
         health: health_state(&b.health, &b.spec, b.load.said.down),
         health_live: live,
-        since_unix_ms: unix_ms(b.health.since),
+        // Up or down (agent) began when the later of the check's and the agent's last
+        // change happened; down (by the check) when the check said so.
+        since_unix_ms: match b.load.down_changed_ms {
+            Some(agent) if b.health.up => unix_ms(b.health.since).max(agent),
+            _ => unix_ms(b.health.since),
+        },
         check: b.spec.check.kind.type_name().into(),
         check_path: match &b.spec.check.kind {
             CheckKind::Http { path, .. } => Some(path.clone()),
@@ -726,5 +738,20 @@ fn backend(
         tracked_flows: None,
         closing_flows: None,
         traffic,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthState;
+
+    #[test]
+    fn a_health_state_this_cli_does_not_know_reads_as_unknown_and_down() {
+        let known: HealthState = serde_json::from_str("\"agent_down\"").unwrap();
+        assert_eq!(known, HealthState::AgentDown);
+        let newer: HealthState = serde_json::from_str("\"quarantined\"").unwrap();
+        assert_eq!(newer, HealthState::Unknown);
+        assert!(!newer.is_up());
+        assert_eq!(newer.to_string(), "unknown (a newer dsr's state)");
     }
 }

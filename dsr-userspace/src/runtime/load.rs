@@ -54,6 +54,10 @@ pub struct Load {
     /// When the step last moved.
     #[serde(default)]
     pub stepped_at_ms: Option<u64>,
+    /// When its agent last went from up to `down` or back (Unix ms): the backend's state
+    /// changed then, whatever its health check's time says.
+    #[serde(default)]
+    pub down_changed_ms: Option<u64>,
 }
 
 impl Default for Load {
@@ -65,6 +69,7 @@ impl Default for Load {
             flow_cap: None,
             flow_share_permille: None,
             stepped_at_ms: None,
+            down_changed_ms: None,
         }
     }
 }

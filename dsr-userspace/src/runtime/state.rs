@@ -469,6 +469,10 @@ impl State {
                         }
                         if agent_replaced {
                             // What the old agent said is forgotten with it.
+                            if b.load.said.down {
+                                b.load.down_changed_ms =
+                                    Some(crate::runtime::unix_ms(SystemTime::now()));
+                            }
                             b.load.said = Default::default();
                             b.load.last = None;
                         }
@@ -569,6 +573,9 @@ impl State {
         }
         let reached = reading.line.is_some();
         let error = reading.error.clone();
+        if b.load.said.down != before.2.down {
+            b.load.down_changed_ms = Some(crate::runtime::unix_ms(reading.at));
+        }
         b.load.last = Some(reading);
         let flows_changed = (b.takes_new_flows(), b.keeps_flows()) != (before.0, before.1);
         let said_changed = b.load.said != before.2;
@@ -1019,10 +1026,23 @@ mod tests {
             "drained: its flows stay"
         );
         assert_eq!(b.effective_weight(), 0.0);
-        s.record_agent(token, said("down"));
+        assert_eq!(b.load.down_changed_ms, None, "drain is not down");
+        let later = now + Duration::from_secs(7);
+        s.record_agent(
+            token,
+            Reading {
+                at: later,
+                ..said("down")
+            },
+        );
         assert!(
             !s.vips[0].backends[0].keeps_flows(),
             "down: as a failed check"
+        );
+        assert_eq!(
+            s.vips[0].backends[0].load.down_changed_ms,
+            Some(crate::runtime::unix_ms(later)),
+            "status says down (agent) since the agent said so"
         );
         let unreachable = Reading {
             line: None,
