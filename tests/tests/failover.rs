@@ -228,32 +228,33 @@ fn backups_sorry_and_drop() {
     for i in 0..3 {
         wait_health(&lab, "udp", i, "up");
     }
-    let all = |lab: &Lab, from: u16| answers(lab, from..from + 40);
-    assert!(
-        all(&lab, 30000).iter().all(|(_, w)| *w == Some(0)),
-        "primaries serve first"
+    // 40 new flows from `from`: all answered by backend `want` (None: all dropped).
+    let all_by = |lab: &Lab, from: u16, want: Option<usize>, why: &str| {
+        let got = answers(lab, from..from + 40);
+        assert!(got.iter().all(|(_, w)| *w == want), "{why}: {got:?}");
+    };
+    // Backend `i`'s check turns `up` or down, and dsr has seen it.
+    let flip = |lab: &mut Lab, i: usize, up: bool| {
+        lab.set_health(i, up);
+        wait_health(lab, "udp", i, if up { "up" } else { "down" });
+    };
+    all_by(&lab, 30000, Some(0), "primaries serve first");
+    flip(&mut lab, 0, false);
+    all_by(&lab, 30100, Some(1), "backup serves when no primary is up");
+    flip(&mut lab, 1, false);
+    all_by(
+        &lab,
+        30200,
+        Some(2),
+        "sorry server serves when no primary or backup is up",
     );
-
-    lab.set_health(0, false);
-    wait_health(&lab, "udp", 0, "down");
-    assert!(
-        all(&lab, 30100).iter().all(|(_, w)| *w == Some(1)),
-        "backup serves when no primary is up"
-    );
-
-    lab.set_health(1, false);
-    wait_health(&lab, "udp", 1, "down");
-    assert!(
-        all(&lab, 30200).iter().all(|(_, w)| *w == Some(2)),
-        "sorry server serves when no primary or backup is up"
-    );
-
-    lab.set_health(2, false);
-    wait_health(&lab, "udp", 2, "down");
+    flip(&mut lab, 2, false);
     let dropped_before = no_backend_drops(&lab);
-    assert!(
-        all(&lab, 30300).iter().all(|(_, w)| w.is_none()),
-        "a VIP without usable backend must drop, not answer"
+    all_by(
+        &lab,
+        30300,
+        None,
+        "a VIP without usable backend must drop, not answer",
     );
     assert!(
         no_backend_drops(&lab) >= dropped_before + 40,
@@ -261,18 +262,10 @@ fn backups_sorry_and_drop() {
     );
     assert_eq!(lab.status().vips[0].serving, None);
 
-    lab.set_health(1, true);
-    wait_health(&lab, "udp", 1, "up");
-    assert!(
-        all(&lab, 30400).iter().all(|(_, w)| *w == Some(1)),
-        "traffic resumes on the backup"
-    );
-    lab.set_health(0, true);
-    wait_health(&lab, "udp", 0, "up");
-    assert!(
-        all(&lab, 30500).iter().all(|(_, w)| *w == Some(0)),
-        "new flows go back to the primary"
-    );
+    flip(&mut lab, 1, true);
+    all_by(&lab, 30400, Some(1), "traffic resumes on the backup");
+    flip(&mut lab, 0, true);
+    all_by(&lab, 30500, Some(0), "new flows go back to the primary");
     // Each switch was logged once, in order, for both VIPs (TCP and UDP share the backends).
     let log = lab.dsr_log();
     let (announcements, switches): (Vec<&str>, Vec<&str>) = log
