@@ -708,12 +708,7 @@ fn backend(
         }),
         health: health_state(&b.health, &b.spec, b.load.said.down),
         health_live: live,
-        // Up or down (agent) began when the later of the check's and the agent's last
-        // change happened; down (by the check) when the check said so.
-        since_unix_ms: match b.load.down_changed_ms {
-            Some(agent) if b.health.up => unix_ms(b.health.since).max(agent),
-            _ => unix_ms(b.health.since),
-        },
+        since_unix_ms: b.health_since_ms(),
         check: b.spec.check.kind.type_name().into(),
         check_path: match &b.spec.check.kind {
             CheckKind::Http { path, .. } => Some(path.clone()),

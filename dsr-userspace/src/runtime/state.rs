@@ -74,6 +74,17 @@ impl Backend {
         self.reachable() && (self.alive() || self.spec.inhibit_on_failure)
     }
 
+    /// When its health as status shows it (up, down, down by its agent) last changed, in Unix
+    /// ms: down by its check since the check said so; otherwise since the later of the
+    /// check's and the agent's last change (either can have ended or begun the state).
+    pub fn health_since_ms(&self) -> u64 {
+        let check = crate::runtime::unix_ms(self.health.since);
+        match self.load.down_changed_ms {
+            Some(agent) if self.health.up => check.max(agent),
+            _ => check,
+        }
+    }
+
     /// Up by its health check, and not down by its agent's word.
     fn alive(&self) -> bool {
         self.health.up && !self.load.said.down
@@ -453,6 +464,7 @@ impl State {
                             out.added.push((spec.addr, bspec.address));
                         }
                         b.spec = bspec.clone();
+                        let agent_was_down = b.load.said.down;
                         if spec.load.is_none() {
                             // Back to the configured weights, at once.
                             b.load = Load::default();
@@ -469,12 +481,12 @@ impl State {
                         }
                         if agent_replaced {
                             // What the old agent said is forgotten with it.
-                            if b.load.said.down {
-                                b.load.down_changed_ms =
-                                    Some(crate::runtime::unix_ms(SystemTime::now()));
-                            }
                             b.load.said = Default::default();
                             b.load.last = None;
+                        }
+                        if agent_was_down && !b.load.said.down {
+                            // Its agent's down ends here: the backend's state changed now.
+                            b.load.down_changed_ms = Some(crate::runtime::unix_ms(now));
                         }
                         b
                     }
@@ -1039,10 +1051,32 @@ mod tests {
             !s.vips[0].backends[0].keeps_flows(),
             "down: as a failed check"
         );
+        let mut b = s.vips[0].backends[0].clone();
+        assert_eq!(b.load.down_changed_ms, Some(crate::runtime::unix_ms(later)));
+        // The check came up before: down (agent) since the agent said so.
+        b.health.since = now;
+        assert!(b.health.up);
+        assert_eq!(b.health_since_ms(), crate::runtime::unix_ms(later));
+        // The check fails while the agent says down: down since the check said so...
+        let mut failed = b.clone();
+        failed.health.up = false;
+        failed.health.since = later + Duration::from_secs(5);
         assert_eq!(
-            s.vips[0].backends[0].load.down_changed_ms,
-            Some(crate::runtime::unix_ms(later)),
-            "status says down (agent) since the agent said so"
+            failed.health_since_ms(),
+            crate::runtime::unix_ms(later + Duration::from_secs(5))
+        );
+        // ... and still when it fails before the agent's word (the check's time stands).
+        failed.health.since = later - Duration::from_secs(5);
+        assert_eq!(
+            failed.health_since_ms(),
+            crate::runtime::unix_ms(later - Duration::from_secs(5))
+        );
+        // The check comes back after the agent's word: up or down (agent) since then.
+        let mut back = b.clone();
+        back.health.since = later + Duration::from_secs(9);
+        assert_eq!(
+            back.health_since_ms(),
+            crate::runtime::unix_ms(later + Duration::from_secs(9))
         );
         let unreachable = Reading {
             line: None,
@@ -1056,12 +1090,15 @@ mod tests {
             "an unreachable agent changes nothing"
         );
 
-        // Without [vip.load]: the configured weights at once, and no agent.
+        // Without [vip.load]: the configured weights at once, and no agent. The agent's down
+        // ends with it: the backend is up since this reconcile.
         v.load = None;
-        let r = s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, now);
+        let removed = SystemTime::now() + Duration::from_secs(60);
+        let r = s.reconcile(std::slice::from_ref(&v), &TableSizing::DEFAULT, removed);
         assert!(r.stopped_tokens.contains(&token));
         let b = &s.vips[0].backends[0];
         assert_eq!((b.agent_token, b.load.step), (0, 8));
+        assert_eq!(b.health_since_ms(), crate::runtime::unix_ms(removed));
         assert!(b.takes_new_flows());
         assert_eq!(weights(&s), vec![8, 8]);
         assert!(!s.vips[0].load_adjusted());
