@@ -24,6 +24,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
     programs::XdpContext,
 };
+// dsr's own key and value types: the floors have dsr's shapes by construction.
+use dsr_common::{FlowEntry, FlowMapKey, VipInfo, VipKey};
 
 /// [0] = destination MAC, [1] = source MAC (in the first 6 bytes of each entry).
 #[map(name = "REF_MACS")]
@@ -105,12 +107,12 @@ pub fn xdp_floor_vip_hit(ctx: XdpContext) -> u32 {
     let mut flow = narrow(key);
     // The VIP's id into the flow key, as dsr does (the bench gives every VIP id 0, the id the
     // other floors' keys carry, so one warm table serves both).
-    flow.words[0] = info.words[0];
+    flow.vip = info.id;
     floor_hit(&ctx, &REF_FLOWS, &flow)
 }
 
 #[inline(always)]
-fn floor_hit<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K) -> u32 {
+fn floor_hit<K>(ctx: &XdpContext, flows: &LruHashMap<K, FlowEntry>, key: &K) -> u32 {
     if flows.get_ptr(key).is_none() {
         return xdp_action::XDP_DROP;
     }
@@ -118,11 +120,11 @@ fn floor_hit<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K) ->
 }
 
 #[inline(always)]
-fn floor_insert<K>(ctx: &XdpContext, flows: &LruHashMap<K, FloorEntry>, key: &K) -> u32 {
+fn floor_insert<K>(ctx: &XdpContext, flows: &LruHashMap<K, FlowEntry>, key: &K) -> u32 {
     if flows.get_ptr(key).is_some() {
         return xdp_action::XDP_DROP;
     }
-    let entry = FloorEntry {
+    let entry = FlowEntry {
         backend: 1,
         flags: 0,
         last_seen_ns: 0,
@@ -142,67 +144,37 @@ struct WideKey {
     words: [u32; 12],
 }
 
-/// A flow key shaped like dsr's (`FlowMapKey`: VIP id, VLAN, source address as four words,
-/// ports: 28 bytes).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FloorKey {
-    words: [u32; 7],
-}
-
+/// dsr's own flow key (`FlowMapKey`: VIP id, VLAN, source address, ports) of the frame.
 #[inline(always)]
-fn narrow(k: WideKey) -> FloorKey {
+fn narrow(k: WideKey) -> FlowMapKey {
     let w = k.words;
-    FloorKey {
-        words: [w[0], w[1], w[2], w[3], w[4], w[5], w[10]],
+    FlowMapKey {
+        vip: w[0],
+        vlan: w[1] as u16,
+        _pad: 0,
+        src: [w[2], w[3], w[4], w[5]],
+        ports: w[10],
     }
-}
-
-/// Shaped like dsr's `FlowEntry` (backend, flags, last seen).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FloorEntry {
-    backend: u32,
-    flags: u32,
-    last_seen_ns: u64,
 }
 
 /// The kernel floor of dsr's flow table: an LRU hash with dsr's key and value shapes. One
 /// entry in the object (the lab loads it for `xdp_pass` and should not pay for a big table);
 /// the benchmark sizes it like dsr's flow table at load time.
 #[map(name = "REF_FLOWS")]
-static REF_FLOWS: LruHashMap<FloorKey, FloorEntry> = LruHashMap::with_max_entries(1, 0);
+static REF_FLOWS: LruHashMap<FlowMapKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
 /// The same with per-CPU LRU lists (BPF_F_NO_COMMON_LRU): what that flag would change.
 #[map(name = "REF_FLOWS_PCPU")]
-static REF_FLOWS_PCPU: LruHashMap<FloorKey, FloorEntry> =
+static REF_FLOWS_PCPU: LruHashMap<FlowMapKey, FlowEntry> =
     LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
-
-/// Shaped like dsr's VIPS key and value.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct VipKey {
-    pub addr: [u32; 4],
-    pub port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-    pub vlan: u16,
-    pub _pad2: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct VipValue {
-    pub words: [u32; 5],
-}
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "REF_VIPS")]
-static REF_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(512, BPF_F_NO_PREALLOC);
+static REF_VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(512, BPF_F_NO_PREALLOC);
 
 #[map(name = "REF_FLOWS48")]
-static REF_FLOWS48: LruHashMap<WideKey, FloorEntry> = LruHashMap::with_max_entries(1, 0);
+static REF_FLOWS48: LruHashMap<WideKey, FlowEntry> = LruHashMap::with_max_entries(1, 0);
 
 const BPF_F_NO_COMMON_LRU: u32 = 2;
 

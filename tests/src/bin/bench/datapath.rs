@@ -476,7 +476,7 @@ impl Programs {
         // The same VIPs in the VIP-lookup floor's map, every one with id 0 (the id the floors'
         // flow keys carry), addressed as its program reads them: an IPv4 address in the last
         // word alone.
-        let mut ref_vips: aya::maps::HashMap<_, dsr_common::VipKey, [u32; 5]> = self
+        let mut ref_vips: aya::maps::HashMap<_, dsr_common::VipKey, dsr_common::VipInfo> = self
             .reference
             .map_mut("REF_VIPS")
             .ok_or_else(|| anyhow!("REF_VIPS missing"))?
@@ -496,7 +496,7 @@ impl Programs {
                 proto: a.protocol.number(),
                 ..Default::default()
             };
-            ref_vips.insert(key, [0; 5], 0)?;
+            ref_vips.insert(key, dsr_common::VipInfo::default(), 0)?;
         }
         Ok(())
     }
