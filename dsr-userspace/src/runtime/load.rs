@@ -75,6 +75,15 @@ impl Default for Load {
 }
 
 impl Load {
+    /// Stamps `at` as the end or the start of its agent's down when what the agent says
+    /// now (`said.down`) differs from `was_down`: the one place that rule lives, whether an
+    /// answer, a replaced agent or a removed `[vip.load]` changed it.
+    pub fn note_down_change(&mut self, was_down: bool, at: SystemTime) {
+        if self.said.down != was_down {
+            self.down_changed_ms = Some(crate::runtime::unix_ms(at));
+        }
+    }
+
     /// The step the agent asks for (the configured weight without an agent's percentage),
     /// within the bounds: what this backend's share of active flows is measured against.
     pub fn agent_step(&self, spec: &LoadSpec) -> u32 {

@@ -484,10 +484,8 @@ impl State {
                             b.load.said = Default::default();
                             b.load.last = None;
                         }
-                        if agent_was_down && !b.load.said.down {
-                            // Its agent's down ends here: the backend's state changed now.
-                            b.load.down_changed_ms = Some(crate::runtime::unix_ms(now));
-                        }
+                        // An agent's down forgotten here ends here.
+                        b.load.note_down_change(agent_was_down, now);
                         b
                     }
                     None => match self.backend_ids.alloc(now) {
@@ -585,9 +583,7 @@ impl State {
         }
         let reached = reading.line.is_some();
         let error = reading.error.clone();
-        if b.load.said.down != before.2.down {
-            b.load.down_changed_ms = Some(crate::runtime::unix_ms(reading.at));
-        }
+        b.load.note_down_change(before.2.down, reading.at);
         b.load.last = Some(reading);
         let flows_changed = (b.takes_new_flows(), b.keeps_flows()) != (before.0, before.1);
         let said_changed = b.load.said != before.2;
