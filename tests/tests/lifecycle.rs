@@ -674,7 +674,7 @@ fn many_black_holed_checks_do_not_starve_the_daemon() {
         .replace("max_backends = 64", "max_backends = 1024");
     for (name, port, proto) in [("udp-53", UDP_PORT, "udp"), ("tcp-80", 80, "tcp")] {
         config += &format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n  [[vip.backend]]\n  address = \"{real}\"\n"
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\ntable_size = 65537\n[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n  [[vip.backend]]\n  address = \"{real}\"\n"
         );
         // Addresses on the lab's segment that nobody holds: a check waits out its timeout.
         for last in (30..100u8).chain(101..231) {
