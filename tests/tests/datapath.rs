@@ -13,8 +13,8 @@ use dsr::{
     spec::model::{MacAddr, Protocol, VipAddr},
 };
 use dsr_common::{
-    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FLOW_F_CLOSING, FlowKey, FlowMapKey, HASH_ALL,
-    HASH_PORTS, HASH_SRC_ADDR, Reason, addr_words, flow_hash,
+    BACKEND_F_VALID, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FLOW_F_CLOSING, FlowKey,
+    FlowMapKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason, addr_words, flow_hash,
 };
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
@@ -958,6 +958,119 @@ fn table_switch_takes_effect_and_reads_back() {
     }
     let (verdict, _) = run(f.dp.program(), &v4(TCP, VIP4, 80), LO);
     assert_eq!(verdict, XDP_DROP);
+}
+
+/// The daemon builds large tables off its loop and writes what is ready: a VIP whose new
+/// table is not built yet keeps forwarding by its old one, the backend that table still names
+/// keeps its entry, and a new VIP is not a VIP to the data path until its table is written.
+#[test]
+fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
+    let mut f = Fixture::new();
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
+    let on_zero = flows_on(&f, 0, 1)[0];
+    // Backend 0 leaves VIP 0, and a VIP with a backend of its own arrives.
+    f.desired.backends.remove(&0);
+    f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 2, 1]);
+    let new_vip = vip(Ipv4Addr::new(198, 18, 0, 106), 80, Protocol::Tcp, 0);
+    let new_mac = [0x02, 0xbe, 0, 10, 0, 0x11];
+    f.desired.backends.insert(
+        40,
+        DesiredBackend {
+            vip_id: 10,
+            mac: Some(MacAddr(new_mac)),
+            keep_flows: true,
+            egress: None,
+        },
+    );
+    f.desired.vips.insert(
+        new_vip,
+        DesiredVip {
+            id: 10,
+            table_size: 251,
+            entries: vec![maglev::Entry {
+                address: Ipv4Addr::new(198, 18, 10, 11).into(),
+                id: 40,
+                weight: 1,
+            }],
+            standby: Vec::new(),
+            configured_entries: None,
+            options: VipOptions::default(),
+        },
+    );
+    let to_new = frames::flow_frame(
+        LB_MAC,
+        CLIENT_MAC,
+        CLIENT4.into(),
+        4000,
+        new_vip.address,
+        80,
+        TCP,
+    );
+
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+    assert!(applied.tables.is_empty(), "{:?}", applied.tables);
+    assert_eq!(f.writer.waiting, 2);
+    assert_eq!(f.dp.table(&key).unwrap(), f.expected, "the old table stays");
+    let zero = f.dp.backend_entry(0).expect("backend 0's entry");
+    assert_ne!(
+        zero.flags & BACKEND_F_VALID,
+        0,
+        "the old table still names it"
+    );
+    assert_eq!(backend_of(&f, &flow(on_zero)), Some(0));
+    let (verdict, _) = run(f.dp.program(), &to_new, LO);
+    assert_eq!(verdict, XDP_PASS, "no VIP before its table");
+
+    let missing = f.writer.missing(&f.desired);
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    let built = dsr::datapath::writer::build(missing, f.dp.hash_seed());
+    f.writer.add_built(built);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+    assert_eq!(applied.tables.len(), 2, "{:?}", applied.tables);
+    assert_eq!(f.writer.waiting, 0);
+    assert!(f.writer.missing(&f.desired).is_empty());
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 2, 1]));
+    let zero = f.dp.backend_entry(0).unwrap_or_default();
+    assert_eq!(
+        zero.flags & BACKEND_F_VALID,
+        0,
+        "cleared once no table names it"
+    );
+    let (verdict, out) = run(f.dp.program(), &to_new, LO);
+    assert_eq!((verdict, &out[..6]), (XDP_TX, &new_mac[..]));
+
+    // Changes faster than builds: a build that arrives after the VIP changed again is still
+    // written (it is newer than the kernel's table), then the newest one.
+    let weights = |f: &mut Fixture, w: &[u32]| {
+        let e = f.entries(0, w);
+        f.desired.vips.get_mut(&key).unwrap().entries = e;
+    };
+    weights(&mut f, &[0, 1, 1]);
+    let first = dsr::datapath::writer::build(f.writer.missing(&f.desired), f.dp.hash_seed());
+    weights(&mut f, &[0, 1, 3]);
+    f.writer.add_built(first);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert_eq!((applied.tables.len(), f.writer.waiting), (1, 1));
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 1]));
+    f.writer
+        .apply_all(&mut f.dp, &f.desired)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 3]));
+    weights(&mut f, &[0, 2, 2]);
+    let late = dsr::datapath::writer::build(f.writer.missing(&f.desired), f.dp.hash_seed());
+    weights(&mut f, &[0, 1, 3]);
+    assert!(
+        f.writer.missing(&f.desired).is_empty(),
+        "back to the written table"
+    );
+    // An older build arriving after a newer table was written is never written over it.
+    weights(&mut f, &[0, 3, 1]);
+    f.writer.add_built(late);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert_eq!((applied.tables.len(), f.writer.waiting), (0, 1));
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 3]));
 }
 
 #[test]

@@ -663,8 +663,8 @@ fn control_socket_survives_idle_floods_and_unfinished_requests() {
 
 /// Hundreds of checks to black-holed backends under a small file-descriptor limit: checks
 /// run at most a budget at once, so the daemon never runs out of descriptors, the control
-/// socket keeps answering, the black-holed backends are found down and the real one keeps
-/// serving.
+/// socket keeps answering (also while the VIPs' tables of 4 million slots are rebuilt, off the
+/// daemon's loop), the black-holed backends are found down and the real one keeps serving.
 #[test]
 fn many_black_holed_checks_do_not_starve_the_daemon() {
     let mut lab = Lab::new("fdlimit", &[1]);
@@ -674,7 +674,7 @@ fn many_black_holed_checks_do_not_starve_the_daemon() {
         .replace("max_backends = 64", "max_backends = 1024");
     for (name, port, proto) in [("udp-53", UDP_PORT, "udp"), ("tcp-80", 80, "tcp")] {
         config += &format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\ntable_size = 65537\n[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n  [[vip.backend]]\n  address = \"{real}\"\n"
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n[vip.check]\ntype = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n  [[vip.backend]]\n  address = \"{real}\"\n"
         );
         // Addresses on the lab's segment that nobody holds: a check waits out its timeout.
         for last in (30..100u8).chain(101..231) {
@@ -697,19 +697,28 @@ fn many_black_holed_checks_do_not_starve_the_daemon() {
             .unwrap()
             .count()
     };
-    // All 400 black-holed backends are found down, while status keeps answering.
+    // All 400 black-holed backends are found down, while status keeps answering (each
+    // `lab.status()` waits at most its 30 s for an answer), and their tables are written.
+    let mut building_seen = false;
     lab.wait_for(
-        "the black-holed backends to be down",
-        Duration::from_secs(30),
+        "the black-holed backends to be down and out of the tables",
+        Duration::from_secs(60),
         || {
             let st = lab.status();
             assert!(fds() < 256, "{} file descriptors open", fds());
-            st.vips
-                .iter()
-                .flat_map(|v| &v.backends)
-                .filter(|b| b.address != real)
-                .all(|b| b.health == dsr::control::HealthState::Down)
+            building_seen |= st.map_tables_building > 0;
+            st.map_tables_building == 0
+                && st
+                    .vips
+                    .iter()
+                    .flat_map(|v| &v.backends)
+                    .filter(|b| b.address != real)
+                    .all(|b| b.health == dsr::control::HealthState::Down)
         },
+    );
+    assert!(
+        building_seen,
+        "status was never answered during a table build"
     );
     let st = lab.status();
     for v in &st.vips {

@@ -127,6 +127,14 @@ pub fn render_status(s: &Status) -> String {
             s.map_writes_pending, s.map_write_failures
         );
     }
+    if s.map_tables_building > 0 {
+        let _ = writeln!(
+            out,
+            "BUILDING: {} VIP table{} (the data path uses the old one until it is written)",
+            s.map_tables_building,
+            if s.map_tables_building == 1 { "" } else { "s" }
+        );
+    }
     if s.daemon == DaemonState::Down && !s.vips.is_empty() {
         out += "HEALTH is the last state the daemon saved: nobody checks the backends now.\n";
     }

@@ -79,6 +79,9 @@ pub struct Status {
     pub map_writes_pending: usize,
     /// Map writes that failed since the daemon started.
     pub map_write_failures: u64,
+    /// VIPs still forwarding by their old table while the new one is built (off the
+    /// daemon's loop: a table of millions of slots takes a second).
+    pub map_tables_building: usize,
     /// Reloads (SIGHUP or `dsr reload`) since the daemon started, applied and refused.
     pub reloads_applied: u64,
     pub reloads_refused: u64,
@@ -431,6 +434,7 @@ pub struct Source<'a> {
     pub rates: Option<&'a Rates>,
     pub writes_pending: usize,
     pub write_failures: u64,
+    pub tables_building: usize,
     /// Reloads applied and refused (a running daemon's).
     pub reloads: (u64, u64),
     pub digests: Option<&'a HashMap<VipAddr, u64>>,
@@ -475,6 +479,7 @@ pub fn build(src: Source<'_>) -> Status {
         runtime_changes: 0,
         map_writes_pending: src.writes_pending,
         map_write_failures: src.write_failures,
+        map_tables_building: src.tables_building,
         reloads_applied: src.reloads.0,
         reloads_refused: src.reloads.1,
         vips: Vec::new(),

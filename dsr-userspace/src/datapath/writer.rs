@@ -12,8 +12,16 @@
 //!
 //! A write that fails is left for the next [`Writer::apply`] (the daemon calls it on every
 //! event and every second), counted in `failures` and shown as `pending`.
+//!
+//! Tables are built before they are written ([`Writer::missing`], [`Writer::add_built`]): a
+//! table of millions of slots takes a second, so the daemon builds off its loop and
+//! [`Writer::apply`] leaves a VIP whose table is not built yet on its old one, like a
+//! VIP whose write failed (nothing it may still name is removed meanwhile).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use anyhow::{Result, anyhow};
 use dsr_common::{
@@ -23,7 +31,7 @@ use dsr_common::{
 
 use super::{Datapath, vip_addr_flags, vip_key};
 use crate::{
-    plan::{Desired, DesiredBackend, DesiredVip, VipOptions, maglev},
+    plan::{BuiltTable, Desired, DesiredBackend, DesiredVip, TableInput, VipOptions, maglev},
     spec::model::VipAddr,
 };
 
@@ -33,7 +41,17 @@ pub struct Writer {
     /// What each VIP's active table was built from (its size and entries), when this writer
     /// wrote it. A VIP found in the kernel at start has no entry here, so its table is
     /// rebuilt once.
-    built: HashMap<VipAddr, (u32, Vec<maglev::Entry>, Vec<maglev::Entry>)>,
+    built: HashMap<VipAddr, TableInput>,
+    /// Tables built for VIPs that need one and not written yet.
+    prebuilt: HashMap<TableInput, Arc<BuiltTable>>,
+    /// What each VIP's last build was for. When the VIP changed again while it was built,
+    /// that table is still written (newer than the kernel's): under changes faster than a
+    /// build, the kernel follows a build behind instead of never.
+    requested: HashMap<VipAddr, TableRequest>,
+    /// Requests are numbered as made ([`Writer::missing`]); each VIP's written table has the
+    /// number of the newest request it answers, and an older build is never written over it.
+    next_request: u64,
+    written_request: HashMap<VipAddr, u64>,
     addrs: HashMap<VipAddrKey, u32>,
     backends: BTreeMap<u32, Backend>,
     tx_ports: BTreeMap<u32, u32>,
@@ -49,6 +67,53 @@ pub struct Writer {
     pub failures: u64,
     /// Writes that failed in the last apply and wait for the next.
     pub pending: usize,
+    /// VIPs that the last apply left on their old table, their new one not built yet.
+    pub waiting: usize,
+}
+
+/// A VIP's table to build: its inputs (`configured`: for the table of its configured weights,
+/// where load-aware weights changed them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRequest {
+    pub vip: VipAddr,
+    pub input: TableInput,
+    pub configured: Option<TableInput>,
+    number: u64,
+}
+
+impl TableRequest {
+    /// What building its tables costs, in slots built ([`TableInput::cost`]).
+    pub fn cost(&self) -> u64 {
+        [Some(&self.input), self.configured.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(TableInput::cost)
+            .sum()
+    }
+}
+
+/// Tables built for [`Writer::missing`]'s requests.
+#[derive(Debug, Default)]
+pub struct Builds {
+    requests: Vec<TableRequest>,
+    tables: Vec<(TableInput, BuiltTable)>,
+}
+
+/// Builds the tables `requests` name, each distinct input once (the slow part: for the
+/// daemon, off its loop).
+pub fn build(requests: Vec<TableRequest>, seed: u32) -> Builds {
+    let mut tables: Vec<(TableInput, BuiltTable)> = Vec::new();
+    for r in &requests {
+        for input in [Some(&r.input), r.configured.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !tables.iter().any(|(i, _)| i == input) {
+                tables.push((input.clone(), input.build_all(seed)));
+            }
+        }
+    }
+    Builds { requests, tables }
 }
 
 /// A VIP switched to a new table.
@@ -83,28 +148,135 @@ impl Writer {
         self.vips.get(&vip_key(addr)).map(|i| i.table_size)
     }
 
-    /// Notes what `table`, now the VIP's active table, was built from, and its digests.
-    fn remember(&mut self, seed: u32, addr: &VipAddr, vip: &DesiredVip, table: &[u32]) {
-        self.built.insert(
-            *addr,
-            (vip.table_size, vip.entries.clone(), vip.standby.clone()),
-        );
-        self.digests
-            .insert(*addr, maglev::digest(seed, table, &vip.entries));
-        let mut slots = HashMap::new();
-        for &id in table {
-            *slots.entry(id).or_insert(0) += 1;
-        }
-        self.slots.insert(*addr, slots);
-        match (vip.configured_table(), &vip.configured_entries) {
-            (Some(configured), Some((entries, _))) => {
-                self.configured_digests
-                    .insert(*addr, maglev::digest(seed, &configured, entries));
+    /// Notes what `built`, now the VIP's active table, was built from (`input`), and its
+    /// digests. `configured`: the table of its configured weights, where they differ.
+    fn remember(
+        &mut self,
+        addr: &VipAddr,
+        (input, number): (&TableInput, u64),
+        built: &BuiltTable,
+        configured: Option<&BuiltTable>,
+    ) {
+        self.built.insert(*addr, input.clone());
+        self.written_request.insert(*addr, number);
+        self.digests.insert(*addr, built.digest);
+        self.slots.insert(*addr, built.slots.clone());
+        match configured {
+            Some(c) => self.configured_digests.insert(*addr, c.digest),
+            None => self.configured_digests.remove(addr),
+        };
+    }
+
+    /// Whether the kernel holds the VIP as `vip` wants it, table included.
+    fn current(&self, addr: &VipAddr, vip: &DesiredVip) -> bool {
+        let alias = (vip.options.fragments && addr.port != 0).then(|| super::fragment_alias(addr));
+        self.same_entry(addr, vip, alias)
+            && self
+                .built
+                .get(addr)
+                .is_some_and(|input| *input == vip.input())
+    }
+
+    /// Whether the kernel's VIPS entries for the VIP (and its fragment alias) already say
+    /// what `vip` wants besides the table.
+    fn same_entry(&self, addr: &VipAddr, vip: &DesiredVip, alias: Option<VipKey>) -> bool {
+        self.vips.get(&vip_key(addr)).is_some_and(|h| {
+            h.id == vip.id
+                && h.flags == vip_flags(vip.options)
+                && h.hash_fields == vip.options.hash_fields
+        }) && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id))
+    }
+
+    /// The VIPs whose table `desired` needs and that is neither written nor built: build
+    /// them ([`build`], under [`Datapath::hash_seed`]) and hand them to [`Writer::add_built`].
+    pub fn missing(&mut self, desired: &Desired) -> Vec<TableRequest> {
+        self.next_request += 1;
+        // A VIP found as wanted answers every request so far (it may have changed and come
+        // back while a build for the change ran: that build is older than the kernel's).
+        for (addr, vip) in &desired.vips {
+            if self.current(addr, vip) {
+                self.written_request.insert(*addr, self.next_request);
             }
-            _ => {
-                self.configured_digests.remove(addr);
+        }
+        desired
+            .vips
+            .iter()
+            .filter(|(addr, vip)| !self.current(addr, vip))
+            .map(|(addr, vip)| TableRequest {
+                vip: *addr,
+                input: vip.input(),
+                configured: vip.configured_input(),
+                number: self.next_request,
+            })
+            .filter(|r| self.ready(r).is_none())
+            .collect()
+    }
+
+    /// The tables of `r`, when built.
+    fn ready(&self, r: &TableRequest) -> Option<(Arc<BuiltTable>, Option<Arc<BuiltTable>>)> {
+        let table = self.prebuilt.get(&r.input)?.clone();
+        let configured = match &r.configured {
+            Some(c) => Some(self.prebuilt.get(c)?.clone()),
+            None => None,
+        };
+        Some((table, configured))
+    }
+
+    /// Takes tables built for [`Writer::missing`].
+    pub fn add_built(&mut self, built: Builds) {
+        self.prebuilt
+            .extend(built.tables.into_iter().map(|(i, b)| (i, Arc::new(b))));
+        for r in built.requests {
+            let newer = |n: Option<u64>| n.is_none_or(|n| n < r.number);
+            if newer(self.requested.get(&r.vip).map(|o| o.number))
+                && newer(self.written_request.get(&r.vip).copied())
+            {
+                self.requested.insert(r.vip, r);
             }
         }
+    }
+
+    /// What to switch VIP `addr` to: its table as `vip` wants it, else the one last built for
+    /// it while it changed again (`false`: not final), when that still names only backends
+    /// of the VIP and has its size.
+    /// The request's number comes with the input.
+    #[allow(clippy::type_complexity)]
+    fn next_table(
+        &self,
+        addr: &VipAddr,
+        vip: &DesiredVip,
+        desired: &Desired,
+    ) -> Option<(
+        (TableInput, u64),
+        Arc<BuiltTable>,
+        Option<Arc<BuiltTable>>,
+        bool,
+    )> {
+        let wanted = TableRequest {
+            vip: *addr,
+            input: vip.input(),
+            configured: vip.configured_input(),
+            // What the VIP wants now answers every request made so far.
+            number: self.next_request,
+        };
+        if let Some((t, c)) = self.ready(&wanted) {
+            return Some(((wanted.input, wanted.number), t, c, true));
+        }
+        let older = self.requested.get(addr)?;
+        let of_vip = |id: &u32| desired.backends.get(id).is_some_and(|b| b.vip_id == vip.id);
+        if older.input.size != vip.table_size || !older.input.taking.iter().all(|e| of_vip(&e.id)) {
+            return None;
+        }
+        let (t, c) = self.ready(older)?;
+        Some(((older.input.clone(), older.number), t, c, false))
+    }
+
+    /// [`Writer::apply`] with every table built here first, as a result (an error lists every
+    /// failed write): for callers that may block.
+    pub fn apply_all(&mut self, dp: &mut Datapath, desired: &Desired) -> Result<Applied> {
+        let built = build(self.missing(desired), dp.hash_seed());
+        self.add_built(built);
+        self.apply(dp, desired).into_result()
     }
 
     /// Reads what the kernel's maps hold now.
@@ -112,6 +284,10 @@ impl Writer {
         Ok(Writer {
             vips: dp.held_vips()?.into_iter().collect(),
             built: HashMap::new(),
+            prebuilt: HashMap::new(),
+            requested: HashMap::new(),
+            next_request: 0,
+            written_request: HashMap::new(),
             addrs: dp.held_vip_addrs()?.into_iter().collect(),
             backends: dp.held_backends()?.into_iter().collect(),
             tx_ports: dp.held_tx_ports().into_iter().collect(),
@@ -120,17 +296,20 @@ impl Writer {
             slots: HashMap::new(),
             failures: 0,
             pending: 0,
+            waiting: 0,
         })
     }
 
-    /// Makes the maps hold `desired`, writing only what differs.
+    /// Makes the maps hold `desired`, writing only what differs. A VIP whose new table is
+    /// not built ([`Writer::missing`]) stays on its old one.
     pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
         let mut out = Applied::default();
-        // Backends whose entry could not be written, and whether a VIP could not be switched:
-        // no table may point at the former, and while the latter holds nothing a table may
-        // still name is cleared.
+        // Backends whose entry could not be written, and whether a VIP could not be switched
+        // (or waits for its table): no table may point at the former, and while the latter
+        // holds nothing a table may still name is cleared.
         let mut failed_backends = HashSet::new();
         let mut vip_failed = false;
+        let mut waiting = HashSet::new();
         let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
         // The kernel deletes a TX_PORTS entry when its interface goes away: read them afresh
         // (63 lookups) rather than trust what was written.
@@ -176,21 +355,25 @@ impl Writer {
             if let Some(a) = alias {
                 wanted_keys.insert(a);
             }
-            let held = self.vips.get(&key);
-            let flags = vip_flags(vip.options);
-            let current = held.is_some_and(|h| {
-                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
-            }) && self
-                .built
-                .get(addr)
-                .is_some_and(|(size, entries, standby)| {
-                    *size == vip.table_size && *entries == vip.entries && *standby == vip.standby
-                })
-                && alias.is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
-            if current {
+            if self.current(addr, vip) {
                 continue;
             }
-            if let Some(e) = vip.entries.iter().find(|e| failed_backends.contains(&e.id)) {
+            let held = self.vips.get(&key);
+            let Some((input, built, configured, last)) = self.next_table(addr, vip, desired) else {
+                vip_failed = true;
+                waiting.insert(*addr);
+                continue;
+            };
+            if !last {
+                vip_failed = true;
+                waiting.insert(*addr);
+            }
+            let (input, number) = input;
+            if let Some(e) = input
+                .taking
+                .iter()
+                .find(|e| failed_backends.contains(&e.id))
+            {
                 vip_failed = true;
                 fail(
                     format!("VIP {addr}"),
@@ -205,37 +388,34 @@ impl Writer {
                 fail(format!("VIP {addr} counters"), e);
                 continue;
             }
-            let table = vip.table();
-            let same_entry = held.is_some_and(|h| {
-                h.id == vip.id && h.flags == flags && h.hash_fields == vip.options.hash_fields
-            }) && alias
-                .is_none_or(|a| self.vips.get(&a).is_some_and(|i| i.id == vip.id));
-            if same_entry && dp.table(addr).is_ok_and(|t| t == table) {
+            let table = &built.table;
+            let configured = configured.as_deref();
+            if self.same_entry(addr, vip, alias) && dp.table(addr).is_ok_and(|t| t == *table) {
                 // The kernel holds this very table (an adopted data path's, after a restart):
                 // nothing to write, and no run of TABLES to take.
-                self.remember(dp.hash_seed(), addr, vip, &table);
+                self.remember(addr, (&input, number), &built, configured);
                 continue;
             }
             let old = self
                 .built
                 .get(addr)
-                .and_then(|(_, entries, _)| Some((dp.table(addr).ok()?, entries)));
+                .and_then(|input| Some((dp.table(addr).ok()?, &input.taking)));
             let (mut moved, mut resized) = (None, None);
             if let Some((old, old_entries)) = &old {
                 if old.is_empty() || table.is_empty() || old.len() == table.len() {
-                    moved = Some(slots_moved(old, old_entries, &table, &vip.entries));
+                    moved = Some(slots_moved(old, old_entries, table, &input.taking));
                 } else {
-                    let share = maglev::moved_share((old, old_entries), (&table, &vip.entries));
+                    let share = maglev::moved_share((old, old_entries), (table, &input.taking));
                     resized = Some((old.len(), share));
                 }
             }
-            match dp.set_vip(addr, vip.id, &table, vip.options) {
+            match dp.set_vip(addr, vip.id, table, vip.options) {
                 Ok(()) => {
-                    self.remember(dp.hash_seed(), addr, vip, &table);
+                    self.remember(addr, (&input, number), &built, configured);
                     out.tables.push(TableSwitch {
                         vip: *addr,
-                        backends: vip.entries.len(),
-                        standby: vip.standby.len(),
+                        backends: input.taking.len(),
+                        standby: input.standby.len(),
                         size: table.len(),
                         moved,
                         resized,
@@ -254,7 +434,14 @@ impl Writer {
                 };
             }
         }
-        let addrs = vip_addr_flags(desired.vips.iter().map(|(a, v)| (a, v.options.fragments)));
+        // A new VIP waiting for its first table is not announced to the data path yet.
+        let addrs = vip_addr_flags(
+            desired
+                .vips
+                .iter()
+                .filter(|(a, _)| !waiting.contains(*a) || self.vips.contains_key(&vip_key(a)))
+                .map(|(a, v)| (a, v.options.fragments)),
+        );
         if let Err(e) = dp.set_vip_filter(addrs.keys().map(|k| k.0)) {
             fail("VIP_FILTER".into(), e);
         }
@@ -305,8 +492,8 @@ impl Writer {
                 Err(e) => fail("VIP_ADDRS".into(), e),
             }
         }
-        // A VIP that could not be switched may still name its old backends: they stay until
-        // the retry has switched it.
+        // A VIP that could not be switched (or waits for its table) may still name its old
+        // backends, and they their TX ports: both stay until it has been switched.
         let gone: Vec<u32> = if vip_failed {
             Vec::new()
         } else {
@@ -324,12 +511,15 @@ impl Writer {
                 Err(e) => fail(format!("backend {id}"), e),
             }
         }
-        let gone: Vec<u32> = self
-            .tx_ports
-            .keys()
-            .filter(|p| !desired.tx_ports.contains_key(p))
-            .copied()
-            .collect();
+        let gone: Vec<u32> = if vip_failed {
+            Vec::new()
+        } else {
+            self.tx_ports
+                .keys()
+                .filter(|p| !desired.tx_ports.contains_key(p))
+                .copied()
+                .collect()
+        };
         for port in gone {
             match dp.clear_tx_port(port) {
                 Ok(()) => {
@@ -338,21 +528,43 @@ impl Writer {
                 Err(e) => fail(format!("TX port {port}"), e),
             }
         }
+        // Built tables are kept only until written.
+        self.requested.retain(|a, r| {
+            desired.vips.contains_key(a)
+                && self.written_request.get(a).is_none_or(|&n| n < r.number)
+        });
+        self.written_request
+            .retain(|a, _| desired.vips.contains_key(a));
+        let wanted: HashSet<TableInput> = desired
+            .vips
+            .iter()
+            .filter(|(a, v)| !self.current(a, v))
+            .flat_map(|(_, v)| [Some(v.input()), v.configured_input()])
+            .chain(
+                self.requested
+                    .values()
+                    .flat_map(|r| [Some(r.input.clone()), r.configured.clone()]),
+            )
+            .flatten()
+            .collect();
+        self.prebuilt.retain(|i, _| wanted.contains(i));
         self.pending = out.errors.len();
         self.failures += out.errors.len() as u64;
+        self.waiting = waiting.len();
         out
     }
+}
 
-    /// `apply`, as a result: an error lists every failed write.
-    pub fn apply_all(&mut self, dp: &mut Datapath, desired: &Desired) -> Result<Applied> {
-        let applied = self.apply(dp, desired);
-        if applied.errors.is_empty() {
-            Ok(applied)
+impl Applied {
+    /// As a result: an error lists every failed write.
+    pub fn into_result(self) -> Result<Applied> {
+        if self.errors.is_empty() {
+            Ok(self)
         } else {
             Err(anyhow!(
                 "{} map writes failed (retried): {}",
-                applied.errors.len(),
-                applied.errors.join("; ")
+                self.errors.len(),
+                self.errors.join("; ")
             ))
         }
     }

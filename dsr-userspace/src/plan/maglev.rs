@@ -28,7 +28,7 @@ const OFFSET_SEED: u32 = 0x6d61_6731; // "mag1"
 const SKIP_SEED: u32 = 0x6d61_6732; // "mag2"
 
 /// One backend as the table builder sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// What identifies the backend across nodes: its address.
     pub address: IpAddr,
@@ -148,51 +148,133 @@ pub fn build_around(taking: &[Entry], standby: &[Entry], size: u32) -> Vec<u32> 
     for e in &mut all {
         e.weight /= gcd;
     }
-    let lent: std::collections::HashSet<u32> = lenders.iter().map(|e| e.id).collect();
-    let mut ends = Vec::with_capacity(all.len());
-    let mut total = 0u64;
-    for e in &all {
-        total += e.weight as u64;
-        ends.push(total);
-    }
+    let lent = Lent::new(lenders.iter().map(|e| e.id));
+    let draws = Draws::new(&all, &lent);
     let takers: Vec<(u32, [u32; 4])> = all
         .iter()
-        .filter(|e| !lent.contains(&e.id))
+        .filter(|e| !lent.contains(e.id))
         .map(|e| (e.id, addr_words(e.address)))
         .collect();
     if takers.is_empty() {
         // Only when an id is given as both taking and standing by (the plan never does).
         return build(taking, size);
     }
-    let draw = |slot: u32, n: u32| {
-        let words = [slot, n];
-        ((jhash2(&words, LEND_SEED[0]) as u64) << 32) | jhash2(&words, LEND_SEED[1]) as u64
-    };
-    for (slot, id) in table.iter_mut().enumerate() {
-        if !lent.contains(id) {
-            continue;
+    let lend = |slot: u32| -> u32 {
+        if let Some(id) = (0..LEND_DRAWS).find_map(|n| draws.taker(slot, n)) {
+            return id;
         }
-        let slot = slot as u32;
-        let borrower = (0..LEND_DRAWS).find_map(|n| {
-            let at = draw(slot, n) % total;
-            let e = &all[ends.partition_point(|&end| end <= at)];
-            (!lent.contains(&e.id)).then_some(e.id)
-        });
-        *id = borrower.unwrap_or_else(|| {
-            let score = |a: &[u32; 4]| jhash2(&[slot, a[0], a[1], a[2], a[3]], LEND_SEED[0]);
-            // Ties (never seen) go to the lower address: `takers` is sorted by address.
-            let mut best = takers[0];
-            let mut best_score = score(&best.1);
-            for t in &takers[1..] {
-                let s = score(&t.1);
-                if s > best_score {
-                    (best, best_score) = (*t, s);
-                }
+        let score = |a: &[u32; 4]| jhash2(&[slot, a[0], a[1], a[2], a[3]], LEND_SEED[0]);
+        // Ties (never seen) go to the lower address: `takers` is sorted by address.
+        let mut best = takers[0];
+        let mut best_score = score(&best.1);
+        for t in &takers[1..] {
+            let s = score(&t.1);
+            if s > best_score {
+                (best, best_score) = (*t, s);
             }
-            best.0
-        });
-    }
+        }
+        best.0
+    };
+    // Slots are lent independently: when most backends stand by (a rack down, when the new
+    // table matters most) each lent slot may take all 64 draws, so the work is split over
+    // the CPUs. The table is the same however it is split.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = table.len().div_ceil(threads).max(1 << 16);
+    std::thread::scope(|s| {
+        for (i, part) in table.chunks_mut(chunk).enumerate() {
+            let lend = &lend;
+            let lent = &lent;
+            s.spawn(move || {
+                for (j, id) in part.iter_mut().enumerate() {
+                    if lent.contains(*id) {
+                        *id = lend((i * chunk + j) as u32);
+                    }
+                }
+            });
+        }
+    });
     table
+}
+
+/// The ids standing by, for a test per slot and per draw that costs no hashing (ids are the
+/// data path's backend ids, below `max_backends`; others are looked up).
+enum Lent {
+    Dense(Vec<bool>),
+    Sparse(std::collections::HashSet<u32>),
+}
+
+impl Lent {
+    fn new(ids: impl Iterator<Item = u32> + Clone) -> Lent {
+        match ids.clone().max() {
+            Some(max) if max >= 1 << 22 => Lent::Sparse(ids.collect()),
+            max => {
+                let mut v = vec![false; max.map_or(0, |m| m as usize + 1)];
+                for id in ids {
+                    v[id as usize] = true;
+                }
+                Lent::Dense(v)
+            }
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        match self {
+            Lent::Dense(v) => v.get(id as usize).copied().unwrap_or(false),
+            Lent::Sparse(s) => s.contains(&id),
+        }
+    }
+}
+
+/// A lent slot's draws among every backend by weight (`all`: by address, weights over
+/// their common divisor).
+struct Draws {
+    /// The cumulative weights, and for each unit of weight the index of its backend (when
+    /// the whole is small enough to list; else a binary search of `ends`).
+    ends: Vec<u64>,
+    owner: Option<Vec<u32>>,
+    total: u64,
+    /// Per backend: its id, when it takes new flows.
+    taker: Vec<Option<u32>>,
+}
+
+impl Draws {
+    fn new(all: &[Entry], lent: &Lent) -> Draws {
+        let mut ends = Vec::with_capacity(all.len());
+        let mut total = 0u64;
+        for e in all {
+            total += e.weight as u64;
+            ends.push(total);
+        }
+        let owner = (total <= 1 << 20).then(|| {
+            let mut v = Vec::with_capacity(total as usize);
+            for (i, e) in all.iter().enumerate() {
+                v.extend(std::iter::repeat_n(i as u32, e.weight as usize));
+            }
+            v
+        });
+        let taker = all
+            .iter()
+            .map(|e| (!lent.contains(e.id)).then_some(e.id))
+            .collect();
+        Draws {
+            ends,
+            owner,
+            total,
+            taker,
+        }
+    }
+
+    /// Draw `n` of `slot`: the backend it falls on, if that one takes new flows.
+    fn taker(&self, slot: u32, n: u32) -> Option<u32> {
+        let words = [slot, n];
+        let h = ((jhash2(&words, LEND_SEED[0]) as u64) << 32) | jhash2(&words, LEND_SEED[1]) as u64;
+        let at = h % self.total;
+        let i = match &self.owner {
+            Some(o) => o[at as usize] as usize,
+            None => self.ends.partition_point(|&end| end <= at),
+        };
+        self.taker[i]
+    }
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -490,6 +572,35 @@ mod tests {
                 (moved_others as f64) < bound * 65537.0,
                 "n={n}: {moved_others} slots of other backends moved"
             );
+        }
+    }
+
+    /// Peers and upgrades agree only if the same inputs give the same table in every version:
+    /// these fingerprints were taken before the lending loop was made faster (dense lookups,
+    /// split over threads), and pin its output, with most and with few backends standing by.
+    #[test]
+    fn lent_tables_do_not_change_between_versions() {
+        let es = |n: u32| -> Vec<Entry> {
+            (0..n)
+                .map(|i| Entry {
+                    address: IpAddr::from([10, 1, (i >> 8) as u8, i as u8]),
+                    id: i * 3 + 1,
+                    weight: 1 + i % 4,
+                })
+                .collect()
+        };
+        for (n, down, size, want) in [
+            (20u32, 19usize, 10007u32, 0x1519_0371_b752_f87a_u64),
+            (20, 5, 10007, 0x64dc_4cf8_2d10_17a4),
+            (300, 290, 65537, 0x0a83_ccba_6c6c_0b6c),
+        ] {
+            let all = es(n);
+            let (standby, taking) = all.split_at(down);
+            let table = build_around(taking, standby, size);
+            let h = table
+                .iter()
+                .fold(0u64, |h, &x| h.wrapping_mul(31).wrapping_add(x as u64));
+            assert_eq!(h, want, "{n} backends, {down} standing by, {size} slots");
         }
     }
 }

@@ -5,7 +5,7 @@
 pub mod maglev;
 pub mod sizing;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     runtime::state::State,
@@ -70,14 +70,83 @@ pub struct DesiredVip {
 impl DesiredVip {
     /// Its table.
     pub fn table(&self) -> Vec<u32> {
-        maglev::build_around(&self.entries, &self.standby, self.table_size)
+        self.input().build()
     }
 
-    /// The table its configured weights give, where load-aware weights changed them.
-    pub fn configured_table(&self) -> Option<Vec<u32>> {
+    /// What its table is built from.
+    pub fn input(&self) -> TableInput {
+        TableInput {
+            size: self.table_size,
+            taking: self.entries.clone(),
+            standby: self.standby.clone(),
+        }
+    }
+
+    /// What the table of its configured weights is built from, where load-aware weights
+    /// changed them.
+    pub fn configured_input(&self) -> Option<TableInput> {
         self.configured_entries
             .as_ref()
-            .map(|(taking, standby)| maglev::build_around(taking, standby, self.table_size))
+            .map(|(taking, standby)| TableInput {
+                size: self.table_size,
+                taking: taking.clone(),
+                standby: standby.clone(),
+            })
+    }
+}
+
+/// Everything a VIP's table is built from: two VIPs with equal inputs get equal tables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableInput {
+    pub size: u32,
+    /// The backends taking new flows, and those standing by (`maglev::build_around`).
+    pub taking: Vec<maglev::Entry>,
+    pub standby: Vec<maglev::Entry>,
+}
+
+/// A built table with what is derived from it. Built once per input (off the daemon's
+/// loop: a large table takes a second to build), then written and shown.
+#[derive(Debug)]
+pub struct BuiltTable {
+    pub table: Vec<u32>,
+    /// `maglev::digest` of the table, for nodes to compare.
+    pub digest: u64,
+    /// Slots per backend id.
+    pub slots: HashMap<u32, u32>,
+}
+
+impl TableInput {
+    /// What building the table costs, in slots built: each slot once, and each lent slot
+    /// once per draw it takes to find a taking backend (`maglev::build_around`: as many as
+    /// the weights' whole over the taking ones', up to 64 when nearly all stand by).
+    pub fn cost(&self) -> u64 {
+        let weight = |es: &[maglev::Entry]| es.iter().map(|e| u64::from(e.weight)).sum::<u64>();
+        let (taking, standby) = (weight(&self.taking), weight(&self.standby));
+        let size = u64::from(self.size);
+        if taking == 0 || standby == 0 {
+            return size;
+        }
+        let draws = ((taking + standby) / taking).min(64);
+        size + size * standby / (taking + standby) * draws
+    }
+
+    pub fn build(&self) -> Vec<u32> {
+        maglev::build_around(&self.taking, &self.standby, self.size)
+    }
+
+    /// The table with its digest (under the data path's hash seed) and slot counts.
+    pub fn build_all(&self, seed: u32) -> BuiltTable {
+        let table = self.build();
+        let digest = maglev::digest(seed, &table, &self.taking);
+        let mut slots = HashMap::new();
+        for &id in &table {
+            *slots.entry(id).or_insert(0) += 1;
+        }
+        BuiltTable {
+            table,
+            digest,
+            slots,
+        }
     }
 }
 
