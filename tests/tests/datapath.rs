@@ -1007,10 +1007,16 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
         TCP,
     );
 
+    let addrs = f.dp.held_vip_addrs().unwrap().len();
     let applied = f.writer.apply(&mut f.dp, &f.desired);
     assert!(applied.errors.is_empty(), "{:?}", applied.errors);
     assert!(applied.tables.is_empty(), "{:?}", applied.tables);
     assert_eq!(f.writer.waiting, 2);
+    assert_eq!(
+        f.dp.held_vip_addrs().unwrap().len(),
+        addrs,
+        "no VIP_ADDRS entry yet"
+    );
     assert_eq!(f.dp.table(&key).unwrap(), f.expected, "the old table stays");
     let zero = f.dp.backend_entry(0).expect("backend 0's entry");
     assert_ne!(
@@ -1038,6 +1044,7 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
         0,
         "cleared once no table names it"
     );
+    assert_eq!(f.dp.held_vip_addrs().unwrap().len(), addrs + 1);
     let (verdict, out) = run(f.dp.program(), &to_new, LO);
     assert_eq!((verdict, &out[..6]), (XDP_TX, &new_mac[..]));
 
@@ -1071,6 +1078,18 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
     let applied = f.writer.apply(&mut f.dp, &f.desired);
     assert_eq!((applied.tables.len(), f.writer.waiting), (0, 1));
     assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 3]));
+
+    // A build for a backend that came up and went down again while it ran is not written:
+    // it would give new flows to a backend neither taking them now nor in the kernel's table.
+    weights(&mut f, &[0, 0, 1]);
+    f.apply();
+    weights(&mut f, &[0, 1, 1]);
+    let came_up = dsr::datapath::writer::build(f.writer.missing(&f.desired), f.dp.hash_seed());
+    weights(&mut f, &[0, 0, 2]);
+    f.writer.add_built(came_up);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert_eq!((applied.tables.len(), f.writer.waiting), (0, 1));
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 0, 1]));
 }
 
 #[test]

@@ -180,6 +180,11 @@ pub fn render(s: &Status) -> String {
         "Map writes that failed and wait for a retry (the data path lags the daemon's state)",
         [(vec![], s.map_writes_pending as f64)],
     );
+    m.gauge(
+        "dsr_map_tables_building",
+        "VIPs forwarding by their old table while the new one is built",
+        [(vec![], s.map_tables_building as f64)],
+    );
     m.counter(
         "dsr_map_write_failures",
         "Map writes that failed since the daemon started",

@@ -81,6 +81,7 @@ pub struct Status {
     pub map_write_failures: u64,
     /// VIPs still forwarding by their old table while the new one is built (off the
     /// daemon's loop: a table of millions of slots takes a second).
+    #[serde(default)]
     pub map_tables_building: usize,
     /// Reloads (SIGHUP or `dsr reload`) since the daemon started, applied and refused.
     pub reloads_applied: u64,

@@ -61,11 +61,14 @@ const LOAD_TICK: Duration = Duration::from_millis(100);
 const MAX_REPORTS_PER_APPLY: usize = 1024;
 /// How often an unresolved backend is solicited again, in ticks.
 const RESOLICIT_TICKS: u64 = 5;
-/// A VIP's table that costs at most this many slots to build (`TableInput::cost`: the default
-/// size of 8 backends, all up) is built on the daemon's loop, so that the data path follows
-/// before the next request (a release build takes 40-70 ns a slot: under 20 ms); a costlier
-/// one is built off it, so that status and checks go on meanwhile.
+/// Tables that cost at most this many slots to build, all together (`TableInput::cost`: one
+/// VIP of 8 backends at the default size, all up), are built on the daemon's loop, so that
+/// the data path follows before the next request (a release build takes 40-70 ns a slot:
+/// under 20 ms); the others are built off it, so that status and checks go on meanwhile.
 const INLINE_BUILD_COST: u64 = 1 << 18;
+/// What one build off the loop costs at most (one table of any size when alone): about a
+/// second's work, and 64 MiB of tables held built before they are written.
+const BUILD_BATCH_COST: u64 = 1 << 24;
 
 pub struct Daemon {
     /// The slots per backend the default table sizes got last (logged when it changes).
@@ -674,22 +677,19 @@ impl Daemon {
     /// off the loop (status and checks go on meanwhile) and written when they arrive; their
     /// VIPs keep their old tables until then.
     fn apply(&mut self) -> Result<()> {
-        self.log_serving();
-        self.announce(false);
         let desired = plan::desired(&self.state);
         let seed = self.datapath.hash_seed();
-        let (small, big): (Vec<_>, Vec<_>) = self
-            .writer
-            .missing(&desired)
-            .into_iter()
-            .partition(|r| r.cost() <= INLINE_BUILD_COST);
-        // A small table is built at once: the data path follows before the next request.
+        let missing = self.writer.missing(&desired);
+        // Small tables are built at once: the data path follows before the next request.
+        let (small, big) = writer::take_by_cost(missing, INLINE_BUILD_COST, false);
         if !small.is_empty() {
             self.writer.add_built(writer::build(small, seed));
         }
         if !big.is_empty() && !self.building {
             self.building = true;
-            let (missing, tx) = (big, self.built.0.clone());
+            // A batch at a time, so that what is held built but not written stays bounded.
+            let (missing, _) = writer::take_by_cost(big, BUILD_BATCH_COST, true);
+            let tx = self.built.0.clone();
             tokio::spawn(async move {
                 let built = tokio::task::spawn_blocking(move || writer::build(missing, seed))
                     .await
@@ -700,9 +700,16 @@ impl Daemon {
                 let _ = tx.send(built);
             });
         }
+        self.write(&desired)
+    }
+
+    /// Writes what of `desired` is built.
+    fn write(&mut self, desired: &plan::Desired) -> Result<()> {
+        self.log_serving();
+        self.announce(false);
         let applied = self
             .writer
-            .apply(&mut self.datapath, &desired)
+            .apply(&mut self.datapath, desired)
             .into_result()?;
         for t in applied.tables {
             let who = match t.standby {
@@ -791,15 +798,22 @@ impl Daemon {
     /// [`Daemon::apply`] with every table built first (the loop waits for it): for changes
     /// whose caller is told they are done, and for the first write at start.
     async fn apply_now(&mut self) -> Result<()> {
-        let missing = self.writer.missing(&plan::desired(&self.state));
-        if !missing.is_empty() {
+        let desired = plan::desired(&self.state);
+        loop {
+            let missing = self.writer.missing(&desired);
+            if missing.is_empty() {
+                break;
+            }
+            // A batch at a time, each written before the next is built.
+            let (batch, _) = writer::take_by_cost(missing, BUILD_BATCH_COST, true);
             let seed = self.datapath.hash_seed();
-            let built = tokio::task::spawn_blocking(move || writer::build(missing, seed))
+            let built = tokio::task::spawn_blocking(move || writer::build(batch, seed))
                 .await
                 .map_err(|e| anyhow!("building tables failed: {e}"))?;
             self.writer.add_built(built);
+            self.write(&desired)?;
         }
-        self.apply()
+        self.write(&desired)
     }
 
     fn apply_logged(&mut self) {

@@ -92,6 +92,26 @@ impl TableRequest {
     }
 }
 
+/// Splits `requests` into those whose costs add up to at most `budget` (with `one`: at least
+/// one) and the rest.
+pub fn take_by_cost(
+    requests: Vec<TableRequest>,
+    budget: u64,
+    one: bool,
+) -> (Vec<TableRequest>, Vec<TableRequest>) {
+    let (mut taken, mut rest, mut spent) = (Vec::new(), Vec::new(), 0);
+    for r in requests {
+        let cost = r.cost();
+        if spent + cost <= budget || (one && taken.is_empty()) {
+            spent += cost;
+            taken.push(r);
+        } else {
+            rest.push(r);
+        }
+    }
+    (taken, rest)
+}
+
 /// Tables built for [`Writer::missing`]'s requests.
 #[derive(Debug, Default)]
 pub struct Builds {
@@ -263,8 +283,18 @@ impl Writer {
             return Some(((wanted.input, wanted.number), t, c, true));
         }
         let older = self.requested.get(addr)?;
+        // It may give new flows only to backends that take them now or already did in the
+        // kernel's table (not to one that came up for it and went down again since).
         let of_vip = |id: &u32| desired.backends.get(id).is_some_and(|b| b.vip_id == vip.id);
-        if older.input.size != vip.table_size || !older.input.taking.iter().all(|e| of_vip(&e.id)) {
+        let taking = |es: &[maglev::Entry], id: u32| es.iter().any(|e| e.id == id);
+        let held = self.built.get(addr).map_or(&[][..], |i| &i.taking[..]);
+        if older.input.size != vip.table_size
+            || !older
+                .input
+                .taking
+                .iter()
+                .all(|e| of_vip(&e.id) && (taking(&vip.entries, e.id) || taking(held, e.id)))
+        {
             return None;
         }
         let (t, c) = self.ready(older)?;
