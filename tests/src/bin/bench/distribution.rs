@@ -561,6 +561,29 @@ pub fn run(size: &Size) -> Result<PartReport> {
             b.build.as_secs_f64() * 1000.0,
         ));
     }
+    // A rack down: most of a VIP's backends stand by, and each lent slot may take all 64
+    // draws before it finds a taking backend (the costliest build; the daemon builds it off
+    // its loop).
+    let all = entries(1000);
+    let m = Slots::Default.of(1000);
+    let mut down = Vec::new();
+    for standing in [500usize, 900, 999] {
+        let (standby, taking) = all.split_at(standing);
+        let started = std::time::Instant::now();
+        let t = maglev::build_around(taking, standby, m);
+        down.push(format!(
+            "{standing} down {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+        assert!(t.iter().all(|id| taking.iter().any(|e| e.id == *id)));
+    }
+    notes.push(format!(
+        "Table build for 1000 backends at the default {m} slots with most of them down (their \
+         slots lent; split over {} CPUs): {}. The daemon builds tables this costly off its \
+         loop; status and checks go on meanwhile.",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        down.join(", ")
+    ));
     notes.push(format!(
         "A config change of the backend count changes the default size: from 100 to 101 \
          configured backends, {} of new flows go to another backend (not 1/101), which `dsr \
