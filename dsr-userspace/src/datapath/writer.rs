@@ -524,14 +524,10 @@ impl Writer {
         }
         // A VIP that could not be switched (or waits for its table) may still name its old
         // backends, and they their TX ports: both stay until it has been switched.
-        let gone: Vec<u32> = if vip_failed {
+        let gone = if vip_failed {
             Vec::new()
         } else {
-            self.backends
-                .keys()
-                .filter(|id| !desired.backends.contains_key(id))
-                .copied()
-                .collect()
+            unwanted(&self.backends, &desired.backends)
         };
         for id in gone {
             match dp.set_backend(id, Backend::default()) {
@@ -541,14 +537,10 @@ impl Writer {
                 Err(e) => fail(format!("backend {id}"), e),
             }
         }
-        let gone: Vec<u32> = if vip_failed {
+        let gone = if vip_failed {
             Vec::new()
         } else {
-            self.tx_ports
-                .keys()
-                .filter(|p| !desired.tx_ports.contains_key(p))
-                .copied()
-                .collect()
+            unwanted(&self.tx_ports, &desired.tx_ports)
         };
         for port in gone {
             match dp.clear_tx_port(port) {
@@ -598,6 +590,14 @@ impl Applied {
             ))
         }
     }
+}
+
+/// The keys `held` has and `wanted` has not.
+fn unwanted<V, W>(held: &BTreeMap<u32, V>, wanted: &BTreeMap<u32, W>) -> Vec<u32> {
+    held.keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect()
 }
 
 /// Slots whose backend address differs between two tables (an empty table has none).
