@@ -962,15 +962,31 @@ fn table_switch_takes_effect_and_reads_back() {
 
 /// The daemon builds large tables off its loop and writes what is ready: a VIP whose new
 /// table is not built yet keeps forwarding by its old one, the backend that table still names
-/// keeps its entry, and a new VIP is not a VIP to the data path until its table is written.
+/// keeps its entry and its TX port (while another VIP's leftovers go), and a new VIP is not a
+/// VIP to the data path until its table is written.
 #[test]
 fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
     let mut f = Fixture::new();
     let key = vip(VIP4, 80, Protocol::Tcp, 0);
+    let other = f.vips[1].0;
     let on_zero = flows_on(&f, 0, 1)[0];
-    // Backend 0 leaves VIP 0, and a VIP with a backend of its own arrives.
+    // Backends 0 (of VIP 0) and 3 (of VIP 1) sit behind TX ports 3 and 4.
+    for (id, port) in [(0, 3), (3, 4)] {
+        f.desired.tx_ports.insert(port, LO);
+        f.set_backend(id, |b| {
+            b.egress = Some(Egress {
+                port,
+                src_mac: MacAddr([0x02, 0xee, 0, 0, 0, port as u8]),
+            })
+        });
+    }
+    // Backend 0 leaves VIP 0, backend 3 leaves VIP 1 (their ports with them), and a VIP with
+    // a backend of its own arrives.
     f.desired.backends.remove(&0);
+    f.desired.backends.remove(&3);
+    f.desired.tx_ports.clear();
     f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 2, 1]);
+    f.desired.vips.get_mut(&other).unwrap().entries = f.entries(1, &[0, 2, 1]);
     let new_vip = vip(Ipv4Addr::new(198, 18, 0, 106), 80, Protocol::Tcp, 0);
     let new_mac = [0x02, 0xbe, 0, 10, 0, 0x11];
     f.desired.backends.insert(
@@ -1007,11 +1023,44 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
         TCP,
     );
 
+    let ports = |f: &Fixture| -> Vec<u32> { f.dp.held_tx_ports().iter().map(|p| p.0).collect() };
+    let valid = |f: &Fixture, id: u32| {
+        f.dp.backend_entry(id)
+            .is_some_and(|b| b.flags & BACKEND_F_VALID != 0)
+    };
     let addrs = f.dp.held_vip_addrs().unwrap().len();
     let applied = f.writer.apply(&mut f.dp, &f.desired);
     assert!(applied.errors.is_empty(), "{:?}", applied.errors);
     assert!(applied.tables.is_empty(), "{:?}", applied.tables);
-    assert_eq!(f.writer.waiting, 2);
+    assert_eq!(f.writer.waiting, 3);
+    assert!(
+        valid(&f, 0) && valid(&f, 3),
+        "the old tables still name them"
+    );
+    assert_eq!(
+        ports(&f),
+        [3, 4],
+        "their backends still go out through them"
+    );
+
+    // VIP 1's table is built first: its leftovers go while VIP 0 still waits.
+    let first: Vec<_> = f
+        .writer
+        .missing(&f.desired)
+        .into_iter()
+        .filter(|r| r.vip == other)
+        .collect();
+    let built = dsr::datapath::writer::build(first, f.dp.hash_seed());
+    f.writer.add_built(built);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+    assert_eq!((applied.tables.len(), f.writer.waiting), (1, 2));
+    assert!(!valid(&f, 3), "no table names backend 3 now");
+    assert!(valid(&f, 0), "VIP 0's old table still names backend 0");
+    assert_eq!(ports(&f), [3], "backend 0 still goes out through port 3");
+    let (verdict, out) = run(f.dp.program(), &flow(on_zero), LO);
+    assert_eq!(verdict_name(verdict), "REDIRECT");
+    assert_eq!(out[..6], f.backends[0].mac);
     assert_eq!(
         f.dp.held_vip_addrs().unwrap().len(),
         addrs,
@@ -1024,7 +1073,13 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
         0,
         "the old table still names it"
     );
-    assert_eq!(backend_of(&f, &flow(on_zero)), Some(0));
+    let (verdict, out) = run(f.dp.program(), &flow(on_zero), LO);
+    assert_eq!(
+        verdict_name(verdict),
+        "REDIRECT",
+        "out through port 3 still"
+    );
+    assert_eq!(out[..6], f.backends[0].mac);
     let (verdict, _) = run(f.dp.program(), &to_new, LO);
     assert_eq!(verdict, XDP_PASS, "no VIP before its table");
 
@@ -1038,12 +1093,8 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
     assert_eq!(f.writer.waiting, 0);
     assert!(f.writer.missing(&f.desired).is_empty());
     assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 2, 1]));
-    let zero = f.dp.backend_entry(0).unwrap_or_default();
-    assert_eq!(
-        zero.flags & BACKEND_F_VALID,
-        0,
-        "cleared once no table names it"
-    );
+    assert!(!valid(&f, 0), "cleared once no table names it");
+    assert!(ports(&f).is_empty(), "and its port with it");
     assert_eq!(f.dp.held_vip_addrs().unwrap().len(), addrs + 1);
     let (verdict, out) = run(f.dp.program(), &to_new, LO);
     assert_eq!((verdict, &out[..6]), (XDP_TX, &new_mac[..]));

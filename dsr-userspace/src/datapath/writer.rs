@@ -242,6 +242,33 @@ impl Writer {
         Some((table, configured))
     }
 
+    /// The backend ids the tables the kernel holds may name (`also`: more that they may),
+    /// or `None` when a VIPS entry's table is not known: one whose removal failed.
+    fn named_backends(
+        &self,
+        dp: &Datapath,
+        desired: &Desired,
+        also: HashSet<u32>,
+    ) -> Option<HashSet<u32>> {
+        let mut named = also;
+        let mut known = HashSet::new();
+        for addr in desired.vips.keys() {
+            let key = vip_key(addr);
+            if !self.vips.contains_key(&key) {
+                continue;
+            }
+            // A fragment alias's entry points at its VIP's table.
+            known.extend([key, super::fragment_alias(addr)]);
+            match self.built.get(addr) {
+                // What this writer wrote is what the kernel holds.
+                Some(input) => named.extend(input.taking.iter().map(|e| e.id)),
+                // Adopted at start and not rewritten yet: the kernel's table says.
+                None => named.extend(dp.table(addr).ok()?),
+            }
+        }
+        self.vips.keys().all(|k| known.contains(k)).then_some(named)
+    }
+
     /// Takes tables built for [`Writer::missing`].
     pub fn add_built(&mut self, built: Builds) {
         self.prebuilt
@@ -334,11 +361,10 @@ impl Writer {
     /// not built ([`Writer::missing`]) stays on its old one.
     pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
         let mut out = Applied::default();
-        // Backends whose entry could not be written, and whether a VIP could not be switched
-        // (or waits for its table): no table may point at the former, and while the latter
-        // holds nothing a table may still name is cleared.
+        // Backends whose entry could not be written (no table may point at them yet), and
+        // those a failed switch may have left a table naming (kept until no table does).
         let mut failed_backends = HashSet::new();
-        let mut vip_failed = false;
+        let mut maybe_named = HashSet::new();
         let mut waiting = HashSet::new();
         let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
         // The kernel deletes a TX_PORTS entry when its interface goes away: read them afresh
@@ -390,12 +416,10 @@ impl Writer {
             }
             let held = self.vips.get(&key);
             let Some((input, built, configured, last)) = self.next_table(addr, vip, desired) else {
-                vip_failed = true;
                 waiting.insert(*addr);
                 continue;
             };
             if !last {
-                vip_failed = true;
                 waiting.insert(*addr);
             }
             let (input, number) = input;
@@ -404,7 +428,6 @@ impl Writer {
                 .iter()
                 .find(|e| failed_backends.contains(&e.id))
             {
-                vip_failed = true;
                 fail(
                     format!("VIP {addr}"),
                     anyhow!("its table waits for backend {} to be written", e.id),
@@ -414,7 +437,6 @@ impl Writer {
             if held.is_none_or(|h| h.id != vip.id)
                 && let Err(e) = dp.reset_vip_stats(vip.id)
             {
-                vip_failed = true;
                 fail(format!("VIP {addr} counters"), e);
                 continue;
             }
@@ -452,7 +474,8 @@ impl Writer {
                     });
                 }
                 Err(e) => {
-                    vip_failed = true;
+                    // Its VIPS entry may already point at the new table.
+                    maybe_named.extend(input.taking.iter().map(|e| e.id));
                     fail(format!("VIP {addr}"), e)
                 }
             }
@@ -522,12 +545,16 @@ impl Writer {
                 Err(e) => fail("VIP_ADDRS".into(), e),
             }
         }
-        // A VIP that could not be switched (or waits for its table) may still name its old
-        // backends, and they their TX ports: both stay until it has been switched.
-        let gone = if vip_failed {
-            Vec::new()
-        } else {
-            unwanted(&self.backends, &desired.backends)
+        // A backend entry goes once no table the kernel holds may name it, and a TX port once
+        // no backend entry left names it: a VIP waiting for its table (or not switched) keeps
+        // forwarding by its old one, to the old backends and through their ports, while
+        // every other VIP's leftovers go.
+        let gone = match self.named_backends(dp, desired, maybe_named) {
+            Some(named) => unwanted(&self.backends, &desired.backends)
+                .into_iter()
+                .filter(|id| !named.contains(id))
+                .collect(),
+            None => Vec::new(),
         };
         for id in gone {
             match dp.set_backend(id, Backend::default()) {
@@ -537,11 +564,11 @@ impl Writer {
                 Err(e) => fail(format!("backend {id}"), e),
             }
         }
-        let gone = if vip_failed {
-            Vec::new()
-        } else {
-            unwanted(&self.tx_ports, &desired.tx_ports)
-        };
+        let used: HashSet<u32> = self.backends.values().map(|b| b.tx_port).collect();
+        let gone: Vec<u32> = unwanted(&self.tx_ports, &desired.tx_ports)
+            .into_iter()
+            .filter(|port| !used.contains(port))
+            .collect();
         for port in gone {
             match dp.clear_tx_port(port) {
                 Ok(()) => {
