@@ -194,7 +194,7 @@ impl Writer {
             && self
                 .built
                 .get(addr)
-                .is_some_and(|input| *input == vip.input())
+                .is_some_and(|input| vip.is_built_from(input))
     }
 
     /// Whether the kernel's VIPS entries for the VIP (and its fragment alias) already say

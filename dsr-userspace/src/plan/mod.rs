@@ -82,6 +82,14 @@ impl DesiredVip {
         }
     }
 
+    /// Whether its table is built from `input` (what [`DesiredVip::input`] gives, without
+    /// the copies: the writer asks for every VIP on every apply).
+    pub fn is_built_from(&self, input: &TableInput) -> bool {
+        input.size == self.table_size
+            && input.taking == self.entries
+            && input.standby == self.standby
+    }
+
     /// What the table of its configured weights is built from, where load-aware weights
     /// changed them.
     pub fn configured_input(&self) -> Option<TableInput> {
