@@ -577,11 +577,16 @@ pub fn run(size: &Size) -> Result<PartReport> {
         ));
         assert!(t.iter().all(|id| taking.iter().any(|e| e.id == *id)));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     notes.push(format!(
         "Table build for 1000 backends at the default {m} slots with most of them down (their \
-         slots lent; split over {} CPUs): {}. The daemon builds tables this costly off its \
-         loop; status and checks go on meanwhile.",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+         slots lent; {}): {}. The daemon builds tables this costly off its loop; status and \
+         checks go on meanwhile.",
+        if cpus == 1 {
+            "on the 1 CPU the bench runs on".to_string()
+        } else {
+            format!("split over {cpus} CPUs")
+        },
         down.join(", ")
     ));
     notes.push(format!(
