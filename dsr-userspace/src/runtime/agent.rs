@@ -325,38 +325,31 @@ mod tests {
 
     #[tokio::test]
     async fn asks_an_http_agent() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 512];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let reply = if req.starts_with("GET /load ") {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n40% drain\nmore".to_owned()
-                    } else if req.starts_with("GET /big ") {
-                        // One line far beyond what is read.
-                        let body = "30% ".repeat(1000);
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else if req.starts_with("GET /stream ") {
-                        // The first line, then the body stays open.
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n55%\n\r\n")
-                            .await;
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        String::new()
-                    } else {
-                        "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_owned()
-                    };
-                    let _ = s.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
+        let port = crate::runtime::test_server(|mut s, req| async move {
+            let reply = if req.starts_with("GET /load ") {
+                "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n40% drain\nmore".to_owned()
+            } else if req.starts_with("GET /big ") {
+                // One line far beyond what is read.
+                let body = "30% ".repeat(1000);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            } else if req.starts_with("GET /stream ") {
+                // The first line, then the body stays open.
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n55%\n\r\n",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                String::new()
+            } else {
+                "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_owned()
+            };
+            let _ = s.write_all(reply.as_bytes()).await;
+        })
+        .await;
         let spec = |path: &str| AgentSpec {
             path: Some(path.into()),
             ..test_spec(port)

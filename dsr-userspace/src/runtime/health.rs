@@ -458,28 +458,19 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_and_http_checks_against_local_servers() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let reply = if req.starts_with("GET /ok ") {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy"
-                    } else if req.starts_with("GET /hang ") {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        ""
-                    } else {
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-                    };
-                    let _ = s.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
+        use tokio::io::AsyncWriteExt;
+        let port = crate::runtime::test_server(|mut s, req| async move {
+            let reply = if req.starts_with("GET /ok ") {
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy"
+            } else if req.starts_with("GET /hang ") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                ""
+            } else {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+            };
+            let _ = s.write_all(reply.as_bytes()).await;
+        })
+        .await;
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let http = |path: &str, body: Option<&str>| CheckKind::Http {
             path: path.into(),

@@ -41,3 +41,28 @@ pub fn write_atomic(path: &std::path::Path, contents: impl AsRef<[u8]>) -> anyho
     }
     written
 }
+
+/// A local HTTP-ish server for the checks' and agents' tests: each connection's first read
+/// (the request, as text) goes to `handle` with the connection, which answers as it likes.
+#[cfg(test)]
+pub(crate) async fn test_server<F, Fut>(handle: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream, String) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                handle(s, req).await
+            });
+        }
+    });
+    port
+}
