@@ -166,6 +166,16 @@ fn rx_vlan_parse_turned_off_and_restored_by_stop() {
         "{}",
         lab.dsr_log()
     );
+    // With parsing off, tagged frames reach XDP with their tags and leave with them.
+    peer_sends_tags_in_band(&lab);
+    send_and_check(
+        &lab,
+        &[(
+            "802.1Q VID 100 with parsing turned off",
+            tagged_frame(TCP, 40011, b"parsed", &[(TPID_8021Q, 100)]),
+            true,
+        )],
+    );
 
     // SIGTERM: the data path keeps forwarding, and needs the tags still.
     let status = lab.stop_dsr().expect("dsr was running");
@@ -197,6 +207,24 @@ fn rx_vlan_parse_turned_off_and_restored_by_stop() {
     assert!(!lab.dir.join("state/offload.json").exists());
 }
 
+/// Turns off the tx-vlan offloads of the LB's peer, so that tags cross the veth in band.
+fn peer_sends_tags_in_band(lab: &Lab) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.switch_ns,
+        "ethtool",
+        "-K",
+        PEER_OF_LB,
+        "tx-vlan-hw-insert",
+        "off",
+        "tx-vlan-stag-hw-insert",
+        "off",
+    ])
+    .expect("turning off the peer's tx-vlan offload");
+}
+
 /// A UDP (or TCP) frame from the client to the VIP with `tags` (outermost first).
 fn tagged_frame(proto: u8, sport: u16, marker: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
     let seg = if proto == UDP {
@@ -219,20 +247,7 @@ fn tagged_frame(proto: u8, sport: u16, marker: &[u8], tags: &[(u16, u16)]) -> Ve
 #[test]
 fn tags_kept_in_band_reach_the_backend() {
     let mut lab = Lab::new("vlantags", &[1]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.switch_ns,
-        "ethtool",
-        "-K",
-        PEER_OF_LB,
-        "tx-vlan-hw-insert",
-        "off",
-        "tx-vlan-stag-hw-insert",
-        "off",
-    ])
-    .expect("turning off the peer's tx-vlan offload");
+    peer_sends_tags_in_band(&lab);
     // UDP only on VLAN 100; TCP on any VLAN (for the priority-tagged VID 0 frame).
     let mut config = format!("vlan_tags = \"in-band\"\n{}", lab.header());
     config += &udp_vip(Some(100), &lab);
@@ -242,7 +257,6 @@ fn tags_kept_in_band_reach_the_backend() {
     );
     lab.start_dsr_with(&config, false)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let backend = (lab.backends[0].ns.clone(), lab.backends[0].mac);
 
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         (
@@ -266,14 +280,21 @@ fn tags_kept_in_band_reach_the_backend() {
             false,
         ),
     ];
+    send_and_check(&lab, &cases);
+}
+
+/// Sends each case's frame from the client and checks that backend 0 got it from the LB with
+/// its tags unchanged (`true`), or not at all.
+fn send_and_check(lab: &Lab, cases: &[(&str, Vec<u8>, bool)]) {
+    let backend = (lab.backends[0].ns.clone(), lab.backends[0].mac);
     let cap = Capture::start_tagged(&backend.0, IFACE);
-    for (what, frame, _) in &cases {
+    for (what, frame, _) in cases {
         dsr_lab::lab::send_frame(&lab.client_ns, IFACE, frame.clone())
             .unwrap_or_else(|e| panic!("sending {what}: {e:#}"));
     }
     let got = cap.stop();
     let from_lb: Vec<&Vec<u8>> = got.iter().filter(|f| f[6..12] == LB_MAC).collect();
-    for (what, frame, forwarded) in &cases {
+    for (what, frame, forwarded) in cases {
         let mut want = frame.clone();
         want[0..6].copy_from_slice(&backend.1);
         want[6..12].copy_from_slice(&LB_MAC);
