@@ -1141,6 +1141,18 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
     let applied = f.writer.apply(&mut f.dp, &f.desired);
     assert_eq!((applied.tables.len(), f.writer.waiting), (0, 1));
     assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 0, 1]));
+
+    // After a restart the writer knows none of the tables in the kernel: theirs say what a
+    // waiting VIP still names (backend 2, the only one VIP 0's table names).
+    f.writer = Writer::read(&f.dp).unwrap();
+    f.desired.backends.remove(&2);
+    weights(&mut f, &[0, 1, 0]);
+    let applied = f.writer.apply(&mut f.dp, &f.desired);
+    assert!(applied.tables.is_empty(), "{:?}", applied.tables);
+    assert!(valid(&f, 2), "the kernel's table still names backend 2");
+    f.apply();
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 0]));
+    assert!(!valid(&f, 2), "cleared once no table names it");
 }
 
 #[test]

@@ -999,12 +999,17 @@ impl Datapath {
 
     /// The active table of a VIP, as the data path reads it.
     pub fn table(&self, addr: &VipAddr) -> Result<Vec<u32>> {
-        let info = self.vips.get(&vip_key(addr), 0)?;
-        let run = self
-            .tables
+        self.table_of(&vip_key(addr))
+            .map(<[u32]>::to_vec)
+            .with_context(|| format!("VIP {addr}'s table"))
+    }
+
+    /// The table the VIPS entry of `key` points at, as the kernel holds it.
+    pub fn table_of(&self, key: &VipKey) -> Result<&[u32]> {
+        let info = self.vips.get(key, 0)?;
+        self.tables
             .run(info.table_base, info.table_size)
-            .ok_or_else(|| anyhow!("VIP {addr}'s table lies beyond TABLES"))?;
-        Ok(run.to_vec())
+            .ok_or_else(|| anyhow!("the table lies beyond TABLES"))
     }
 
     /// Slot `slot` of the table `info` points at, as the data path reads it.

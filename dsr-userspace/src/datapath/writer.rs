@@ -242,8 +242,8 @@ impl Writer {
         Some((table, configured))
     }
 
-    /// The backend ids the tables the kernel holds may name (`also`: more that they may),
-    /// or `None` when a VIPS entry's table is not known: one whose removal failed.
+    /// The backend ids the tables the kernel's VIPS entries point at may name (`also`: more
+    /// that they may), or `None` when one of those tables cannot be read.
     fn named_backends(
         &self,
         dp: &Datapath,
@@ -251,22 +251,31 @@ impl Writer {
         also: HashSet<u32>,
     ) -> Option<HashSet<u32>> {
         let mut named = also;
-        let mut known = HashSet::new();
+        let mut covered = HashSet::new();
         for addr in desired.vips.keys() {
             let key = vip_key(addr);
-            if !self.vips.contains_key(&key) {
-                continue;
-            }
-            // A fragment alias's entry points at its VIP's table.
-            known.extend([key, super::fragment_alias(addr)]);
-            match self.built.get(addr) {
-                // What this writer wrote is what the kernel holds.
-                Some(input) => named.extend(input.taking.iter().map(|e| e.id)),
-                // Adopted at start and not rewritten yet: the kernel's table says.
-                None => named.extend(dp.table(addr).ok()?),
+            // What this writer wrote for the VIP is what its entry points at (a failed
+            // switch forgets it: the kernel's table says then).
+            if let (Some(input), Some(main)) = (self.built.get(addr), dp.vip_info(&key)) {
+                named.extend(input.taking.iter().map(|e| e.id));
+                covered.insert(key);
+                // A fragment alias pointing at the same table is named by the same.
+                let alias = super::fragment_alias(addr);
+                if dp.vip_info(&alias).is_some_and(|a| {
+                    (a.table_base, a.table_size) == (main.table_base, main.table_size)
+                }) {
+                    covered.insert(alias);
+                }
             }
         }
-        self.vips.keys().all(|k| known.contains(k)).then_some(named)
+        // Every other entry (adopted at start and not rewritten yet, a failed switch or
+        // removal, an alias left on an older table): the kernel's table says.
+        for key in self.vips.keys().filter(|k| !covered.contains(k)) {
+            if dp.vip_info(key).is_some() {
+                named.extend(dp.table_of(key).ok()?.iter().copied());
+            }
+        }
+        Some(named)
     }
 
     /// Takes tables built for [`Writer::missing`].
@@ -474,7 +483,9 @@ impl Writer {
                     });
                 }
                 Err(e) => {
-                    // Its VIPS entry may already point at the new table.
+                    // Its VIPS entry may already point at the new table (its alias not):
+                    // rewritten next time, and what it names read from the kernel till then.
+                    self.built.remove(addr);
                     maybe_named.extend(input.taking.iter().map(|e| e.id));
                     fail(format!("VIP {addr}"), e)
                 }
