@@ -242,37 +242,53 @@ impl Writer {
         Some((table, configured))
     }
 
-    /// The backend ids the tables the kernel's VIPS entries point at may name (`also`: more
-    /// that they may), or `None` when one of those tables cannot be read.
+    /// Which of `candidates` the tables the kernel's VIPS entries point at may name, or
+    /// `None` when one of those tables cannot be read.
     fn named_backends(
         &self,
         dp: &Datapath,
         desired: &Desired,
-        also: HashSet<u32>,
+        candidates: &HashSet<u32>,
     ) -> Option<HashSet<u32>> {
-        let mut named = also;
+        let mut named = HashSet::new();
+        if candidates.is_empty() {
+            return Some(named);
+        }
         let mut covered = HashSet::new();
         for addr in desired.vips.keys() {
             let key = vip_key(addr);
             // What this writer wrote for the VIP is what its entry points at (a failed
             // switch forgets it: the kernel's table says then).
-            if let (Some(input), Some(main)) = (self.built.get(addr), dp.vip_info(&key)) {
-                named.extend(input.taking.iter().map(|e| e.id));
+            if self.built.contains_key(addr) && dp.vip_info(&key).is_some() {
+                let input = &self.built[addr];
+                named.extend(
+                    input
+                        .taking
+                        .iter()
+                        .map(|e| e.id)
+                        .filter(|id| candidates.contains(id)),
+                );
                 covered.insert(key);
                 // A fragment alias pointing at the same table is named by the same.
                 let alias = super::fragment_alias(addr);
-                if dp.vip_info(&alias).is_some_and(|a| {
-                    (a.table_base, a.table_size) == (main.table_base, main.table_size)
-                }) {
+                if alias_on_table(dp, &key, &alias) {
                     covered.insert(alias);
                 }
             }
         }
         // Every other entry (adopted at start and not rewritten yet, a failed switch or
-        // removal, an alias left on an older table): the kernel's table says.
+        // removal, an alias left on an older table): the kernel's table says. Read only as
+        // far as needed: each slot is one lookup in the (small) candidate set.
         for key in self.vips.keys().filter(|k| !covered.contains(k)) {
+            if named.len() == candidates.len() {
+                break;
+            }
             if dp.vip_info(key).is_some() {
-                named.extend(dp.table_of(key).ok()?.iter().copied());
+                for id in dp.table_of(key).ok()? {
+                    if candidates.contains(id) {
+                        named.insert(*id);
+                    }
+                }
             }
         }
         Some(named)
@@ -451,7 +467,10 @@ impl Writer {
             }
             let table = &built.table;
             let configured = configured.as_deref();
-            if self.same_entry(addr, vip, alias) && dp.table(addr).is_ok_and(|t| t == *table) {
+            if self.same_entry(addr, vip, alias)
+                && alias.is_none_or(|a| alias_on_table(dp, &key, &a))
+                && dp.table(addr).is_ok_and(|t| t == *table)
+            {
                 // The kernel holds this very table (an adopted data path's, after a restart):
                 // nothing to write, and no run of TABLES to take.
                 self.remember(addr, (&input, number), &built, configured);
@@ -560,11 +579,12 @@ impl Writer {
         // no backend entry left names it: a VIP waiting for its table (or not switched) keeps
         // forwarding by its old one, to the old backends and through their ports, while
         // every other VIP's leftovers go.
-        let gone = match self.named_backends(dp, desired, maybe_named) {
-            Some(named) => unwanted(&self.backends, &desired.backends)
-                .into_iter()
-                .filter(|id| !named.contains(id))
-                .collect(),
+        let candidates: HashSet<u32> = unwanted(&self.backends, &desired.backends)
+            .into_iter()
+            .filter(|id| !maybe_named.contains(id))
+            .collect();
+        let gone: Vec<u32> = match self.named_backends(dp, desired, &candidates) {
+            Some(named) => candidates.difference(&named).copied().collect(),
             None => Vec::new(),
         };
         for id in gone {
@@ -627,6 +647,14 @@ impl Applied {
                 self.errors.join("; ")
             ))
         }
+    }
+}
+
+/// Whether the kernel's entry for `alias` points at the same TABLES run as `key`'s.
+fn alias_on_table(dp: &Datapath, key: &VipKey, alias: &VipKey) -> bool {
+    match (dp.vip_info(key), dp.vip_info(alias)) {
+        (Some(m), Some(a)) => (a.table_base, a.table_size) == (m.table_base, m.table_size),
+        _ => false,
     }
 }
 
