@@ -284,26 +284,18 @@ mod tests {
 
     #[tokio::test]
     async fn asks_a_local_agent() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 64];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let reply: &[u8] = match &buf[..n] {
-                        b"load?\n" => b"60% maxconn:10\r\nignored second line\n",
-                        b"silent\n" => {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            b""
-                        }
-                        _ => b"",
-                    };
-                    let _ = s.write_all(reply).await;
-                });
-            }
-        });
+        let port = crate::runtime::test_server(|mut s, req| async move {
+            let reply: &[u8] = match req.as_bytes() {
+                b"load?\n" => b"60% maxconn:10\r\nignored second line\n",
+                b"silent\n" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    b""
+                }
+                _ => b"",
+            };
+            let _ = s.write_all(reply).await;
+        })
+        .await;
         let spec = |send: &str| AgentSpec {
             send: Some(send.into()),
             ..test_spec(port)

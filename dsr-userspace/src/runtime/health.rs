@@ -505,47 +505,38 @@ mod tests {
     /// why, and never hangs, whatever the server does.
     #[tokio::test]
     async fn misbehaving_targets_fail_within_the_timeout() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    match path.as_str() {
-                        // Accepts and never answers.
-                        "/silent" => tokio::time::sleep(Duration::from_secs(10)).await,
-                        // Not HTTP at all.
-                        "/garbage" => {
-                            let _ = s.write_all(b"\x00\x01garbage\r\n\r\n").await;
-                        }
-                        // A header far larger than any health answer.
-                        "/huge" => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Big: ").await;
-                            let _ = s.write_all(&vec![b'a'; 1 << 20]).await;
-                            let _ = s.write_all(b"\r\n\r\n").await;
-                        }
-                        // Resets the connection.
-                        "/reset" => {
-                            let sock = socket2_linger_zero(s);
-                            drop(sock);
-                        }
-                        // Answers, but after the timeout.
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_millis(600)).await;
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                                .await;
-                        }
-                        _ => {}
-                    }
-                });
+        use tokio::io::AsyncWriteExt;
+        let port = crate::runtime::test_server(|mut s, req| async move {
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+            match path.as_str() {
+                // Accepts and never answers.
+                "/silent" => tokio::time::sleep(Duration::from_secs(10)).await,
+                // Not HTTP at all.
+                "/garbage" => {
+                    let _ = s.write_all(b"\x00\x01garbage\r\n\r\n").await;
+                }
+                // A header far larger than any health answer.
+                "/huge" => {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Big: ").await;
+                    let _ = s.write_all(&vec![b'a'; 1 << 20]).await;
+                    let _ = s.write_all(b"\r\n\r\n").await;
+                }
+                // Resets the connection.
+                "/reset" => {
+                    let sock = socket2_linger_zero(s);
+                    drop(sock);
+                }
+                // Answers, but after the timeout.
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                }
+                _ => {}
             }
-        });
+        })
+        .await;
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let http = |path: &str| CheckKind::Http {
             path: path.into(),
