@@ -259,8 +259,9 @@ impl Writer {
             let key = vip_key(addr);
             // What this writer wrote for the VIP is what its entry points at (a failed
             // switch forgets it: the kernel's table says then).
-            if self.built.contains_key(addr) && dp.vip_info(&key).is_some() {
-                let input = &self.built[addr];
+            if let Some(input) = self.built.get(addr)
+                && dp.vip_info(&key).is_some()
+            {
                 named.extend(
                     input
                         .taking
@@ -386,10 +387,8 @@ impl Writer {
     /// not built ([`Writer::missing`]) stays on its old one.
     pub fn apply(&mut self, dp: &mut Datapath, desired: &Desired) -> Applied {
         let mut out = Applied::default();
-        // Backends whose entry could not be written (no table may point at them yet), and
-        // those a failed switch may have left a table naming (kept until no table does).
+        // Backends whose entry could not be written: no table may point at them yet.
         let mut failed_backends = HashSet::new();
-        let mut maybe_named = HashSet::new();
         let mut waiting = HashSet::new();
         let mut fail = |what: String, e: anyhow::Error| out_errors(&mut out.errors, what, e);
         // The kernel deletes a TX_PORTS entry when its interface goes away: read them afresh
@@ -505,7 +504,6 @@ impl Writer {
                     // Its VIPS entry may already point at the new table (its alias not):
                     // rewritten next time, and what it names read from the kernel till then.
                     self.built.remove(addr);
-                    maybe_named.extend(input.taking.iter().map(|e| e.id));
                     fail(format!("VIP {addr}"), e)
                 }
             }
@@ -581,7 +579,6 @@ impl Writer {
         // every other VIP's leftovers go.
         let candidates: HashSet<u32> = unwanted(&self.backends, &desired.backends)
             .into_iter()
-            .filter(|id| !maybe_named.contains(id))
             .collect();
         let gone: Vec<u32> = match self.named_backends(dp, desired, &candidates) {
             Some(named) => candidates.difference(&named).copied().collect(),
