@@ -960,6 +960,140 @@ fn table_switch_takes_effect_and_reads_back() {
     assert_eq!(verdict, XDP_DROP);
 }
 
+/// A switch the data path has no room for changes nothing: the VIP keeps its old table and
+/// the backends that table names (backend 0, no longer wanted), and it is retried until room
+/// appears. The room is taken by a table written past the writer, as a stand-in for any
+/// write the kernel refuses.
+#[test]
+fn a_switch_without_room_keeps_the_old_table_and_what_it_names() {
+    let mut f = Fixture::new();
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
+    let on_zero = flows_on(&f, 0, 1)[0];
+    let usage = f.dp.table_usage();
+    let free = usage.budget_slots - usage.used_slots;
+    assert_eq!(
+        usage.largest_free_slots, free,
+        "the fixture's tables lie packed"
+    );
+    // Everything but one chunk: far less than VIP 0's next table needs.
+    let filler = vip(Ipv4Addr::new(198, 18, 1, 1), 80, Protocol::Tcp, 0);
+    let filler_table = vec![1u32; (free - 16) as usize];
+    f.dp.set_vip(&filler, 15, &filler_table, VipOptions::default())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    f.desired.backends.remove(&0);
+    f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 2, 1]);
+    for attempt in 0..2 {
+        let err = f
+            .writer
+            .apply_all(&mut f.dp, &f.desired)
+            .expect_err("no room for VIP 0's new table");
+        assert!(
+            format!("{err:#}").contains("no room in TABLES for VIP 198.18.0.100:80/tcp"),
+            "attempt {attempt}: {err:#}"
+        );
+        assert_eq!(f.dp.table(&key).unwrap(), f.expected, "the old table stays");
+        assert!(
+            f.dp.backend_entry(0)
+                .is_some_and(|b| b.flags & BACKEND_F_VALID != 0),
+            "attempt {attempt}: the old table still names backend 0"
+        );
+        assert_eq!(backend_of(&f, &flow(on_zero)), Some(0));
+    }
+
+    f.dp.delete_vip_key(&dsr::datapath::vip_key(&filler))
+        .unwrap();
+    f.writer
+        .apply_all(&mut f.dp, &f.desired)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 2, 1]));
+    assert!(
+        f.dp.backend_entry(0)
+            .is_none_or(|b| b.flags & BACKEND_F_VALID == 0),
+        "cleared once no table names it"
+    );
+    assert_ne!(backend_of(&f, &flow(on_zero)), Some(0));
+}
+
+/// A switch that half-fails (the VIP's entry written, its fragment entry refused because
+/// VIPS is full) is reported, judged by what the kernel now holds, and completed by the next
+/// apply: the fragment entry then points at the VIP's new table.
+#[test]
+fn a_half_written_switch_is_completed_next_time() {
+    let mut f = Fixture::new();
+    let key = vip(VIP4, 80, Protocol::Tcp, 0);
+    let alias = dsr::datapath::vip_key(&vip(VIP4, 0, Protocol::Tcp, 0));
+    let on_zero = flows_on(&f, 0, 1)[0];
+    let non_first = {
+        let seg = frames::tcp(40000, 80, &[7u8; 32]);
+        frames::ethernet(
+            LB_MAC,
+            CLIENT_MAC,
+            ETH_P_IPV4,
+            &frames::ipv4_frag(CLIENT4, VIP4, TCP, &[], 0x0003, &seg),
+        )
+    };
+    // VIPS full (twice max_vips entries) with entries the writer never wrote.
+    let held = f.dp.held_vips().unwrap().len();
+    let fillers: Vec<VipAddr> = (0..32 - held)
+        .map(|i| vip(Ipv4Addr::new(198, 18, 2, i as u8), 80, Protocol::Tcp, 0))
+        .collect();
+    for a in &fillers {
+        f.dp.set_vip(a, 15, &[], VipOptions::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    // VIP 0 starts taking fragments, without backend 0.
+    f.desired.backends.remove(&0);
+    let v = f.desired.vips.get_mut(&key).unwrap();
+    v.options.fragments = true;
+    f.vips[0].1.fragments = true;
+    f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 2, 1]);
+    let err = f
+        .writer
+        .apply_all(&mut f.dp, &f.desired)
+        .expect_err("no room in VIPS for the fragment entry");
+    assert!(
+        format!("{err:#}").contains("writing the fragment entry of VIP 198.18.0.100:80/tcp"),
+        "{err:#}"
+    );
+    assert_eq!(
+        f.dp.table(&key).unwrap(),
+        f.table(&[0, 2, 1]),
+        "the VIP's own entry switched"
+    );
+    assert!(f.dp.vip_info(&alias).is_none());
+    assert!(
+        f.dp.backend_entry(0)
+            .is_none_or(|b| b.flags & BACKEND_F_VALID == 0),
+        "the table the kernel holds names backend 0 no more"
+    );
+    assert_ne!(backend_of(&f, &flow(on_zero)), Some(0));
+    let (verdict, _) = run(f.dp.program(), &non_first, LO);
+    assert_eq!(verdict, XDP_PASS, "no fragment entry yet");
+
+    for a in &fillers {
+        f.dp.delete_vip_key(&dsr::datapath::vip_key(a)).unwrap();
+    }
+    f.writer
+        .apply_all(&mut f.dp, &f.desired)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (main, frag) = (
+        f.dp.vip_info(&dsr::datapath::vip_key(&key)).unwrap(),
+        f.dp.vip_info(&alias)
+            .expect("the fragment entry, written now"),
+    );
+    assert_eq!(
+        (frag.id, frag.table_base, frag.table_size),
+        (main.id, main.table_base, main.table_size),
+        "on the VIP's new table"
+    );
+    assert!(f.writer.missing(&f.desired).is_empty());
+    let (verdict, out) = run(f.dp.program(), &non_first, LO);
+    assert_eq!(verdict, XDP_TX, "fragments forwarded now");
+    assert_ne!(&out[..6], &f.backends[0].mac[..]);
+}
+
 /// The daemon builds large tables off its loop and writes what is ready: a VIP whose new
 /// table is not built yet keeps forwarding by its old one, the backend that table still names
 /// keeps its entry and its TX port (while another VIP's leftovers go), and a new VIP is not a
