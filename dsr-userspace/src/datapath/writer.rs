@@ -278,16 +278,30 @@ impl Writer {
             }
         }
         // Every other entry (adopted at start and not rewritten yet, a failed switch or
-        // removal, an alias left on an older table): the kernel's table says. Read only as
-        // far as needed: each slot is one lookup in the (small) candidate set.
+        // removal, an alias left on an older table): the kernel's table says. A table may
+        // have millions of slots and this runs on every apply while such an entry lasts:
+        // each slot is one index into a bitmap of the candidates not yet found, and the
+        // walk stops once all are.
+        let mut left = vec![false; candidates.iter().max().map_or(0, |&m| m as usize + 1)];
+        for &id in candidates.difference(&named) {
+            left[id as usize] = true;
+        }
+        let mut missing = candidates.len() - named.len();
         for key in self.vips.keys().filter(|k| !covered.contains(k)) {
-            if named.len() == candidates.len() {
+            if missing == 0 {
                 break;
             }
             if dp.vip_info(key).is_some() {
-                for id in dp.table_of(key).ok()? {
-                    if candidates.contains(id) {
-                        named.insert(*id);
+                for &id in dp.table_of(key).ok()? {
+                    if let Some(l) = left.get_mut(id as usize)
+                        && *l
+                    {
+                        *l = false;
+                        named.insert(id);
+                        missing -= 1;
+                        if missing == 0 {
+                            break;
+                        }
                     }
                 }
             }
