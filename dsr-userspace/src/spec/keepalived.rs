@@ -24,6 +24,7 @@ use std::{
 };
 
 use crate::spec::toml_file::{self, ConfigError};
+use crate::spec::validate::MIN_CHECK_INTERVAL;
 
 /// What to do with a virtual server (or real server) that is not `lb_kind DR`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1354,13 +1355,17 @@ fn checker(
     let mut check = Check {
         kind: Kind::Tcp,
         port,
-        interval_ms: t.delay_loop.unwrap_or(KEEPALIVED_DELAY_LOOP_MS).max(10),
-        timeout_ms: t
-            .connect_timeout
-            .unwrap_or(KEEPALIVED_CONNECT_TIMEOUT_MS)
-            .max(1),
+        interval_ms: t.delay_loop.unwrap_or(KEEPALIVED_DELAY_LOOP_MS),
+        timeout_ms: t.connect_timeout.unwrap_or(KEEPALIVED_CONNECT_TIMEOUT_MS),
         fall: (retry + 1).min(100) as u32,
     };
+    // keepalived takes timers down to microseconds; dsr checks at most every 10 ms and
+    // counts in milliseconds: said, not rounded silently (a 0 would be refused).
+    let min_interval = MIN_CHECK_INTERVAL.as_millis() as u64;
+    let raised_interval = check.interval_ms < min_interval;
+    let raised_timeout = check.timeout_ms < 1;
+    check.interval_ms = check.interval_ms.max(min_interval);
+    check.timeout_ms = check.timeout_ms.max(1);
     // dsr refuses a timeout longer than the interval (keepalived allows it).
     let clamped = check.timeout_ms > check.interval_ms;
     check.timeout_ms = check.timeout_ms.min(check.interval_ms);
@@ -1382,7 +1387,15 @@ fn checker(
         },
         check.fall,
         if retry == 1 { "y" } else { "ies" },
-    ) + if clamped {
+    ) + if raised_interval {
+        "; interval raised to dsr's shortest"
+    } else {
+        ""
+    } + if raised_timeout {
+        "; timeout raised to 1ms (dsr counts whole milliseconds)"
+    } else {
+        ""
+    } + if clamped {
         "; timeout lowered to the interval (dsr refuses a longer one)"
     } else {
         ""
@@ -1978,6 +1991,28 @@ virtual_server 192.0.2.11 443 {
         // One check shared by both: the VIP's.
         assert!(
             out.contains("[vip.check]") && !out.contains("[vip.backend.check]"),
+            "{out}"
+        );
+    }
+
+    /// keepalived takes microsecond timers; dsr's are 10 ms and 1 ms at least, and the
+    /// comment says each was raised.
+    #[test]
+    fn sub_millisecond_timers_are_raised_and_said() {
+        let text = "virtual_server 192.0.2.1 80 {\n lb_kind DR\n delay_loop 0.0004\n \
+                    real_server 192.0.2.10 80 {\n  TCP_CHECK {\n   connect_timeout 0.0002\n  \
+                    }\n }\n}\n";
+        let out = import(text, &eth0()).unwrap();
+        let model = toml_file::parse(&out, Path::new("out")).unwrap();
+        let check = &model.vips[0].backends[0].check;
+        assert_eq!(
+            (check.interval, check.timeout),
+            (MIN_CHECK_INTERVAL, std::time::Duration::from_millis(1)),
+            "{out}"
+        );
+        assert!(
+            out.contains("interval raised to dsr's shortest")
+                && out.contains("timeout raised to 1ms"),
             "{out}"
         );
     }
