@@ -994,8 +994,7 @@ fn a_switch_without_room_keeps_the_old_table_and_what_it_names() {
         );
         assert_eq!(f.dp.table(&key).unwrap(), f.expected, "the old table stays");
         assert!(
-            f.dp.backend_entry(0)
-                .is_some_and(|b| b.flags & BACKEND_F_VALID != 0),
+            valid(&f, 0),
             "attempt {attempt}: the old table still names backend 0"
         );
         assert_eq!(backend_of(&f, &flow(on_zero)), Some(0));
@@ -1007,11 +1006,7 @@ fn a_switch_without_room_keeps_the_old_table_and_what_it_names() {
         .apply_all(&mut f.dp, &f.desired)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 2, 1]));
-    assert!(
-        f.dp.backend_entry(0)
-            .is_none_or(|b| b.flags & BACKEND_F_VALID == 0),
-        "cleared once no table names it"
-    );
+    assert!(!valid(&f, 0), "cleared once no table names it");
     assert_ne!(backend_of(&f, &flow(on_zero)), Some(0));
 }
 
@@ -1064,8 +1059,7 @@ fn a_half_written_switch_is_completed_next_time() {
     );
     assert!(f.dp.vip_info(&alias).is_none());
     assert!(
-        f.dp.backend_entry(0)
-            .is_none_or(|b| b.flags & BACKEND_F_VALID == 0),
+        !valid(&f, 0),
         "the table the kernel holds names backend 0 no more"
     );
     assert_ne!(backend_of(&f, &flow(on_zero)), Some(0));
@@ -1158,10 +1152,6 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
     );
 
     let ports = |f: &Fixture| -> Vec<u32> { f.dp.held_tx_ports().iter().map(|p| p.0).collect() };
-    let valid = |f: &Fixture, id: u32| {
-        f.dp.backend_entry(id)
-            .is_some_and(|b| b.flags & BACKEND_F_VALID != 0)
-    };
     let addrs = f.dp.held_vip_addrs().unwrap().len();
     let applied = f.writer.apply(&mut f.dp, &f.desired);
     assert!(applied.errors.is_empty(), "{:?}", applied.errors);
@@ -1201,12 +1191,6 @@ fn a_vip_waiting_for_its_table_keeps_the_old_one_and_what_it_names() {
         "no VIP_ADDRS entry yet"
     );
     assert_eq!(f.dp.table(&key).unwrap(), f.expected, "the old table stays");
-    let zero = f.dp.backend_entry(0).expect("backend 0's entry");
-    assert_ne!(
-        zero.flags & BACKEND_F_VALID,
-        0,
-        "the old table still names it"
-    );
     let (verdict, out) = run(f.dp.program(), &flow(on_zero), LO);
     assert_eq!(
         verdict_name(verdict),
@@ -1340,6 +1324,12 @@ fn flow(sport: u16) -> Vec<u8> {
         80,
         TCP,
     )
+}
+
+/// Whether BACKENDS holds a valid entry `id` (one a table may send to).
+fn valid(f: &Fixture, id: u32) -> bool {
+    f.dp.backend_entry(id)
+        .is_some_and(|b| b.flags & BACKEND_F_VALID != 0)
 }
 
 /// Source ports of flows that the 1:2:1 table puts on `backend`.
