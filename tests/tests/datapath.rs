@@ -14,7 +14,7 @@ use dsr::{
 };
 use dsr_common::{
     BACKEND_F_VALID, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, Event, FLOW_F_CLOSING, FlowKey,
-    FlowMapKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason, addr_words, flow_hash,
+    FlowMapKey, HASH_ALL, HASH_PORTS, HASH_SRC_ADDR, Reason, TABLE_CHUNK, addr_words, flow_hash,
 };
 use dsr_lab::{
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, ICMP, TCP, UDP},
@@ -977,7 +977,7 @@ fn a_switch_without_room_keeps_the_old_table_and_what_it_names() {
     );
     // Everything but one chunk: far less than VIP 0's next table needs.
     let filler = vip(Ipv4Addr::new(198, 18, 1, 1), 80, Protocol::Tcp, 0);
-    let filler_table = vec![1u32; (free - 16) as usize];
+    let filler_table = vec![1u32; (free - u64::from(TABLE_CHUNK)) as usize];
     f.dp.set_vip(&filler, 15, &filler_table, VipOptions::default())
         .unwrap_or_else(|e| panic!("{e:#}"));
 
@@ -1008,6 +1008,21 @@ fn a_switch_without_room_keeps_the_old_table_and_what_it_names() {
     assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 2, 1]));
     assert!(!valid(&f, 0), "cleared once no table names it");
     assert_ne!(backend_of(&f, &flow(on_zero)), Some(0));
+
+    // An entry the writer did not write is the kernel's all the same: a backend its table
+    // names stays until it is gone.
+    let stray = vip(Ipv4Addr::new(198, 18, 1, 2), 80, Protocol::Tcp, 0);
+    f.dp.set_vip(&stray, 15, &[2u32; 251], VipOptions::default())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    f.desired.backends.remove(&2);
+    f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 1, 0]);
+    f.apply();
+    assert_eq!(f.dp.table(&key).unwrap(), f.table(&[0, 1, 0]));
+    assert!(valid(&f, 2), "the stray entry's table names backend 2");
+    f.dp.delete_vip_key(&dsr::datapath::vip_key(&stray))
+        .unwrap();
+    f.apply();
+    assert!(!valid(&f, 2), "cleared once that entry is gone");
 }
 
 /// A switch that half-fails (the VIP's entry written, its fragment entry refused because
@@ -1029,8 +1044,8 @@ fn a_half_written_switch_is_completed_next_time() {
         )
     };
     // VIPS full (twice max_vips entries) with entries the writer never wrote.
-    let held = f.dp.held_vips().unwrap().len();
-    let fillers: Vec<VipAddr> = (0..32 - held)
+    let held = f.dp.held_vips().unwrap().len() as u32;
+    let fillers: Vec<VipAddr> = (0..2 * f.dp.sizes().max_vips - held)
         .map(|i| vip(Ipv4Addr::new(198, 18, 2, i as u8), 80, Protocol::Tcp, 0))
         .collect();
     for a in &fillers {
@@ -1038,12 +1053,18 @@ fn a_half_written_switch_is_completed_next_time() {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
-    // VIP 0 starts taking fragments, without backend 0.
+    // VIP 0 starts taking fragments (so hashes no ports, as validation requires), without
+    // backend 0.
     f.desired.backends.remove(&0);
+    let options = VipOptions {
+        fragments: true,
+        hash_fields: HASH_ALL & !HASH_PORTS,
+        ..f.vips[0].1
+    };
+    f.vips[0].1 = options;
+    let entries = f.entries(0, &[0, 2, 1]);
     let v = f.desired.vips.get_mut(&key).unwrap();
-    v.options.fragments = true;
-    f.vips[0].1.fragments = true;
-    f.desired.vips.get_mut(&key).unwrap().entries = f.entries(0, &[0, 2, 1]);
+    (v.options, v.entries) = (options, entries);
     let err = f
         .writer
         .apply_all(&mut f.dp, &f.desired)

@@ -187,6 +187,15 @@ impl Writer {
         };
     }
 
+    /// Forgets what the VIP's table was built from, after a switch that may have half
+    /// happened: it is no longer known which table the kernel's entries point at.
+    fn forget(&mut self, addr: &VipAddr) {
+        self.built.remove(addr);
+        self.digests.remove(addr);
+        self.slots.remove(addr);
+        self.configured_digests.remove(addr);
+    }
+
     /// Whether the kernel holds the VIP as `vip` wants it, table included.
     fn current(&self, addr: &VipAddr, vip: &DesiredVip) -> bool {
         let alias = (vip.options.fragments && addr.port != 0).then(|| super::fragment_alias(addr));
@@ -277,17 +286,30 @@ impl Writer {
                 }
             }
         }
-        // Every other entry (adopted at start and not rewritten yet, a failed switch or
-        // removal, an alias left on an older table): the kernel's table says. A table may
-        // have millions of slots and this runs on every apply while such an entry lasts:
-        // each slot is one index into a bitmap of the candidates not yet found, and the
-        // walk stops once all are.
+        let mut missing = candidates.len() - named.len();
+        if missing == 0 {
+            return Some(named);
+        }
+        // Every other entry the kernel holds (adopted at start and not rewritten yet, a
+        // failed switch or removal, an alias left on an older table, one written by anything
+        // but this writer): its table says. A table may have millions of slots and this runs
+        // on every apply while such an entry lasts: each slot is one index into a bitmap of
+        // the candidates not yet found, and the walk stops once all are.
+        let uncovered: Vec<VipKey> = dp
+            .held_vips()
+            .ok()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !covered.contains(k))
+            .collect();
+        if uncovered.is_empty() {
+            return Some(named);
+        }
         let mut left = vec![false; candidates.iter().max().map_or(0, |&m| m as usize + 1)];
         for &id in candidates.difference(&named) {
             left[id as usize] = true;
         }
-        let mut missing = candidates.len() - named.len();
-        for key in self.vips.keys().filter(|k| !covered.contains(k)) {
+        for key in &uncovered {
             if missing == 0 {
                 break;
             }
@@ -516,8 +538,9 @@ impl Writer {
                 }
                 Err(e) => {
                     // Its VIPS entry may already point at the new table (its alias not):
-                    // rewritten next time, and what it names read from the kernel till then.
-                    self.built.remove(addr);
+                    // rewritten next time, and what it names (and its digest, in status)
+                    // read from the kernel till then, not from what was last switched.
+                    self.forget(addr);
                     fail(format!("VIP {addr}"), e)
                 }
             }
