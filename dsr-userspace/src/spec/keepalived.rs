@@ -1359,8 +1359,9 @@ fn checker(
         timeout_ms: t.connect_timeout.unwrap_or(KEEPALIVED_CONNECT_TIMEOUT_MS),
         fall: (retry + 1).min(100) as u32,
     };
-    // keepalived takes timers down to microseconds; dsr checks at most every 10 ms and
-    // counts in milliseconds: said, not rounded silently (a 0 would be refused).
+    // keepalived takes timers down to microseconds; dsr counts whole milliseconds (`timer`
+    // rounds to the nearest) and checks at most every 10 ms: a timer below dsr's shortest
+    // is raised to it, and the comment says so (a 0 would be refused).
     let min_interval = MIN_CHECK_INTERVAL.as_millis() as u64;
     let raised_interval = check.interval_ms < min_interval;
     let raised_timeout = check.timeout_ms < 1;
@@ -1392,7 +1393,7 @@ fn checker(
     } else {
         ""
     } + if raised_timeout {
-        "; timeout raised to 1ms (dsr counts whole milliseconds)"
+        "; timeout raised to 1ms, dsr's shortest"
     } else {
         ""
     } + if clamped {
@@ -2012,7 +2013,7 @@ virtual_server 192.0.2.11 443 {
         );
         assert!(
             out.contains("interval raised to dsr's shortest")
-                && out.contains("timeout raised to 1ms"),
+                && out.contains("timeout raised to 1ms, dsr's shortest"),
             "{out}"
         );
     }
